@@ -1,0 +1,38 @@
+"""Process settings from the environment. Built once, in ``main()``; nothing reads os.environ elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
+
+    # Unset: an embedded redis-server is started under data_dir (unix socket, AOF on).
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    # Unset: the synthetic demo source is used, and says so.
+    prometheus_url: str | None = Field(default=None, alias="PROMETHEUS_URL")
+    prometheus_timeout: float = Field(default=5.0, alias="SHIPWATCH_PROMETHEUS_TIMEOUT")
+
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
+    llm_model: str = Field(default="gpt-4o-mini", alias="SHIPWATCH_LLM_MODEL")
+
+    policy_path: Path = Field(default=Path("shipwatch.yaml"), alias="SHIPWATCH_POLICY")
+    data_dir: Path = Field(default=Path(".shipwatch"), alias="SHIPWATCH_DATA_DIR")
+    api_tokens: SecretStr | None = Field(default=None, alias="SHIPWATCH_API_TOKENS")
+    port: int = Field(default=3000, alias="PORT")
+
+    # Controller tuning: how often it looks for due releases, and how long a lease lives
+    # without renewal. A dead process's releases are picked up after at most lease_ttl + tick.
+    controller_tick: float = Field(default=1.0, alias="SHIPWATCH_CONTROLLER_TICK")
+    lease_ttl: float = Field(default=10.0, alias="SHIPWATCH_LEASE_TTL")
+    log_level: str = Field(default="INFO", alias="SHIPWATCH_LOG_LEVEL")

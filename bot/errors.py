@@ -1,0 +1,122 @@
+"""The one exception tree of shipwatch.
+
+    ShipwatchError
+    ├── UserError              bad input; the message says how to fix it, nothing changed
+    │   ├── PolicyError        the policy file is invalid (carries every problem with its path)
+    │   ├── CommandError       a command could not be parsed
+    │   ├── UnknownServiceError
+    │   └── PermissionDenied   the actor may not do this; names who may
+    ├── ConflictError          the release is not in a state that allows this
+    │   ├── AlreadyActiveError another release of the service is running
+    │   ├── LockedError        the service is locked
+    │   └── LostRaceError      someone else changed the release first
+    └── DependencyError        a service we depend on failed; state was left safe
+        ├── StoreError         Redis
+        ├── MetricsError       the metrics source
+        └── TrafficError       the traffic backend
+
+Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ShipwatchError(Exception):
+    """Base of every error shipwatch raises on purpose."""
+
+
+class UserError(ShipwatchError):
+    """The request is wrong; the message tells the user how to fix it. Nothing was changed."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base}\n{self.hint}" if self.hint else base
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    path: str
+    message: str
+    hint: str = ""
+
+    def render(self) -> str:
+        text = f"{self.path}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class PolicyError(UserError):
+    def __init__(self, source: str, problems: list[PolicyProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(p.render() for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the policy\n{lines}")
+
+
+class CommandError(UserError):
+    """A command could not be parsed; ``usage`` holds the right form."""
+
+    def __init__(self, message: str, *, usage: str = "") -> None:
+        super().__init__(message, hint=f"usage: {usage}" if usage else "")
+        self.usage = usage
+
+
+class UnknownServiceError(UserError):
+    def __init__(self, service: str, suggestion: str | None, known: list[str]) -> None:
+        self.service = service
+        self.suggestion = suggestion
+        hint = (
+            f"did you mean `{suggestion}`?"
+            if suggestion
+            else "known services: " + (", ".join(known) or "(none in the policy)")
+        )
+        super().__init__(f"unknown service `{service}`", hint=hint)
+
+
+class PermissionDenied(UserError):
+    def __init__(self, action: str, service: str, allowed: list[str]) -> None:
+        self.action = action
+        self.service = service
+        self.allowed = allowed
+        who = ", ".join(allowed) if allowed else "nobody is configured"
+        super().__init__(
+            f"you may not {action} `{service}`",
+            hint=f"who may: {who} (edit the service's policy to change this)",
+        )
+
+
+class ConflictError(ShipwatchError):
+    """The release's state does not allow the request. Says what state it is in and who put it there."""
+
+
+class AlreadyActiveError(ConflictError):
+    pass
+
+
+class LockedError(ConflictError):
+    pass
+
+
+class LostRaceError(ConflictError):
+    """An atomic commit found the record changed since it was read: someone else won."""
+
+
+class DependencyError(ShipwatchError):
+    """A dependency failed; the release was left in a safe state."""
+
+
+class StoreError(DependencyError):
+    pass
+
+
+class MetricsError(DependencyError):
+    pass
+
+
+class TrafficError(DependencyError):
+    pass

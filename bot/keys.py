@@ -1,0 +1,64 @@
+"""Every Redis key and channel shipwatch uses. Nothing else in the code spells a key.
+
+All keys live under one prefix so a shared Redis can be inspected (and cleaned) safely.
+"""
+
+from __future__ import annotations
+
+PREFIX = "shipwatch:"
+SCHEMA_VERSION = 1
+
+
+def release(release_id: str) -> str:
+    """JSON record of one release (string)."""
+    return f"{PREFIX}release:{release_id}"
+
+
+def active_index() -> str:
+    """Hash service -> release id of the one active release per service."""
+    return f"{PREFIX}active"
+
+
+def history(service: str) -> str:
+    """List of release ids of a service, newest first."""
+    return f"{PREFIX}history:{service}"
+
+
+def lock(service: str) -> str:
+    """JSON {by, at, reason} while a service is locked."""
+    return f"{PREFIX}lock:{service}"
+
+
+def audit() -> str:
+    """Append-only stream of every command, decision and transition."""
+    return f"{PREFIX}audit"
+
+
+def idempotency(request_id: str) -> str:
+    """Result of a request already applied (Slack retry, double click); expires."""
+    return f"{PREFIX}idem:{request_id}"
+
+
+def lease(release_id: str) -> str:
+    """'{owner}|{token}' of the controller driving a release; expires unless renewed."""
+    return f"{PREFIX}lease:{release_id}"
+
+
+def fence(release_id: str) -> str:
+    """Monotonic counter handing out fencing tokens for a release's leases."""
+    return f"{PREFIX}fence:{release_id}"
+
+
+def flags() -> str:
+    """Hash service -> JSON flag state {pct, canary_version, stable_version, release_id, seq}."""
+    return f"{PREFIX}flags"
+
+
+def flags_channel() -> str:
+    """Pub/sub channel on which every flag change is published (same JSON plus the service)."""
+    return f"{PREFIX}flags:changes"
+
+
+def release_seq() -> str:
+    """Counter for human-friendly release numbers."""
+    return f"{PREFIX}seq:release"

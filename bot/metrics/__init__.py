@@ -1,0 +1,1 @@
+"""Metrics sources: where canary and control numbers come from."""

@@ -1,0 +1,69 @@
+"""The metrics-source port. A failed or empty query is data, never an exception and never a pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class Side(StrEnum):
+    CANARY = "canary"
+    CONTROL = "control"
+
+
+class QueryStatus(StrEnum):
+    OK = "ok"
+    NO_DATA = "no_data"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """One instant query: the rendered PromQL plus what it is about (the synthetic source
+    reads the metric/service/version/side; Prometheus only the PromQL)."""
+
+    key: str
+    promql: str
+    metric: str
+    service: str
+    version: str
+    side: Side
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    key: str
+    status: QueryStatus
+    value: float | None
+    query: str
+    error: str = ""
+
+    @classmethod
+    def ok(cls, q: MetricQuery, value: float) -> QueryResult:
+        return cls(q.key, QueryStatus.OK, value, q.promql)
+
+    @classmethod
+    def no_data(cls, q: MetricQuery, why: str = "the query returned no series") -> QueryResult:
+        return cls(q.key, QueryStatus.NO_DATA, None, q.promql, why)
+
+    @classmethod
+    def failed(cls, q: MetricQuery, error: str) -> QueryResult:
+        return cls(q.key, QueryStatus.ERROR, None, q.promql, error)
+
+
+class MetricSource(Protocol):
+    """Answers instant queries. ``query`` returns exactly one result per query, in order,
+    and never raises for a query that failed: the failure is in the result."""
+
+    name: str
+    is_demo: bool
+
+    async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]: ...
+
+    async def check(self) -> None:
+        """Raise MetricsError when the source is unreachable (used by readiness checks)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Traffic backends: what actually moves users between stable and canary."""

@@ -1,0 +1,69 @@
+"""Start real server binaries on free ports for the tests, and stop them afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def require_binary(name: str) -> str:
+    """Path of a server binary. Missing: skip, unless SHIPWATCH_REQUIRE_SERVICES=1 (CI), then fail."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"`{name}` is not installed (apt-get install {name}); `make test` installs it as root"
+    if os.environ.get("SHIPWATCH_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def running(cmd: list[str], port: int, log: Path, timeout: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, timeout)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    binary = require_binary("redis-server")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", str(tmp)]
+    with running(cmd, port, tmp / "redis.log"):
+        yield f"redis://127.0.0.1:{port}/0"
