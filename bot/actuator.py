@@ -1,0 +1,140 @@
+"""Moves traffic to the weight a release record asks for, and records that it did.
+
+The record is committed first (the decision is durable), then the backend acts, then the
+applied weight is committed. A process that dies in between leaves ``applied_weight`` behind
+``weight``, and whichever controller holds the lease next finishes the job: no step is lost or
+applied twice, because applying the same weight again is a no-op for every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from bot.errors import TrafficError
+from bot.notify import EventBus, EventKind, ReleaseEvent
+from bot.rollout import CONTROLLER, Release, State, finish_rollback, pause
+from bot.store import AuditEntry, CommitStatus, Store
+from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
+
+log = logging.getLogger(__name__)
+
+BackendFor = Callable[[str], TrafficBackend]
+
+
+class TrafficActuator:
+    def __init__(self, store: Store, backend_for: BackendFor, events: EventBus,
+                 rollback_wait: float = 5.0) -> None:
+        self.store = store
+        self.backend_for = backend_for
+        self.events = events
+        self.rollback_wait = rollback_wait
+        self._inflight: dict[str, asyncio.Task[Release]] = {}
+
+    def busy(self, release_id: str) -> bool:
+        task = self._inflight.get(release_id)
+        return task is not None and not task.done()
+
+    async def sync(self, release: Release, fence: int | None = None) -> Release:
+        """Apply ``release.weight`` if it is not applied yet. A rollback runs as its own task
+        (a webhook may retry it for a long time); we wait for it up to ``rollback_wait``."""
+        needs = release.applied_weight != release.weight or release.state is State.ROLLING_BACK
+        if not needs or release.state in (State.SUCCEEDED, State.ROLLED_BACK):
+            return release
+        if self.busy(release.id):
+            return release
+        task = asyncio.create_task(self._apply(release, fence), name=f"traffic-{release.id}")
+        self._inflight[release.id] = task
+        task.add_done_callback(lambda _t, rid=release.id: self._inflight.pop(rid, None))
+        if release.state is State.ROLLING_BACK:
+            done, _ = await asyncio.wait({task}, timeout=self.rollback_wait)
+            return task.result() if done else release
+        return await task
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _apply(self, release: Release, fence: int | None) -> Release:
+        change = TrafficChange(
+            release_id=release.id, service=release.service, version=release.version,
+            stable_version=release.stable_version, weight=release.weight,
+            action=_action(release),
+        )
+        backend = self.backend_for(release.service)
+        try:
+            await backend.apply(change)
+        except TrafficError as exc:
+            return await self._failed(release, fence, exc)
+        return await self._record(release, fence, change)
+
+    async def _record(self, release: Release, fence: int | None, change: TrafficChange) -> Release:
+        current: Release | None = release
+        for _ in range(5):
+            if current is None or current.weight != change.weight:
+                return current or release  # a newer decision moved on; it will be synced itself
+            now = time.time()
+            if current.state is State.ROLLING_BACK:
+                new = finish_rollback(current, CONTROLLER, now)
+                audit = AuditEntry(action="rolled_back", actor=CONTROLLER.user, surface="controller",
+                                   service=current.service, release_id=current.id,
+                                   from_state=current.state, to_state=new.state,
+                                   reason=current.reason,
+                                   detail={"rollback_seconds": round(now - (current.rollback_started_at or now), 3),
+                                           "backend": self.backend_for(current.service).name})
+            else:
+                new = current.model_copy(update={"applied_weight": change.weight, "updated_at": now})
+                audit = AuditEntry(action="traffic", actor=CONTROLLER.user, surface="controller",
+                                   service=current.service, release_id=current.id,
+                                   from_state=current.state, to_state=current.state,
+                                   detail={"weight": change.weight, "action": change.action.value})
+            result = await self.store.commit(new, expected_rev=current.rev, audit=audit, fence=fence)
+            if result.status is CommitStatus.OK and result.current is not None:
+                if new.state is State.ROLLED_BACK:
+                    took = now - (current.rollback_started_at or now)
+                    self.events.emit(ReleaseEvent(
+                        EventKind.ROLLED_BACK, result.current,
+                        f"traffic is back on {current.stable_version or 'stable'} "
+                        f"(0% canary) {took:.1f}s after the decision. Reason: {current.reason}"))
+                return result.current
+            if result.status is CommitStatus.FENCED:
+                return release
+            current = result.current if result.status is CommitStatus.CONFLICT else None
+        return release
+
+    async def _failed(self, release: Release, fence: int | None, exc: TrafficError) -> Release:
+        if release.state is State.ROLLING_BACK:
+            # Never give up on a rollback: the next round tries again; shout meanwhile.
+            log.error("ROLLBACK NOT APPLIED for %s: %s", release.label, exc)
+            self.events.emit(ReleaseEvent(EventKind.TRAFFIC_FAILED, release,
+                                          f"rollback is NOT applied yet, retrying: {exc}"))
+            return release
+        reason = f"traffic backend failed to set {release.weight}%: {exc}"
+        log.warning("%s: %s", release.label, reason)
+        if release.state in (State.PROGRESSING, State.BAKING, State.PENDING_APPROVAL):
+            new = pause(release, CONTROLLER, time.time(), reason)
+            audit = AuditEntry(action="pause", actor=CONTROLLER.user, surface="controller",
+                               service=release.service, release_id=release.id,
+                               from_state=release.state, to_state=new.state, reason=reason)
+            result = await self.store.commit(new, expected_rev=release.rev, audit=audit, fence=fence)
+            if result.status is CommitStatus.OK and result.current is not None:
+                self.events.emit(ReleaseEvent(EventKind.PAUSED, result.current, reason))
+                return result.current
+        return release
+
+
+def _action(release: Release) -> TrafficAction:
+    if release.state is State.ROLLING_BACK:
+        return TrafficAction.ROLLBACK
+    if release.applied_weight is None:
+        return TrafficAction.START
+    if release.weight >= 100:
+        return TrafficAction.PROMOTE
+    return TrafficAction.SHIFT

@@ -1,0 +1,135 @@
+"""The one composition root: builds every client and service from Settings and the policy."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bot.actuator import TrafficActuator
+from bot.config import Settings
+from bot.controller import Controller
+from bot.embedded_redis import EmbeddedRedis
+from bot.errors import PolicyError, PolicyProblem, StoreError
+from bot.metrics.base import MetricSource
+from bot.metrics.prometheus import PrometheusSource
+from bot.metrics.synthetic import SyntheticSource
+from bot.notify import EventBus, Notifier
+from bot.policy import Policy, TrafficSettings, embedded_policy, load_policy
+from bot.service import ReleaseService
+from bot.store import Store
+from bot.traffic.base import TrafficBackend
+from bot.traffic.flags import FlagsBackend
+from bot.traffic.webhook import WebhookBackend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = Path("shipwatch.yaml")
+
+
+def resolve_policy(settings: Settings) -> Policy:
+    """The policy file, or the embedded demo policy when the default path does not exist.
+
+    An invalid file raises PolicyError: nothing starts on a policy that does not validate.
+    """
+    path = settings.policy_path
+    if path.exists():
+        return load_policy(path)
+    if path == DEFAULT_POLICY:
+        log.info("no %s here: using the embedded demo policy (services: checkout, payments, "
+                 "search)", path)
+        return embedded_policy()
+    raise PolicyError(str(path), [PolicyProblem(
+        "(file)", "not found", "fix SHIPWATCH_POLICY, or unset it to use ./shipwatch.yaml")])
+
+
+@dataclass
+class App:
+    settings: Settings
+    policy: Policy
+    redis: aioredis.Redis
+    store: Store
+    events: EventBus
+    source: MetricSource
+    actuator: TrafficActuator
+    service: ReleaseService
+    controller: Controller
+    embedded_redis: EmbeddedRedis | None = None
+    backends: dict[str, TrafficBackend] = field(default_factory=dict)
+
+    def current_policy(self) -> Policy:
+        return self.policy
+
+    async def close(self) -> None:
+        await self.controller.close()
+        await self.actuator.close()
+        await self.events.close()
+        for backend in {id(b): b for b in self.backends.values()}.values():
+            await backend.close()
+        await self.source.close()
+        await self.redis.aclose()
+        if self.embedded_redis is not None:
+            await self.embedded_redis.stop()
+
+
+async def build_app(settings: Settings, *, policy: Policy | None = None,
+                    notifiers: Sequence[Notifier] = (), source: MetricSource | None = None,
+                    owner: str | None = None) -> App:
+    policy = policy or resolve_policy(settings)
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await embedded.start()
+    redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
+                                    socket_connect_timeout=5, health_check_interval=30)
+    store = Store(redis)
+    try:
+        await store.ping()
+    except StoreError:
+        await redis.aclose()
+        if embedded is not None:
+            await embedded.stop()
+        raise
+    if source is None:
+        if settings.prometheus_url:
+            source = PrometheusSource(settings.prometheus_url, timeout=settings.prometheus_timeout)
+        else:
+            log.warning("PROMETHEUS_URL is not set: using the SYNTHETIC demo metrics source")
+            source = SyntheticSource()
+    events = EventBus(notifiers)
+    flags = FlagsBackend(redis)
+    backends: dict[str, TrafficBackend] = {}
+    for name, sp in policy.services.items():
+        backends[name] = flags if sp.traffic.backend == "flags" else _webhook(sp.traffic)
+
+    def backend_for(service: str) -> TrafficBackend:
+        return backends.get(service, flags)
+
+    actuator = TrafficActuator(store, backend_for, events)
+    app_policy = policy
+
+    def current() -> Policy:
+        return app_policy
+
+    service = ReleaseService(store, current, actuator, events)
+    controller = Controller(store, current, source, actuator, events, tick=settings.controller_tick,
+                            lease_ttl=settings.lease_ttl, owner=owner)
+    return App(settings=settings, policy=policy, redis=redis, store=store, events=events,
+               source=source, actuator=actuator, service=service, controller=controller,
+               embedded_redis=embedded, backends=backends)
+
+
+def _webhook(traffic: TrafficSettings) -> WebhookBackend:
+    assert traffic.url is not None  # validated by the policy
+    secret = os.environ.get(traffic.secret_env) if traffic.secret_env else None
+    if traffic.secret_env and not secret:
+        raise PolicyError("traffic", [PolicyProblem(
+            "traffic.secret_env", f"environment variable {traffic.secret_env} is empty",
+            "export the webhook's HMAC secret under that name")])
+    return WebhookBackend(traffic.url, secret, timeout=traffic.timeout,
+                          retries=max(1, traffic.retries))

@@ -1,0 +1,136 @@
+"""The `shipwatch` command (also `python -m bot`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot import __version__
+from bot.app import build_app, resolve_policy
+from bot.config import Settings
+from bot.errors import PolicyError, ShipwatchError
+from bot.notify import LogNotifier
+from bot.policy import Policy, load_policy
+
+log = logging.getLogger("shipwatch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shipwatch",
+        description="Progressive delivery from chat: canary releases that advance and roll "
+                    "back by themselves.")
+    parser.add_argument("--version", action="version", version=f"shipwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check-config", help="validate a policy file and print every problem")
+    check.add_argument("file", type=Path, help="path to shipwatch.yaml")
+
+    console = sub.add_parser("console", help="run releases from the terminal (no Slack needed)")
+    console.add_argument("--as", dest="user", default="you", help="who is typing (default: you)")
+    console.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
+    console.add_argument("--demo-speed", action=argparse.BooleanOptionalAction, default=None,
+                         help="seconds instead of minutes per step (default: on with the "
+                              "embedded demo policy)")
+
+    serve = sub.add_parser("serve", help="run the bot: controller (and, with Slack, the app)")
+    serve.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
+    serve.add_argument("--no-controller", action="store_true",
+                       help="do not drive releases in this process")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if args.command == "console":
+        # The terminal is the chat: keep log lines out of it, in a file next to the data.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=settings.log_level.upper(), format=log_format,
+                            filename=str(settings.data_dir / "console.log"))
+    else:
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=log_format)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if getattr(args, "policy", None):
+        settings = settings.model_copy(update={"policy_path": args.policy})
+    try:
+        policy = resolve_policy(settings)
+    except PolicyError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "console":
+            fast = args.demo_speed if args.demo_speed is not None else policy.source.startswith("(")
+            return asyncio.run(_console(settings, demo_speed(policy) if fast else policy, args.user))
+        if args.command == "serve":
+            return asyncio.run(_serve(settings, policy, controller=not args.no_controller))
+    except ShipwatchError as exc:
+        print(f"shipwatch: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _check_config(path: Path) -> int:
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for name, sp in sorted(policy.services.items()):
+        steps = " → ".join(f"{w}%" for w in sp.weights) if sp.strategy.value == "canary" else "0% → 100%"
+        print(f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
+              f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}")
+    print(f"{path}: OK, {len(policy.services)} service(s)")
+    return 0
+
+
+def demo_speed(policy: Policy) -> Policy:
+    """Seconds instead of minutes, so a whole release plays out while you watch."""
+    services = {
+        name: sp.model_copy(update={
+            "interval": 2.0, "hold": 10.0, "bake": 12.0, "window": 10.0,
+            "steps": [s.model_copy(update={"hold": None}) for s in sp.steps],
+        })
+        for name, sp in policy.services.items()
+    }
+    return policy.model_copy(update={"services": services})
+
+
+async def _console(settings: Settings, policy: Policy, user: str) -> int:
+    from bot.console import Console, ConsoleNotifier
+
+    settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.5)})
+    app = await build_app(settings, policy=policy, notifiers=[ConsoleNotifier(sys.stdout)])
+    try:
+        return await Console(app, user).run()
+    finally:
+        await app.close()
+
+
+async def _serve(settings: Settings, policy: Policy, *, controller: bool) -> int:
+    app = await build_app(settings, policy=policy, notifiers=[LogNotifier()])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    app.events.start()
+    log.info("serving with %d service(s); metrics from %s", len(policy.services), app.source.name)
+    try:
+        if controller:
+            await app.controller.run(stop)
+        else:
+            await stop.wait()
+    finally:
+        await app.close()
+    return 0

@@ -1,0 +1,118 @@
+"""The command grammar shared by every surface (Slack slash commands, the console, the API).
+
+``parse("deploy checkout v2.4.1 --risk high")`` gives a typed Command or raises CommandError
+with the right usage.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from bot.durations import parse_duration
+from bot.errors import CommandError
+from bot.service import DeployOptions
+
+USAGE = {
+    "deploy": "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "
+              "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--notes TEXT]",
+    "advance": "/advance <service>",
+    "approve": "/rollout approve <service>",
+    "rollback": "/rollback <service> [reason]",
+    "status": "/rollout status <service>",
+    "list": "/rollout list",
+    "pause": "/rollout pause <service> [reason]",
+    "resume": "/rollout resume <service>",
+    "history": "/rollout history <service> [count]",
+    "stats": "/rollout stats [service]",
+    "lock": "/rollout lock <service> <reason>",
+    "unlock": "/rollout unlock <service>",
+    "help": "/rollout help",
+}
+NEEDS_SERVICE = {"deploy", "advance", "approve", "rollback", "status", "pause", "resume",
+                 "history", "lock", "unlock"}
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str
+    service: str = ""
+    version: str = ""
+    text: str = ""  # reason / notes / count, the rest of the line
+    options: DeployOptions = field(default_factory=DeployOptions)
+
+
+def parse(line: str) -> Command:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise CommandError(f"cannot read the command: {exc}", usage=USAGE["help"]) from exc
+    if not words:
+        raise CommandError("empty command", usage=USAGE["help"])
+    verb = words[0].lstrip("/").lower()
+    if verb == "rollout":
+        if len(words) == 1:
+            return Command("help")
+        verb, words = words[1].lower(), words[1:]
+    if verb not in USAGE:
+        raise CommandError(f"unknown command `{verb}`",
+                           usage=" | ".join(sorted(USAGE)))
+    args = words[1:]
+    if verb in NEEDS_SERVICE and not args:
+        raise CommandError(f"`{verb}` needs a service", usage=USAGE[verb])
+    if verb == "deploy":
+        return _deploy(args)
+    service = args[0].lower() if args else ""
+    return Command(verb, service=service, text=" ".join(args[1:]))
+
+
+def _deploy(args: list[str]) -> Command:
+    usage = USAGE["deploy"]
+    positional: list[str] = []
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word.startswith("--"):
+            name = word[2:]
+            if name not in ("risk", "strategy", "steps", "hold", "notes", "stable"):
+                raise CommandError(f"unknown option `{word}`", usage=usage)
+            if name == "notes":
+                opts["notes"] = " ".join(args[i + 1:])
+                break
+            if i + 1 >= len(args):
+                raise CommandError(f"`{word}` needs a value", usage=usage)
+            opts[name] = args[i + 1]
+            i += 2
+        else:
+            positional.append(word)
+            i += 1
+    if len(positional) != 2:
+        raise CommandError("deploy takes a service and a version", usage=usage)
+    steps = None
+    if "steps" in opts:
+        try:
+            steps = [int(s) for s in opts["steps"].replace("%", "").split(",") if s]
+        except ValueError as exc:
+            raise CommandError(f"bad --steps `{opts['steps']}`: use numbers like 1,10,50,100",
+                               usage=usage) from exc
+    hold = None
+    if "hold" in opts:
+        try:
+            hold = parse_duration(opts["hold"])
+        except ValueError as exc:
+            raise CommandError(str(exc), usage=usage) from exc
+    risk = opts.get("risk")
+    if risk is not None and risk not in ("normal", "high"):
+        raise CommandError(f"bad --risk `{risk}`: use normal or high", usage=usage)
+    strategy = opts.get("strategy")
+    if strategy is not None:
+        strategy = strategy.replace("-", "_")
+        if strategy not in ("canary", "blue_green"):
+            raise CommandError(f"bad --strategy `{strategy}`: use canary or blue_green",
+                               usage=usage)
+    return Command("deploy", service=positional[0].lower(), version=positional[1],
+                   text=opts.get("notes", ""),
+                   options=DeployOptions(risk=risk, strategy=strategy, steps=steps, hold=hold,
+                                         notes=opts.get("notes", ""),
+                                         stable=opts.get("stable", "")))

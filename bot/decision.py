@@ -1,0 +1,96 @@
+"""From one round of checks to one decision. Pure: the controller carries it out.
+
+Order of precedence: roll back > pause > advance / approval / succeed > hold.
+Dry-run metrics are judged and reported but never counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bot.policy import Metric, NoDataPolicy
+from bot.rollout import MetricCounters, Release, State, hold_elapsed
+from bot.thresholds import CheckResult, Outcome
+
+
+class Verdict(StrEnum):
+    HOLD = "hold"
+    ADVANCE = "advance"
+    REQUEST_APPROVAL = "request_approval"
+    SUCCEED = "succeed"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    counters: dict[str, MetricCounters] = field(default_factory=dict)
+    clean: bool = False  # every counted check passed this round
+
+
+def decide(release: Release, metrics: Sequence[Metric], checks: Sequence[CheckResult],
+           now: float) -> Decision:
+    by_name = {m.name: m for m in metrics}
+    counters = {name: c.model_copy() for name, c in release.counters.items()}
+    rollback: list[str] = []
+    pause: list[str] = []
+    clean = True
+    for check in checks:
+        metric = by_name.get(check.metric)
+        if metric is None or check.dry_run:
+            continue
+        c = counters.setdefault(check.metric, MetricCounters())
+        outcome = check.outcome
+        if outcome is Outcome.NO_DATA and metric.no_data is NoDataPolicy.FAIL:
+            outcome = Outcome.FAIL
+        if outcome is not Outcome.PASS:
+            clean = False
+        if outcome is Outcome.PASS:
+            c.consecutive_failures = 0
+            c.consecutive_errors = 0
+        elif outcome is Outcome.FAIL:
+            c.consecutive_failures += 1
+            c.total_failures += 1
+            c.consecutive_errors = 0
+            if metric.critical:
+                rollback.append(f"critical metric failed: {check.reason}")
+            elif c.consecutive_failures >= metric.failure_limit:
+                rollback.append(f"{check.reason}, {c.consecutive_failures} consecutive "
+                                f"failed check(s) (limit {metric.failure_limit})")
+            elif c.total_failures >= metric.total_failure_limit:
+                rollback.append(f"{check.reason}, {c.total_failures} failed checks in this "
+                                f"release (limit {metric.total_failure_limit})")
+        elif outcome is Outcome.ERROR:
+            c.consecutive_errors += 1
+            if c.consecutive_errors >= metric.error_limit:
+                pause.append(f"{check.reason} ({c.consecutive_errors} times in a row, limit "
+                             f"{metric.error_limit}); query: {check.query}")
+        elif outcome is Outcome.NO_DATA and metric.no_data is NoDataPolicy.PAUSE:
+            pause.append(check.reason)
+
+    if rollback:
+        return Decision(Verdict.ROLLBACK, "; ".join(rollback), counters, clean)
+    if pause and release.state is not State.PAUSED:
+        return Decision(Verdict.PAUSE, "; ".join(pause), counters, clean)
+    if not clean:
+        return Decision(Verdict.HOLD, _hold_reason(checks), counters, clean)
+    if release.state is State.PROGRESSING and hold_elapsed(release, now):
+        if release.is_last_step:
+            return Decision(Verdict.HOLD, "at the last step", counters, clean)
+        if release.risk == "high":
+            return Decision(Verdict.REQUEST_APPROVAL, "hold passed; the next step needs approval",
+                            counters, clean)
+        return Decision(Verdict.ADVANCE, "hold passed with every check green", counters, clean)
+    if release.state is State.BAKING and now - release.step_started_at >= release.bake:
+        return Decision(Verdict.SUCCEED, "bake window passed with every check green",
+                        counters, clean)
+    return Decision(Verdict.HOLD, "checks green, holding", counters, clean)
+
+
+def _hold_reason(checks: Sequence[CheckResult]) -> str:
+    pending = [c.reason for c in checks if c.outcome is not Outcome.PASS and not c.dry_run]
+    return "holding: " + "; ".join(pending) if pending else "holding"

@@ -1,0 +1,114 @@
+"""What the bot says, as events, and the port adapters (console, log, later Slack) implement.
+
+Emitting never blocks the caller: the controller hands an event to the bus and moves on, so a
+slow or failing chat API can never delay a rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bot.rollout import Release
+
+log = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    STEP_ADVANCED = "step_advanced"
+    APPROVAL_NEEDED = "approval_needed"
+    APPROVED = "approved"
+    METRICS_SUMMARY = "metrics_summary"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    BAKING = "baking"
+    SUCCEEDED = "succeeded"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLED_BACK = "rolled_back"
+    TRAFFIC_FAILED = "traffic_failed"
+
+
+@dataclass(frozen=True)
+class ReleaseEvent:
+    kind: EventKind
+    release: Release
+    message: str
+    actor: str = "shipwatch"
+    checks: Sequence[dict[str, Any]] = ()
+    at: float = field(default_factory=time.time)
+
+
+class Notifier(Protocol):
+    async def notify(self, event: ReleaseEvent) -> None: ...
+
+
+class LogNotifier:
+    """Writes every event to the log: the notifier of a headless controller."""
+
+    async def notify(self, event: ReleaseEvent) -> None:
+        log.info("%s %s: %s", event.release.label, event.kind.value, event.message,
+                 extra={"release_id": event.release.id, "event": event.kind.value})
+
+
+class EventBus:
+    """Fans events out to notifiers from a background task, each call under a timeout."""
+
+    def __init__(self, notifiers: Sequence[Notifier] = (), timeout: float = 10.0,
+                 maxsize: int = 10_000) -> None:
+        self.notifiers = list(notifiers)
+        self.timeout = timeout
+        self._queue: asyncio.Queue[ReleaseEvent] = asyncio.Queue(maxsize=maxsize)
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def emit(self, event: ReleaseEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.error("event queue full, dropped %s for %s", event.kind.value, event.release.label)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="shipwatch-events")
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._deliver(event)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, event: ReleaseEvent) -> None:
+        for notifier in self.notifiers:
+            try:
+                await asyncio.wait_for(notifier.notify(event), self.timeout)
+            except Exception:
+                log.exception("notifier %s failed on %s for %s", type(notifier).__name__,
+                              event.kind.value, event.release.label)
+
+    async def drain(self) -> None:
+        """Wait until every emitted event has been delivered (tests, shutdown)."""
+        if self._task is None:
+            while not self._queue.empty():
+                await self._deliver(self._queue.get_nowait())
+                self._queue.task_done()
+            return
+        await self._queue.join()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self.timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,462 @@
+"""The policy file (``shipwatch.yaml``): defaults plus per-service overrides, validated by pydantic.
+
+Every problem is reported with its path in the file (and line), a hint, and nothing is applied
+until the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.durations import parse_duration
+from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+PLACEHOLDERS = ("{service}", "{version}", "{window}")
+_SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9._@-]+$")
+
+
+class Risk(StrEnum):
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Strategy(StrEnum):
+    CANARY = "canary"
+    BLUE_GREEN = "blue_green"
+
+
+class Direction(StrEnum):
+    INCREASE = "increase"  # higher is worse (errors, latency)
+    DECREASE = "decrease"  # lower is worse (success rate, conversions)
+    EITHER = "either"
+
+
+class NoDataPolicy(StrEnum):
+    HOLD = "hold"  # keep the step, do not advance, do not count a failure
+    PAUSE = "pause"  # pause the release and say why
+    FAIL = "fail"  # count as a failed check
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    weight: int = Field(ge=0, le=100)
+    hold: Seconds | None = None  # None: the service's hold
+
+
+def _coerce_step(value: Any) -> Any:
+    return {"weight": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+StepSpec = Annotated[Step, BeforeValidator(_coerce_step)]
+
+
+class Metric(_Strict):
+    """One metric and the rules that judge the canary on it."""
+
+    name: str = Field(min_length=1, max_length=64)
+    query: str = Field(min_length=1)
+    description: str = ""
+    unit: str = ""
+    direction: Direction = Direction.INCREASE
+    # Absolute limits on the canary value; the warn_* twins are reported, never fail a check.
+    max: float | None = None
+    min: float | None = None
+    warn_max: float | None = None
+    warn_min: float | None = None
+    # Limits against the control (or, while baking, the pre-release baseline).
+    max_ratio: float | None = Field(default=None, gt=0)
+    max_diff: float | None = Field(default=None, ge=0)
+    warn_ratio: float | None = Field(default=None, gt=0)
+    warn_diff: float | None = Field(default=None, ge=0)
+    critical: bool = False  # one failure rolls back at once
+    dry_run: bool = False  # judged and reported, never acted on
+    no_data: NoDataPolicy = NoDataPolicy.HOLD
+    min_requests: int = Field(default=0, ge=0)  # no verdict while the canary saw fewer requests
+    failure_limit: int = Field(default=2, ge=1)  # consecutive failed checks that roll back
+    total_failure_limit: int = Field(default=5, ge=1)  # failed checks in the whole release
+    error_limit: int = Field(default=3, ge=1)  # consecutive query errors that pause
+    window: Seconds | None = None  # {window}; None: the service's window
+
+    @field_validator("query")
+    @classmethod
+    def _query_names_version(cls, value: str) -> str:
+        if "{version}" not in value:
+            raise ValueError(
+                "the query must contain {version} so canary and control are queried apart"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_rule(self) -> Metric:
+        rules = (self.max, self.min, self.max_ratio, self.max_diff)
+        warns = (self.warn_max, self.warn_min, self.warn_ratio, self.warn_diff)
+        if all(r is None for r in rules) and all(w is None for w in warns):
+            raise ValueError("the metric has no rule: set max, min, max_ratio or max_diff")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class TrafficSettings(_Strict):
+    backend: Literal["flags", "webhook"] = "flags"
+    url: str | None = None  # webhook
+    secret_env: str | None = None  # name of the env var holding the webhook's HMAC secret
+    timeout: Seconds = 5.0
+    retries: int = Field(default=3, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> TrafficSettings:
+        if self.backend == "webhook" and not self.url:
+            raise ValueError("the webhook backend needs a url")
+        return self
+
+
+DEFAULT_REQUESTS_QUERY = (
+    'sum(increase(http_requests_total{service="{service}",version="{version}"}[{window}]))'
+)
+
+
+class ServicePolicy(_Strict):
+    """Everything that governs one service's releases (defaults merged with its overrides)."""
+
+    steps: list[StepSpec] = Field(default_factory=lambda: [Step(weight=w) for w in (1, 10, 25, 50, 100)])
+    hold: Seconds = 900.0
+    interval: Seconds = 30.0
+    window: Seconds = 60.0
+    bake: Seconds = 3600.0
+    risk: Risk = Risk.NORMAL
+    strategy: Strategy = Strategy.CANARY
+    channel: str = "#releases"
+    deployers: list[str] = Field(default_factory=list)  # empty: anyone may deploy
+    approvers: list[str] = Field(default_factory=list)  # empty: anyone but the requester
+    oncall: str = ""
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    requests_query: str = DEFAULT_REQUESTS_QUERY
+    metrics: list[Metric] = Field(default_factory=list)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[Step]) -> list[Step]:
+        weights = [s.weight for s in steps]
+        if not weights:
+            raise ValueError("give at least one step, e.g. [1, 10, 25, 50, 100]")
+        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+            raise ValueError(f"steps must rise strictly, got {weights}")
+        if weights[-1] != 100:
+            raise ValueError(f"the last step must be 100, got {weights[-1]}")
+        return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_positive(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError("the analysis interval must be at least 50ms")
+        return value
+
+    @field_validator("deployers", "approvers")
+    @classmethod
+    def _principals(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not _PRINCIPAL.match(v):
+                raise ValueError(f"`{v}` is not a Slack user id (U…), user-group id (S…) or name")
+        return values
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: list[Metric]) -> list[Metric]:
+        seen: set[str] = set()
+        for m in metrics:
+            if m.name in seen:
+                raise ValueError(f"metric `{m.name}` is defined twice")
+            seen.add(m.name)
+        return metrics
+
+    def hold_for(self, step_index: int) -> float:
+        step = self.steps[step_index]
+        return self.hold if step.hold is None else step.hold
+
+    @property
+    def weights(self) -> list[int]:
+        return [s.weight for s in self.steps]
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    services: dict[str, ServicePolicy]
+
+    def service(self, name: str) -> ServicePolicy:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = sorted(self.services)
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            raise UnknownServiceError(name, close[0] if close else None, known) from None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_TOP_KEYS = {"defaults", "services"}
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(
+            str(path),
+            [PolicyProblem("(file)", "not found", "create it, or set SHIPWATCH_POLICY to its path")],
+        ) from None
+    except OSError as exc:
+        raise PolicyError(str(path), [PolicyProblem("(file)", str(exc))]) from exc
+    return parse_policy(text, str(path))
+
+
+def embedded_policy() -> Policy:
+    """The demo policy shipped with the package (used when no policy file exists)."""
+    text = resources.files("bot").joinpath("defaults/shipwatch.yaml").read_text(encoding="utf-8")
+    return parse_policy(text, "(embedded defaults)")
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_index(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise PolicyError(
+            source,
+            [PolicyProblem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                           "check indentation and quoting (PromQL with braces needs quotes)")],
+        ) from exc
+    if raw is None:
+        raw = {}
+    problems: list[PolicyProblem] = []
+    if not isinstance(raw, dict):
+        raise PolicyError(source, [PolicyProblem("(top)", "must be a mapping",
+                                                 "start with `defaults:` and `services:`")])
+    for key in raw:
+        if key not in _TOP_KEYS:
+            problems.append(PolicyProblem(str(key), "unknown top-level key",
+                                          _did_you_mean(str(key), _TOP_KEYS)))
+    defaults_raw = raw.get("defaults") or {}
+    services_raw = raw.get("services") or {}
+    if not isinstance(defaults_raw, dict):
+        problems.append(PolicyProblem("defaults", "must be a mapping"))
+        defaults_raw = {}
+    if not isinstance(services_raw, dict) or not services_raw:
+        problems.append(PolicyProblem("services", "no services defined",
+                                      "add `services: {checkout: {}}` with one entry per service"))
+        services_raw = {}
+
+    problems += _validate(defaults_raw, ["defaults"], lambda loc: ["defaults", *loc], lines)
+
+    services: dict[str, ServicePolicy] = {}
+    for name, override in services_raw.items():
+        base = ["services", str(name)]
+        if not isinstance(name, str) or not _SERVICE_NAME.match(name):
+            problems.append(PolicyProblem(".".join(base), "invalid service name",
+                                          "use lowercase letters, digits, '-', '_' or '.'"))
+            continue
+        override = override or {}
+        if not isinstance(override, dict):
+            problems.append(PolicyProblem(".".join(base), "must be a mapping of overrides"))
+            continue
+        merged, origins = _merge(defaults_raw, override, name)
+
+        def locate(loc: list[str | int], origins: list[list[str | int]] = origins,
+                   override: dict[str, Any] = override, base: list[str] = base) -> list[str | int]:
+            if loc and loc[0] == "metrics" and len(loc) > 1 and isinstance(loc[1], int):
+                if loc[1] >= len(origins):
+                    return [*base, *loc]
+                return [*_metric_origin(origins[loc[1]], loc[2:], merged_from=override), *loc[2:]]
+            if loc and loc[0] in override:
+                return [*base, *loc]
+            return ["defaults", *loc]
+
+        found = _validate(merged, base, locate, lines)
+        problems += [p for p in found if p.path.startswith("services.")]
+        if not found:
+            services[name] = ServicePolicy.model_validate(merged)
+    if problems:
+        raise PolicyError(source, _dedupe(problems))
+    return Policy(source=source, services=services)
+
+
+def _metric_origin(origin: list[str | int], rest: list[str | int],
+                   merged_from: dict[str, Any]) -> list[str | int]:
+    """A merged metric's field comes from the service entry if that entry sets it, else from
+    the default entry of the same name (whose path is kept as the origin's tail)."""
+    if origin[0] == "services" and len(origin) > 4:
+        own = merged_from.get("metrics") or []
+        entry = own[origin[3]] if isinstance(origin[3], int) and origin[3] < len(own) else {}
+        if rest and isinstance(entry, dict) and rest[0] not in entry:
+            return origin[4:]
+        return origin[:4]
+    return origin
+
+
+def _merge(defaults: dict[str, Any], override: dict[str, Any], service: str,
+           ) -> tuple[dict[str, Any], list[list[str | int]]]:
+    """Service overrides on top of defaults. Metrics merge by name: a service entry with a
+    default's name overrides just the fields it sets; new names are added."""
+    merged = copy.deepcopy(defaults)
+    for key, value in override.items():
+        if key == "traffic" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key != "metrics":
+            merged[key] = copy.deepcopy(value)
+    base_metrics = defaults.get("metrics") or []
+    own_metrics = override.get("metrics")
+    metrics: list[Any] = []
+    origins: list[list[str | int]] = []
+    if isinstance(base_metrics, list):
+        for i, m in enumerate(base_metrics):
+            metrics.append(copy.deepcopy(m))
+            origins.append(["defaults", "metrics", i])
+    if isinstance(own_metrics, list):
+        by_name = {m.get("name"): i for i, m in enumerate(metrics) if isinstance(m, dict)}
+        for j, m in enumerate(own_metrics):
+            name = m.get("name") if isinstance(m, dict) else None
+            if name is not None and name in by_name and isinstance(m, dict):
+                k = by_name[name]
+                metrics[k] = {**metrics[k], **m}
+                # Keep the default's path behind the service's, for fields the service leaves.
+                origins[k] = ["services", service, "metrics", j, *origins[k]]
+            else:
+                metrics.append(copy.deepcopy(m))
+                origins.append(["services", service, "metrics", j])
+    elif own_metrics is not None:
+        metrics = own_metrics  # let validation report the wrong type
+        origins = []
+    merged["metrics"] = metrics
+    return merged, origins
+
+
+_HINTS = {
+    "extra_forbidden": "remove it, or check its spelling",
+    "missing": "add this field",
+    "int_parsing": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "enum": "use one of the listed values",
+    "literal_error": "use one of the listed values",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "list_type": "use a YAML list",
+    "dict_type": "use a mapping",
+}
+
+
+def _validate(data: dict[str, Any], base: list[str], locate: Any,
+              lines: dict[tuple[str | int, ...], int]) -> list[PolicyProblem]:
+    try:
+        ServicePolicy.model_validate(data)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            loc = [part for part in err["loc"] if not (isinstance(part, str) and "[" in part)]
+            path = locate(list(loc))
+            hint = _HINTS.get(err["type"], "")
+            if err["type"] == "extra_forbidden" and loc:
+                hint = _did_you_mean(str(loc[-1]), _fields_at(list(loc))) or hint
+            message = str(err["msg"]).removeprefix("Value error, ")
+            out.append(PolicyProblem(_render_path(path, lines), message, hint))
+        return out
+    return []
+
+
+def _fields_at(loc: list[Any]) -> set[str]:
+    model: type[BaseModel] = ServicePolicy
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields.get(str(part))
+        if annotation is None:
+            break
+        if part == "metrics":
+            model = Metric
+        elif part == "traffic":
+            model = TrafficSettings
+        elif part == "steps":
+            model = Step
+    return set(model.model_fields)
+
+
+def _did_you_mean(word: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else ""
+
+
+def _render_path(path: list[str | int], lines: dict[tuple[str | int, ...], int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    for cut in range(len(path), 0, -1):
+        line = lines.get(tuple(path[:cut]))
+        if line is not None:
+            return f"{text} (line {line})"
+    return text
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each path in the YAML document to its 1-based line, for error messages."""
+    index: dict[tuple[str | int, ...], int] = {}
+    root = yaml.compose(text)
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                walk(value, sub)
+                index[sub] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _dedupe(problems: list[PolicyProblem]) -> list[PolicyProblem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out
+
+
+def render_template(template: str, *, service: str, version: str, window: str) -> str:
+    """Fill the three placeholders. str.format is not usable: PromQL is full of braces."""
+    return (template.replace("{service}", service).replace("{version}", version)
+            .replace("{window}", window))

@@ -1,0 +1,313 @@
+"""The release state machine: states, the transition table, and pure transition functions.
+
+Nothing here does I/O. Each function takes a Release and returns the next one, or raises
+ConflictError naming the state the release is in and who put it there.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.durations import format_duration
+from bot.errors import ConflictError
+from bot.keys import SCHEMA_VERSION
+
+
+class State(StrEnum):
+    PENDING_APPROVAL = "pending_approval"  # waiting for a human before the next step
+    PROGRESSING = "progressing"  # at step k, weight w, holding while checks pass
+    PAUSED = "paused"  # frozen at its weight until someone resumes or rolls back
+    BAKING = "baking"  # at 100%, still judged against the pre-release baseline
+    SUCCEEDED = "succeeded"
+    ROLLING_BACK = "rolling_back"  # decided; traffic being sent back to stable
+    ROLLED_BACK = "rolled_back"
+
+
+ACTIVE = frozenset({State.PENDING_APPROVAL, State.PROGRESSING, State.PAUSED, State.BAKING,
+                    State.ROLLING_BACK})
+TERMINAL = frozenset({State.SUCCEEDED, State.ROLLED_BACK})
+
+
+class Action(StrEnum):
+    START = "start"
+    ADVANCE = "advance"
+    REQUEST_APPROVAL = "request_approval"
+    APPROVE = "approve"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SUCCEED = "succeed"
+    ROLLBACK = "rollback"
+    FINISH_ROLLBACK = "finish_rollback"
+
+
+# The transition table: which actions each state allows, and where they may lead.
+TRANSITIONS: dict[State, dict[Action, frozenset[State]]] = {
+    State.PENDING_APPROVAL: {
+        Action.APPROVE: frozenset({State.PROGRESSING, State.BAKING}),
+        Action.PAUSE: frozenset({State.PAUSED}),
+        Action.ROLLBACK: frozenset({State.ROLLING_BACK}),
+    },
+    State.PROGRESSING: {
+        Action.ADVANCE: frozenset({State.PROGRESSING, State.BAKING}),
+        Action.REQUEST_APPROVAL: frozenset({State.PENDING_APPROVAL}),
+        Action.PAUSE: frozenset({State.PAUSED}),
+        Action.ROLLBACK: frozenset({State.ROLLING_BACK}),
+    },
+    State.PAUSED: {
+        Action.RESUME: frozenset({State.PROGRESSING, State.PENDING_APPROVAL, State.BAKING}),
+        Action.ROLLBACK: frozenset({State.ROLLING_BACK}),
+    },
+    State.BAKING: {
+        Action.SUCCEED: frozenset({State.SUCCEEDED}),
+        Action.PAUSE: frozenset({State.PAUSED}),
+        Action.ROLLBACK: frozenset({State.ROLLING_BACK}),
+    },
+    State.ROLLING_BACK: {
+        Action.FINISH_ROLLBACK: frozenset({State.ROLLED_BACK}),
+    },
+    State.SUCCEEDED: {},
+    State.ROLLED_BACK: {},
+}
+
+
+class Actor(BaseModel):
+    """Who asks, from where. ``groups`` are the user-group ids the adapter resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    surface: str = "console"  # slack | console | api | controller
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def is_controller(self) -> bool:
+        return self.surface == "controller"
+
+
+CONTROLLER = Actor(user="shipwatch", surface="controller")
+
+
+class Transition(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    state: State
+    by: str
+    surface: str
+    at: float
+    reason: str = ""
+
+
+class MetricCounters(BaseModel):
+    consecutive_failures: int = 0
+    total_failures: int = 0
+    consecutive_errors: int = 0
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    by: str
+    at: float
+
+
+class Release(BaseModel):
+    """One release of one service: the JSON record kept in Redis."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    number: int
+    service: str
+    version: str
+    stable_version: str = ""
+    strategy: str = "canary"
+    risk: str = "normal"
+    weights: list[int]
+    holds: list[float]
+    interval: float
+    bake: float
+    notes: str = ""
+
+    state: State
+    step: int = 0  # index into weights of the current step
+    weight: int = 0  # the weight the release should be at
+    applied_weight: int | None = None  # the weight the traffic backend last confirmed
+    awaiting_step: int | None = None  # step index waiting for approval
+    paused_from: State | None = None
+    reason: str = ""  # why it paused / rolled back
+
+    requested_by: str
+    surface: str
+    created_at: float
+    step_started_at: float
+    updated_at: float
+    finished_at: float | None = None
+    last: Transition
+    approvals: list[Approval] = Field(default_factory=list)
+
+    # Analysis bookkeeping.
+    counters: dict[str, MetricCounters] = Field(default_factory=dict)
+    last_checks: list[dict[str, Any]] = Field(default_factory=list)
+    last_eval_at: float | None = None
+    evaluations: int = 0
+    clean_checks_in_step: int = 0
+    baseline: dict[str, float] = Field(default_factory=dict)
+    rollback_started_at: float | None = None
+
+    # Where adapters render this release (Slack channel/ts/thread_ts), kept across restarts.
+    messages: dict[str, str] = Field(default_factory=dict)
+    rev: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.service}#{self.number} ({self.version})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def hold(self) -> float:
+        return self.holds[self.step]
+
+    @property
+    def is_last_step(self) -> bool:
+        return self.step >= len(self.weights) - 1
+
+    def describe_state(self) -> str:
+        """'is progressing at 10% (step 2/5), put there by alice via slack 3m ago: reason'."""
+        where = {
+            State.PROGRESSING: f" at {self.weight}% (step {self.step + 1}/{len(self.weights)})",
+            State.PENDING_APPROVAL: f" for step {(self.awaiting_step or 0) + 1} "
+            f"({self.weights[self.awaiting_step or 0]}%)",
+            State.PAUSED: f" at {self.weight}%",
+        }.get(self.state, "")
+        ago = format_duration(max(0.0, time.time() - self.last.at))
+        reason = f": {self.last.reason}" if self.last.reason else ""
+        return (f"{self.label} is {self.state.value}{where}, put there by {self.last.by} "
+                f"via {self.last.surface} {ago} ago{reason}")
+
+
+def _move(release: Release, action: Action, to: State, actor: Actor, now: float,
+          note: str = "", **changes: Any) -> Release:
+    allowed = TRANSITIONS[release.state].get(action)
+    if allowed is None or to not in allowed:
+        raise ConflictError(f"cannot {action.value}: {release.describe_state()}")
+    return release.model_copy(update={
+        "state": to,
+        "updated_at": now,
+        "last": Transition(action=action, state=to, by=actor.user, surface=actor.surface,
+                           at=now, reason=note),
+        **changes,
+    })
+
+
+def check_allowed(release: Release, action: Action) -> None:
+    """Raise ConflictError if the state has no such action (for checks before side effects)."""
+    if action not in TRANSITIONS[release.state]:
+        raise ConflictError(f"cannot {action.value}: {release.describe_state()}")
+
+
+def _enter_step(release: Release, step: int, action: Action, actor: Actor, now: float,
+                reason: str, **extra: Any) -> Release:
+    weight = release.weights[step]
+    to = State.BAKING if weight >= 100 else State.PROGRESSING
+    if weight >= 100 and not release.baseline:
+        # Freeze the control's last numbers: they are the baseline the bake compares against.
+        extra.setdefault("baseline", _control_values(release))
+    return _move(release, action, to, actor, now, reason, step=step, weight=weight,
+                 step_started_at=now, clean_checks_in_step=0, awaiting_step=None, **extra)
+
+
+def _control_values(release: Release) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for check in release.last_checks:
+        value = check.get("control")
+        if isinstance(value, int | float):
+            out[str(check["metric"])] = float(value)
+    return out
+
+
+def advance(release: Release, actor: Actor, now: float, reason: str = "") -> Release:
+    """Move to the next step (the last step, 100%, enters baking)."""
+    if release.state is State.PROGRESSING and release.is_last_step:
+        raise ConflictError(f"cannot advance: {release.label} is already at its last step")
+    check_allowed(release, Action.ADVANCE)
+    return _enter_step(release, release.step + 1, Action.ADVANCE, actor, now, reason)
+
+
+def request_approval(release: Release, actor: Actor, now: float, reason: str = "") -> Release:
+    """High risk: the hold passed; stay at the current weight until a human approves the next."""
+    nxt = release.step + 1
+    if release.state is State.PROGRESSING and nxt >= len(release.weights):
+        raise ConflictError(f"cannot request approval: {release.label} is at its last step")
+    return _move(release, Action.REQUEST_APPROVAL, State.PENDING_APPROVAL, actor, now, reason,
+                 awaiting_step=nxt)
+
+
+def approve(release: Release, actor: Actor, now: float) -> Release:
+    check_allowed(release, Action.APPROVE)
+    step = release.awaiting_step if release.awaiting_step is not None else release.step + 1
+    approvals = [*release.approvals, Approval(step=step, by=actor.user, at=now)]
+    return _enter_step(release, step, Action.APPROVE, actor, now,
+                       f"approved by {actor.user}", approvals=approvals)
+
+
+def pause(release: Release, actor: Actor, now: float, reason: str) -> Release:
+    check_allowed(release, Action.PAUSE)
+    return _move(release, Action.PAUSE, State.PAUSED, actor, now, reason,
+                 paused_from=release.state, reason=reason)
+
+
+def resume(release: Release, actor: Actor, now: float) -> Release:
+    check_allowed(release, Action.RESUME)
+    back = release.paused_from or State.PROGRESSING
+    # The hold restarts: a paused canary has not proven anything while nobody was judging it.
+    return _move(release, Action.RESUME, back, actor, now, f"resumed by {actor.user}",
+                 paused_from=None, reason="", step_started_at=now, clean_checks_in_step=0,
+                 counters={})
+
+
+def succeed(release: Release, actor: Actor, now: float) -> Release:
+    return _move(release, Action.SUCCEED, State.SUCCEEDED, actor, now, "bake window passed",
+                 finished_at=now)
+
+
+def start_rollback(release: Release, actor: Actor, now: float, reason: str) -> Release:
+    check_allowed(release, Action.ROLLBACK)
+    return _move(release, Action.ROLLBACK, State.ROLLING_BACK, actor, now, reason, weight=0,
+                 reason=reason, rollback_started_at=now, awaiting_step=None)
+
+
+def finish_rollback(release: Release, actor: Actor, now: float) -> Release:
+    return _move(release, Action.FINISH_ROLLBACK, State.ROLLED_BACK, actor, now,
+                 release.reason, applied_weight=0, finished_at=now)
+
+
+def hold_elapsed(release: Release, now: float) -> bool:
+    return now - release.step_started_at >= release.hold
+
+
+def new_release(*, release_id: str, number: int, service: str, version: str,
+                stable_version: str, weights: list[int], holds: list[float], interval: float,
+                bake: float, strategy: str, risk: str, notes: str, actor: Actor,
+                now: float) -> Release:
+    """A fresh release. High risk waits for approval before any step that moves users."""
+    needs_approval = risk == "high" and weights[0] > 0
+    state = State.PENDING_APPROVAL if needs_approval else State.PROGRESSING
+    reason = "waiting for approval of the first step" if needs_approval else "started"
+    weight = 0 if needs_approval else weights[0]
+    return Release(
+        id=release_id, number=number, service=service, version=version,
+        stable_version=stable_version, strategy=strategy, risk=risk, weights=weights,
+        holds=holds, interval=interval, bake=bake, notes=notes, state=state, step=0,
+        weight=weight, awaiting_step=0 if needs_approval else None, requested_by=actor.user,
+        surface=actor.surface, created_at=now, step_started_at=now, updated_at=now,
+        last=Transition(action=Action.START, state=state, by=actor.user, surface=actor.surface,
+                        at=now, reason=reason),
+    )

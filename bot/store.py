@@ -1,0 +1,368 @@
+"""Redis persistence: release records, the active index, locks, leases, audit and idempotency.
+
+Every multi-key change is one Lua script, so a transition, its audit entry and its idempotency
+marker land together or not at all, and a commit that finds the record changed since it was
+read reports that someone else won instead of overwriting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot import keys
+from bot.errors import StoreError
+from bot.rollout import Release
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+AUDIT_MAXLEN = 200_000
+HISTORY_LEN = 500
+
+_CREATE = """
+-- KEYS: release, active hash, history, lock, audit, idem
+-- ARGV: service, release id, record, idem result ('' = none), idem ttl, audit fields...
+if ARGV[4] ~= '' then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {'duplicate', prev} end
+end
+local lock = redis.call('GET', KEYS[4])
+if lock then return {'locked', lock} end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur then return {'active', cur} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
+return {'ok', ARGV[2]}
+"""
+
+_COMMIT = """
+-- KEYS: release, active hash, audit, idem, lease
+-- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
+--       idem result ('' = none), idem ttl, audit maxlen, audit fields...
+if ARGV[7] ~= '' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {'duplicate', prev} end
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'missing', ''} end
+if tostring(cjson.decode(cur)['rev']) ~= ARGV[1] then return {'conflict', cur} end
+if ARGV[6] ~= '' then
+  local lease = redis.call('GET', KEYS[5])
+  local token = lease and string.match(lease, '|(%d+)$')
+  if token ~= ARGV[6] then return {'fenced', lease or ''} end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] == '1' and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+if #ARGV >= 10 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 10))
+end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
+return {'ok', ''}
+"""
+
+_LEASES = """
+-- KEYS: lease1, fence1, lease2, fence2, ...   ARGV: owner, ttl ms
+-- Returns one fencing token per release: >0 held by us (new or renewed), 0 held by another.
+local out = {}
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('GET', KEYS[i])
+  if not cur then
+    local token = redis.call('INCR', KEYS[i + 1])
+    redis.call('SET', KEYS[i], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+    out[#out + 1] = token
+  else
+    local owner, token = string.match(cur, '^(.*)|(%d+)$')
+    if owner == ARGV[1] then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+      out[#out + 1] = tonumber(token)
+    else
+      out[#out + 1] = 0
+    end
+  end
+end
+return out
+"""
+
+_DROP_LEASES = """
+local n = 0
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur and string.match(cur, '^(.*)|') == ARGV[1] then redis.call('DEL', KEYS[i]); n = n + 1 end
+end
+return n
+"""
+
+
+class CommitStatus(StrEnum):
+    OK = "ok"
+    DUPLICATE = "duplicate"  # this request id was applied before; nothing changed
+    CONFLICT = "conflict"  # the record changed since it was read: someone else won
+    FENCED = "fenced"  # our lease was lost; another controller drives this release now
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    status: CommitStatus
+    current: Release | None = None  # the record that won, on conflict
+    previous_result: dict[str, Any] | None = None  # on duplicate
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit stream: who did what, from where, and the numbers behind it."""
+
+    action: str
+    actor: str
+    surface: str
+    service: str = ""
+    release_id: str = ""
+    from_state: str = ""
+    to_state: str = ""
+    outcome: str = "ok"  # ok | refused | duplicate | failed
+    reason: str = ""
+    request_id: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+    def fields(self) -> list[str]:
+        flat: list[str] = []
+        for name in ("action", "actor", "surface", "service", "release_id", "from_state",
+                     "to_state", "outcome", "reason", "request_id"):
+            flat += [name, str(getattr(self, name))]
+        flat += ["at", f"{self.at:.3f}", "detail", json.dumps(self.detail, default=str)]
+        return flat
+
+    @classmethod
+    def from_fields(cls, data: dict[str, str]) -> AuditEntry:
+        return cls(
+            action=data.get("action", ""), actor=data.get("actor", ""),
+            surface=data.get("surface", ""), service=data.get("service", ""),
+            release_id=data.get("release_id", ""), from_state=data.get("from_state", ""),
+            to_state=data.get("to_state", ""), outcome=data.get("outcome", ""),
+            reason=data.get("reason", ""), request_id=data.get("request_id", ""),
+            detail=json.loads(data.get("detail") or "{}"), at=float(data.get("at") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Lock:
+    service: str
+    by: str
+    reason: str
+    at: float
+    surface: str = ""
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.at))
+        return f"`{self.service}` is locked by {self.by} since {when}: {self.reason}"
+
+
+class CreateStatus(StrEnum):
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    LOCKED = "locked"
+    ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    status: CreateStatus
+    release_id: str = ""
+    lock: Lock | None = None
+
+
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreError(f"Redis is unavailable ({what}): {exc}. Nothing was changed; "
+                         "try again when Redis is back.") from exc
+
+
+def _dump(release: Release) -> str:
+    return release.model_dump_json()
+
+
+def _load(raw: str | None) -> Release | None:
+    return None if raw is None else Release.model_validate_json(raw)
+
+
+class Store:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._create = redis.register_script(_CREATE)
+        self._commit = redis.register_script(_COMMIT)
+        self._leases = redis.register_script(_LEASES)
+        self._drop_leases = redis.register_script(_DROP_LEASES)
+
+    async def ping(self) -> None:
+        async with _translated("ping"):
+            await self.redis.ping()
+
+    async def next_number(self) -> int:
+        async with _translated("numbering a release"):
+            return int(await self.redis.incr(keys.release_seq()))
+
+    # --- releases ---------------------------------------------------------------------------
+
+    async def create(self, release: Release, audit: AuditEntry, request_id: str = "") -> CreateResult:
+        idem = json.dumps({"release_id": release.id, "action": "deploy"}) if request_id else ""
+        async with _translated("starting a release"):
+            status, payload = await self._create(
+                keys=[keys.release(release.id), keys.active_index(), keys.history(release.service),
+                      keys.lock(release.service), keys.audit(),
+                      keys.idempotency(request_id or "-")],
+                args=[release.service, release.id, _dump(release), idem, IDEMPOTENCY_TTL_S,
+                      HISTORY_LEN, AUDIT_MAXLEN, *audit.fields()],
+            )
+        status = CreateStatus(status)
+        if status is CreateStatus.LOCKED:
+            return CreateResult(status, lock=_lock_from(release.service, payload))
+        if status is CreateStatus.DUPLICATE:
+            return CreateResult(status, release_id=json.loads(payload)["release_id"])
+        return CreateResult(status, release_id=payload)
+
+    async def commit(self, new: Release, *, expected_rev: int, audit: AuditEntry | None,
+                     request_id: str = "", fence: int | None = None,
+                     result: dict[str, Any] | None = None) -> CommitResult:
+        """Write ``new`` if the stored record is still at ``expected_rev`` (and, with a fence,
+        if our lease still holds that token). The record's rev is bumped here."""
+        record = new.model_copy(update={"rev": expected_rev + 1})
+        idem = json.dumps(result or {"release_id": new.id}) if request_id else ""
+        audit_fields = audit.fields() if audit else []
+        async with _translated("saving a release"):
+            status, payload = await self._commit(
+                keys=[keys.release(new.id), keys.active_index(), keys.audit(),
+                      keys.idempotency(request_id or "-"), keys.lease(new.id)],
+                args=[str(expected_rev), _dump(record), new.service, new.id,
+                      "1" if not new.is_active else "0", "" if fence is None else str(fence),
+                      idem, IDEMPOTENCY_TTL_S, AUDIT_MAXLEN, *audit_fields],
+            )
+        st = CommitStatus(status)
+        if st is CommitStatus.OK:
+            return CommitResult(st, current=record)
+        if st is CommitStatus.CONFLICT:
+            return CommitResult(st, current=_load(payload))
+        if st is CommitStatus.DUPLICATE:
+            return CommitResult(st, previous_result=json.loads(payload))
+        return CommitResult(st)
+
+    async def get(self, release_id: str) -> Release | None:
+        async with _translated("reading a release"):
+            return _load(await self.redis.get(keys.release(release_id)))
+
+    async def get_many(self, release_ids: Sequence[str]) -> list[Release]:
+        if not release_ids:
+            return []
+        async with _translated("reading releases"):
+            raws = await self.redis.mget([keys.release(i) for i in release_ids])
+        return [r for r in (_load(raw) for raw in raws) if r is not None]
+
+    async def active_index(self) -> dict[str, str]:
+        async with _translated("listing active releases"):
+            return dict(await self.redis.hgetall(keys.active_index()))
+
+    async def active_releases(self) -> list[Release]:
+        index = await self.active_index()
+        return await self.get_many(sorted(index.values()))
+
+    async def active_for(self, service: str) -> Release | None:
+        async with _translated("reading the active release"):
+            release_id = await self.redis.hget(keys.active_index(), service)
+        return await self.get(release_id) if release_id else None
+
+    async def history(self, service: str, limit: int = 10) -> list[Release]:
+        async with _translated("reading history"):
+            ids = await self.redis.lrange(keys.history(service), 0, limit - 1)
+        return await self.get_many(ids)
+
+    # --- locks ------------------------------------------------------------------------------
+
+    async def lock(self, lock: Lock, audit: AuditEntry) -> Lock | None:
+        """Take the lock; returns the existing lock if the service was already locked."""
+        data = json.dumps({"by": lock.by, "reason": lock.reason, "at": lock.at,
+                           "surface": lock.surface})
+        async with _translated("locking"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(keys.lock(lock.service), data, nx=True)
+                pipe.get(keys.lock(lock.service))
+                ok, raw = await pipe.execute()
+            if not ok:
+                return _lock_from(lock.service, raw)
+            await self.append_audit(audit)
+        return None
+
+    async def unlock(self, service: str, audit: AuditEntry) -> Lock | None:
+        """Drop the lock; returns the lock that was removed (None if there was none)."""
+        async with _translated("unlocking"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(keys.lock(service))
+                pipe.delete(keys.lock(service))
+                raw, _ = await pipe.execute()
+            if raw:
+                await self.append_audit(audit)
+        return _lock_from(service, raw) if raw else None
+
+    async def get_lock(self, service: str) -> Lock | None:
+        async with _translated("reading a lock"):
+            raw = await self.redis.get(keys.lock(service))
+        return _lock_from(service, raw) if raw else None
+
+    # --- audit ------------------------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        fields = entry.fields()
+        async with _translated("writing the audit log"):
+            await self.redis.xadd(keys.audit(), dict(zip(fields[::2], fields[1::2], strict=True)),
+                                  maxlen=AUDIT_MAXLEN, approximate=True)
+
+    async def audit_tail(self, count: int = 50, service: str | None = None) -> list[AuditEntry]:
+        """Newest first."""
+        async with _translated("reading the audit log"):
+            rows = await self.redis.xrevrange(keys.audit(), count=count if not service else count * 20)
+        entries = [AuditEntry.from_fields(data) for _, data in rows]
+        if service:
+            entries = [e for e in entries if e.service == service]
+        return entries[:count]
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def acquire_leases(self, owner: str, release_ids: Sequence[str], ttl: float) -> dict[str, int]:
+        """Take or renew the lease of each release not driven by someone else. Returns the
+        fencing token of every release this owner now drives."""
+        if not release_ids:
+            return {}
+        key_list: list[str] = []
+        for rid in release_ids:
+            key_list += [keys.lease(rid), keys.fence(rid)]
+        async with _translated("taking leases"):
+            tokens = await self._leases(keys=key_list, args=[owner, max(1, int(ttl * 1000))])
+        return {rid: int(t) for rid, t in zip(release_ids, tokens, strict=True) if int(t) > 0}
+
+    async def drop_leases(self, owner: str, release_ids: Sequence[str]) -> int:
+        if not release_ids:
+            return 0
+        async with _translated("dropping leases"):
+            return int(await self._drop_leases(keys=[keys.lease(r) for r in release_ids],
+                                               args=[owner]))
+
+
+def _lock_from(service: str, raw: str) -> Lock:
+    data = json.loads(raw)
+    return Lock(service=service, by=data.get("by", "?"), reason=data.get("reason", ""),
+                at=float(data.get("at", 0)), surface=data.get("surface", ""))

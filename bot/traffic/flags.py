@@ -1,0 +1,82 @@
+"""Traffic backend that moves users by rewriting the service's canary flag in Redis.
+
+Applications embed ``bot.flags.FlagClient`` and route each request with ``variant()``; this
+backend is the writing side. ``apply`` returns once Redis has stored and published the new
+state: clients converge within pub/sub latency, or one poll interval if a message is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot import keys
+from bot.errors import TrafficError
+from bot.flags import FlagState, publish_flag
+from bot.traffic.base import TrafficAction, TrafficChange
+
+
+class FlagsBackend:
+    """TrafficBackend over ``bot.flags``. Does not own the Redis client it is given."""
+
+    name = "flags"
+
+    def __init__(self, redis: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    async def apply(self, change: TrafficChange) -> None:
+        """Write the flag for ``change``; raises TrafficError if Redis did not take it."""
+        # Promote and rollback are absolute whatever weight the caller carried: a rollback
+        # that left 1% on a bad version would not be a rollback.
+        if change.action is TrafficAction.ROLLBACK:
+            pct = 0
+        elif change.action is TrafficAction.PROMOTE:
+            pct = 100
+        else:
+            pct = change.weight
+        try:
+            state = FlagState(
+                service=change.service,
+                pct=pct,
+                canary_version=change.version,
+                stable_version=change.stable_version,
+                release_id=change.release_id,
+                seq=0,  # assigned by Redis
+                updated_at=self._clock(),
+            )
+        except ValueError as exc:
+            raise TrafficError(
+                f"cannot set the canary flag of `{change.service}` ({change.action}): {exc}"
+            ) from exc
+        try:
+            await publish_flag(self._redis, state)
+        except RedisError as exc:
+            raise TrafficError(
+                f"could not set the canary flag of `{change.service}` to {pct}% "
+                f"({change.action} of release {change.release_id}) in Redis: {exc}"
+            ) from exc
+
+    async def current(self, service: str) -> FlagState | None:
+        """The flag state Redis holds for ``service``, or None if it has none."""
+        try:
+            raw = await self._redis.hget(keys.flags(), service)
+        except RedisError as exc:
+            raise TrafficError(
+                f"could not read the canary flag of `{service}` from Redis: {exc}"
+            ) from exc
+        if raw is None:
+            return None
+        try:
+            return FlagState.from_json(raw)
+        except ValueError as exc:
+            raise TrafficError(
+                f"the canary flag of `{service}` in Redis is malformed ({exc}); "
+                f"fix or delete field `{service}` of hash `{keys.flags()}`"
+            ) from exc
+
+    async def close(self) -> None:
+        """Nothing to release: the Redis client belongs to the caller."""
