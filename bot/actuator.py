@@ -26,8 +26,9 @@ BackendFor = Callable[[str], TrafficBackend]
 
 
 class TrafficActuator:
-    def __init__(self, store: Store, backend_for: BackendFor, events: EventBus,
-                 rollback_wait: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, backend_for: BackendFor, events: EventBus, rollback_wait: float = 5.0
+    ) -> None:
         self.store = store
         self.backend_for = backend_for
         self.events = events
@@ -48,11 +49,15 @@ class TrafficActuator:
             return release
         task = asyncio.create_task(self._apply(release, fence), name=f"traffic-{release.id}")
         self._inflight[release.id] = task
-        task.add_done_callback(lambda _t, rid=release.id: self._inflight.pop(rid, None))
+        task.add_done_callback(lambda _t: self._forget(release.id, task))
         if release.state is State.ROLLING_BACK:
             done, _ = await asyncio.wait({task}, timeout=self.rollback_wait)
             return task.result() if done else release
         return await task
+
+    def _forget(self, release_id: str, task: asyncio.Task[Release]) -> None:
+        if self._inflight.get(release_id) is task:
+            del self._inflight[release_id]
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())
@@ -64,8 +69,11 @@ class TrafficActuator:
 
     async def _apply(self, release: Release, fence: int | None) -> Release:
         change = TrafficChange(
-            release_id=release.id, service=release.service, version=release.version,
-            stable_version=release.stable_version, weight=release.weight,
+            release_id=release.id,
+            service=release.service,
+            version=release.version,
+            stable_version=release.stable_version,
+            weight=release.weight,
             action=_action(release),
         )
         backend = self.backend_for(release.service)
@@ -83,26 +91,48 @@ class TrafficActuator:
             now = time.time()
             if current.state is State.ROLLING_BACK:
                 new = finish_rollback(current, CONTROLLER, now)
-                audit = AuditEntry(action="rolled_back", actor=CONTROLLER.user, surface="controller",
-                                   service=current.service, release_id=current.id,
-                                   from_state=current.state, to_state=new.state,
-                                   reason=current.reason,
-                                   detail={"rollback_seconds": round(now - (current.rollback_started_at or now), 3),
-                                           "backend": self.backend_for(current.service).name})
+                audit = AuditEntry(
+                    action="rolled_back",
+                    actor=CONTROLLER.user,
+                    surface="controller",
+                    service=current.service,
+                    release_id=current.id,
+                    from_state=current.state,
+                    to_state=new.state,
+                    reason=current.reason,
+                    detail={
+                        "rollback_seconds": round(now - (current.rollback_started_at or now), 3),
+                        "backend": self.backend_for(current.service).name,
+                    },
+                )
             else:
-                new = current.model_copy(update={"applied_weight": change.weight, "updated_at": now})
-                audit = AuditEntry(action="traffic", actor=CONTROLLER.user, surface="controller",
-                                   service=current.service, release_id=current.id,
-                                   from_state=current.state, to_state=current.state,
-                                   detail={"weight": change.weight, "action": change.action.value})
-            result = await self.store.commit(new, expected_rev=current.rev, audit=audit, fence=fence)
+                new = current.model_copy(
+                    update={"applied_weight": change.weight, "updated_at": now}
+                )
+                audit = AuditEntry(
+                    action="traffic",
+                    actor=CONTROLLER.user,
+                    surface="controller",
+                    service=current.service,
+                    release_id=current.id,
+                    from_state=current.state,
+                    to_state=current.state,
+                    detail={"weight": change.weight, "action": change.action.value},
+                )
+            result = await self.store.commit(
+                new, expected_rev=current.rev, audit=audit, fence=fence
+            )
             if result.status is CommitStatus.OK and result.current is not None:
                 if new.state is State.ROLLED_BACK:
                     took = now - (current.rollback_started_at or now)
-                    self.events.emit(ReleaseEvent(
-                        EventKind.ROLLED_BACK, result.current,
-                        f"traffic is back on {current.stable_version or 'stable'} "
-                        f"(0% canary) {took:.1f}s after the decision. Reason: {current.reason}"))
+                    self.events.emit(
+                        ReleaseEvent(
+                            EventKind.ROLLED_BACK,
+                            result.current,
+                            f"traffic is back on {current.stable_version or 'stable'} "
+                            f"(0% canary) {took:.1f}s after the decision. Reason: {current.reason}",
+                        )
+                    )
                 return result.current
             if result.status is CommitStatus.FENCED:
                 return release
@@ -113,17 +143,31 @@ class TrafficActuator:
         if release.state is State.ROLLING_BACK:
             # Never give up on a rollback: the next round tries again; shout meanwhile.
             log.error("ROLLBACK NOT APPLIED for %s: %s", release.label, exc)
-            self.events.emit(ReleaseEvent(EventKind.TRAFFIC_FAILED, release,
-                                          f"rollback is NOT applied yet, retrying: {exc}"))
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.TRAFFIC_FAILED,
+                    release,
+                    f"rollback is NOT applied yet, retrying: {exc}",
+                )
+            )
             return release
         reason = f"traffic backend failed to set {release.weight}%: {exc}"
         log.warning("%s: %s", release.label, reason)
         if release.state in (State.PROGRESSING, State.BAKING, State.PENDING_APPROVAL):
             new = pause(release, CONTROLLER, time.time(), reason)
-            audit = AuditEntry(action="pause", actor=CONTROLLER.user, surface="controller",
-                               service=release.service, release_id=release.id,
-                               from_state=release.state, to_state=new.state, reason=reason)
-            result = await self.store.commit(new, expected_rev=release.rev, audit=audit, fence=fence)
+            audit = AuditEntry(
+                action="pause",
+                actor=CONTROLLER.user,
+                surface="controller",
+                service=release.service,
+                release_id=release.id,
+                from_state=release.state,
+                to_state=new.state,
+                reason=reason,
+            )
+            result = await self.store.commit(
+                new, expected_rev=release.rev, audit=audit, fence=fence
+            )
             if result.status is CommitStatus.OK and result.current is not None:
                 self.events.emit(ReleaseEvent(EventKind.PAUSED, result.current, reason))
                 return result.current

@@ -40,11 +40,19 @@ def resolve_policy(settings: Settings) -> Policy:
     if path.exists():
         return load_policy(path)
     if path == DEFAULT_POLICY:
-        log.info("no %s here: using the embedded demo policy (services: checkout, payments, "
-                 "search)", path)
+        log.info(
+            "no %s here: using the embedded demo policy (services: checkout, payments, search)",
+            path,
+        )
         return embedded_policy()
-    raise PolicyError(str(path), [PolicyProblem(
-        "(file)", "not found", "fix SHIPWATCH_POLICY, or unset it to use ./shipwatch.yaml")])
+    raise PolicyError(
+        str(path),
+        [
+            PolicyProblem(
+                "(file)", "not found", "fix SHIPWATCH_POLICY, or unset it to use ./shipwatch.yaml"
+            )
+        ],
+    )
 
 
 @dataclass
@@ -76,17 +84,27 @@ class App:
             await self.embedded_redis.stop()
 
 
-async def build_app(settings: Settings, *, policy: Policy | None = None,
-                    notifiers: Sequence[Notifier] = (), source: MetricSource | None = None,
-                    owner: str | None = None) -> App:
+async def build_app(
+    settings: Settings,
+    *,
+    policy: Policy | None = None,
+    notifiers: Sequence[Notifier] = (),
+    source: MetricSource | None = None,
+    owner: str | None = None,
+) -> App:
     policy = policy or resolve_policy(settings)
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if not url:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await embedded.start()
-    redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                    socket_connect_timeout=5, health_check_interval=30)
+    redis = aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
     store = Store(redis)
     try:
         await store.ping()
@@ -117,19 +135,45 @@ async def build_app(settings: Settings, *, policy: Policy | None = None,
         return app_policy
 
     service = ReleaseService(store, current, actuator, events)
-    controller = Controller(store, current, source, actuator, events, tick=settings.controller_tick,
-                            lease_ttl=settings.lease_ttl, owner=owner)
-    return App(settings=settings, policy=policy, redis=redis, store=store, events=events,
-               source=source, actuator=actuator, service=service, controller=controller,
-               embedded_redis=embedded, backends=backends)
+    controller = Controller(
+        store,
+        current,
+        source,
+        actuator,
+        events,
+        tick=settings.controller_tick,
+        lease_ttl=settings.lease_ttl,
+        owner=owner,
+    )
+    return App(
+        settings=settings,
+        policy=policy,
+        redis=redis,
+        store=store,
+        events=events,
+        source=source,
+        actuator=actuator,
+        service=service,
+        controller=controller,
+        embedded_redis=embedded,
+        backends=backends,
+    )
 
 
 def _webhook(traffic: TrafficSettings) -> WebhookBackend:
     assert traffic.url is not None  # validated by the policy
     secret = os.environ.get(traffic.secret_env) if traffic.secret_env else None
     if traffic.secret_env and not secret:
-        raise PolicyError("traffic", [PolicyProblem(
-            "traffic.secret_env", f"environment variable {traffic.secret_env} is empty",
-            "export the webhook's HMAC secret under that name")])
-    return WebhookBackend(traffic.url, secret, timeout=traffic.timeout,
-                          retries=max(1, traffic.retries))
+        raise PolicyError(
+            "traffic",
+            [
+                PolicyProblem(
+                    "traffic.secret_env",
+                    f"environment variable {traffic.secret_env} is empty",
+                    "export the webhook's HMAC secret under that name",
+                )
+            ],
+        )
+    return WebhookBackend(
+        traffic.url, secret, timeout=traffic.timeout, retries=max(1, traffic.retries)
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from bot import __version__
 from bot.app import build_app, resolve_policy
 from bot.config import Settings
+from bot.console import Console, ConsoleNotifier
 from bot.errors import PolicyError, ShipwatchError
 from bot.notify import LogNotifier
 from bot.policy import Policy, load_policy
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shipwatch",
         description="Progressive delivery from chat: canary releases that advance and roll "
-                    "back by themselves.")
+        "back by themselves.",
+    )
     parser.add_argument("--version", action="version", version=f"shipwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -35,14 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     console = sub.add_parser("console", help="run releases from the terminal (no Slack needed)")
     console.add_argument("--as", dest="user", default="you", help="who is typing (default: you)")
     console.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
-    console.add_argument("--demo-speed", action=argparse.BooleanOptionalAction, default=None,
-                         help="seconds instead of minutes per step (default: on with the "
-                              "embedded demo policy)")
+    console.add_argument(
+        "--demo-speed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seconds instead of minutes per step (default: on with the embedded demo policy)",
+    )
 
     serve = sub.add_parser("serve", help="run the bot: controller (and, with Slack, the app)")
     serve.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
-    serve.add_argument("--no-controller", action="store_true",
-                       help="do not drive releases in this process")
+    serve.add_argument(
+        "--no-controller", action="store_true", help="do not drive releases in this process"
+    )
     return parser
 
 
@@ -53,8 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "console":
         # The terminal is the chat: keep log lines out of it, in a file next to the data.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        logging.basicConfig(level=settings.log_level.upper(), format=log_format,
-                            filename=str(settings.data_dir / "console.log"))
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format=log_format,
+            filename=str(settings.data_dir / "console.log"),
+        )
     else:
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=log_format)
     if args.command == "check-config":
@@ -69,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "console":
             fast = args.demo_speed if args.demo_speed is not None else policy.source.startswith("(")
-            return asyncio.run(_console(settings, demo_speed(policy) if fast else policy, args.user))
+            return asyncio.run(
+                _console(settings, demo_speed(policy) if fast else policy, args.user)
+            )
         if args.command == "serve":
             return asyncio.run(_serve(settings, policy, controller=not args.no_controller))
     except ShipwatchError as exc:
@@ -87,9 +98,15 @@ def _check_config(path: Path) -> int:
         print(exc, file=sys.stderr)
         return 1
     for name, sp in sorted(policy.services.items()):
-        steps = " → ".join(f"{w}%" for w in sp.weights) if sp.strategy.value == "canary" else "0% → 100%"
-        print(f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
-              f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}")
+        steps = (
+            " → ".join(f"{w}%" for w in sp.weights)
+            if sp.strategy.value == "canary"
+            else "0% → 100%"
+        )
+        print(
+            f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
+            f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}"
+        )
     print(f"{path}: OK, {len(policy.services)} service(s)")
     return 0
 
@@ -97,18 +114,21 @@ def _check_config(path: Path) -> int:
 def demo_speed(policy: Policy) -> Policy:
     """Seconds instead of minutes, so a whole release plays out while you watch."""
     services = {
-        name: sp.model_copy(update={
-            "interval": 2.0, "hold": 10.0, "bake": 12.0, "window": 10.0,
-            "steps": [s.model_copy(update={"hold": None}) for s in sp.steps],
-        })
+        name: sp.model_copy(
+            update={
+                "interval": 2.0,
+                "hold": 10.0,
+                "bake": 12.0,
+                "window": 10.0,
+                "steps": [s.model_copy(update={"hold": None}) for s in sp.steps],
+            }
+        )
         for name, sp in policy.services.items()
     }
     return policy.model_copy(update={"services": services})
 
 
 async def _console(settings: Settings, policy: Policy, user: str) -> int:
-    from bot.console import Console, ConsoleNotifier
-
     settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.5)})
     app = await build_app(settings, policy=policy, notifiers=[ConsoleNotifier(sys.stdout)])
     try:

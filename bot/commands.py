@@ -15,7 +15,7 @@ from bot.service import DeployOptions
 
 USAGE = {
     "deploy": "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "
-              "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--notes TEXT]",
+    "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--notes TEXT]",
     "advance": "/advance <service>",
     "approve": "/rollout approve <service>",
     "rollback": "/rollback <service> [reason]",
@@ -29,8 +29,18 @@ USAGE = {
     "unlock": "/rollout unlock <service>",
     "help": "/rollout help",
 }
-NEEDS_SERVICE = {"deploy", "advance", "approve", "rollback", "status", "pause", "resume",
-                 "history", "lock", "unlock"}
+NEEDS_SERVICE = {
+    "deploy",
+    "advance",
+    "approve",
+    "rollback",
+    "status",
+    "pause",
+    "resume",
+    "history",
+    "lock",
+    "unlock",
+}
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,7 @@ def parse(line: str) -> Command:
             return Command("help")
         verb, words = words[1].lower(), words[1:]
     if verb not in USAGE:
-        raise CommandError(f"unknown command `{verb}`",
-                           usage=" | ".join(sorted(USAGE)))
+        raise CommandError(f"unknown command `{verb}`", usage=" | ".join(sorted(USAGE)))
     args = words[1:]
     if verb in NEEDS_SERVICE and not args:
         raise CommandError(f"`{verb}` needs a service", usage=USAGE[verb])
@@ -78,7 +87,7 @@ def _deploy(args: list[str]) -> Command:
             if name not in ("risk", "strategy", "steps", "hold", "notes", "stable"):
                 raise CommandError(f"unknown option `{word}`", usage=usage)
             if name == "notes":
-                opts["notes"] = " ".join(args[i + 1:])
+                opts["notes"] = " ".join(args[i + 1 :])
                 break
             if i + 1 >= len(args):
                 raise CommandError(f"`{word}` needs a value", usage=usage)
@@ -94,8 +103,9 @@ def _deploy(args: list[str]) -> Command:
         try:
             steps = [int(s) for s in opts["steps"].replace("%", "").split(",") if s]
         except ValueError as exc:
-            raise CommandError(f"bad --steps `{opts['steps']}`: use numbers like 1,10,50,100",
-                               usage=usage) from exc
+            raise CommandError(
+                f"bad --steps `{opts['steps']}`: use numbers like 1,10,50,100", usage=usage
+            ) from exc
     hold = None
     if "hold" in opts:
         try:
@@ -109,10 +119,20 @@ def _deploy(args: list[str]) -> Command:
     if strategy is not None:
         strategy = strategy.replace("-", "_")
         if strategy not in ("canary", "blue_green"):
-            raise CommandError(f"bad --strategy `{strategy}`: use canary or blue_green",
-                               usage=usage)
-    return Command("deploy", service=positional[0].lower(), version=positional[1],
-                   text=opts.get("notes", ""),
-                   options=DeployOptions(risk=risk, strategy=strategy, steps=steps, hold=hold,
-                                         notes=opts.get("notes", ""),
-                                         stable=opts.get("stable", "")))
+            raise CommandError(
+                f"bad --strategy `{strategy}`: use canary or blue_green", usage=usage
+            )
+    return Command(
+        "deploy",
+        service=positional[0].lower(),
+        version=positional[1],
+        text=opts.get("notes", ""),
+        options=DeployOptions(
+            risk=risk,
+            strategy=strategy,
+            steps=steps,
+            hold=hold,
+            notes=opts.get("notes", ""),
+            stable=opts.get("stable", ""),
+        ),
+    )

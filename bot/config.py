@@ -1,4 +1,7 @@
-"""Process settings from the environment. Built once, in ``main()``; nothing reads os.environ elsewhere."""
+"""Process settings from the environment.
+
+Built once, in ``main()``; nothing else reads os.environ for settings.
+"""
 
 from __future__ import annotations
 

@@ -47,8 +47,13 @@ class ConsoleNotifier:
 
 
 class Console:
-    def __init__(self, app: App, user: str, out: TextIO = sys.stdout,
-                 read_line: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        user: str,
+        out: TextIO = sys.stdout,
+        read_line: Callable[[], str] | None = None,
+    ) -> None:
         self.app = app
         self.user = user
         self.out = out
@@ -63,9 +68,11 @@ class Console:
         controller = asyncio.create_task(self.app.controller.run(stop), name="controller")
         self.app.events.start()
         source = self.app.source
-        self.say(f"shipwatch console · metrics: {source.name}"
-                 f"{' (made-up numbers for trying the product)' if source.is_demo else ''} · "
-                 f"services: {', '.join(sorted(self.app.policy.services))} · you are {self.user}")
+        self.say(
+            f"shipwatch console · metrics: {source.name}"
+            f"{' (made-up numbers for trying the product)' if source.is_demo else ''} · "
+            f"services: {', '.join(sorted(self.app.policy.services))} · you are {self.user}"
+        )
         self.say("type `help` for commands")
         try:
             while True:
@@ -143,9 +150,14 @@ class Console:
         elif cmd.verb == "history":
             count = int(cmd.text) if cmd.text.isdigit() else 10
             rows = await svc.history(cmd.service, count)
-            self.say("\n".join(f"{r.label}: {r.state.value} · by {r.requested_by}"
-                               f"{' · ' + r.reason if r.reason else ''}" for r in rows)
-                     or f"no releases of {cmd.service} yet")
+            self.say(
+                "\n".join(
+                    f"{r.label}: {r.state.value} · by {r.requested_by}"
+                    f"{' · ' + r.reason if r.reason else ''}"
+                    for r in rows
+                )
+                or f"no releases of {cmd.service} yet"
+            )
         elif cmd.verb == "lock":
             lock = await svc.lock(actor, cmd.service, cmd.text)
             self.say(f"🔒 {lock.describe()}")
@@ -157,8 +169,10 @@ class Console:
         else:
             self.say(f"`{cmd.verb}` is not available in the console yet: {USAGE[cmd.verb]}")
         if result is not None and result.message:
-            self.say(("(already applied) " if result.outcome.value == "duplicate" else "")
-                     + result.message)
+            self.say(
+                ("(already applied) " if result.outcome.value == "duplicate" else "")
+                + result.message
+            )
 
     def _fault(self, word: str, args: list[str]) -> None:
         source = self.app.source
@@ -170,8 +184,10 @@ class Console:
             self.say("faults cleared")
             return
         if len(args) not in (3, 4):
-            self.say("usage: fault <service> <metric> <factor> [version]   e.g. fault checkout "
-                     "latency_p99 5 v2")
+            self.say(
+                "usage: fault <service> <metric> <factor> [version]   e.g. fault checkout "
+                "latency_p99 5 v2"
+            )
             return
         try:
             factor = float(args[2])

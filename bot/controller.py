@@ -8,6 +8,7 @@ its leases expire after ``lease_ttl`` and another process takes over from the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -49,10 +50,21 @@ class _Plan:
 
 
 class Controller:
-    def __init__(self, store: Store, policy: Callable[[], Policy], source: MetricSource,
-                 actuator: TrafficActuator, events: EventBus, *, tick: float = 1.0,
-                 lease_ttl: float = 10.0, summary_every: int = 4, owner: str | None = None,
-                 clock: Callable[[], float] = time.time, concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Callable[[], Policy],
+        source: MetricSource,
+        actuator: TrafficActuator,
+        events: EventBus,
+        *,
+        tick: float = 1.0,
+        lease_ttl: float = 10.0,
+        summary_every: int = 4,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        concurrency: int = 64,
+    ) -> None:
         self.store = store
         self._policy = policy
         self.source = source
@@ -73,7 +85,9 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Round after round until ``stop`` is set; the current round always finishes."""
-        log.info("controller %s started (tick %ss, lease %ss)", self.owner, self.tick, self.lease_ttl)
+        log.info(
+            "controller %s started (tick %ss, lease %ss)", self.owner, self.tick, self.lease_ttl
+        )
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -83,10 +97,8 @@ class Controller:
                 # the state in Redis is untouched by a failed round.
                 log.exception("controller round failed")
             delay = max(0.0, self.tick - (time.monotonic() - started))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
         await self.close()
 
     async def close(self) -> None:
@@ -101,7 +113,9 @@ class Controller:
     async def run_once(self) -> RoundStats:
         stats = RoundStats()
         releases = await self.store.active_releases()
-        tokens = await self.store.acquire_leases(self.owner, [r.id for r in releases], self.lease_ttl)
+        tokens = await self.store.acquire_leases(
+            self.owner, [r.id for r in releases], self.lease_ttl
+        )
         self._owned = set(tokens)
         stats.owned = len(tokens)
         now = self.clock()
@@ -130,13 +144,20 @@ class Controller:
         judged = [(p, self._judge(p, results)) for p in plans]
         # Rollbacks first: they must never wait behind bookkeeping of healthy releases.
         judged.sort(key=lambda pj: pj[1][1].verdict is not Verdict.ROLLBACK)
-        await asyncio.gather(*(self._act(p, checks, decision, tokens[p.release.id], now, stats)
-                               for p, (checks, decision) in judged))
+        await asyncio.gather(
+            *(
+                self._act(p, checks, decision, tokens[p.release.id], now, stats)
+                for p, (checks, decision) in judged
+            )
+        )
         stats.evaluated = len(plans)
         return stats
 
-    def _judge(self, plan: _Plan, results: dict[str, QueryResult],
-               ) -> tuple[list[CheckResult], Decision]:
+    def _judge(
+        self,
+        plan: _Plan,
+        results: dict[str, QueryResult],
+    ) -> tuple[list[CheckResult], Decision]:
         release = plan.release
         requests = results.get(f"{release.id}|{REQUESTS_METRIC}|canary")
         req_value = requests.value if requests is not None else None
@@ -153,21 +174,40 @@ class Controller:
             # Nothing to compare with (first release of a service, or no baseline recorded):
             # judge on the absolute rules alone rather than holding forever.
             required = control is not None
-            checks.append(judge(metric, canary, control, req_value, control_label=label,
-                                require_control=required))
+            checks.append(
+                judge(
+                    metric,
+                    canary,
+                    control,
+                    req_value,
+                    control_label=label,
+                    require_control=required,
+                )
+            )
         return checks, decide(release, plan.sp.metrics, checks, self.clock())
 
-    async def _act(self, plan: _Plan, checks: list[CheckResult], decision: Decision,
-                   fence: int, now: float, stats: RoundStats) -> None:
+    async def _act(
+        self,
+        plan: _Plan,
+        checks: list[CheckResult],
+        decision: Decision,
+        fence: int,
+        now: float,
+        stats: RoundStats,
+    ) -> None:
         async with self._sem:
             release = plan.release
-            booked = release.model_copy(update={
-                "counters": decision.counters,
-                "last_checks": [c.to_dict() for c in checks],
-                "last_eval_at": now,
-                "evaluations": release.evaluations + 1,
-                "clean_checks_in_step": release.clean_checks_in_step + 1 if decision.clean else 0,
-            })
+            booked = release.model_copy(
+                update={
+                    "counters": decision.counters,
+                    "last_checks": [c.to_dict() for c in checks],
+                    "last_eval_at": now,
+                    "evaluations": release.evaluations + 1,
+                    "clean_checks_in_step": release.clean_checks_in_step + 1
+                    if decision.clean
+                    else 0,
+                }
+            )
             verdict = decision.verdict
             try:
                 new, event = _apply(booked, decision, now)
@@ -175,11 +215,19 @@ class Controller:
                 log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
                 new, event, verdict = booked, None, Verdict.HOLD
             audit = AuditEntry(
-                action=f"decision:{verdict.value}", actor=CONTROLLER.user, surface="controller",
-                service=release.service, release_id=release.id, from_state=release.state,
-                to_state=new.state, reason=decision.reason,
-                detail={"weight": release.weight, "checks": [_compact(c) for c in checks]})
-            result = await self.store.commit(new, expected_rev=release.rev, audit=audit, fence=fence)
+                action=f"decision:{verdict.value}",
+                actor=CONTROLLER.user,
+                surface="controller",
+                service=release.service,
+                release_id=release.id,
+                from_state=release.state,
+                to_state=new.state,
+                reason=decision.reason,
+                detail={"weight": release.weight, "checks": [_compact(c) for c in checks]},
+            )
+            result = await self.store.commit(
+                new, expected_rev=release.rev, audit=audit, fence=fence
+            )
             stats.decisions[verdict.value] = stats.decisions.get(verdict.value, 0) + 1
             if result.status is not CommitStatus.OK or result.current is None:
                 # Someone else won (a human command, or another controller after our lease
@@ -190,25 +238,34 @@ class Controller:
             if event is not None:
                 self.events.emit(ReleaseEvent(event[0], current, event[1], checks=new.last_checks))
             elif self.summary_every and current.evaluations % self.summary_every == 0:
-                self.events.emit(ReleaseEvent(EventKind.METRICS_SUMMARY, current, decision.reason,
-                                              checks=new.last_checks))
+                self.events.emit(
+                    ReleaseEvent(
+                        EventKind.METRICS_SUMMARY, current, decision.reason, checks=new.last_checks
+                    )
+                )
             if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
                 await self.actuator.sync(current, fence)
 
 
 def _apply(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKind, str] | None]:
     if d.verdict is Verdict.ROLLBACK:
-        return (rollout.start_rollback(r, CONTROLLER, now, d.reason),
-                (EventKind.ROLLBACK_STARTED, f"rolling back automatically: {d.reason}"))
+        return (
+            rollout.start_rollback(r, CONTROLLER, now, d.reason),
+            (EventKind.ROLLBACK_STARTED, f"rolling back automatically: {d.reason}"),
+        )
     if d.verdict is Verdict.PAUSE:
         return rollout.pause(r, CONTROLLER, now, d.reason), (EventKind.PAUSED, d.reason)
     if d.verdict is Verdict.ADVANCE:
         new = rollout.advance(r, CONTROLLER, now, d.reason)
         if new.state is State.BAKING:
-            return new, (EventKind.BAKING, f"at 100%; baking for {new.bake:.0f}s against the "
-                         "pre-release baseline")
-        return new, (EventKind.STEP_ADVANCED, f"advanced to {new.weight}% "
-                     f"(step {new.step + 1}/{len(new.weights)}): {d.reason}")
+            return new, (
+                EventKind.BAKING,
+                f"at 100%; baking for {new.bake:.0f}s against the pre-release baseline",
+            )
+        return new, (
+            EventKind.STEP_ADVANCED,
+            f"advanced to {new.weight}% (step {new.step + 1}/{len(new.weights)}): {d.reason}",
+        )
     if d.verdict is Verdict.REQUEST_APPROVAL:
         new = rollout.request_approval(r, CONTROLLER, now, d.reason)
         nxt = new.weights[new.awaiting_step or 0]
@@ -224,10 +281,19 @@ def _queries(release: Release, sp: ServicePolicy) -> list[MetricQuery]:
     out: list[MetricQuery] = []
 
     def add(name: str, template: str, window: float, side: Side, version: str) -> None:
-        promql = render_template(template, service=release.service, version=version,
-                                 window=prometheus_range(window))
-        out.append(MetricQuery(key=f"{release.id}|{name}|{side.value}", promql=promql,
-                               metric=name, service=release.service, version=version, side=side))
+        promql = render_template(
+            template, service=release.service, version=version, window=prometheus_range(window)
+        )
+        out.append(
+            MetricQuery(
+                key=f"{release.id}|{name}|{side.value}",
+                promql=promql,
+                metric=name,
+                service=release.service,
+                version=version,
+                side=side,
+            )
+        )
 
     baking = release.state is State.BAKING
     for m in sp.metrics:
@@ -241,5 +307,10 @@ def _queries(release: Release, sp: ServicePolicy) -> list[MetricQuery]:
 
 
 def _compact(check: CheckResult) -> dict[str, object]:
-    return {"metric": check.metric, "outcome": check.outcome.value, "canary": check.canary,
-            "control": check.control, "limit": check.limit}
+    return {
+        "metric": check.metric,
+        "outcome": check.outcome.value,
+        "canary": check.canary,
+        "control": check.control,
+        "limit": check.limit,
+    }

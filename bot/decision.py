@@ -32,8 +32,9 @@ class Decision:
     clean: bool = False  # every counted check passed this round
 
 
-def decide(release: Release, metrics: Sequence[Metric], checks: Sequence[CheckResult],
-           now: float) -> Decision:
+def decide(
+    release: Release, metrics: Sequence[Metric], checks: Sequence[CheckResult], now: float
+) -> Decision:
     by_name = {m.name: m for m in metrics}
     counters = {name: c.model_copy() for name, c in release.counters.items()}
     rollback: list[str] = []
@@ -59,16 +60,22 @@ def decide(release: Release, metrics: Sequence[Metric], checks: Sequence[CheckRe
             if metric.critical:
                 rollback.append(f"critical metric failed: {check.reason}")
             elif c.consecutive_failures >= metric.failure_limit:
-                rollback.append(f"{check.reason}, {c.consecutive_failures} consecutive "
-                                f"failed check(s) (limit {metric.failure_limit})")
+                rollback.append(
+                    f"{check.reason}, {c.consecutive_failures} consecutive "
+                    f"failed check(s) (limit {metric.failure_limit})"
+                )
             elif c.total_failures >= metric.total_failure_limit:
-                rollback.append(f"{check.reason}, {c.total_failures} failed checks in this "
-                                f"release (limit {metric.total_failure_limit})")
+                rollback.append(
+                    f"{check.reason}, {c.total_failures} failed checks in this "
+                    f"release (limit {metric.total_failure_limit})"
+                )
         elif outcome is Outcome.ERROR:
             c.consecutive_errors += 1
             if c.consecutive_errors >= metric.error_limit:
-                pause.append(f"{check.reason} ({c.consecutive_errors} times in a row, limit "
-                             f"{metric.error_limit}); query: {check.query}")
+                pause.append(
+                    f"{check.reason} ({c.consecutive_errors} times in a row, limit "
+                    f"{metric.error_limit}); query: {check.query}"
+                )
         elif outcome is Outcome.NO_DATA and metric.no_data is NoDataPolicy.PAUSE:
             pause.append(check.reason)
 
@@ -82,12 +89,17 @@ def decide(release: Release, metrics: Sequence[Metric], checks: Sequence[CheckRe
         if release.is_last_step:
             return Decision(Verdict.HOLD, "at the last step", counters, clean)
         if release.risk == "high":
-            return Decision(Verdict.REQUEST_APPROVAL, "hold passed; the next step needs approval",
-                            counters, clean)
+            return Decision(
+                Verdict.REQUEST_APPROVAL,
+                "hold passed; the next step needs approval",
+                counters,
+                clean,
+            )
         return Decision(Verdict.ADVANCE, "hold passed with every check green", counters, clean)
     if release.state is State.BAKING and now - release.step_started_at >= release.bake:
-        return Decision(Verdict.SUCCEED, "bake window passed with every check green",
-                        counters, clean)
+        return Decision(
+            Verdict.SUCCEED, "bake window passed with every check green", counters, clean
+        )
     return Decision(Verdict.HOLD, "checks green, holding", counters, clean)
 
 

@@ -33,23 +33,41 @@ class EmbeddedRedis:
     async def start(self, timeout: float = 10.0) -> str:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise StoreError("redis-server is not installed: `apt-get install redis-server` "
-                             "(scripts/setup.sh does it as root), or set REDIS_URL")
+            raise StoreError(
+                "redis-server is not installed: `apt-get install redis-server` "
+                "(scripts/setup.sh does it as root), or set REDIS_URL"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if await self._answers():
             log.info("reusing the embedded Redis already running at %s", self.socket)
             return self.url
         self.socket.unlink(missing_ok=True)
         self._proc = await asyncio.create_subprocess_exec(
-            binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
-            "--logfile", str(self.data_dir / "redis.log"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             if self._proc.returncode is not None:
-                raise StoreError(f"embedded redis-server exited with {self._proc.returncode}; "
-                                 f"see {self.data_dir / 'redis.log'}")
+                raise StoreError(
+                    f"embedded redis-server exited with {self._proc.returncode}; "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
             if await self._answers():
                 log.info("embedded Redis started at %s", self.socket)
                 return self.url

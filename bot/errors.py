@@ -91,7 +91,10 @@ class PermissionDenied(UserError):
 
 
 class ConflictError(ShipwatchError):
-    """The release's state does not allow the request. Says what state it is in and who put it there."""
+    """The release's state does not allow the request.
+
+    The message says what state it is in and who put it there.
+    """
 
 
 class AlreadyActiveError(ConflictError):

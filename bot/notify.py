@@ -53,15 +53,21 @@ class LogNotifier:
     """Writes every event to the log: the notifier of a headless controller."""
 
     async def notify(self, event: ReleaseEvent) -> None:
-        log.info("%s %s: %s", event.release.label, event.kind.value, event.message,
-                 extra={"release_id": event.release.id, "event": event.kind.value})
+        log.info(
+            "%s %s: %s",
+            event.release.label,
+            event.kind.value,
+            event.message,
+            extra={"release_id": event.release.id, "event": event.kind.value},
+        )
 
 
 class EventBus:
     """Fans events out to notifiers from a background task, each call under a timeout."""
 
-    def __init__(self, notifiers: Sequence[Notifier] = (), timeout: float = 10.0,
-                 maxsize: int = 10_000) -> None:
+    def __init__(
+        self, notifiers: Sequence[Notifier] = (), timeout: float = 10.0, maxsize: int = 10_000
+    ) -> None:
         self.notifiers = list(notifiers)
         self.timeout = timeout
         self._queue: asyncio.Queue[ReleaseEvent] = asyncio.Queue(maxsize=maxsize)
@@ -92,8 +98,12 @@ class EventBus:
             try:
                 await asyncio.wait_for(notifier.notify(event), self.timeout)
             except Exception:
-                log.exception("notifier %s failed on %s for %s", type(notifier).__name__,
-                              event.kind.value, event.release.label)
+                log.exception(
+                    "notifier %s failed on %s for %s",
+                    type(notifier).__name__,
+                    event.kind.value,
+                    event.release.label,
+                )
 
     async def drain(self) -> None:
         """Wait until every emitted event has been delivered (tests, shutdown)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import re
 from enum import StrEnum
 from importlib import resources
@@ -142,7 +143,9 @@ DEFAULT_REQUESTS_QUERY = (
 class ServicePolicy(_Strict):
     """Everything that governs one service's releases (defaults merged with its overrides)."""
 
-    steps: list[StepSpec] = Field(default_factory=lambda: [Step(weight=w) for w in (1, 10, 25, 50, 100)])
+    steps: list[StepSpec] = Field(
+        default_factory=lambda: [Step(weight=w) for w in (1, 10, 25, 50, 100)]
+    )
     hold: Seconds = 900.0
     interval: Seconds = 30.0
     window: Seconds = 60.0
@@ -163,7 +166,7 @@ class ServicePolicy(_Strict):
         weights = [s.weight for s in steps]
         if not weights:
             raise ValueError("give at least one step, e.g. [1, 10, 25, 50, 100]")
-        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(weights)):
             raise ValueError(f"steps must rise strictly, got {weights}")
         if weights[-1] != 100:
             raise ValueError(f"the last step must be 100, got {weights[-1]}")
@@ -229,7 +232,11 @@ def load_policy(path: Path) -> Policy:
     except FileNotFoundError:
         raise PolicyError(
             str(path),
-            [PolicyProblem("(file)", "not found", "create it, or set SHIPWATCH_POLICY to its path")],
+            [
+                PolicyProblem(
+                    "(file)", "not found", "create it, or set SHIPWATCH_POLICY to its path"
+                )
+            ],
         ) from None
     except OSError as exc:
         raise PolicyError(str(path), [PolicyProblem("(file)", str(exc))]) from exc
@@ -251,27 +258,40 @@ def parse_policy(text: str, source: str) -> Policy:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise PolicyError(
             source,
-            [PolicyProblem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                           "check indentation and quoting (PromQL with braces needs quotes)")],
+            [
+                PolicyProblem(
+                    where,
+                    f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                    "check indentation and quoting (PromQL with braces needs quotes)",
+                )
+            ],
         ) from exc
     if raw is None:
         raw = {}
     problems: list[PolicyProblem] = []
     if not isinstance(raw, dict):
-        raise PolicyError(source, [PolicyProblem("(top)", "must be a mapping",
-                                                 "start with `defaults:` and `services:`")])
+        raise PolicyError(
+            source,
+            [PolicyProblem("(top)", "must be a mapping", "start with `defaults:` and `services:`")],
+        )
     for key in raw:
         if key not in _TOP_KEYS:
-            problems.append(PolicyProblem(str(key), "unknown top-level key",
-                                          _did_you_mean(str(key), _TOP_KEYS)))
+            problems.append(
+                PolicyProblem(str(key), "unknown top-level key", _did_you_mean(str(key), _TOP_KEYS))
+            )
     defaults_raw = raw.get("defaults") or {}
     services_raw = raw.get("services") or {}
     if not isinstance(defaults_raw, dict):
         problems.append(PolicyProblem("defaults", "must be a mapping"))
         defaults_raw = {}
     if not isinstance(services_raw, dict) or not services_raw:
-        problems.append(PolicyProblem("services", "no services defined",
-                                      "add `services: {checkout: {}}` with one entry per service"))
+        problems.append(
+            PolicyProblem(
+                "services",
+                "no services defined",
+                "add `services: {checkout: {}}` with one entry per service",
+            )
+        )
         services_raw = {}
 
     problems += _validate(defaults_raw, ["defaults"], lambda loc: ["defaults", *loc], lines)
@@ -280,17 +300,27 @@ def parse_policy(text: str, source: str) -> Policy:
     for name, override in services_raw.items():
         base = ["services", str(name)]
         if not isinstance(name, str) or not _SERVICE_NAME.match(name):
-            problems.append(PolicyProblem(".".join(base), "invalid service name",
-                                          "use lowercase letters, digits, '-', '_' or '.'"))
+            problems.append(
+                PolicyProblem(
+                    ".".join(base),
+                    "invalid service name",
+                    "use lowercase letters, digits, '-', '_' or '.'",
+                )
+            )
             continue
-        override = override or {}
+        if override is None:
+            override = {}  # noqa: PLW2901 - `checkout:` with nothing under it means defaults
         if not isinstance(override, dict):
             problems.append(PolicyProblem(".".join(base), "must be a mapping of overrides"))
             continue
         merged, origins = _merge(defaults_raw, override, name)
 
-        def locate(loc: list[str | int], origins: list[list[str | int]] = origins,
-                   override: dict[str, Any] = override, base: list[str] = base) -> list[str | int]:
+        def locate(
+            loc: list[str | int],
+            origins: list[list[str | int]] = origins,
+            override: dict[str, Any] = override,
+            base: list[str] = base,
+        ) -> list[str | int]:
             if loc and loc[0] == "metrics" and len(loc) > 1 and isinstance(loc[1], int):
                 if loc[1] >= len(origins):
                     return [*base, *loc]
@@ -308,8 +338,9 @@ def parse_policy(text: str, source: str) -> Policy:
     return Policy(source=source, services=services)
 
 
-def _metric_origin(origin: list[str | int], rest: list[str | int],
-                   merged_from: dict[str, Any]) -> list[str | int]:
+def _metric_origin(
+    origin: list[str | int], rest: list[str | int], merged_from: dict[str, Any]
+) -> list[str | int]:
     """A merged metric's field comes from the service entry if that entry sets it, else from
     the default entry of the same name (whose path is kept as the origin's tail)."""
     if origin[0] == "services" and len(origin) > 4:
@@ -321,8 +352,11 @@ def _metric_origin(origin: list[str | int], rest: list[str | int],
     return origin
 
 
-def _merge(defaults: dict[str, Any], override: dict[str, Any], service: str,
-           ) -> tuple[dict[str, Any], list[list[str | int]]]:
+def _merge(
+    defaults: dict[str, Any],
+    override: dict[str, Any],
+    service: str,
+) -> tuple[dict[str, Any], list[list[str | int]]]:
     """Service overrides on top of defaults. Metrics merge by name: a service entry with a
     default's name overrides just the fields it sets; new names are added."""
     merged = copy.deepcopy(defaults)
@@ -374,8 +408,9 @@ _HINTS = {
 }
 
 
-def _validate(data: dict[str, Any], base: list[str], locate: Any,
-              lines: dict[tuple[str | int, ...], int]) -> list[PolicyProblem]:
+def _validate(
+    data: dict[str, Any], base: list[str], locate: Any, lines: dict[tuple[str | int, ...], int]
+) -> list[PolicyProblem]:
     try:
         ServicePolicy.model_validate(data)
     except ValidationError as exc:
@@ -458,5 +493,8 @@ def _dedupe(problems: list[PolicyProblem]) -> list[PolicyProblem]:
 
 def render_template(template: str, *, service: str, version: str, window: str) -> str:
     """Fill the three placeholders. str.format is not usable: PromQL is full of braces."""
-    return (template.replace("{service}", service).replace("{version}", version)
-            .replace("{window}", window))
+    return (
+        template.replace("{service}", service)
+        .replace("{version}", version)
+        .replace("{window}", window)
+    )

@@ -24,9 +24,11 @@ def progress(release: Release) -> str:
 
 def status_text(release: Release, now: float | None = None) -> str:
     now = now or time.time()
-    head = (f"{release.label}  {release.state.value.upper()}  "
-            f"{release.stable_version or 'stable'} → {release.version}  "
-            f"canary {release.weight}%  risk {release.risk}  by {release.requested_by}")
+    head = (
+        f"{release.label}  {release.state.value.upper()}  "
+        f"{release.stable_version or 'stable'} → {release.version}  "
+        f"canary {release.weight}%  risk {release.risk}  by {release.requested_by}"
+    )
     lines = [head, f"  steps {progress(release)}"]
     if release.is_active and release.state is not State.ROLLING_BACK:
         in_step = format_duration(now - release.step_started_at)
@@ -45,8 +47,10 @@ def checks_table(checks: Iterable[Mapping[str, Any]]) -> list[str]:
         flag = ICONS.get(str(c.get("outcome")), "?")
         extra = " (dry run)" if c.get("dry_run") else ""
         warn = f"  warning: {c['warning']}" if c.get("warning") else ""
-        rows.append(f"{flag:<4} {c.get('metric', '?'):<14} canary {fmt(c.get('canary')):>8}  "
-                    f"control {fmt(c.get('control')):>8}  {c.get('limit') or ''}{extra}{warn}")
+        rows.append(
+            f"{flag:<4} {c.get('metric', '?'):<14} canary {fmt(c.get('canary')):>8}  "
+            f"control {fmt(c.get('control')):>8}  {c.get('limit') or ''}{extra}{warn}"
+        )
         if c.get("outcome") != "pass":
             rows.append(f"       {c.get('reason', '')}")
     return rows
@@ -54,8 +58,9 @@ def checks_table(checks: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def event_text(event: ReleaseEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
-    lines = [f"[{stamp}] {event.release.label} · {event.kind.value.replace('_', ' ')}: "
-             f"{event.message}"]
+    lines = [
+        f"[{stamp}] {event.release.label} · {event.kind.value.replace('_', ' ')}: {event.message}"
+    ]
     if event.checks:
         lines += ["    " + row for row in checks_table(event.checks)]
     return "\n".join(lines)
@@ -64,5 +69,6 @@ def event_text(event: ReleaseEvent) -> str:
 def release_list(releases: Sequence[Release]) -> str:
     if not releases:
         return "no active releases"
-    return "\n".join(f"{r.label}: {r.state.value} at {r.weight}% (by {r.requested_by})"
-                     for r in releases)
+    return "\n".join(
+        f"{r.label}: {r.state.value} at {r.weight}% (by {r.requested_by})" for r in releases
+    )

@@ -27,8 +27,9 @@ class State(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-ACTIVE = frozenset({State.PENDING_APPROVAL, State.PROGRESSING, State.PAUSED, State.BAKING,
-                    State.ROLLING_BACK})
+ACTIVE = frozenset(
+    {State.PENDING_APPROVAL, State.PROGRESSING, State.PAUSED, State.BAKING, State.ROLLING_BACK}
+)
 TERMINAL = frozenset({State.SUCCEEDED, State.ROLLED_BACK})
 
 
@@ -189,22 +190,34 @@ class Release(BaseModel):
         }.get(self.state, "")
         ago = format_duration(max(0.0, time.time() - self.last.at))
         reason = f": {self.last.reason}" if self.last.reason else ""
-        return (f"{self.label} is {self.state.value}{where}, put there by {self.last.by} "
-                f"via {self.last.surface} {ago} ago{reason}")
+        return (
+            f"{self.label} is {self.state.value}{where}, put there by {self.last.by} "
+            f"via {self.last.surface} {ago} ago{reason}"
+        )
 
 
-def _move(release: Release, action: Action, to: State, actor: Actor, now: float,
-          note: str = "", **changes: Any) -> Release:
+def _move(
+    release: Release,
+    action: Action,
+    to: State,
+    actor: Actor,
+    now: float,
+    note: str = "",
+    **changes: Any,
+) -> Release:
     allowed = TRANSITIONS[release.state].get(action)
     if allowed is None or to not in allowed:
         raise ConflictError(f"cannot {action.value}: {release.describe_state()}")
-    return release.model_copy(update={
-        "state": to,
-        "updated_at": now,
-        "last": Transition(action=action, state=to, by=actor.user, surface=actor.surface,
-                           at=now, reason=note),
-        **changes,
-    })
+    return release.model_copy(
+        update={
+            "state": to,
+            "updated_at": now,
+            "last": Transition(
+                action=action, state=to, by=actor.user, surface=actor.surface, at=now, reason=note
+            ),
+            **changes,
+        }
+    )
 
 
 def check_allowed(release: Release, action: Action) -> None:
@@ -213,15 +226,28 @@ def check_allowed(release: Release, action: Action) -> None:
         raise ConflictError(f"cannot {action.value}: {release.describe_state()}")
 
 
-def _enter_step(release: Release, step: int, action: Action, actor: Actor, now: float,
-                reason: str, **extra: Any) -> Release:
+def _enter_step(
+    release: Release, step: int, action: Action, actor: Actor, now: float, reason: str, **extra: Any
+) -> Release:
     weight = release.weights[step]
     to = State.BAKING if weight >= 100 else State.PROGRESSING
     if weight >= 100 and not release.baseline:
         # Freeze the control's last numbers: they are the baseline the bake compares against.
         extra.setdefault("baseline", _control_values(release))
-    return _move(release, action, to, actor, now, reason, step=step, weight=weight,
-                 step_started_at=now, clean_checks_in_step=0, awaiting_step=None, **extra)
+    return _move(
+        release,
+        action,
+        to,
+        actor,
+        now,
+        reason,
+        step=step,
+        weight=weight,
+        step_started_at=now,
+        clean_checks_in_step=0,
+        awaiting_step=None,
+        **extra,
+    )
 
 
 def _control_values(release: Release) -> dict[str, float]:
@@ -246,68 +272,148 @@ def request_approval(release: Release, actor: Actor, now: float, reason: str = "
     nxt = release.step + 1
     if release.state is State.PROGRESSING and nxt >= len(release.weights):
         raise ConflictError(f"cannot request approval: {release.label} is at its last step")
-    return _move(release, Action.REQUEST_APPROVAL, State.PENDING_APPROVAL, actor, now, reason,
-                 awaiting_step=nxt)
+    return _move(
+        release,
+        Action.REQUEST_APPROVAL,
+        State.PENDING_APPROVAL,
+        actor,
+        now,
+        reason,
+        awaiting_step=nxt,
+    )
 
 
 def approve(release: Release, actor: Actor, now: float) -> Release:
     check_allowed(release, Action.APPROVE)
     step = release.awaiting_step if release.awaiting_step is not None else release.step + 1
     approvals = [*release.approvals, Approval(step=step, by=actor.user, at=now)]
-    return _enter_step(release, step, Action.APPROVE, actor, now,
-                       f"approved by {actor.user}", approvals=approvals)
+    return _enter_step(
+        release, step, Action.APPROVE, actor, now, f"approved by {actor.user}", approvals=approvals
+    )
 
 
 def pause(release: Release, actor: Actor, now: float, reason: str) -> Release:
     check_allowed(release, Action.PAUSE)
-    return _move(release, Action.PAUSE, State.PAUSED, actor, now, reason,
-                 paused_from=release.state, reason=reason)
+    return _move(
+        release,
+        Action.PAUSE,
+        State.PAUSED,
+        actor,
+        now,
+        reason,
+        paused_from=release.state,
+        reason=reason,
+    )
 
 
 def resume(release: Release, actor: Actor, now: float) -> Release:
     check_allowed(release, Action.RESUME)
     back = release.paused_from or State.PROGRESSING
     # The hold restarts: a paused canary has not proven anything while nobody was judging it.
-    return _move(release, Action.RESUME, back, actor, now, f"resumed by {actor.user}",
-                 paused_from=None, reason="", step_started_at=now, clean_checks_in_step=0,
-                 counters={})
+    return _move(
+        release,
+        Action.RESUME,
+        back,
+        actor,
+        now,
+        f"resumed by {actor.user}",
+        paused_from=None,
+        reason="",
+        step_started_at=now,
+        clean_checks_in_step=0,
+        counters={},
+    )
 
 
 def succeed(release: Release, actor: Actor, now: float) -> Release:
-    return _move(release, Action.SUCCEED, State.SUCCEEDED, actor, now, "bake window passed",
-                 finished_at=now)
+    return _move(
+        release, Action.SUCCEED, State.SUCCEEDED, actor, now, "bake window passed", finished_at=now
+    )
 
 
 def start_rollback(release: Release, actor: Actor, now: float, reason: str) -> Release:
     check_allowed(release, Action.ROLLBACK)
-    return _move(release, Action.ROLLBACK, State.ROLLING_BACK, actor, now, reason, weight=0,
-                 reason=reason, rollback_started_at=now, awaiting_step=None)
+    return _move(
+        release,
+        Action.ROLLBACK,
+        State.ROLLING_BACK,
+        actor,
+        now,
+        reason,
+        weight=0,
+        reason=reason,
+        rollback_started_at=now,
+        awaiting_step=None,
+    )
 
 
 def finish_rollback(release: Release, actor: Actor, now: float) -> Release:
-    return _move(release, Action.FINISH_ROLLBACK, State.ROLLED_BACK, actor, now,
-                 release.reason, applied_weight=0, finished_at=now)
+    return _move(
+        release,
+        Action.FINISH_ROLLBACK,
+        State.ROLLED_BACK,
+        actor,
+        now,
+        release.reason,
+        applied_weight=0,
+        finished_at=now,
+    )
 
 
 def hold_elapsed(release: Release, now: float) -> bool:
     return now - release.step_started_at >= release.hold
 
 
-def new_release(*, release_id: str, number: int, service: str, version: str,
-                stable_version: str, weights: list[int], holds: list[float], interval: float,
-                bake: float, strategy: str, risk: str, notes: str, actor: Actor,
-                now: float) -> Release:
+def new_release(
+    *,
+    release_id: str,
+    number: int,
+    service: str,
+    version: str,
+    stable_version: str,
+    weights: list[int],
+    holds: list[float],
+    interval: float,
+    bake: float,
+    strategy: str,
+    risk: str,
+    notes: str,
+    actor: Actor,
+    now: float,
+) -> Release:
     """A fresh release. High risk waits for approval before any step that moves users."""
     needs_approval = risk == "high" and weights[0] > 0
     state = State.PENDING_APPROVAL if needs_approval else State.PROGRESSING
     reason = "waiting for approval of the first step" if needs_approval else "started"
     weight = 0 if needs_approval else weights[0]
     return Release(
-        id=release_id, number=number, service=service, version=version,
-        stable_version=stable_version, strategy=strategy, risk=risk, weights=weights,
-        holds=holds, interval=interval, bake=bake, notes=notes, state=state, step=0,
-        weight=weight, awaiting_step=0 if needs_approval else None, requested_by=actor.user,
-        surface=actor.surface, created_at=now, step_started_at=now, updated_at=now,
-        last=Transition(action=Action.START, state=state, by=actor.user, surface=actor.surface,
-                        at=now, reason=reason),
+        id=release_id,
+        number=number,
+        service=service,
+        version=version,
+        stable_version=stable_version,
+        strategy=strategy,
+        risk=risk,
+        weights=weights,
+        holds=holds,
+        interval=interval,
+        bake=bake,
+        notes=notes,
+        state=state,
+        step=0,
+        weight=weight,
+        awaiting_step=0 if needs_approval else None,
+        requested_by=actor.user,
+        surface=actor.surface,
+        created_at=now,
+        step_started_at=now,
+        updated_at=now,
+        last=Transition(
+            action=Action.START,
+            state=state,
+            by=actor.user,
+            surface=actor.surface,
+            at=now,
+            reason=reason,
+        ),
     )

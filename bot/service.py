@@ -7,6 +7,7 @@ request still makes sense (an advance of step k does not become an advance of st
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -57,8 +58,14 @@ class DeployOptions:
 
 
 class ReleaseService:
-    def __init__(self, store: Store, policy: Callable[[], Policy], actuator: TrafficActuator,
-                 events: EventBus, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Callable[[], Policy],
+        actuator: TrafficActuator,
+        events: EventBus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self._policy = policy
         self.actuator = actuator
@@ -74,28 +81,46 @@ class ReleaseService:
     def _may(self, actor: Actor, allowed: list[str]) -> bool:
         return actor.is_controller or actor.user in allowed or bool(actor.groups & set(allowed))
 
-    async def _require(self, actor: Actor, sp: ServicePolicy, service: str, action: str,
-                       allowed: list[str]) -> None:
+    async def _require(
+        self, actor: Actor, sp: ServicePolicy, service: str, action: str, allowed: list[str]
+    ) -> None:
         if not allowed or self._may(actor, allowed):
             return
         await self._refuse(actor, service, action, f"not in {allowed}")
         raise PermissionDenied(action, service, allowed)
 
-    async def _require_deployer(self, actor: Actor, sp: ServicePolicy, service: str, action: str) -> None:
+    async def _require_deployer(
+        self, actor: Actor, sp: ServicePolicy, service: str, action: str
+    ) -> None:
         allowed = sorted(set(sp.deployers) | set(sp.approvers)) if sp.deployers else []
         await self._require(actor, sp, service, action, allowed)
 
-    async def _refuse(self, actor: Actor, service: str, action: str, reason: str,
-                      release_id: str = "") -> None:
+    async def _refuse(
+        self, actor: Actor, service: str, action: str, reason: str, release_id: str = ""
+    ) -> None:
         log.info("refused %s of %s for %s: %s", action, service, actor.user, reason)
-        await self.store.append_audit(AuditEntry(
-            action=action, actor=actor.user, surface=actor.surface, service=service,
-            release_id=release_id, outcome="refused", reason=reason))
+        await self.store.append_audit(
+            AuditEntry(
+                action=action,
+                actor=actor.user,
+                surface=actor.surface,
+                service=service,
+                release_id=release_id,
+                outcome="refused",
+                reason=reason,
+            )
+        )
 
     # --- deploy -----------------------------------------------------------------------------
 
-    async def deploy(self, actor: Actor, service: str, version: str,
-                     options: DeployOptions | None = None, request_id: str = "") -> Result:
+    async def deploy(
+        self,
+        actor: Actor,
+        service: str,
+        version: str,
+        options: DeployOptions | None = None,
+        request_id: str = "",
+    ) -> Result:
         opts = options or DeployOptions()
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "deploy")
@@ -107,56 +132,90 @@ class ReleaseService:
             raise UserError(f"unknown risk `{risk}`", hint="use --risk normal or --risk high")
         strategy = opts.strategy or sp.strategy.value
         if strategy not in ("canary", "blue_green"):
-            raise UserError(f"unknown strategy `{strategy}`",
-                            hint="use --strategy canary or --strategy blue_green")
+            raise UserError(
+                f"unknown strategy `{strategy}`",
+                hint="use --strategy canary or --strategy blue_green",
+            )
         steps = _plan_steps(sp, strategy, opts)
         hold = sp.hold if opts.hold is None else opts.hold
 
         previous = await self.store.history(service, limit=20)
         stable = opts.stable or next(
-            (r.version for r in previous if r.state is State.SUCCEEDED), "")
+            (r.version for r in previous if r.state is State.SUCCEEDED), ""
+        )
         if stable == version:
-            raise UserError(f"`{service}` already runs {version}",
-                            hint="deploy a different version, or /rollout status to see it")
+            raise UserError(
+                f"`{service}` already runs {version}",
+                hint="deploy a different version, or /rollout status to see it",
+            )
         now = self.clock()
         release = rollout.new_release(
-            release_id=uuid.uuid4().hex[:12], number=await self.store.next_number(),
-            service=service, version=version, stable_version=stable,
+            release_id=uuid.uuid4().hex[:12],
+            number=await self.store.next_number(),
+            service=service,
+            version=version,
+            stable_version=stable,
             weights=[s.weight for s in steps],
             holds=[hold if s.hold is None else s.hold for s in steps],
-            interval=sp.interval, bake=sp.bake, strategy=strategy, risk=risk, notes=opts.notes,
-            actor=actor, now=now,
+            interval=sp.interval,
+            bake=sp.bake,
+            strategy=strategy,
+            risk=risk,
+            notes=opts.notes,
+            actor=actor,
+            now=now,
         )
-        audit = AuditEntry(action="deploy", actor=actor.user, surface=actor.surface,
-                           service=service, release_id=release.id, to_state=release.state,
-                           request_id=request_id,
-                           detail={"version": version, "risk": risk, "strategy": strategy,
-                                   "steps": release.weights, "stable": stable})
+        audit = AuditEntry(
+            action="deploy",
+            actor=actor.user,
+            surface=actor.surface,
+            service=service,
+            release_id=release.id,
+            to_state=release.state,
+            request_id=request_id,
+            detail={
+                "version": version,
+                "risk": risk,
+                "strategy": strategy,
+                "steps": release.weights,
+                "stable": stable,
+            },
+        )
         created = await self.store.create(release, audit, request_id)
         if created.status is CreateStatus.LOCKED and created.lock:
             await self._refuse(actor, service, "deploy", created.lock.describe())
-            raise LockedError(f"cannot deploy: {created.lock.describe()}. "
-                              f"`/rollout unlock {service}` lifts it.")
+            raise LockedError(
+                f"cannot deploy: {created.lock.describe()}. `/rollout unlock {service}` lifts it."
+            )
         if created.status is CreateStatus.ACTIVE:
             other = await self.store.get(created.release_id)
-            await self._refuse(actor, service, "deploy", "another release is active",
-                               created.release_id)
+            await self._refuse(
+                actor, service, "deploy", "another release is active", created.release_id
+            )
             when = time.strftime("%H:%M UTC", time.gmtime(other.created_at)) if other else "?"
             who = other.requested_by if other else "?"
             what = other.version if other else "?"
             raise AlreadyActiveError(
                 f"cannot deploy {version}: {service} {what} is already being released, started "
                 f"by {who} at {when} ({other.describe_state() if other else 'unknown state'}). "
-                f"Wait for it, or `/rollback {service}` first.")
+                f"Wait for it, or `/rollback {service}` first."
+            )
         if created.status is CreateStatus.DUPLICATE:
             existing = await self.store.get(created.release_id)
             assert existing is not None
             return Result(Outcome.DUPLICATE, existing, "this request was already applied")
-        self.events.emit(ReleaseEvent(EventKind.STARTED, release, _started_text(release),
-                                      actor=actor.user))
+        self.events.emit(
+            ReleaseEvent(EventKind.STARTED, release, _started_text(release), actor=actor.user)
+        )
         if release.state is State.PENDING_APPROVAL:
-            self.events.emit(ReleaseEvent(EventKind.APPROVAL_NEEDED, release,
-                                          "approval needed before the first step", actor=actor.user))
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.APPROVAL_NEEDED,
+                    release,
+                    "approval needed before the first step",
+                    actor=actor.user,
+                )
+            )
         else:
             release = await self.actuator.sync(release)
         return Result(Outcome.DONE, release, _started_text(release))
@@ -167,14 +226,22 @@ class ReleaseService:
         self.policy.service(service)  # unknown service: a clear error with a suggestion
         release = await self.store.active_for(service)
         if release is None:
-            last = (await self.store.history(service, limit=1) or [None])[0]
-            tail = f" The last one: {last.describe_state()}." if last else ""
+            history = await self.store.history(service, limit=1)
+            tail = f" The last one: {history[0].describe_state()}." if history else ""
             raise ConflictError(f"`{service}` has no active release.{tail}")
         return release
 
-    async def _transition(self, actor: Actor, service: str, action: str, request_id: str,
-                          step: Callable[[Release], Release], *, expected_step: int | None = None,
-                          reason: str = "") -> Result:
+    async def _transition(
+        self,
+        actor: Actor,
+        service: str,
+        action: str,
+        request_id: str,
+        step: Callable[[Release], Release],
+        *,
+        expected_step: int | None = None,
+        reason: str = "",
+    ) -> Result:
         release = await self._active(service)
         for _ in range(MAX_RACE_RETRIES):
             if expected_step is not None and release.step != expected_step:
@@ -184,13 +251,21 @@ class ReleaseService:
             except ConflictError:
                 await self._refuse(actor, service, action, release.describe_state(), release.id)
                 raise
-            audit = AuditEntry(action=action, actor=actor.user, surface=actor.surface,
-                               service=service, release_id=release.id,
-                               from_state=release.state, to_state=new.state, reason=reason,
-                               request_id=request_id,
-                               detail={"step": new.step, "weight": new.weight})
-            result = await self.store.commit(new, expected_rev=release.rev, audit=audit,
-                                             request_id=request_id)
+            audit = AuditEntry(
+                action=action,
+                actor=actor.user,
+                surface=actor.surface,
+                service=service,
+                release_id=release.id,
+                from_state=release.state,
+                to_state=new.state,
+                reason=reason,
+                request_id=request_id,
+                detail={"step": new.step, "weight": new.weight},
+            )
+            result = await self.store.commit(
+                new, expected_rev=release.rev, audit=audit, request_id=request_id
+            )
             if result.status is CommitStatus.OK and result.current is not None:
                 return Result(Outcome.DONE, result.current, "")
             if result.status is CommitStatus.DUPLICATE:
@@ -202,33 +277,41 @@ class ReleaseService:
                 raise LostRaceError(f"someone else won: {release.describe_state()}")
         raise LostRaceError(f"{release.label} is changing too fast; try again")
 
-    async def advance(self, actor: Actor, service: str, *, expected_step: int | None = None,
-                      request_id: str = "") -> Result:
+    async def advance(
+        self, actor: Actor, service: str, *, expected_step: int | None = None, request_id: str = ""
+    ) -> Result:
         """Skip the rest of the hold (normal risk), or approve the next step (high risk)."""
         current = await self._active(service)
         if current.state is State.PENDING_APPROVAL or current.risk == "high":
-            return await self.approve(actor, service, expected_step=expected_step,
-                                      request_id=request_id)
+            return await self.approve(
+                actor, service, expected_step=expected_step, request_id=request_id
+            )
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "advance")
         now = self.clock()
         res = await self._transition(
-            actor, service, "advance", request_id,
+            actor,
+            service,
+            "advance",
+            request_id,
             lambda r: rollout.advance(r, actor, now, f"advanced by {actor.user}"),
-            expected_step=current.step if expected_step is None else expected_step)
+            expected_step=current.step if expected_step is None else expected_step,
+        )
         if res.outcome is Outcome.DONE:
             res = await self._after_move(res, actor)
         return res
 
-    async def approve(self, actor: Actor, service: str, *, expected_step: int | None = None,
-                      request_id: str = "") -> Result:
+    async def approve(
+        self, actor: Actor, service: str, *, expected_step: int | None = None, request_id: str = ""
+    ) -> Result:
         current = await self._active(service)
         sp = self.policy.service(service)
         if actor.user == current.requested_by and not actor.is_controller:
             await self._refuse(actor, service, "approve", "requester cannot approve", current.id)
             who = ", ".join(sp.approvers) or "anyone else"
-            raise PermissionDenied("approve your own release of", service,
-                                   [f"{who} (not the requester)"])
+            raise PermissionDenied(
+                "approve your own release of", service, [f"{who} (not the requester)"]
+            )
         await self._require(actor, sp, service, "approve", list(sp.approvers))
         now = self.clock()
 
@@ -238,49 +321,81 @@ class ReleaseService:
                 r = rollout.request_approval(r, actor, now, "approval given early")
             return rollout.approve(r, actor, now)
 
-        res = await self._transition(actor, service, "approve", request_id, step,
-                                     expected_step=current.step if expected_step is None else expected_step)
+        res = await self._transition(
+            actor,
+            service,
+            "approve",
+            request_id,
+            step,
+            expected_step=current.step if expected_step is None else expected_step,
+        )
         if res.outcome is Outcome.DONE:
-            self.events.emit(ReleaseEvent(EventKind.APPROVED, res.release,
-                                          f"{actor.user} approved {res.release.weight}%",
-                                          actor=actor.user))
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.APPROVED,
+                    res.release,
+                    f"{actor.user} approved {res.release.weight}%",
+                    actor=actor.user,
+                )
+            )
             res = await self._after_move(res, actor)
         return res
 
     async def _after_move(self, res: Result, actor: Actor) -> Result:
         release = res.release
         kind = EventKind.BAKING if release.state is State.BAKING else EventKind.STEP_ADVANCED
-        text = (f"at 100%, baking for {release.bake:.0f}s against the pre-release baseline"
-                if kind is EventKind.BAKING else
-                f"advanced to {release.weight}% (step {release.step + 1}/{len(release.weights)})")
+        text = (
+            f"at 100%, baking for {release.bake:.0f}s against the pre-release baseline"
+            if kind is EventKind.BAKING
+            else f"advanced to {release.weight}% (step {release.step + 1}/{len(release.weights)})"
+        )
         self.events.emit(ReleaseEvent(kind, release, text, actor=actor.user))
         release = await self.actuator.sync(release)
         return Result(res.outcome, release, text)
 
-    async def rollback(self, actor: Actor, service: str, reason: str = "",
-                       request_id: str = "") -> Result:
+    async def rollback(
+        self, actor: Actor, service: str, reason: str = "", request_id: str = ""
+    ) -> Result:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "roll back")
         now = self.clock()
         why = reason.strip() or f"manual rollback by {actor.user}"
-        res = await self._transition(actor, service, "rollback", request_id,
-                                     lambda r: rollout.start_rollback(r, actor, now, why),
-                                     reason=why)
+        res = await self._transition(
+            actor,
+            service,
+            "rollback",
+            request_id,
+            lambda r: rollout.start_rollback(r, actor, now, why),
+            reason=why,
+        )
         if res.outcome is Outcome.DONE:
-            self.events.emit(ReleaseEvent(EventKind.ROLLBACK_STARTED, res.release,
-                                          f"rolling back: {why}", actor=actor.user))
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.ROLLBACK_STARTED,
+                    res.release,
+                    f"rolling back: {why}",
+                    actor=actor.user,
+                )
+            )
             release = await self.actuator.sync(res.release)
             return Result(res.outcome, release, f"rolled back: {why}")
         return res
 
-    async def pause(self, actor: Actor, service: str, reason: str = "",
-                    request_id: str = "") -> Result:
+    async def pause(
+        self, actor: Actor, service: str, reason: str = "", request_id: str = ""
+    ) -> Result:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "pause")
         now = self.clock()
         why = reason.strip() or f"paused by {actor.user}"
-        res = await self._transition(actor, service, "pause", request_id,
-                                     lambda r: rollout.pause(r, actor, now, why), reason=why)
+        res = await self._transition(
+            actor,
+            service,
+            "pause",
+            request_id,
+            lambda r: rollout.pause(r, actor, now, why),
+            reason=why,
+        )
         if res.outcome is Outcome.DONE:
             self.events.emit(ReleaseEvent(EventKind.PAUSED, res.release, why, actor=actor.user))
         return res
@@ -289,12 +404,18 @@ class ReleaseService:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "resume")
         now = self.clock()
-        res = await self._transition(actor, service, "resume", request_id,
-                                     lambda r: rollout.resume(r, actor, now))
+        res = await self._transition(
+            actor, service, "resume", request_id, lambda r: rollout.resume(r, actor, now)
+        )
         if res.outcome is Outcome.DONE:
-            self.events.emit(ReleaseEvent(EventKind.RESUMED, res.release,
-                                          f"resumed by {actor.user}; the hold restarts",
-                                          actor=actor.user))
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.RESUMED,
+                    res.release,
+                    f"resumed by {actor.user}; the hold restarts",
+                    actor=actor.user,
+                )
+            )
         return res
 
     # --- locks ------------------------------------------------------------------------------
@@ -304,11 +425,23 @@ class ReleaseService:
         await self._require_deployer(actor, sp, service, "lock")
         if not reason.strip():
             raise UserError("a lock needs a reason", hint=f"/rollout lock {service} <why>")
-        lock = Lock(service=service, by=actor.user, reason=reason.strip(), at=self.clock(),
-                    surface=actor.surface)
-        existing = await self.store.lock(lock, AuditEntry(
-            action="lock", actor=actor.user, surface=actor.surface, service=service,
-            reason=lock.reason))
+        lock = Lock(
+            service=service,
+            by=actor.user,
+            reason=reason.strip(),
+            at=self.clock(),
+            surface=actor.surface,
+        )
+        existing = await self.store.lock(
+            lock,
+            AuditEntry(
+                action="lock",
+                actor=actor.user,
+                surface=actor.surface,
+                service=service,
+                reason=lock.reason,
+            ),
+        )
         if existing is not None:
             raise LockedError(f"already locked: {existing.describe()}")
         return lock
@@ -316,8 +449,10 @@ class ReleaseService:
     async def unlock(self, actor: Actor, service: str) -> Lock:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "unlock")
-        removed = await self.store.unlock(service, AuditEntry(
-            action="unlock", actor=actor.user, surface=actor.surface, service=service))
+        removed = await self.store.unlock(
+            service,
+            AuditEntry(action="unlock", actor=actor.user, surface=actor.surface, service=service),
+        )
         if removed is None:
             raise ConflictError(f"`{service}` is not locked")
         return removed
@@ -347,18 +482,26 @@ def _plan_steps(sp: ServicePolicy, strategy: str, opts: DeployOptions) -> list[S
     if opts.steps is None:
         return list(sp.steps)
     weights = opts.steps
-    if not weights or any(not 0 < w <= 100 for w in weights) or weights[-1] != 100 or any(
-            b <= a for a, b in zip(weights, weights[1:], strict=False)):
-        raise UserError(f"bad --steps {','.join(map(str, weights))}",
-                        hint="rising percentages ending at 100, e.g. --steps 1,10,25,50,100")
+    if (
+        not weights
+        or any(not 0 < w <= 100 for w in weights)
+        or weights[-1] != 100
+        or any(b <= a for a, b in itertools.pairwise(weights))
+    ):
+        raise UserError(
+            f"bad --steps {','.join(map(str, weights))}",
+            hint="rising percentages ending at 100, e.g. --steps 1,10,25,50,100",
+        )
     return [Step(weight=w) for w in weights]
 
 
 def _started_text(release: Release) -> str:
     plan = " → ".join(f"{w}%" for w in release.weights)
     stable = release.stable_version or "the current version"
-    return (f"{release.requested_by} started {release.service} {release.version} "
-            f"(replacing {stable}), {release.strategy}, risk {release.risk}: {plan}")
+    return (
+        f"{release.requested_by} started {release.service} {release.version} "
+        f"(replacing {stable}), {release.strategy}, risk {release.risk}: {plan}"
+    )
 
 
 __all__ = ["Action", "DeployOptions", "Outcome", "ReleaseService", "Result"]

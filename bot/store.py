@@ -140,8 +140,18 @@ class AuditEntry:
 
     def fields(self) -> list[str]:
         flat: list[str] = []
-        for name in ("action", "actor", "surface", "service", "release_id", "from_state",
-                     "to_state", "outcome", "reason", "request_id"):
+        for name in (
+            "action",
+            "actor",
+            "surface",
+            "service",
+            "release_id",
+            "from_state",
+            "to_state",
+            "outcome",
+            "reason",
+            "request_id",
+        ):
             flat += [name, str(getattr(self, name))]
         flat += ["at", f"{self.at:.3f}", "detail", json.dumps(self.detail, default=str)]
         return flat
@@ -149,12 +159,18 @@ class AuditEntry:
     @classmethod
     def from_fields(cls, data: dict[str, str]) -> AuditEntry:
         return cls(
-            action=data.get("action", ""), actor=data.get("actor", ""),
-            surface=data.get("surface", ""), service=data.get("service", ""),
-            release_id=data.get("release_id", ""), from_state=data.get("from_state", ""),
-            to_state=data.get("to_state", ""), outcome=data.get("outcome", ""),
-            reason=data.get("reason", ""), request_id=data.get("request_id", ""),
-            detail=json.loads(data.get("detail") or "{}"), at=float(data.get("at") or 0),
+            action=data.get("action", ""),
+            actor=data.get("actor", ""),
+            surface=data.get("surface", ""),
+            service=data.get("service", ""),
+            release_id=data.get("release_id", ""),
+            from_state=data.get("from_state", ""),
+            to_state=data.get("to_state", ""),
+            outcome=data.get("outcome", ""),
+            reason=data.get("reason", ""),
+            request_id=data.get("request_id", ""),
+            detail=json.loads(data.get("detail") or "{}"),
+            at=float(data.get("at") or 0),
         )
 
 
@@ -190,16 +206,23 @@ async def _translated(what: str) -> AsyncIterator[None]:
     try:
         yield
     except RedisError as exc:
-        raise StoreError(f"Redis is unavailable ({what}): {exc}. Nothing was changed; "
-                         "try again when Redis is back.") from exc
+        raise StoreError(
+            f"Redis is unavailable ({what}): {exc}. Nothing was changed; "
+            "try again when Redis is back."
+        ) from exc
 
 
 def _dump(release: Release) -> str:
     return release.model_dump_json()
 
 
-def _load(raw: str | None) -> Release | None:
-    return None if raw is None else Release.model_validate_json(raw)
+def _load(raw: object) -> Release | None:
+    return None if raw is None else Release.model_validate_json(_text(raw))
+
+
+def _text(value: object) -> str:
+    """The client decodes responses; this narrows its bytes|str types for the checker."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Store:
@@ -220,15 +243,30 @@ class Store:
 
     # --- releases ---------------------------------------------------------------------------
 
-    async def create(self, release: Release, audit: AuditEntry, request_id: str = "") -> CreateResult:
+    async def create(
+        self, release: Release, audit: AuditEntry, request_id: str = ""
+    ) -> CreateResult:
         idem = json.dumps({"release_id": release.id, "action": "deploy"}) if request_id else ""
         async with _translated("starting a release"):
             status, payload = await self._create(
-                keys=[keys.release(release.id), keys.active_index(), keys.history(release.service),
-                      keys.lock(release.service), keys.audit(),
-                      keys.idempotency(request_id or "-")],
-                args=[release.service, release.id, _dump(release), idem, IDEMPOTENCY_TTL_S,
-                      HISTORY_LEN, AUDIT_MAXLEN, *audit.fields()],
+                keys=[
+                    keys.release(release.id),
+                    keys.active_index(),
+                    keys.history(release.service),
+                    keys.lock(release.service),
+                    keys.audit(),
+                    keys.idempotency(request_id or "-"),
+                ],
+                args=[
+                    release.service,
+                    release.id,
+                    _dump(release),
+                    idem,
+                    IDEMPOTENCY_TTL_S,
+                    HISTORY_LEN,
+                    AUDIT_MAXLEN,
+                    *audit.fields(),
+                ],
             )
         status = CreateStatus(status)
         if status is CreateStatus.LOCKED:
@@ -237,9 +275,16 @@ class Store:
             return CreateResult(status, release_id=json.loads(payload)["release_id"])
         return CreateResult(status, release_id=payload)
 
-    async def commit(self, new: Release, *, expected_rev: int, audit: AuditEntry | None,
-                     request_id: str = "", fence: int | None = None,
-                     result: dict[str, Any] | None = None) -> CommitResult:
+    async def commit(
+        self,
+        new: Release,
+        *,
+        expected_rev: int,
+        audit: AuditEntry | None,
+        request_id: str = "",
+        fence: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> CommitResult:
         """Write ``new`` if the stored record is still at ``expected_rev`` (and, with a fence,
         if our lease still holds that token). The record's rev is bumped here."""
         record = new.model_copy(update={"rev": expected_rev + 1})
@@ -247,11 +292,25 @@ class Store:
         audit_fields = audit.fields() if audit else []
         async with _translated("saving a release"):
             status, payload = await self._commit(
-                keys=[keys.release(new.id), keys.active_index(), keys.audit(),
-                      keys.idempotency(request_id or "-"), keys.lease(new.id)],
-                args=[str(expected_rev), _dump(record), new.service, new.id,
-                      "1" if not new.is_active else "0", "" if fence is None else str(fence),
-                      idem, IDEMPOTENCY_TTL_S, AUDIT_MAXLEN, *audit_fields],
+                keys=[
+                    keys.release(new.id),
+                    keys.active_index(),
+                    keys.audit(),
+                    keys.idempotency(request_id or "-"),
+                    keys.lease(new.id),
+                ],
+                args=[
+                    str(expected_rev),
+                    _dump(record),
+                    new.service,
+                    new.id,
+                    "1" if not new.is_active else "0",
+                    "" if fence is None else str(fence),
+                    idem,
+                    IDEMPOTENCY_TTL_S,
+                    AUDIT_MAXLEN,
+                    *audit_fields,
+                ],
             )
         st = CommitStatus(status)
         if st is CommitStatus.OK:
@@ -275,7 +334,8 @@ class Store:
 
     async def active_index(self) -> dict[str, str]:
         async with _translated("listing active releases"):
-            return dict(await self.redis.hgetall(keys.active_index()))
+            raw = await self.redis.hgetall(keys.active_index())
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def active_releases(self) -> list[Release]:
         index = await self.active_index()
@@ -284,19 +344,20 @@ class Store:
     async def active_for(self, service: str) -> Release | None:
         async with _translated("reading the active release"):
             release_id = await self.redis.hget(keys.active_index(), service)
-        return await self.get(release_id) if release_id else None
+        return await self.get(_text(release_id)) if release_id else None
 
     async def history(self, service: str, limit: int = 10) -> list[Release]:
         async with _translated("reading history"):
             ids = await self.redis.lrange(keys.history(service), 0, limit - 1)
-        return await self.get_many(ids)
+        return await self.get_many([_text(i) for i in ids])
 
     # --- locks ------------------------------------------------------------------------------
 
     async def lock(self, lock: Lock, audit: AuditEntry) -> Lock | None:
         """Take the lock; returns the existing lock if the service was already locked."""
-        data = json.dumps({"by": lock.by, "reason": lock.reason, "at": lock.at,
-                           "surface": lock.surface})
+        data = json.dumps(
+            {"by": lock.by, "reason": lock.reason, "at": lock.at, "surface": lock.surface}
+        )
         async with _translated("locking"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(keys.lock(lock.service), data, nx=True)
@@ -316,33 +377,44 @@ class Store:
                 raw, _ = await pipe.execute()
             if raw:
                 await self.append_audit(audit)
-        return _lock_from(service, raw) if raw else None
+        return _lock_from(service, _text(raw)) if raw else None
 
     async def get_lock(self, service: str) -> Lock | None:
         async with _translated("reading a lock"):
             raw = await self.redis.get(keys.lock(service))
-        return _lock_from(service, raw) if raw else None
+        return _lock_from(service, _text(raw)) if raw else None
 
     # --- audit ------------------------------------------------------------------------------
 
     async def append_audit(self, entry: AuditEntry) -> None:
         fields = entry.fields()
         async with _translated("writing the audit log"):
-            await self.redis.xadd(keys.audit(), dict(zip(fields[::2], fields[1::2], strict=True)),
-                                  maxlen=AUDIT_MAXLEN, approximate=True)
+            await self.redis.xadd(
+                keys.audit(),
+                dict(zip(fields[::2], fields[1::2], strict=True)),
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
 
     async def audit_tail(self, count: int = 50, service: str | None = None) -> list[AuditEntry]:
         """Newest first."""
         async with _translated("reading the audit log"):
-            rows = await self.redis.xrevrange(keys.audit(), count=count if not service else count * 20)
-        entries = [AuditEntry.from_fields(data) for _, data in rows]
+            rows = await self.redis.xrevrange(
+                keys.audit(), count=count if not service else count * 20
+            )
+        entries = [
+            AuditEntry.from_fields({_text(k): _text(v) for k, v in (data or {}).items()})
+            for _, data in rows or []
+        ]
         if service:
             entries = [e for e in entries if e.service == service]
         return entries[:count]
 
     # --- leases -----------------------------------------------------------------------------
 
-    async def acquire_leases(self, owner: str, release_ids: Sequence[str], ttl: float) -> dict[str, int]:
+    async def acquire_leases(
+        self, owner: str, release_ids: Sequence[str], ttl: float
+    ) -> dict[str, int]:
         """Take or renew the lease of each release not driven by someone else. Returns the
         fencing token of every release this owner now drives."""
         if not release_ids:
@@ -358,11 +430,17 @@ class Store:
         if not release_ids:
             return 0
         async with _translated("dropping leases"):
-            return int(await self._drop_leases(keys=[keys.lease(r) for r in release_ids],
-                                               args=[owner]))
+            return int(
+                await self._drop_leases(keys=[keys.lease(r) for r in release_ids], args=[owner])
+            )
 
 
 def _lock_from(service: str, raw: str) -> Lock:
     data = json.loads(raw)
-    return Lock(service=service, by=data.get("by", "?"), reason=data.get("reason", ""),
-                at=float(data.get("at", 0)), surface=data.get("surface", ""))
+    return Lock(
+        service=service,
+        by=data.get("by", "?"),
+        reason=data.get("reason", ""),
+        at=float(data.get("at", 0)),
+        surface=data.get("surface", ""),
+    )

@@ -6,6 +6,7 @@ names the metric, the value, the limit and what the control showed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -50,54 +51,97 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{text}{' ' + unit if unit and unit != 'ratio' else ''}"
 
 
-def judge(metric: Metric, canary: QueryResult, control: QueryResult | float | None,
-          requests: float | None = None, *, control_label: str = "control",
-          require_control: bool = True) -> CheckResult:
+def judge(
+    metric: Metric,
+    canary: QueryResult,
+    control: QueryResult | float | None,
+    requests: float | None = None,
+    *,
+    control_label: str = "control",
+    require_control: bool = True,
+) -> CheckResult:
     """Judge one metric. ``control`` is the control's query result, or a baseline number while
     the release bakes at 100% (no control left), or None when there is nothing to compare."""
-    base = {"metric": metric.name, "critical": metric.critical, "dry_run": metric.dry_run}
+    result = functools.partial(
+        CheckResult, metric=metric.name, critical=metric.critical, dry_run=metric.dry_run
+    )
     if canary.status is QueryStatus.ERROR:
-        return CheckResult(outcome=Outcome.ERROR, canary=None, control=None, query=canary.query,
-                           reason=f"{metric.name}: canary query failed: {canary.error}", **base)
+        return result(
+            outcome=Outcome.ERROR,
+            canary=None,
+            control=None,
+            query=canary.query,
+            reason=f"{metric.name}: canary query failed: {canary.error}",
+        )
     if metric.min_requests and (requests is None or requests < metric.min_requests):
         seen = "unknown" if requests is None else f"{requests:.0f}"
-        return CheckResult(outcome=Outcome.NO_DATA, canary=canary.value, control=None,
-                           reason=f"{metric.name}: no verdict yet, canary saw {seen} requests "
-                           f"(needs {metric.min_requests})", **base)
+        return result(
+            outcome=Outcome.NO_DATA,
+            canary=canary.value,
+            control=None,
+            reason=f"{metric.name}: no verdict yet, canary saw {seen} requests "
+            f"(needs {metric.min_requests})",
+        )
     if canary.status is QueryStatus.NO_DATA or canary.value is None:
-        return CheckResult(outcome=Outcome.NO_DATA, canary=None, control=None, query=canary.query,
-                           reason=f"{metric.name}: no canary data ({canary.error})", **base)
+        return result(
+            outcome=Outcome.NO_DATA,
+            canary=None,
+            control=None,
+            query=canary.query,
+            reason=f"{metric.name}: no canary data ({canary.error})",
+        )
 
     control_value: float | None
     if isinstance(control, QueryResult):
         if control.status is QueryStatus.ERROR and _needs_control(metric):
-            return CheckResult(outcome=Outcome.ERROR, canary=canary.value, control=None,
-                               query=control.query,
-                               reason=f"{metric.name}: control query failed: {control.error}",
-                               **base)
+            return result(
+                outcome=Outcome.ERROR,
+                canary=canary.value,
+                control=None,
+                query=control.query,
+                reason=f"{metric.name}: control query failed: {control.error}",
+            )
         control_value = control.value if control.status is QueryStatus.OK else None
     else:
         control_value = control
-    if (control_value is None and require_control and _needs_control(metric)
-            and not _has_absolute(metric)):
-        return CheckResult(outcome=Outcome.NO_DATA, canary=canary.value, control=None,
-                           reason=f"{metric.name}: no {control_label} data to compare with",
-                           **base)
+    if (
+        control_value is None
+        and require_control
+        and _needs_control(metric)
+        and not _has_absolute(metric)
+    ):
+        return result(
+            outcome=Outcome.NO_DATA,
+            canary=canary.value,
+            control=None,
+            reason=f"{metric.name}: no {control_label} data to compare with",
+        )
 
     value = canary.value
     failures = _violations(metric, value, control_value, warn=False, control_label=control_label)
     warnings = _violations(metric, value, control_value, warn=True, control_label=control_label)
-    ctrl = f" ({control_label} {fmt(control_value, metric.unit)})" if control_value is not None else ""
+    ctrl = (
+        f" ({control_label} {fmt(control_value, metric.unit)})" if control_value is not None else ""
+    )
     if failures:
         limit, text = failures[0]
         # Relative rules already name the control in their text; absolute ones get it appended.
         suffix = ctrl if control_label not in text else ""
-        return CheckResult(outcome=Outcome.FAIL, canary=value, control=control_value,
-                           reason=f"{metric.name}: {text}{suffix}", limit=limit,
-                           warning="; ".join(t for _, t in warnings), **base)
-    return CheckResult(outcome=Outcome.PASS, canary=value, control=control_value,
-                       reason=f"{metric.name}: {fmt(value, metric.unit)} within limits{ctrl}",
-                       warning="; ".join(f"{metric.name}: {t}" for _, t in warnings), **base)
+        return result(
+            outcome=Outcome.FAIL,
+            canary=value,
+            control=control_value,
+            reason=f"{metric.name}: {text}{suffix}",
+            limit=limit,
+            warning="; ".join(t for _, t in warnings),
+        )
+    return result(
+        outcome=Outcome.PASS,
+        canary=value,
+        control=control_value,
+        reason=f"{metric.name}: {fmt(value, metric.unit)} within limits{ctrl}",
+        warning="; ".join(f"{metric.name}: {t}" for _, t in warnings),
+    )
 
 
 def _needs_control(metric: Metric) -> bool:
@@ -108,8 +152,9 @@ def _has_absolute(metric: Metric) -> bool:
     return metric.max is not None or metric.min is not None
 
 
-def _violations(metric: Metric, value: float, control: float | None, *, warn: bool,
-                control_label: str) -> list[tuple[str, str]]:
+def _violations(
+    metric: Metric, value: float, control: float | None, *, warn: bool, control_label: str
+) -> list[tuple[str, str]]:
     """(limit, text) for every rule the value breaks; the warn_* set when ``warn``."""
     u = metric.unit
     hi, lo = (metric.warn_max, metric.warn_min) if warn else (metric.max, metric.min)
@@ -128,42 +173,83 @@ def _violations(metric: Metric, value: float, control: float | None, *, warn: bo
     if diff_limit is not None:
         diff = value - control
         if up and diff > diff_limit:
-            out.append((f"{word}diff +{fmt(diff_limit, u)}",
-                        f"{fmt(value, u)} is {fmt(diff, u)} above {control_label} "
-                        f"(limit +{fmt(diff_limit, u)})"))
+            out.append(
+                (
+                    f"{word}diff +{fmt(diff_limit, u)}",
+                    f"{fmt(value, u)} is {fmt(diff, u)} above {control_label} "
+                    f"(limit +{fmt(diff_limit, u)})",
+                )
+            )
         if down and -diff > diff_limit:
-            out.append((f"{word}diff -{fmt(diff_limit, u)}",
-                        f"{fmt(value, u)} is {fmt(-diff, u)} below {control_label} "
-                        f"(limit -{fmt(diff_limit, u)})"))
+            out.append(
+                (
+                    f"{word}diff -{fmt(diff_limit, u)}",
+                    f"{fmt(value, u)} is {fmt(-diff, u)} below {control_label} "
+                    f"(limit -{fmt(diff_limit, u)})",
+                )
+            )
     if ratio_limit is not None:
-        out += _ratio_violations(value, control, ratio_limit, up=up, down=down,
-                                 diff_decides=diff_limit is not None, word=word, unit=u,
-                                 control_label=control_label)
+        out += _ratio_violations(
+            value,
+            control,
+            ratio_limit,
+            up=up,
+            down=down,
+            diff_decides=diff_limit is not None,
+            word=word,
+            unit=u,
+            control_label=control_label,
+        )
     return out
 
 
-def _ratio_violations(value: float, control: float, limit: float, *, up: bool, down: bool,
-                      diff_decides: bool, word: str, unit: str,
-                      control_label: str) -> list[tuple[str, str]]:
+def _ratio_violations(
+    value: float,
+    control: float,
+    limit: float,
+    *,
+    up: bool,
+    down: bool,
+    diff_decides: bool,
+    word: str,
+    unit: str,
+    control_label: str,
+) -> list[tuple[str, str]]:
     # A ratio against zero is undefined; when a max_diff is configured it judges that case
     # alone (a canary at 0.1% errors against a control at 0% is not "infinitely worse").
     if control <= 0 or value < 0:
         if diff_decides or value == control:
             return []
         if up and value > control:
-            return [(f"{word}ratio {limit:g}x",
-                     f"{fmt(value, unit)} against {control_label} {fmt(control, unit)} "
-                     f"(limit {limit:g}x)")]
+            return [
+                (
+                    f"{word}ratio {limit:g}x",
+                    f"{fmt(value, unit)} against {control_label} {fmt(control, unit)} "
+                    f"(limit {limit:g}x)",
+                )
+            ]
         return []
     ratio = value / control
     out = []
     if up and ratio > limit:
-        out.append((f"{word}ratio {limit:g}x",
-                    f"{fmt(value, unit)} is {ratio:.2f}x {control_label} (limit {limit:g}x)"))
+        out.append(
+            (
+                f"{word}ratio {limit:g}x",
+                f"{fmt(value, unit)} is {ratio:.2f}x {control_label} (limit {limit:g}x)",
+            )
+        )
     if down and value > 0 and control / value > limit:
-        out.append((f"{word}ratio 1/{limit:g}x",
-                    f"{fmt(value, unit)} is {ratio:.2f}x {control_label} (limit 1/{limit:g}x)"))
+        out.append(
+            (
+                f"{word}ratio 1/{limit:g}x",
+                f"{fmt(value, unit)} is {ratio:.2f}x {control_label} (limit 1/{limit:g}x)",
+            )
+        )
     if down and value == 0:
-        out.append((f"{word}ratio 1/{limit:g}x",
-                    f"0 against {control_label} {fmt(control, unit)} (limit 1/{limit:g}x)"))
+        out.append(
+            (
+                f"{word}ratio 1/{limit:g}x",
+                f"0 against {control_label} {fmt(control, unit)} (limit 1/{limit:g}x)",
+            )
+        )
     return out

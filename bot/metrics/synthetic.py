@@ -56,8 +56,9 @@ class SyntheticSource:
 
     def value(self, q: MetricQuery) -> float:
         profile = self.profiles.get(q.metric, FALLBACK)
-        factor = self._faults.get((q.service, q.version, q.metric),
-                                  self._faults.get((q.service, "*", q.metric), 1.0))
+        factor = self._faults.get(
+            (q.service, q.version, q.metric), self._faults.get((q.service, "*", q.metric), 1.0)
+        )
         noisy = profile.base * factor * (1 + self._rng.gauss(0.0, profile.noise))
         return max(0.0, noisy)
 

@@ -22,7 +22,10 @@ def free_port() -> int:
 
 
 def require_binary(name: str) -> str:
-    """Path of a server binary. Missing: skip, unless SHIPWATCH_REQUIRE_SERVICES=1 (CI), then fail."""
+    """Path of a server binary.
+
+    Missing: skip, unless SHIPWATCH_REQUIRE_SERVICES=1 (as in CI), then fail.
+    """
     path = shutil.which(name)
     if path:
         return path
@@ -44,7 +47,9 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def running(cmd: list[str], port: int, log: Path, timeout: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    cmd: list[str], port: int, log: Path, timeout: float = 15.0
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -63,7 +68,18 @@ def running(cmd: list[str], port: int, log: Path, timeout: float = 15.0) -> Iter
 def redis_server(tmp: Path) -> Iterator[str]:
     binary = require_binary("redis-server")
     port = free_port()
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(tmp)]
+    cmd = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp),
+    ]
     with running(cmd, port, tmp / "redis.log"):
         yield f"redis://127.0.0.1:{port}/0"

@@ -1,0 +1,11 @@
+.PHONY: setup demo test bench lint
+setup:
+	./scripts/setup.sh
+demo:
+	./scripts/demo.sh
+test:
+	./scripts/test.sh
+lint:
+	.venv/bin/ruff check bot handlers tests bench && .venv/bin/mypy
+bench:
+	.venv/bin/python -m bench.flags_bench && .venv/bin/python -m bench.controller_bench

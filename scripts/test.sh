@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: lint, type-check, then every test, including the ones against a real
+# redis-server and a real Prometheus that the tests start themselves. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+.venv/bin/ruff check bot handlers tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest -q "$@"
