@@ -63,8 +63,8 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             Path(tmp_path_factory.mktemp("prometheus")), [stable.target, canary.target]
         ) as url,
     ):
-        # rate() needs two scrapes in its window; wait until the canary has a few hundred
-        # requests in it, so the measured error ratios are not a handful of requests.
+        # rate() needs two scrapes in its window; wait until the canary has 150+ requests in
+        # it, so the measured error ratios are not made of a handful of requests.
         wait_for_data(
             url,
             f"sum(increase(http_requests_total{{version='v2'}}[{WINDOW}]))",

@@ -1,0 +1,475 @@
+"""The controller against a real redis-server: real Store, FlagsBackend, TrafficActuator,
+EventBus and the seeded SyntheticSource, driven round by round (or as a task), with short
+intervals so whole releases run in a second or two."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot import keys
+from bot.actuator import TrafficActuator
+from bot.controller import Controller, RoundStats
+from bot.flags import FlagClient, FlagState
+from bot.metrics.base import MetricQuery, MetricSource, QueryResult
+from bot.metrics.synthetic import SyntheticSource
+from bot.notify import EventBus, EventKind, ReleaseEvent
+from bot.policy import Policy, parse_policy
+from bot.rollout import Actor, Release, State
+from bot.service import DeployOptions, ReleaseService
+from bot.store import AuditEntry, Store
+from bot.traffic.flags import FlagsBackend
+
+POLICY = """
+defaults:
+  steps: [1, 10, 25, 50, 100]
+  hold: 300ms
+  interval: 100ms
+  window: 1s
+  bake: 300ms
+  metrics:
+    - name: error_rate
+      query: 'errors{service="{service}",version="{version}"}'
+      max: 0.05
+      max_diff: 0.01
+      failure_limit: 3
+    - name: latency_p99
+      query: 'p99{service="{service}",version="{version}"}'
+      max_ratio: 2
+      critical: true
+services:
+  checkout: {}
+  payments:
+    risk: high
+    approvers: [carol]
+  ledger:
+    deployers: [alice]
+"""
+
+TICK = 0.05
+LEASE_TTL = 0.5
+DEADLINE = 10.0  # generous bound on any single wait; a healthy release takes ~2s
+ALICE = Actor(user="alice", surface="slack")
+BOB = Actor(user="bob", surface="slack")
+STABLE = DeployOptions(stable="v1")
+
+
+class Recorder:
+    """A Notifier that keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[ReleaseEvent] = []
+
+    async def notify(self, event: ReleaseEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[EventKind]:
+        return [e.kind for e in self.events]
+
+
+@dataclass
+class Rig:
+    policy: Policy
+    store: Store
+    flags: FlagsBackend
+    events: EventBus
+    recorder: Recorder
+    actuator: TrafficActuator
+    service: ReleaseService
+    source: SyntheticSource
+    controller: Controller
+    cleanups: list[Callable[[], Awaitable[None]]]
+
+    def controller_for(self, owner: str, source: MetricSource | None = None) -> Controller:
+        """Another controller process on the same Redis: its own actuator, bus and source."""
+        events = EventBus([])
+        actuator = TrafficActuator(self.store, lambda _s: self.flags, events)
+        self.cleanups += [actuator.close, events.close]
+        metrics = source if source is not None else SyntheticSource(seed=2)
+        return Controller(self.store, lambda: self.policy, metrics, actuator, events, tick=TICK,
+                          lease_ttl=LEASE_TTL, owner=owner)
+
+    async def get(self, release_id: str) -> Release:
+        release = await self.store.get(release_id)
+        assert release is not None
+        return release
+
+    async def flag_pct(self, service: str) -> int | None:
+        state = await self.flags.current(service)
+        return None if state is None else state.pct
+
+    async def audit(self, action: str | None = None) -> list[AuditEntry]:
+        """Oldest first."""
+        entries = reversed(await self.store.audit_tail(10_000))
+        return [e for e in entries if action is None or e.action == action]
+
+
+@pytest.fixture
+async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
+    policy = parse_policy(POLICY, "test")
+    store = Store(redis_client)
+    recorder = Recorder()
+    events = EventBus([recorder])
+    flags = FlagsBackend(redis_client)
+    actuator = TrafficActuator(store, lambda _service: flags, events)
+    service = ReleaseService(store, lambda: policy, actuator, events)
+    source = SyntheticSource(seed=1)
+    controller = Controller(store, lambda: policy, source, actuator, events, tick=TICK,
+                            lease_ttl=LEASE_TTL, owner="a")
+    events.start()
+    rig = Rig(policy, store, flags, events, recorder, actuator, service, source, controller, [])
+    yield rig
+    for cleanup in reversed(rig.cleanups):
+        await cleanup()
+    await actuator.close()
+    await events.close()
+
+
+async def drive(rig: Rig, release_id: str, until: Callable[[Release], bool],
+                controllers: Sequence[Controller] | None = None,
+                on_round: Callable[[Release], None] | None = None) -> Release:
+    """Run rounds of the controllers until ``until(release)``; fail after DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        release = await rig.get(release_id)
+        if on_round is not None:
+            on_round(release)
+        if until(release):
+            return release
+        assert time.monotonic() < deadline, f"stuck: {release.describe_state()}"
+        for controller in controllers or [rig.controller]:
+            await controller.run_once()
+        await asyncio.sleep(0.01)
+
+
+async def one_evaluation(controller: Controller) -> RoundStats:
+    """Rounds until one of them evaluates the release (the interval gates evaluations)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        stats = await controller.run_once()
+        if stats.evaluated:
+            return stats
+        await asyncio.sleep(0.01)
+    raise AssertionError("no evaluation within the deadline")
+
+
+def is_done(release: Release) -> bool:
+    return not release.is_active
+
+
+async def assert_each_step_once(rig: Rig) -> None:
+    """Each step was decided once and applied once: nothing lost, nothing doubled."""
+    advances = await rig.audit("decision:advance")
+    assert [e.detail["weight"] for e in advances] == [1, 10, 25, 50]  # the weight left
+    assert [e.to_state for e in advances] == [State.PROGRESSING] * 3 + [State.BAKING]
+    traffic = await rig.audit("traffic")
+    assert [e.detail["weight"] for e in traffic] == [1, 10, 25, 50, 100]
+    assert len(await rig.audit("decision:succeed")) == 1
+
+
+# --- one controller -----------------------------------------------------------------------
+
+
+async def test_healthy_release_walks_every_step_and_succeeds(rig: Rig) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    seen_pcts: list[int] = []
+
+    async def watch_flag(r: Release) -> None:
+        pct = await rig.flag_pct("checkout")
+        assert pct is not None
+        if not seen_pcts or seen_pcts[-1] != pct:
+            seen_pcts.append(pct)
+        # The flag never runs ahead of the record: it shows the applied weight.
+        assert pct == r.applied_weight
+
+    deadline = time.monotonic() + DEADLINE
+    while (current := await rig.get(release.id)).is_active:
+        await watch_flag(current)
+        assert time.monotonic() < deadline, current.describe_state()
+        await rig.controller.run_once()
+        await asyncio.sleep(0.01)
+
+    assert current.state is State.SUCCEEDED and current.finished_at is not None
+    assert seen_pcts == [1, 10, 25, 50, 100]
+    assert await rig.flag_pct("checkout") == 100
+    assert await rig.store.active_for("checkout") is None
+    assert current.baseline.keys() == {"error_rate", "latency_p99"}  # frozen at 100%
+    await assert_each_step_once(rig)
+    # Every step held for its hold, and the bake lasted its window.
+    advances = await rig.audit("decision:advance")
+    starts = [(await rig.audit("deploy"))[0].at] + [e.at for e in advances]
+    for before, after in zip(starts, starts[1:], strict=False):
+        assert after - before >= 0.3 - 0.05
+    [succeed] = await rig.audit("decision:succeed")
+    assert succeed.at - advances[-1].at >= 0.3 - 0.05
+    await rig.events.drain()
+    assert rig.recorder.kinds().count(EventKind.STEP_ADVANCED) == 3
+    assert [k for k in rig.recorder.kinds() if k is not EventKind.METRICS_SUMMARY
+            and k is not EventKind.STEP_ADVANCED] == [
+        EventKind.STARTED, EventKind.BAKING, EventKind.SUCCEEDED]
+
+
+async def test_latency_fault_on_the_canary_rolls_back_at_the_next_check(rig: Rig) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    await drive(rig, release.id, lambda r: r.weight == 10 and r.applied_weight == 10)
+    decisions_before = len(await rig.audit())
+
+    rig.source.inject("checkout", "latency_p99", 5.0, version="v2")
+    started = time.monotonic()
+    done = await drive(rig, release.id, is_done)
+    took = time.monotonic() - started
+
+    assert done.state is State.ROLLED_BACK
+    assert (done.weight, done.applied_weight, done.step) == (0, 0, 1)
+    assert "latency_p99" in done.reason and "critical" in done.reason
+    assert took < 2 * 0.1 + 0.5  # the next evaluation acts; slack for a slow machine
+    assert await rig.flag_pct("checkout") == 0
+    after = (await rig.audit())[decisions_before:]
+    assert after[0].action == "decision:rollback"  # the very first check after the fault
+    rollback = after[0]
+    assert (rollback.from_state, rollback.to_state) == (State.PROGRESSING, State.ROLLING_BACK)
+    assert rollback.detail["weight"] == 10
+    checks = {c["metric"]: c for c in rollback.detail["checks"]}
+    latency = checks["latency_p99"]
+    assert latency["outcome"] == "fail" and latency["limit"] == "ratio 2x"
+    assert latency["canary"] > 2 * latency["control"] > 0
+    assert checks["error_rate"]["outcome"] == "pass"
+    [finished] = await rig.audit("rolled_back")
+    assert finished.detail["rollback_seconds"] < 1.0
+    await rig.events.drain()
+    assert rig.recorder.kinds()[-2:] == [EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK]
+
+
+async def test_release_waiting_for_approval_still_rolls_back_on_a_fault(rig: Rig) -> None:
+    release = (await rig.service.deploy(BOB, "payments", "v2", STABLE)).release
+    assert release.state is State.PENDING_APPROVAL
+    # Well past the hold, it keeps being judged and keeps waiting for a human.
+    waiting = await drive(rig, release.id,
+                          lambda r: r.evaluations >= 3 and time.time() - r.created_at > 0.4)
+    assert (waiting.state, waiting.weight, waiting.applied_weight) == (
+        State.PENDING_APPROVAL, 0, 0)
+    assert await rig.flag_pct("payments") == 0
+
+    rig.source.inject("payments", "latency_p99", 5.0, version="v2")
+    done = await drive(rig, release.id, is_done)
+
+    assert done.state is State.ROLLED_BACK and done.approvals == []
+    assert "latency_p99" in done.reason
+    assert await rig.flag_pct("payments") == 0
+    [rollback] = await rig.audit("decision:rollback")
+    assert rollback.from_state == State.PENDING_APPROVAL
+    assert await rig.audit("decision:advance") == []
+
+
+async def test_non_critical_failures_roll_back_only_at_the_failure_limit(rig: Rig) -> None:
+    limit = next(m.failure_limit for m in rig.policy.service("checkout").metrics
+                 if m.name == "error_rate")
+    assert limit == 3
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    rig.source.inject("checkout", "error_rate", 25.0, version="v2")
+
+    for failures in range(1, limit):
+        stats = await one_evaluation(rig.controller)
+        assert stats.decisions == {"hold": 1}
+        current = await rig.get(release.id)
+        assert current.state is State.PROGRESSING and current.step == 0
+        assert current.counters["error_rate"].consecutive_failures == failures
+        assert current.counters["latency_p99"].consecutive_failures == 0
+
+    stats = await one_evaluation(rig.controller)
+
+    assert stats.decisions == {"rollback": 1}
+    done = await rig.get(release.id)
+    assert done.state is State.ROLLED_BACK
+    assert f"{limit} consecutive failed check(s)" in done.reason
+    assert await rig.flag_pct("checkout") == 0
+    holds = await rig.audit("decision:hold")
+    assert len(holds) == limit - 1
+    assert all(e.reason.startswith("holding: error_rate") for e in holds)
+
+
+async def test_one_passing_check_resets_the_consecutive_failures(rig: Rig) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    rig.source.inject("checkout", "error_rate", 25.0, version="v2")
+    await one_evaluation(rig.controller)
+    await one_evaluation(rig.controller)
+    rig.source.clear("checkout")
+    await one_evaluation(rig.controller)
+    rig.source.inject("checkout", "error_rate", 25.0, version="v2")
+    await one_evaluation(rig.controller)
+
+    current = await rig.get(release.id)
+    assert current.state is State.PROGRESSING
+    assert current.counters["error_rate"].consecutive_failures == 1
+    assert current.counters["error_rate"].total_failures == 3
+
+
+# --- several controllers ------------------------------------------------------------------
+
+
+async def test_second_controller_takes_over_after_the_lease_expires(rig: Rig) -> None:
+    a, b = rig.controller, rig.controller_for("b")
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+
+    def one_driver(_r: Release) -> None:
+        # Both run every round, but only "a" holds the lease.
+        assert release.id not in b.owned
+
+    await drive(rig, release.id, lambda r: r.step == 2, controllers=[a, b], on_round=one_driver)
+    assert release.id in a.owned
+    lease_a = await rig.store.redis.get(keys.lease(release.id))
+    assert lease_a is not None and lease_a.startswith("a|")
+
+    # "a" stops (a crashed process: it just stops renewing). "b" waits for the lease to expire.
+    stopped = time.monotonic()
+    await drive(rig, release.id, lambda _r: release.id in b.owned, controllers=[b])
+    assert time.monotonic() - stopped >= LEASE_TTL - 0.1
+    lease_b = await rig.store.redis.get(keys.lease(release.id))
+    assert lease_b is not None and lease_b.startswith("b|")
+    assert int(lease_b.split("|")[1]) > int(lease_a.split("|")[1])
+
+    done = await drive(rig, release.id, is_done, controllers=[b])
+
+    assert done.state is State.SUCCEEDED
+    assert await rig.flag_pct("checkout") == 100
+    await assert_each_step_once(rig)
+
+
+@pytest.mark.parametrize("how", ["cancel", "stop"])
+async def test_running_controllers_hand_over_without_losing_or_doubling_a_step(
+        rig: Rig, how: str) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    controllers = [rig.controller, rig.controller_for("b")]
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(c.run(s)) for c, s in zip(controllers, stops, strict=True)]
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while (await rig.get(release.id)).step < 2:
+            assert time.monotonic() < deadline
+            owners = [c for c in controllers if release.id in c.owned]
+            assert len(owners) <= 1
+            await asyncio.sleep(0.02)
+        owner = next(i for i, c in enumerate(controllers) if release.id in c.owned)
+        other = controllers[1 - owner]
+
+        stopped = time.monotonic()
+        if how == "cancel":  # killed mid-flight: its lease has to expire
+            tasks[owner].cancel()
+        else:  # a clean shutdown drops the lease at once
+            stops[owner].set()
+        await asyncio.gather(tasks[owner], return_exceptions=True)
+        while release.id not in other.owned:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        handover = time.monotonic() - stopped
+        if how == "cancel":
+            assert handover >= LEASE_TTL - 0.1
+        else:
+            assert handover < LEASE_TTL - 0.1
+
+        while (current := await rig.get(release.id)).is_active:
+            assert time.monotonic() < deadline, current.describe_state()
+            await asyncio.sleep(0.02)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert current.state is State.SUCCEEDED
+    assert current.applied_weight == 100
+    await assert_each_step_once(rig)
+
+
+class GatedSource:
+    """Synthetic metrics that, once armed, hold the next query until the test lets it go."""
+
+    name = "gated synthetic"
+    is_demo = True
+
+    def __init__(self) -> None:
+        self.inner = SyntheticSource(seed=3)
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
+        if self.armed:
+            self.entered.set()
+            await self.go.wait()
+        return await self.inner.query(queries)
+
+    async def check(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    source = GatedSource()
+    a = rig.controller_for("a", source)
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    await one_evaluation(a)
+    token_a = (await rig.store.acquire_leases("a", [release.id], LEASE_TTL))[release.id]
+    await asyncio.sleep(0.15)  # the next round evaluates
+
+    source.armed = True
+    round_a = asyncio.create_task(a.run_once())
+    await asyncio.wait_for(source.entered.wait(), DEADLINE)
+    # "a" stalls (GC pause, slow metrics) past its lease; "b" takes the release over.
+    await asyncio.sleep(LEASE_TTL + 0.1)
+    tokens_b = await rig.store.acquire_leases("b", [release.id], 5.0)
+    assert tokens_b[release.id] > token_a
+    before = await rig.get(release.id)
+    audit_before = await rig.audit()
+
+    caplog.set_level(logging.INFO, logger="bot.controller")
+    source.go.set()
+    stats = await asyncio.wait_for(round_a, DEADLINE)
+
+    # "a" judged the hold as passed and tried to advance; the commit was refused.
+    assert stats.decisions == {"advance": 1}
+    assert any("not committed (fenced)" in r.getMessage() for r in caplog.records)
+    assert await rig.get(release.id) == before
+    assert (before.step, before.weight) == (0, 1)
+    assert await rig.audit() == audit_before
+    assert await rig.flag_pct("checkout") == 1
+    assert (await a.run_once()).owned == 0  # and it stays out
+
+
+# --- the application side ------------------------------------------------------------------
+
+
+async def test_flag_client_follows_the_release(rig: Rig, redis_url: str) -> None:
+    seen: list[int] = []
+
+    def on_change(service: str, state: FlagState | None) -> None:
+        if service == "checkout" and state is not None:
+            seen.append(state.pct)
+
+    client = FlagClient(redis_url, poll_interval=5.0, on_change=on_change)
+    await asyncio.to_thread(client.start)
+    try:
+        assert client.pct("checkout") == 0 and client.variant("checkout", "u1") == "stable"
+        release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+        await asyncio.to_thread(client.wait_for, "checkout", lambda s: s.pct == 1, 5.0)
+        assert client.state("checkout") is not None
+
+        await drive(rig, release.id, is_done)
+        state = await asyncio.to_thread(client.wait_for, "checkout", lambda s: s.pct == 100, 5.0)
+    finally:
+        await asyncio.to_thread(client.close)
+
+    assert seen == [1, 10, 25, 50, 100]
+    assert (state.canary_version, state.stable_version, state.release_id) == (
+        "v2", "v1", release.id)
+    users = [f"user-{i}" for i in range(200)]
+    assert {client.variant("checkout", u) for u in users} == {"canary"}
+    assert {client.version("checkout", u) for u in users} == {"v2"}
