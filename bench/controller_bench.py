@@ -37,12 +37,12 @@ from tests.support.procs import redis_server
 
 METRICS = """
     - name: error_rate
-      query: 'sum(rate(http_requests_total{service="{service}",version="{version}",code=~"5.."}[{window}]))'
+      query: 'sum(rate(errors_total{service="{service}",version="{version}"}[{window}]))'
       max: 0.05
       max_diff: 0.01
       min_requests: 10
     - name: latency_p99
-      query: 'histogram_quantile(0.99, sum by (le) (rate(d_bucket{service="{service}",version="{version}"}[{window}])))'
+      query: 'histogram_quantile(0.99, rate(d_bucket{service="{service}",version="{version}"}[1m]))'
       max_ratio: 2
       critical: true
 """
