@@ -91,14 +91,11 @@ class TrafficActuator:
             now = time.time()
             if current.state is State.ROLLING_BACK:
                 new = finish_rollback(current, CONTROLLER, now)
-                audit = AuditEntry(
-                    action="rolled_back",
-                    actor=CONTROLLER.user,
-                    surface="controller",
-                    service=current.service,
-                    release_id=current.id,
-                    from_state=current.state,
-                    to_state=new.state,
+                audit = AuditEntry.transition(
+                    "rolled_back",
+                    CONTROLLER,
+                    current,
+                    new,
                     reason=current.reason,
                     detail={
                         "rollback_seconds": round(now - (current.rollback_started_at or now), 3),
@@ -109,14 +106,11 @@ class TrafficActuator:
                 new = current.model_copy(
                     update={"applied_weight": change.weight, "updated_at": now}
                 )
-                audit = AuditEntry(
-                    action="traffic",
-                    actor=CONTROLLER.user,
-                    surface="controller",
-                    service=current.service,
-                    release_id=current.id,
-                    from_state=current.state,
-                    to_state=current.state,
+                audit = AuditEntry.transition(
+                    "traffic",
+                    CONTROLLER,
+                    current,
+                    new,
                     detail={"weight": change.weight, "action": change.action.value},
                 )
             result = await self.store.commit(

@@ -55,8 +55,10 @@ class Command:
 def parse(line: str) -> Command:
     try:
         words = shlex.split(line)
-    except ValueError as exc:
-        raise CommandError(f"cannot read the command: {exc}", usage=USAGE["help"]) from exc
+    except ValueError:
+        # An unbalanced quote is almost always an apostrophe in free text ("it's down"):
+        # read the line word by word instead of refusing it.
+        words = line.split()
     if not words:
         raise CommandError("empty command", usage=USAGE["help"])
     verb = words[0].lstrip("/").lower()

@@ -100,8 +100,9 @@ class FlagState:
         if not isinstance(self.service, str) or not self.service:
             raise ValueError(f"flag service must be a non-empty string, got {self.service!r}")
         if not _is_int(self.pct) or not 0 <= self.pct <= 100:
-            raise ValueError(f"flag pct of {self.service} must be an int in 0..100, "
-                             f"got {self.pct!r}")
+            raise ValueError(
+                f"flag pct of {self.service} must be an int in 0..100, got {self.pct!r}"
+            )
         if not _is_int(self.seq) or self.seq < 0:
             raise ValueError(f"flag seq of {self.service} must be an int >= 0, got {self.seq!r}")
         for name in ("canary_version", "stable_version", "release_id"):
@@ -133,8 +134,15 @@ class FlagState:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("flag state must be a JSON object")
-        fields = ("service", "pct", "canary_version", "stable_version", "release_id", "seq",
-                  "updated_at")
+        fields = (
+            "service",
+            "pct",
+            "canary_version",
+            "stable_version",
+            "release_id",
+            "seq",
+            "updated_at",
+        )
         missing = [f for f in fields if f not in data]
         if missing:
             raise ValueError(f"flag state lacks {', '.join(missing)}")
@@ -196,8 +204,9 @@ async def publish_flag(client: aioredis.Redis, state: FlagState) -> FlagState:
     callers translate them at their own boundary (see bot.traffic.flags).
     """
     script = client.register_script(_PUBLISH_LUA)
-    raw = await script(keys=[keys.flags()], args=[state.service, state.to_json(),
-                                                   keys.flags_channel()])
+    raw = await script(
+        keys=[keys.flags()], args=[state.service, state.to_json(), keys.flags_channel()]
+    )
     return FlagState.from_json(raw)
 
 
@@ -273,8 +282,10 @@ class FlagClient:
             self._reload(self._redis)
             loaded = True
         except (redis.RedisError, OSError) as exc:
-            log.warning("flags: initial load from Redis failed (%s); serving stable until it "
-                        "is reachable", exc)
+            log.warning(
+                "flags: initial load from Redis failed (%s); serving stable until it is reachable",
+                exc,
+            )
         self._thread = threading.Thread(target=self._run, name="shipwatch-flags", daemon=True)
         self._thread.start()
         if loaded:
@@ -366,15 +377,20 @@ class FlagClient:
                 if self._stop.is_set():
                     break
                 delay = backoff * random.uniform(0.5, 1.0)
-                log.warning("flags: lost Redis (%s: %s); reconnecting in %.2fs",
-                            type(exc).__name__, exc, delay)
+                log.warning(
+                    "flags: lost Redis (%s: %s); reconnecting in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
             except Exception:
                 # A bug must not silently freeze the flags of a running application.
                 if self._stop.is_set():
                     break
                 delay = backoff * random.uniform(0.5, 1.0)
-                log.exception("flags: unexpected error in the subscriber; restarting in %.2fs",
-                              delay)
+                log.exception(
+                    "flags: unexpected error in the subscriber; restarting in %.2fs", delay
+                )
             else:
                 break
             if self._ready.is_set():
@@ -447,8 +463,13 @@ class FlagClient:
                 new[service] = previous
                 continue
             if previous is not None and state.seq < previous[2].seq:
-                log.warning("flags: %s went back from seq %d to %d in Redis (data lost or "
-                            "edited); following Redis", service, previous[2].seq, state.seq)
+                log.warning(
+                    "flags: %s went back from seq %d to %d in Redis (data lost or "
+                    "edited); following Redis",
+                    service,
+                    previous[2].seq,
+                    state.seq,
+                )
             new[service] = self._route(state)
             changed.append((service, state))
         for service in old.keys() - new.keys():

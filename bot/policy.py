@@ -375,13 +375,19 @@ def _merge(
             origins.append(["defaults", "metrics", i])
     if isinstance(own_metrics, list):
         by_name = {m.get("name"): i for i, m in enumerate(metrics) if isinstance(m, dict)}
+        defaults_by_name = {m.get("name"): m for m in metrics if isinstance(m, dict)}
         for j, m in enumerate(own_metrics):
             name = m.get("name") if isinstance(m, dict) else None
             if name is not None and name in by_name and isinstance(m, dict):
-                k = by_name[name]
+                # Merge into the default once; a second entry of the same name is appended so
+                # validation reports the duplicate instead of silently merging both.
+                k = by_name.pop(name)
                 metrics[k] = {**metrics[k], **m}
                 # Keep the default's path behind the service's, for fields the service leaves.
                 origins[k] = ["services", service, "metrics", j, *origins[k]]
+            elif name is not None and name in defaults_by_name and isinstance(m, dict):
+                metrics.append({**defaults_by_name[name], **m})  # reported as defined twice
+                origins.append(["services", service, "metrics", j])
             else:
                 metrics.append(copy.deepcopy(m))
                 origins.append(["services", service, "metrics", j])

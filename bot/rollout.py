@@ -321,7 +321,11 @@ def resume(release: Release, actor: Actor, now: float) -> Release:
         reason="",
         step_started_at=now,
         clean_checks_in_step=0,
-        counters={},
+        # Consecutive counts restart; the release-wide failure total keeps counting.
+        counters={
+            name: MetricCounters(total_failures=c.total_failures)
+            for name, c in release.counters.items()
+        },
     )
 
 
@@ -383,7 +387,9 @@ def new_release(
 ) -> Release:
     """A fresh release. High risk waits for approval before any step that moves users."""
     needs_approval = risk == "high" and weights[0] > 0
-    state = State.PENDING_APPROVAL if needs_approval else State.PROGRESSING
+    # A single-step plan ([100]) has nothing to hold at: it goes straight to the bake.
+    first = State.BAKING if weights[0] >= 100 else State.PROGRESSING
+    state = State.PENDING_APPROVAL if needs_approval else first
     reason = "waiting for approval of the first step" if needs_approval else "started"
     weight = 0 if needs_approval else weights[0]
     return Release(

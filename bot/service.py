@@ -121,6 +121,8 @@ class ReleaseService:
         options: DeployOptions | None = None,
         request_id: str = "",
     ) -> Result:
+        if replay := await self._replayed(request_id):
+            return replay
         opts = options or DeployOptions()
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "deploy")
@@ -222,6 +224,16 @@ class ReleaseService:
 
     # --- transitions on the active release ---------------------------------------------------
 
+    async def _replayed(self, request_id: str) -> Result | None:
+        """A request id seen before changes nothing: answer with the release as it is now."""
+        previous = await self.store.applied(request_id)
+        if previous is None:
+            return None
+        release = await self.store.get(str(previous.get("release_id", "")))
+        if release is None:
+            return None
+        return Result(Outcome.DUPLICATE, release, "this request was already applied")
+
     async def _active(self, service: str) -> Release:
         self.policy.service(service)  # unknown service: a clear error with a suggestion
         release = await self.store.active_for(service)
@@ -251,17 +263,8 @@ class ReleaseService:
             except ConflictError:
                 await self._refuse(actor, service, action, release.describe_state(), release.id)
                 raise
-            audit = AuditEntry(
-                action=action,
-                actor=actor.user,
-                surface=actor.surface,
-                service=service,
-                release_id=release.id,
-                from_state=release.state,
-                to_state=new.state,
-                reason=reason,
-                request_id=request_id,
-                detail={"step": new.step, "weight": new.weight},
+            audit = AuditEntry.transition(
+                action, actor, release, new, reason=reason, request_id=request_id
             )
             result = await self.store.commit(
                 new, expected_rev=release.rev, audit=audit, request_id=request_id
@@ -281,6 +284,8 @@ class ReleaseService:
         self, actor: Actor, service: str, *, expected_step: int | None = None, request_id: str = ""
     ) -> Result:
         """Skip the rest of the hold (normal risk), or approve the next step (high risk)."""
+        if replay := await self._replayed(request_id):
+            return replay
         current = await self._active(service)
         if current.state is State.PENDING_APPROVAL or current.risk == "high":
             return await self.approve(
@@ -304,6 +309,8 @@ class ReleaseService:
     async def approve(
         self, actor: Actor, service: str, *, expected_step: int | None = None, request_id: str = ""
     ) -> Result:
+        if replay := await self._replayed(request_id):
+            return replay
         current = await self._active(service)
         sp = self.policy.service(service)
         if actor.user == current.requested_by and not actor.is_controller:
@@ -356,6 +363,8 @@ class ReleaseService:
     async def rollback(
         self, actor: Actor, service: str, reason: str = "", request_id: str = ""
     ) -> Result:
+        if replay := await self._replayed(request_id):
+            return replay
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "roll back")
         now = self.clock()
@@ -384,6 +393,8 @@ class ReleaseService:
     async def pause(
         self, actor: Actor, service: str, reason: str = "", request_id: str = ""
     ) -> Result:
+        if replay := await self._replayed(request_id):
+            return replay
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "pause")
         now = self.clock()
@@ -401,6 +412,8 @@ class ReleaseService:
         return res
 
     async def resume(self, actor: Actor, service: str, request_id: str = "") -> Result:
+        if replay := await self._replayed(request_id):
+            return replay
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "resume")
         now = self.clock()

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from bot import keys
 from bot.errors import StoreError
-from bot.rollout import Release
+from bot.rollout import Actor, Release
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 AUDIT_MAXLEN = 200_000
@@ -155,6 +155,32 @@ class AuditEntry:
             flat += [name, str(getattr(self, name))]
         flat += ["at", f"{self.at:.3f}", "detail", json.dumps(self.detail, default=str)]
         return flat
+
+    @classmethod
+    def transition(
+        cls,
+        action: str,
+        actor: Actor,
+        old: Release,
+        new: Release,
+        *,
+        reason: str = "",
+        request_id: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """The entry for a change of one release, from ``old`` to ``new``."""
+        return cls(
+            action=action,
+            actor=actor.user,
+            surface=actor.surface,
+            service=old.service,
+            release_id=old.id,
+            from_state=old.state,
+            to_state=new.state,
+            reason=reason,
+            request_id=request_id,
+            detail=detail if detail is not None else {"step": new.step, "weight": new.weight},
+        )
 
     @classmethod
     def from_fields(cls, data: dict[str, str]) -> AuditEntry:
@@ -320,6 +346,14 @@ class Store:
         if st is CommitStatus.DUPLICATE:
             return CommitResult(st, previous_result=json.loads(payload))
         return CommitResult(st)
+
+    async def applied(self, request_id: str) -> dict[str, Any] | None:
+        """What a request id already did, if it was applied before (Slack retry, double click)."""
+        if not request_id:
+            return None
+        async with _translated("checking a request id"):
+            raw = await self.redis.get(keys.idempotency(request_id))
+        return json.loads(_text(raw)) if raw else None
 
     async def get(self, release_id: str) -> Release | None:
         async with _translated("reading a release"):

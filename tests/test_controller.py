@@ -5,6 +5,7 @@ intervals so whole releases run in a second or two."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -103,6 +104,13 @@ class Rig:
     async def flag_pct(self, service: str) -> int | None:
         state = await self.flags.current(service)
         return None if state is None else state.pct
+
+    async def lease(self, release_id: str) -> tuple[str, int]:
+        """(owner, fencing token) of the release's lease."""
+        raw = await self.store.redis.get(keys.lease(release_id))
+        assert isinstance(raw, str), raw
+        owner, token = raw.rsplit("|", 1)
+        return owner, int(token)
 
     async def audit(self, action: str | None = None) -> list[AuditEntry]:
         """Oldest first."""
@@ -204,7 +212,7 @@ async def test_healthy_release_walks_every_step_and_succeeds(rig: Rig) -> None:
     # Every step held for its hold, and the bake lasted its window.
     advances = await rig.audit("decision:advance")
     starts = [(await rig.audit("deploy"))[0].at] + [e.at for e in advances]
-    for before, after in zip(starts, starts[1:], strict=False):
+    for before, after in itertools.pairwise(starts):
         assert after - before >= 0.3 - 0.05
     [succeed] = await rig.audit("decision:succeed")
     assert succeed.at - advances[-1].at >= 0.3 - 0.05
@@ -323,16 +331,15 @@ async def test_second_controller_takes_over_after_the_lease_expires(rig: Rig) ->
 
     await drive(rig, release.id, lambda r: r.step == 2, controllers=[a, b], on_round=one_driver)
     assert release.id in a.owned
-    lease_a = await rig.store.redis.get(keys.lease(release.id))
-    assert lease_a is not None and lease_a.startswith("a|")
+    owner_a, token_a = await rig.lease(release.id)
+    assert owner_a == "a"
 
     # "a" stops (a crashed process: it just stops renewing). "b" waits for the lease to expire.
     stopped = time.monotonic()
     await drive(rig, release.id, lambda _r: release.id in b.owned, controllers=[b])
     assert time.monotonic() - stopped >= LEASE_TTL - 0.1
-    lease_b = await rig.store.redis.get(keys.lease(release.id))
-    assert lease_b is not None and lease_b.startswith("b|")
-    assert int(lease_b.split("|")[1]) > int(lease_a.split("|")[1])
+    owner_b, token_b = await rig.lease(release.id)
+    assert owner_b == "b" and token_b > token_a
 
     done = await drive(rig, release.id, is_done, controllers=[b])
 

@@ -712,11 +712,6 @@ def test_a_service_that_overrides_a_bad_default_still_fails_the_file() -> None:
     assert [p.path for p in problems] == ["defaults.hold (line 2)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/policy.py _merge: a second service entry overriding the same default metric "
-    "is merged silently instead of being reported as defined twice",
-)
 def test_overriding_the_same_default_metric_twice_is_reported() -> None:
     problems = problems_of("""\
         defaults:

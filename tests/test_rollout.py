@@ -82,10 +82,10 @@ def in_state(state: State) -> Release:
     return finish_rollback(start_rollback(at_step(1), ALICE, t - 10, "latency"), CAROL, t)
 
 
-Transition = Callable[[Release], Release]
+Move = Callable[[Release], Release]
 LATER = NOW + 5_000
 
-FUNCTIONS: dict[Action, Transition] = {
+FUNCTIONS: dict[Action, Move] = {
     Action.ADVANCE: lambda r: advance(r, DAVE, LATER),
     Action.REQUEST_APPROVAL: lambda r: request_approval(r, DAVE, LATER, "needs a human"),
     Action.APPROVE: lambda r: approve(r, DAVE, LATER),
@@ -194,7 +194,7 @@ def test_terminal_states_allow_nothing(state: State) -> None:
 
 
 def test_active_and_terminal_partition_the_states() -> None:
-    assert ACTIVE | TERMINAL == set(State)
+    assert set(State) == ACTIVE | TERMINAL
     assert not ACTIVE & TERMINAL
 
 
@@ -255,11 +255,6 @@ def test_a_high_risk_release_starting_at_zero_needs_no_approval_to_start() -> No
     assert release.weight == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/rollout.py new_release: a first step of 100% starts PROGRESSING at its last "
-    "step instead of BAKING, so the release can never bake or succeed",
-)
 def test_a_release_whose_only_step_is_100_bakes_and_can_succeed() -> None:
     release = fresh(weights=[100], holds=[60.0])
     # As it stands, decide() can only hold it "at the last step" forever:
@@ -408,18 +403,13 @@ def test_resume_of_a_record_without_paused_from_goes_back_to_progressing() -> No
     assert resume(paused, DAVE, NOW + 20).state is State.PROGRESSING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/rollout.py resume: counters={} also forgets total_failures, so pause/resume "
-    "resets the per-release total_failure_limit",
-)
 def test_resume_keeps_the_release_wide_failure_total() -> None:
     before = at_step(1).model_copy(update={
         "counters": {"errors": MetricCounters(consecutive_failures=1, total_failures=4)}})
 
     resumed = resume(pause(before, DAVE, NOW + 10, "x"), DAVE, NOW + 20)
 
-    assert resumed.counters["errors"].total_failures == 4
+    assert resumed.counters.get("errors", MetricCounters()).total_failures == 4
 
 
 # --- rollback and success --------------------------------------------------------------------
