@@ -85,12 +85,16 @@ def _deploy(args: list[str]) -> Command:
     while i < len(args):
         word = args[i]
         if word.startswith("--"):
-            name = word[2:]
+            name, eq, inline = word[2:].partition("=")
             if name not in ("risk", "strategy", "steps", "hold", "notes", "stable"):
                 raise CommandError(f"unknown option `{word}`", usage=usage)
             if name == "notes":
-                opts["notes"] = " ".join(args[i + 1 :])
+                opts["notes"] = " ".join([inline] * bool(eq) + args[i + 1 :])
                 break
+            if eq:  # --hold=5m
+                opts[name] = inline
+                i += 1
+                continue
             if i + 1 >= len(args):
                 raise CommandError(f"`{word}` needs a value", usage=usage)
             opts[name] = args[i + 1]

@@ -19,6 +19,11 @@ DEPLOY_USAGE = USAGE["deploy"]
         ("/rollout deploy search v9", Command("deploy", "search", "v9")),
         ("/DEPLOY checkout v1", Command("deploy", "checkout", "v1")),
         (
+            "deploy checkout v2 --hold=5m --risk=high --notes=fix the cart",
+            Command("deploy", "checkout", "v2", "fix the cart",
+                    DeployOptions(risk="high", hold=300.0, notes="fix the cart")),
+        ),
+        (
             "/deploy checkout v2.4.1 --risk high --strategy canary --steps 1,10,50,100 "
             "--hold 15m --stable v2.4.0 --notes fixes the cart total",
             Command("deploy", "checkout", "v2.4.1", "fixes the cart total",
@@ -111,7 +116,6 @@ def test_other_commands(line: str, expected: Command) -> None:
         ("/deploy checkout v1 v2", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy --notes checkout v1", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy checkout v1 --force", "unknown option `--force`", DEPLOY_USAGE),
-        ("/deploy checkout v1 --hold=5m", "unknown option `--hold=5m`", DEPLOY_USAGE),
         ("/deploy checkout v1 --risk", "`--risk` needs a value", DEPLOY_USAGE),
         ("/deploy checkout v1 --steps 1,ten,100", "bad --steps `1,ten,100`", DEPLOY_USAGE),
         ("/deploy checkout v1 --steps 1.5,100", "use numbers like 1,10,50,100", DEPLOY_USAGE),
