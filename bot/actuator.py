@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from bot.errors import TrafficError
 from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.rollout import CONTROLLER, Release, State, finish_rollback, pause
+from bot.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
 from bot.store import AuditEntry, CommitStatus, Store
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 
@@ -90,7 +90,9 @@ class TrafficActuator:
                 return current or release  # a newer decision moved on; it will be synced itself
             now = time.time()
             if current.state is State.ROLLING_BACK:
-                new = finish_rollback(current, CONTROLLER, now)
+                # The rollback stays attributed to whoever decided it (a person or the controller).
+                decided_by = Actor(user=current.last.by, surface=current.last.surface)
+                new = finish_rollback(current, decided_by, now)
                 audit = AuditEntry.transition(
                     "rolled_back",
                     CONTROLLER,

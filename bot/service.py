@@ -145,6 +145,13 @@ class ReleaseService:
         stable = opts.stable or next(
             (r.version for r in previous if r.state is State.SUCCEEDED), ""
         )
+        if not stable and any(m.max_ratio or m.max_diff is not None for m in sp.metrics):
+            # Without a control, the rules against the control could not judge anything; a
+            # silent pass would let a slow canary through, so ask for the control version.
+            raise UserError(
+                f"no earlier release of `{service}` is known: nothing to compare the canary with",
+                hint=f"name the version running now: /deploy {service} {version} --stable <v>",
+            )
         if stable == version:
             raise UserError(
                 f"`{service}` already runs {version}",

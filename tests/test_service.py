@@ -18,10 +18,11 @@ from bot.errors import (
     LockedError,
     LostRaceError,
     PermissionDenied,
+    UserError,
 )
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.policy import Policy, parse_policy
-from bot.rollout import Actor, Approval, Release, State
+from bot.rollout import Actor, Release, State
 from bot.service import DeployOptions, Outcome, ReleaseService, Result
 from bot.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
@@ -146,6 +147,15 @@ async def test_deploy_starts_at_the_first_step_and_sets_the_flag(rig: Rig) -> No
     assert [(e.action, e.actor, e.surface) for e in await rig.audit()] == [
         ("deploy", "alice", "slack"), ("traffic", "shipwatch", "controller")]
     assert (await rig.recorded()).kinds() == [EventKind.STARTED]
+
+
+async def test_first_release_without_a_control_version_is_refused(rig: Rig) -> None:
+    with pytest.raises(UserError) as info:
+        await rig.service.deploy(ALICE, "checkout", "v2")
+
+    assert "--stable" in str(info.value)
+    assert await rig.store.active_index() == {}
+    assert await rig.flags.current("checkout") is None
 
 
 async def test_second_deploy_of_an_active_service_names_who_what_and_when(rig: Rig) -> None:
@@ -297,7 +307,6 @@ async def test_high_risk_release_needs_an_approver_who_is_not_the_requester(rig:
     assert (after.state, after.step, after.weight, after.applied_weight) == (
         State.PROGRESSING, 0, 1, 1)
     assert [(a.step, a.by) for a in after.approvals] == [(0, "carol")]
-    assert isinstance(after.approvals[0], Approval)
     assert await stored(rig, release.id) == after
     assert await rig.flag_pct("payments") == 1
     [approval] = await rig.audit("approve", "ok")
@@ -370,6 +379,9 @@ async def test_rollback_sends_the_flag_to_zero_and_ends_rolled_back(rig: Rig) ->
         "bob", State.ROLLING_BACK, "customers report errors")
     [done] = await rig.audit("rolled_back")
     assert done.to_state == State.ROLLED_BACK and done.detail["backend"] == "flags"
+    # The finished rollback stays attributed to the person who asked for it.
+    assert (done.actor, done.surface) == ("bob", "slack")
+    assert (after.last.by, after.last.surface) == ("bob", "slack")
     kinds = (await rig.recorded()).kinds()
     assert kinds[-2:] == [EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK]
     # The service is free for the next attempt.
