@@ -151,16 +151,7 @@ class TrafficActuator:
         log.warning("%s: %s", release.label, reason)
         if release.state in (State.PROGRESSING, State.BAKING, State.PENDING_APPROVAL):
             new = pause(release, CONTROLLER, time.time(), reason)
-            audit = AuditEntry(
-                action="pause",
-                actor=CONTROLLER.user,
-                surface="controller",
-                service=release.service,
-                release_id=release.id,
-                from_state=release.state,
-                to_state=new.state,
-                reason=reason,
-            )
+            audit = AuditEntry.transition("pause", CONTROLLER, release, new, reason=reason)
             result = await self.store.commit(
                 new, expected_rev=release.rev, audit=audit, fence=fence
             )

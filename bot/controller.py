@@ -214,14 +214,11 @@ class Controller:
             except Exception as exc:  # an illegal move is a bug; hold and say so
                 log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
                 new, event, verdict = booked, None, Verdict.HOLD
-            audit = AuditEntry(
-                action=f"decision:{verdict.value}",
-                actor=CONTROLLER.user,
-                surface="controller",
-                service=release.service,
-                release_id=release.id,
-                from_state=release.state,
-                to_state=new.state,
+            audit = AuditEntry.transition(
+                f"decision:{verdict.value}",
+                CONTROLLER,
+                release,
+                new,
                 reason=decision.reason,
                 detail={"weight": release.weight, "checks": [_compact(c) for c in checks]},
             )

@@ -20,12 +20,13 @@ from bot.controller import Controller, RoundStats
 from bot.flags import FlagClient, FlagState
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventBus, EventKind, ReleaseEvent
+from bot.notify import EventBus, EventKind
 from bot.policy import Policy, parse_policy
 from bot.rollout import Actor, Release, State
 from bot.service import DeployOptions, ReleaseService
 from bot.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
+from tests.support.recorder import Recorder
 
 POLICY = """
 defaults:
@@ -59,19 +60,6 @@ DEADLINE = 10.0  # generous bound on any single wait; a healthy release takes ~2
 ALICE = Actor(user="alice", surface="slack")
 BOB = Actor(user="bob", surface="slack")
 STABLE = DeployOptions(stable="v1")
-
-
-class Recorder:
-    """A Notifier that keeps every event it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[ReleaseEvent] = []
-
-    async def notify(self, event: ReleaseEvent) -> None:
-        self.events.append(event)
-
-    def kinds(self) -> list[EventKind]:
-        return [e.kind for e in self.events]
 
 
 @dataclass

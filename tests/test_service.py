@@ -20,12 +20,13 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
-from bot.notify import EventBus, EventKind, ReleaseEvent
+from bot.notify import EventBus, EventKind
 from bot.policy import Policy, parse_policy
 from bot.rollout import Actor, Release, State
 from bot.service import DeployOptions, Outcome, ReleaseService, Result
 from bot.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
+from tests.support.recorder import Recorder
 
 POLICY = """
 defaults:
@@ -58,19 +59,6 @@ CAROL = Actor(user="carol", surface="slack")
 DAVE = Actor(user="dave", surface="console")
 CI = Actor(user="ci-bot", surface="api")
 STABLE = DeployOptions(stable="v1")
-
-
-class Recorder:
-    """A Notifier that keeps every event it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[ReleaseEvent] = []
-
-    async def notify(self, event: ReleaseEvent) -> None:
-        self.events.append(event)
-
-    def kinds(self, service: str | None = None) -> list[EventKind]:
-        return [e.kind for e in self.events if service is None or e.release.service == service]
 
 
 @dataclass
