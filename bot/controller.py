@@ -16,18 +16,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from bot import rollout
+from bot import analysis, rollout
 from bot.actuator import TrafficActuator
 from bot.decision import Decision, Verdict, decide
-from bot.durations import prometheus_range
-from bot.metrics.base import MetricQuery, MetricSource, QueryResult, Side
-from bot.metrics.synthetic import REQUESTS_METRIC
+from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
 from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.policy import Policy, ServicePolicy, render_template
+from bot.policy import Policy
 from bot.rollout import CONTROLLER, Release, State
 from bot.store import AuditEntry, CommitStatus, Store
-from bot.thresholds import CheckResult, judge
+from bot.thresholds import CheckResult
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,6 @@ class RoundStats:
     evaluated: int = 0
     queries: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Plan:
-    release: Release
-    sp: ServicePolicy
-    queries: list[MetricQuery]
 
 
 class Controller:
@@ -120,7 +112,7 @@ class Controller:
         stats.owned = len(tokens)
         now = self.clock()
         policy = self._policy()
-        plans: list[_Plan] = []
+        plans: list[analysis.Plan] = []
         for release in releases:
             if release.id not in tokens or self.actuator.busy(release.id):
                 continue
@@ -135,61 +127,67 @@ class Controller:
             sp = policy.services.get(release.service)
             if sp is None:
                 continue
-            plans.append(_Plan(release, sp, _queries(release, sp)))
+            plans.append(analysis.plan(release, sp))
         if not plans:
             return stats
-        all_queries = [q for p in plans for q in p.queries]
-        stats.queries = len(all_queries)
-        results = {r.key: r for r in await self.source.query(all_queries)}
-        judged = [(p, self._judge(p, results)) for p in plans]
+        instant, series = await self._ask(plans, now, stats)
+        judged = [(p, self._judge(p, instant, series)) for p in plans]
         # Rollbacks first: they must never wait behind bookkeeping of healthy releases.
         judged.sort(key=lambda pj: pj[1][1].verdict is not Verdict.ROLLBACK)
         await asyncio.gather(
             *(
-                self._act(p, checks, decision, tokens[p.release.id], now, stats)
-                for p, (checks, decision) in judged
+                self._act(p, result, decision, tokens[p.release.id], now, stats)
+                for p, (result, decision) in judged
             )
         )
         stats.evaluated = len(plans)
         return stats
 
+    async def _ask(
+        self, plans: list[analysis.Plan], now: float, stats: RoundStats
+    ) -> tuple[dict[str, QueryResult], dict[str, SeriesResult]]:
+        """Every query of every due release, in as few requests as the source allows."""
+        instant_queries = [q for p in plans for q in p.instant]
+        by_window: dict[tuple[float, float], list[MetricQuery]] = {}
+        for p in plans:
+            for sq in p.series:
+                by_window.setdefault((sq.lookback, sq.step), []).append(sq.query)
+        stats.queries = len(instant_queries) + sum(len(v) for v in by_window.values())
+        windows = list(by_window.items())
+        instant_answer, series_answers = await asyncio.gather(
+            self.source.query(instant_queries),
+            asyncio.gather(
+                *(
+                    self.source.query_series(queries, now - lookback, now, step)
+                    for (lookback, step), queries in windows
+                )
+            ),
+        )
+        instant = {r.key: r for r in instant_answer}
+        series = {r.key: r for answer in series_answers for r in answer}
+        return instant, series
+
     def _judge(
         self,
-        plan: _Plan,
-        results: dict[str, QueryResult],
-    ) -> tuple[list[CheckResult], Decision]:
-        release = plan.release
-        requests = results.get(f"{release.id}|{REQUESTS_METRIC}|canary")
-        req_value = requests.value if requests is not None else None
-        checks = []
-        for metric in plan.sp.metrics:
-            canary = results[f"{release.id}|{metric.name}|canary"]
-            control: QueryResult | float | None
-            label = "control"
-            if release.state is State.BAKING:
-                control = release.baseline.get(metric.name)
-                label = "baseline"
-            else:
-                control = results.get(f"{release.id}|{metric.name}|control")
-            # Nothing to compare with (first release of a service, or no baseline recorded):
-            # judge on the absolute rules alone rather than holding forever.
-            required = control is not None
-            checks.append(
-                judge(
-                    metric,
-                    canary,
-                    control,
-                    req_value,
-                    control_label=label,
-                    require_control=required,
-                )
-            )
-        return checks, decide(release, plan.sp.metrics, checks, self.clock())
+        p: analysis.Plan,
+        instant: dict[str, QueryResult],
+        series: dict[str, SeriesResult],
+    ) -> tuple[analysis.Analysis, Decision]:
+        result = analysis.analyse(p, instant, series)
+        decision = decide(
+            p.release,
+            p.sp.metrics,
+            result.checks,
+            self.clock(),
+            score=result.score,
+            score_failure_limit=p.sp.score.failure_limit,
+        )
+        return result, decision
 
     async def _act(
         self,
-        plan: _Plan,
-        checks: list[CheckResult],
+        plan: analysis.Plan,
+        result: analysis.Analysis,
         decision: Decision,
         fence: int,
         now: float,
@@ -197,10 +195,13 @@ class Controller:
     ) -> None:
         async with self._sem:
             release = plan.release
+            checks = result.checks
+            score = _score_dict(result.score)
             booked = release.model_copy(
                 update={
                     "counters": decision.counters,
                     "last_checks": [c.to_dict() for c in checks],
+                    "last_score": score,
                     "last_eval_at": now,
                     "evaluations": release.evaluations + 1,
                     "clean_checks_in_step": release.clean_checks_in_step + 1
@@ -220,18 +221,24 @@ class Controller:
                 release,
                 new,
                 reason=decision.reason,
-                detail={"weight": release.weight, "checks": [_compact(c) for c in checks]},
+                detail={
+                    "weight": release.weight,
+                    "checks": [_compact(c) for c in checks],
+                    "score": score,
+                },
             )
-            result = await self.store.commit(
+            committed = await self.store.commit(
                 new, expected_rev=release.rev, audit=audit, fence=fence
             )
             stats.decisions[verdict.value] = stats.decisions.get(verdict.value, 0) + 1
-            if result.status is not CommitStatus.OK or result.current is None:
+            if committed.status is not CommitStatus.OK or committed.current is None:
                 # Someone else won (a human command, or another controller after our lease
                 # lapsed): drop this round; the next one re-reads and judges again.
-                log.info("%s: %s not committed (%s)", release.label, verdict.value, result.status)
+                log.info(
+                    "%s: %s not committed (%s)", release.label, verdict.value, committed.status
+                )
                 return
-            current = result.current
+            current = committed.current
             if event is not None:
                 self.events.emit(ReleaseEvent(event[0], current, event[1], checks=new.last_checks))
             elif self.summary_every and current.evaluations % self.summary_every == 0:
@@ -274,33 +281,10 @@ def _apply(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKin
     return r, None
 
 
-def _queries(release: Release, sp: ServicePolicy) -> list[MetricQuery]:
-    out: list[MetricQuery] = []
-
-    def add(name: str, template: str, window: float, side: Side, version: str) -> None:
-        promql = render_template(
-            template, service=release.service, version=version, window=prometheus_range(window)
-        )
-        out.append(
-            MetricQuery(
-                key=f"{release.id}|{name}|{side.value}",
-                promql=promql,
-                metric=name,
-                service=release.service,
-                version=version,
-                side=side,
-            )
-        )
-
-    baking = release.state is State.BAKING
-    for m in sp.metrics:
-        window = m.window or sp.window
-        add(m.name, m.query, window, Side.CANARY, release.version)
-        if not baking and release.stable_version:
-            add(m.name, m.query, window, Side.CONTROL, release.stable_version)
-    if any(m.min_requests for m in sp.metrics):
-        add(REQUESTS_METRIC, sp.requests_query, sp.window, Side.CANARY, release.version)
-    return out
+def _score_dict(score: analysis.ScoreResult | None) -> dict[str, Any] | None:
+    if score is None:
+        return None
+    return {"value": round(score.value, 2), "verdict": score.verdict.value, "text": score.text}
 
 
 def _compact(check: CheckResult) -> dict[str, object]:

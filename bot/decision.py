@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bot.analysis import ScoreResult
+from bot.judge import ScoreClass
 from bot.policy import Metric, NoDataPolicy
 from bot.rollout import MetricCounters, Release, State, hold_elapsed
 from bot.thresholds import CheckResult, Outcome
@@ -32,8 +34,16 @@ class Decision:
     clean: bool = False  # every counted check passed this round
 
 
+SCORE_COUNTER = "canary score"
+
+
 def decide(
-    release: Release, metrics: Sequence[Metric], checks: Sequence[CheckResult], now: float
+    release: Release,
+    metrics: Sequence[Metric],
+    checks: Sequence[CheckResult],
+    now: float,
+    score: ScoreResult | None = None,
+    score_failure_limit: int = 2,
 ) -> Decision:
     by_name = {m.name: m for m in metrics}
     counters = {name: c.model_copy() for name, c in release.counters.items()}
@@ -57,7 +67,7 @@ def decide(
             c.consecutive_failures += 1
             c.total_failures += 1
             c.consecutive_errors = 0
-            if metric.critical:
+            if check.critical:
                 rollback.append(f"critical metric failed: {check.reason}")
             elif c.consecutive_failures >= metric.failure_limit:
                 rollback.append(
@@ -79,12 +89,34 @@ def decide(
         elif outcome is Outcome.NO_DATA and metric.no_data is NoDataPolicy.PAUSE:
             pause.append(check.reason)
 
+    holding: list[str] = []
+    if score is not None:
+        # The score is judged like a metric of its own: a failing score counts towards its
+        # consecutive limit (a blip does not roll back), a marginal one only holds.
+        c = counters.setdefault(SCORE_COUNTER, MetricCounters())
+        if score.verdict is ScoreClass.FAIL:
+            clean = False
+            c.consecutive_failures += 1
+            c.total_failures += 1
+            if c.consecutive_failures >= score_failure_limit:
+                rollback.append(
+                    f"{score.text}, {c.consecutive_failures} consecutive failing score(s) "
+                    f"(limit {score_failure_limit})"
+                )
+            else:
+                holding.append(score.text)
+        elif score.verdict is ScoreClass.MARGINAL:
+            clean = False
+            holding.append(score.text)
+        else:
+            c.consecutive_failures = 0
+
     if rollback:
         return Decision(Verdict.ROLLBACK, "; ".join(rollback), counters, clean)
     if pause and release.state is not State.PAUSED:
         return Decision(Verdict.PAUSE, "; ".join(pause), counters, clean)
     if not clean:
-        return Decision(Verdict.HOLD, _hold_reason(checks), counters, clean)
+        return Decision(Verdict.HOLD, _hold_reason(checks, holding), counters, clean)
     if release.state is State.PROGRESSING and hold_elapsed(release, now):
         if release.is_last_step:
             return Decision(Verdict.HOLD, "at the last step", counters, clean)
@@ -103,6 +135,7 @@ def decide(
     return Decision(Verdict.HOLD, "checks green, holding", counters, clean)
 
 
-def _hold_reason(checks: Sequence[CheckResult]) -> str:
+def _hold_reason(checks: Sequence[CheckResult], extra: Sequence[str] = ()) -> str:
     pending = [c.reason for c in checks if c.outcome is not Outcome.PASS and not c.dry_run]
+    pending += extra
     return "holding: " + "; ".join(pending) if pending else "holding"

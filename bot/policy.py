@@ -101,6 +101,30 @@ class Metric(_Strict):
     error_limit: int = Field(default=3, ge=1)  # consecutive query errors that pause
     window: Seconds | None = None  # {window}; None: the service's window
 
+    # Which judge decides: the rules above, the Mann-Whitney comparison of canary and control
+    # series (Kayenta's semantics), or both (a metric fails if either says so).
+    judge: Literal["threshold", "mann_whitney", "both"] = "threshold"
+    lookback: Seconds = 300.0  # how much of each series the statistical judge compares
+    step: Seconds = 10.0  # the series' resolution
+    group: str = ""  # score group; empty: the metric's own name
+    tolerance: float = Field(default=0.25, ge=0)
+    confidence: float = Field(default=0.98, gt=0.5, lt=1)
+    effect_size_measure: Literal["mean_ratio", "cles"] = "mean_ratio"
+    allowed_increase: float | None = Field(default=None, gt=0)
+    allowed_decrease: float | None = Field(default=None, gt=0)
+    critical_increase: float | None = Field(default=None, gt=0)
+    critical_decrease: float | None = Field(default=None, gt=0)
+    nan_strategy: Literal["remove", "replace"] = "remove"
+    must_have_data: bool = False
+
+    @property
+    def uses_thresholds(self) -> bool:
+        return self.judge in ("threshold", "both")
+
+    @property
+    def uses_statistics(self) -> bool:
+        return self.judge in ("mann_whitney", "both")
+
     @field_validator("query")
     @classmethod
     def _query_names_version(cls, value: str) -> str:
@@ -114,10 +138,34 @@ class Metric(_Strict):
     def _has_a_rule(self) -> Metric:
         rules = (self.max, self.min, self.max_ratio, self.max_diff)
         warns = (self.warn_max, self.warn_min, self.warn_ratio, self.warn_diff)
-        if all(r is None for r in rules) and all(w is None for w in warns):
-            raise ValueError("the metric has no rule: set max, min, max_ratio or max_diff")
+        if self.uses_thresholds and all(r is None for r in (*rules, *warns)):
+            raise ValueError(
+                "the metric has no rule: set max, min, max_ratio or max_diff, "
+                "or `judge: mann_whitney` to compare canary and control statistically"
+            )
+        if self.uses_statistics and self.step * 3 > self.lookback:
+            raise ValueError(
+                f"lookback ({self.lookback:g}s) must hold several steps ({self.step:g}s each)"
+            )
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class ScoreSettings(_Strict):
+    """The canary score over all judged metrics (Kayenta's): 100 × passing share per group."""
+
+    pass_threshold: float = Field(default=95.0, ge=0, le=100)  # at or above: may advance
+    marginal_threshold: float = Field(default=75.0, ge=0, le=100)  # below: a failed check
+    group_weights: dict[str, float] = Field(default_factory=dict)
+    failure_limit: int = Field(default=2, ge=1)  # consecutive failing scores that roll back
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreSettings:
+        if self.marginal_threshold > self.pass_threshold:
+            raise ValueError("marginal_threshold must not be above pass_threshold")
+        if sum(self.group_weights.values()) > 100:
+            raise ValueError("group_weights add up to more than 100")
         return self
 
 
@@ -159,6 +207,7 @@ class ServicePolicy(_Strict):
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     requests_query: str = DEFAULT_REQUESTS_QUERY
     metrics: list[Metric] = Field(default_factory=list)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
 
     @field_validator("steps")
     @classmethod
@@ -361,7 +410,8 @@ def _merge(
     default's name overrides just the fields it sets; new names are added."""
     merged = copy.deepcopy(defaults)
     for key, value in override.items():
-        if key == "traffic" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+        mergeable = key in ("traffic", "score")
+        if mergeable and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         elif key != "metrics":
             merged[key] = copy.deepcopy(value)
@@ -445,6 +495,8 @@ def _fields_at(loc: list[Any]) -> set[str]:
             model = Metric
         elif part == "traffic":
             model = TrafficSettings
+        elif part == "score":
+            model = ScoreSettings
         elif part == "steps":
             model = Step
     return set(model.model_fields)

@@ -36,6 +36,8 @@ def status_text(release: Release, now: float | None = None) -> str:
         lines.append(f"  in step {in_step} of {format_duration(target)}")
     if release.reason:
         lines.append(f"  reason: {release.reason}")
+    if release.last_score:
+        lines.append(f"  {release.last_score.get('text', '')}")
     if release.last_checks:
         lines += ["  " + row for row in checks_table(release.last_checks)]
     return "\n".join(lines)
@@ -62,6 +64,8 @@ def event_text(event: ReleaseEvent) -> str:
         f"[{stamp}] {event.release.label} · {event.kind.value.replace('_', ' ')}: {event.message}"
     ]
     if event.checks:
+        if event.release.last_score:
+            lines.append(f"    {event.release.last_score.get('text', '')}")
         lines += ["    " + row for row in checks_table(event.checks)]
     return "\n".join(lines)
 

@@ -154,6 +154,7 @@ class Release(BaseModel):
     # Analysis bookkeeping.
     counters: dict[str, MetricCounters] = Field(default_factory=dict)
     last_checks: list[dict[str, Any]] = Field(default_factory=list)
+    last_score: dict[str, Any] | None = None  # the statistical judge's canary score
     last_eval_at: float | None = None
     evaluations: int = 0
     clean_checks_in_step: int = 0

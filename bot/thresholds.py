@@ -35,6 +35,7 @@ class CheckResult:
     critical: bool = False
     dry_run: bool = False
     query: str = ""  # the exact query, for errors and no-data
+    verdict: dict[str, Any] | None = None  # the statistical judge's verdict, when it ran
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

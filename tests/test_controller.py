@@ -18,7 +18,7 @@ from bot import keys
 from bot.actuator import TrafficActuator
 from bot.controller import Controller, RoundStats
 from bot.flags import FlagClient, FlagState
-from bot.metrics.base import MetricQuery, MetricSource, QueryResult
+from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
 from bot.metrics.synthetic import SyntheticSource
 from bot.notify import EventBus, EventKind
 from bot.policy import Policy, parse_policy
@@ -474,6 +474,11 @@ class GatedSource:
             self.entered.set()
             await self.go.wait()
         return await self.inner.query(queries)
+
+    async def query_series(
+        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
+    ) -> list[SeriesResult]:
+        return await self.inner.query_series(queries, start, end, step)
 
     async def check(self) -> None:
         return None

@@ -41,7 +41,9 @@ def release(*, risk: str = "normal") -> Release:
     )
 
 
-def check(outcome: Outcome, name: str = "errors", *, dry_run: bool = False) -> CheckResult:
+def check(outcome: Outcome, name: str = "errors", *, dry_run: bool = False,
+          critical: bool = False) -> CheckResult:
+    """A check as a judge returns it; ``critical`` marks a failure that is critical."""
     reason = {
         P: f"{name}: 0.01 within limits",
         F: f"{name}: 0.09 > max 0.05",
@@ -49,7 +51,8 @@ def check(outcome: Outcome, name: str = "errors", *, dry_run: bool = False) -> C
         E: f"{name}: canary query failed: timeout",
     }[outcome]
     return CheckResult(metric=name, outcome=outcome, canary=None, control=None, reason=reason,
-                       dry_run=dry_run, query=QUERY if outcome in (N, E) else "")
+                       dry_run=dry_run, critical=critical,
+                       query=QUERY if outcome in (N, E) else "")
 
 
 def rounds(start: Release, metrics: Sequence[Metric], outcomes: Sequence[Outcome],
@@ -143,16 +146,27 @@ def test_total_failures_continue_from_the_release_record() -> None:
 def test_a_critical_metric_rolls_back_on_its_first_failure() -> None:
     m = metric(critical=True, failure_limit=5)
 
-    decision = decide(release(), [m], [check(F)], NOW + 10)
+    decision = decide(release(), [m], [check(F, critical=True)], NOW + 10)
 
     assert decision.verdict is Verdict.ROLLBACK
     assert decision.reason == "critical metric failed: errors: 0.09 > max 0.05"
 
 
+def test_a_critical_metric_failing_below_its_critical_gate_counts_like_any_failure() -> None:
+    # The statistical judge marks a failure critical only past the critical effect size.
+    m = metric(critical=True, failure_limit=2)
+
+    first = decide(release(), [m], [check(F, critical=False)], NOW + 10)
+
+    assert first.verdict is Verdict.HOLD
+    assert first.counters["errors"].consecutive_failures == 1
+
+
 def test_every_rollback_reason_is_joined() -> None:
     metrics = [metric("errors", critical=True), metric("latency", failure_limit=1)]
 
-    decision = decide(release(), metrics, [check(F, "errors"), check(F, "latency")], NOW + 10)
+    checks = [check(F, "errors", critical=True), check(F, "latency")]
+    decision = decide(release(), metrics, checks, NOW + 10)
 
     assert decision.verdict is Verdict.ROLLBACK
     assert "critical metric failed: errors" in decision.reason
@@ -166,7 +180,7 @@ def test_dry_run_checks_never_count_or_act() -> None:
     m = metric(critical=True, failure_limit=1, dry_run=True)
     current = release()
     for _ in range(5):
-        decision = decide(current, [m], [check(F, dry_run=True)], NOW + HOLD)
+        decision = decide(current, [m], [check(F, dry_run=True, critical=True)], NOW + HOLD)
         current = current.model_copy(update={"counters": decision.counters})
         assert decision.verdict is Verdict.ADVANCE
         assert decision.clean
@@ -268,7 +282,8 @@ def test_errors_never_count_as_failures() -> None:
 def test_rollback_wins_over_pause() -> None:
     metrics = [metric("errors", error_limit=1), metric("latency", critical=True)]
 
-    decision = decide(release(), metrics, [check(E, "errors"), check(F, "latency")], NOW + 10)
+    checks = [check(E, "errors"), check(F, "latency", critical=True)]
+    decision = decide(release(), metrics, checks, NOW + 10)
 
     assert decision.verdict is Verdict.ROLLBACK
     assert "latency" in decision.reason

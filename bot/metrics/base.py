@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+# The metric name of the canary's request count (the minimum-traffic guard's query).
+REQUESTS_METRIC = "requests"
+
 
 class Side(StrEnum):
     CANARY = "canary"
@@ -62,8 +65,35 @@ class MetricSource(Protocol):
 
     async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]: ...
 
+    async def query_series(
+        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
+    ) -> list[SeriesResult]:
+        """Range queries: one result per query, in order; failures are data, as above."""
+        ...
+
     async def check(self) -> None:
         """Raise MetricsError when the source is unreachable (used by readiness checks)."""
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """Samples of one range query (oldest first), or why there are none."""
+
+    key: str
+    status: QueryStatus
+    values: tuple[float, ...]
+    query: str
+    error: str = ""
+
+    @classmethod
+    def ok(cls, q: MetricQuery, values: Sequence[float]) -> SeriesResult:
+        if not values:
+            return cls(q.key, QueryStatus.NO_DATA, (), q.promql, "the query returned no samples")
+        return cls(q.key, QueryStatus.OK, tuple(values), q.promql)
+
+    @classmethod
+    def failed(cls, q: MetricQuery, error: str) -> SeriesResult:
+        return cls(q.key, QueryStatus.ERROR, (), q.promql, error)

@@ -50,7 +50,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 from bot.errors import MetricsError
-from bot.metrics.base import MetricQuery, QueryResult, QueryStatus
+from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, SeriesResult
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +283,57 @@ class PrometheusSource:
             raise PrometheusQueryError(promql, f"unexpected sample in the answer: {exc}") from exc
         return samples
 
+    async def query_series(
+        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
+    ) -> list[SeriesResult]:
+        """Range queries for the statistical judge, batched like instant ones.
+
+        A batch that Prometheus rejects is asked query by query, so an error is attributed to
+        its own query and the good ones still get their samples.
+        """
+        index: dict[str, int] = {}
+        for q in queries:
+            index.setdefault(q.promql, len(index))
+        promqls = list(index)
+        window = {
+            "start_time": _as_datetime(start),
+            "end_time": _as_datetime(end),
+            "step": f"{step:g}",
+        }
+        found: dict[int, tuple[list[float], str]] = {}
+        for chunk in self._chunks(promqls):
+            found.update(await self._series_chunk(promqls, chunk, window))
+        out = []
+        for q in queries:
+            values, error = found[index[q.promql]]
+            out.append(SeriesResult.failed(q, error) if error else SeriesResult.ok(q, values))
+        return out
+
+    async def _series_chunk(
+        self, promqls: Sequence[str], chunk: list[int], window: dict[str, object]
+    ) -> dict[int, tuple[list[float], str]]:
+        if len(chunk) > 1:
+            text, _ = _batch_text(promqls, chunk)
+            try:
+                raw = await self._call(self._client.custom_query_range, query=text, **window)
+            except _RequestFailed as exc:
+                if not exc.narrowable:
+                    return dict.fromkeys(chunk, ([], exc.message))
+                self.batches_narrowed += 1
+            else:
+                return _split_series(raw, chunk)
+        answers = await asyncio.gather(*(self._series_alone(promqls[i], window) for i in chunk))
+        return dict(zip(chunk, answers, strict=True))
+
+    async def _series_alone(
+        self, promql: str, window: dict[str, object]
+    ) -> tuple[list[float], str]:
+        try:
+            raw = await self._call(self._client.custom_query_range, query=promql, **window)
+        except _RequestFailed as exc:
+            return [], exc.message
+        return _series_values(raw if isinstance(raw, list) else [])
+
     # -- batching ----------------------------------------------------------------------------
 
     def _chunks(self, promqls: Sequence[str]) -> list[list[int]]:
@@ -470,6 +521,42 @@ def _split_batch(raw: object, items: Sequence[int]) -> dict[int, _Outcome]:
         except (KeyError, ValueError):
             logger.warning("series without a known %s tag in a batch answer: %r", TAG_LABEL, metric)
     return {i: _vector_outcome(by_item[i]) for i in items}
+
+
+def _split_series(raw: object, items: Sequence[int]) -> dict[int, tuple[list[float], str]]:
+    if not isinstance(raw, list):
+        return dict.fromkeys(items, ([], f"unexpected answer: {_shorten(repr(raw))}"))
+    by_item: dict[int, list[object]] = {i: [] for i in items}
+    for series in raw:
+        metric = series.get("metric") if isinstance(series, dict) else None
+        tag = metric.get(TAG_LABEL) if isinstance(metric, dict) else None
+        try:
+            by_item[int(str(tag))].append(series)
+        except (KeyError, ValueError):
+            logger.warning("series without a known %s tag in a batch answer: %r", TAG_LABEL, metric)
+    return {i: _series_values(by_item[i]) for i in items}
+
+
+def _series_values(series: Sequence[object]) -> tuple[list[float], str]:
+    """Finite sample values of one series; an error text when there are several series."""
+    if len(series) > 1:
+        return [], _too_many_series(series)
+    if not series:
+        return [], ""
+    only = series[0]
+    samples = only.get("values") if isinstance(only, dict) else None
+    if not isinstance(samples, list):
+        return [], f"unexpected series in the answer: {_shorten(repr(only))}"
+    values: list[float] = []
+    for sample in samples:
+        try:
+            value = float(sample[1])
+        except (TypeError, ValueError, IndexError):
+            return [], f"unexpected sample in the answer: {_shorten(repr(sample))}"
+        # A 0/0 ratio over an idle step is NaN: nothing a statistical comparison can use.
+        if math.isfinite(value):
+            values.append(value)
+    return values, ""
 
 
 def _single_outcome(raw: object) -> _Outcome:

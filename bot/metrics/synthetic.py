@@ -11,9 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.metrics.base import MetricQuery, QueryResult
-
-REQUESTS_METRIC = "requests"
+from bot.metrics.base import REQUESTS_METRIC, MetricQuery, QueryResult, SeriesResult
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,13 @@ class SyntheticSource:
     async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
         self.queries_answered += len(queries)
         return [QueryResult.ok(q, self.value(q)) for q in queries]
+
+    async def query_series(
+        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
+    ) -> list[SeriesResult]:
+        points = max(1, int((end - start) // max(step, 1e-3)) + 1)
+        self.queries_answered += len(queries)
+        return [SeriesResult.ok(q, [self.value(q) for _ in range(points)]) for q in queries]
 
     async def check(self) -> None:
         return None

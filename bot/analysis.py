@@ -1,0 +1,269 @@
+"""One release's analysis round: which queries to ask, and how to judge the answers.
+
+Pure: the controller runs the queries (batched across releases) and hands the answers back.
+Each metric is judged by its threshold rules, by the statistical judge on range series, or by
+both; a metric fails when either judge fails it. The statistical verdicts also make up the
+canary score (Kayenta's), reported with every round.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bot.durations import prometheus_range
+from bot.judge import (
+    Classification,
+    JudgeConfig,
+    MetricVerdict,
+    ScoreClass,
+    classify,
+    classify_score,
+    score,
+)
+from bot.metrics.base import (
+    REQUESTS_METRIC,
+    MetricQuery,
+    QueryResult,
+    QueryStatus,
+    SeriesResult,
+    Side,
+)
+from bot.policy import Metric, ServicePolicy, render_template
+from bot.rollout import Release, State
+from bot.thresholds import CheckResult, Outcome, judge
+
+
+@dataclass(frozen=True)
+class Plan:
+    release: Release
+    sp: ServicePolicy
+    instant: list[MetricQuery]
+    series: list[SeriesQuery]
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    query: MetricQuery
+    lookback: float
+    step: float
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    value: float
+    verdict: ScoreClass
+    pass_threshold: float
+    marginal_threshold: float
+
+    @property
+    def text(self) -> str:
+        return (
+            f"canary score {self.value:.0f} ({self.verdict.value}; pass ≥ "
+            f"{self.pass_threshold:g}, fail < {self.marginal_threshold:g})"
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    checks: list[CheckResult]
+    score: ScoreResult | None = None
+    verdicts: list[tuple[str, MetricVerdict]] = field(default_factory=list)
+
+
+def plan(release: Release, sp: ServicePolicy) -> Plan:
+    instant: list[MetricQuery] = []
+    series: list[SeriesQuery] = []
+
+    def query(name: str, template: str, window: float, side: Side, version: str) -> MetricQuery:
+        promql = render_template(
+            template, service=release.service, version=version, window=prometheus_range(window)
+        )
+        return MetricQuery(
+            key=f"{release.id}|{name}|{side.value}",
+            promql=promql,
+            metric=name,
+            service=release.service,
+            version=version,
+            side=side,
+        )
+
+    baking = release.state is State.BAKING
+    sides = [(Side.CANARY, release.version)]
+    if not baking and release.stable_version:
+        sides.append((Side.CONTROL, release.stable_version))
+    for m in sp.metrics:
+        window = m.window or sp.window
+        for side, version in sides:
+            if m.uses_thresholds:
+                instant.append(query(m.name, m.query, window, side, version))
+            if m.uses_statistics and not baking:
+                series.append(
+                    SeriesQuery(query(m.name, m.query, window, side, version), m.lookback, m.step)
+                )
+    if any(m.min_requests for m in sp.metrics):
+        instant.append(query(REQUESTS_METRIC, sp.requests_query, sp.window, *sides[0]))
+    return Plan(release, sp, instant, series)
+
+
+def analyse(
+    p: Plan, instant: Mapping[str, QueryResult], series: Mapping[str, SeriesResult]
+) -> Analysis:
+    release = p.release
+    requests = instant.get(f"{release.id}|{REQUESTS_METRIC}|canary")
+    request_count = requests.value if requests is not None else None
+    checks: list[CheckResult] = []
+    verdicts: list[tuple[str, MetricVerdict]] = []
+    for metric in p.sp.metrics:
+        parts: list[CheckResult] = []
+        if metric.uses_thresholds:
+            parts.append(_threshold_check(release, metric, instant, request_count))
+        if metric.uses_statistics:
+            check, verdict = _statistical_check(release, metric, series, request_count)
+            parts.append(check)
+            if verdict is not None and not metric.dry_run:
+                verdicts.append((metric.group or metric.name, verdict))
+        checks.append(_combine(metric, parts))
+    result = None
+    if verdicts:
+        value = score(verdicts, p.sp.score.group_weights)
+        result = ScoreResult(
+            value,
+            classify_score(value, p.sp.score.pass_threshold, p.sp.score.marginal_threshold),
+            p.sp.score.pass_threshold,
+            p.sp.score.marginal_threshold,
+        )
+    return Analysis(checks, result, verdicts)
+
+
+def _threshold_check(
+    release: Release,
+    metric: Metric,
+    instant: Mapping[str, QueryResult],
+    requests: float | None,
+) -> CheckResult:
+    canary = instant[f"{release.id}|{metric.name}|canary"]
+    control: QueryResult | float | None
+    label = "control"
+    if release.state is State.BAKING:
+        control = release.baseline.get(metric.name)
+        label = "baseline"
+    else:
+        control = instant.get(f"{release.id}|{metric.name}|control")
+    # Nothing to compare with (no baseline recorded): judge on the absolute rules alone
+    # rather than holding forever. A first release without a control is refused at deploy.
+    return judge(
+        metric,
+        canary,
+        control,
+        requests,
+        control_label=label,
+        require_control=control is not None,
+    )
+
+
+def judge_config(metric: Metric) -> JudgeConfig:
+    return JudgeConfig(
+        direction=metric.direction.value,
+        tolerance=metric.tolerance,
+        confidence=metric.confidence,
+        effect_size_measure=metric.effect_size_measure,
+        allowed_increase=metric.allowed_increase,
+        allowed_decrease=metric.allowed_decrease,
+        critical_increase=metric.critical_increase,
+        critical_decrease=metric.critical_decrease,
+        nan_strategy=metric.nan_strategy,
+        critical=metric.critical,
+        must_have_data=metric.must_have_data,
+    )
+
+
+def _statistical_check(
+    release: Release,
+    metric: Metric,
+    series: Mapping[str, SeriesResult],
+    requests: float | None,
+) -> tuple[CheckResult, MetricVerdict | None]:
+    result = functools.partial(CheckResult, metric=metric.name, dry_run=metric.dry_run)
+    if release.state is State.BAKING:
+        # At 100% there is no control series left; the bake is judged by the threshold
+        # rules against the frozen baseline. Say so instead of inventing a comparison.
+        return result(
+            outcome=Outcome.PASS,
+            canary=None,
+            control=None,
+            reason=f"{metric.name}: statistical judge idle while baking (no control left)",
+        ), None
+    if metric.min_requests and (requests is None or requests < metric.min_requests):
+        seen = "unknown" if requests is None else f"{requests:.0f}"
+        return result(
+            outcome=Outcome.NO_DATA,
+            canary=None,
+            control=None,
+            reason=f"{metric.name}: no verdict yet, canary saw {seen} requests "
+            f"(needs {metric.min_requests})",
+        ), None
+    canary = series.get(f"{release.id}|{metric.name}|canary")
+    control = series.get(f"{release.id}|{metric.name}|control")
+    for side in (canary, control):
+        if side is not None and side.status is QueryStatus.ERROR:
+            return result(
+                outcome=Outcome.ERROR,
+                canary=None,
+                control=None,
+                query=side.query,
+                reason=f"{metric.name}: range query failed: {side.error}",
+            ), None
+    verdict = classify(
+        list(control.values) if control else [],
+        list(canary.values) if canary else [],
+        judge_config(metric),
+        name=metric.name,
+    )
+    outcome = {
+        Classification.PASS: Outcome.PASS,
+        Classification.HIGH: Outcome.FAIL,
+        Classification.LOW: Outcome.FAIL,
+        Classification.NODATA: Outcome.NO_DATA,
+        Classification.NODATA_FAIL: Outcome.FAIL,
+    }[verdict.classification]
+    if verdict.critical:
+        outcome = Outcome.FAIL  # a critical metric that is missing its data fails the canary
+    return CheckResult(
+        outcome=outcome,
+        canary=verdict.experiment_mean,
+        control=verdict.control_mean,
+        reason=verdict.reason,
+        limit=f"mann-whitney {metric.confidence:.0%}",
+        critical=verdict.critical,
+        dry_run=metric.dry_run,
+        metric=metric.name,
+        query=canary.query if canary else "",
+        verdict=verdict.to_dict(),
+    ), verdict
+
+
+_SEVERITY = {Outcome.PASS: 0, Outcome.NO_DATA: 1, Outcome.ERROR: 2, Outcome.FAIL: 3}
+
+
+def _combine(metric: Metric, parts: list[CheckResult]) -> CheckResult:
+    """One check per metric: the worst of its judges, with every judge's reason."""
+    if len(parts) == 1:
+        return parts[0]
+    worst = max(parts, key=lambda c: _SEVERITY[c.outcome])
+    threshold = parts[0]
+    reasons = [c.reason for c in parts if c.outcome is worst.outcome] or [worst.reason]
+    return CheckResult(
+        metric=metric.name,
+        outcome=worst.outcome,
+        canary=threshold.canary,
+        control=threshold.control,
+        reason="; ".join(reasons),
+        limit=worst.limit,
+        warning=threshold.warning,
+        critical=any(c.critical and c.outcome is Outcome.FAIL for c in parts),
+        dry_run=metric.dry_run,
+        query=worst.query,
+        verdict=next((c.verdict for c in parts if c.verdict is not None), None),
+    )
