@@ -98,7 +98,7 @@ def decide(
             clean = False
             c.consecutive_failures += 1
             c.total_failures += 1
-            if c.consecutive_failures >= score_failure_limit:
+            if c.consecutive_failures >= score_failure_limit and not rollback:
                 rollback.append(
                     f"{score.text}, {c.consecutive_failures} consecutive failing score(s) "
                     f"(limit {score_failure_limit})"
