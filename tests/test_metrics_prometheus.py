@@ -257,6 +257,38 @@ async def test_query_range_failures_carry_the_query(source: PrometheusSource) ->
     assert info.value.query == several
 
 
+async def test_range_series_are_batched_and_failures_stay_with_their_query(
+    source: PrometheusSource,
+) -> None:
+    end = time.time()
+    broken = "sum(rate(http_requests_total[15s])"
+    several = f"sum by (code) (rate(http_requests_total[{WINDOW}]))"
+    queries = [
+        mq("v1", error_rate("v1"), "v1"),
+        mq("v2", error_rate("v2"), "v2"),
+        mq("rate", request_rate("v2"), "v2"),
+        mq("none", request_rate("v9"), "v9"),
+        mq("several", several),
+    ]
+    results = {r.key: r for r in await source.query_series(queries, end - 20, end, 1)}
+
+    assert results["v1"].status is QueryStatus.OK and results["v2"].status is QueryStatus.OK
+    assert len(results["v2"].values) >= 3
+    # The canary's error rate (~20%) sits well above the stable one's (~1%) in every sample.
+    assert min(results["v2"].values) > max(results["v1"].values)
+    assert results["none"].status is QueryStatus.NO_DATA
+    assert results["several"].status is QueryStatus.ERROR
+    assert "one" in results["several"].error and results["several"].query == several
+    assert source.requests_made == 1  # five series, one request
+
+    results = {
+        r.key: r
+        for r in await source.query_series([*queries[:2], mq("broken", broken)], end - 20, end, 1)
+    }
+    assert results["broken"].status is QueryStatus.ERROR and results["broken"].query == broken
+    assert results["v1"].status is QueryStatus.OK and results["v2"].status is QueryStatus.OK
+
+
 async def test_unreachable_prometheus() -> None:
     src = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout=1.0)
     try:
