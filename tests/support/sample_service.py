@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import urllib.error
@@ -37,6 +38,18 @@ logger = logging.getLogger(__name__)
 
 # Latency above this is surely a mistake in a test and would only make it hang.
 MAX_LATENCY = 10.0
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A load generator that gives up on a slow answer closes its socket; that is expected
+    here, so a broken pipe is not printed as a server error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class SampleService:
             self._requests.labels(service, version, code)
         self._duration.labels(service, version)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(

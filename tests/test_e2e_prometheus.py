@@ -1,0 +1,383 @@
+"""End to end: real redis-server, real Prometheus, real instances, traffic routed by the flag.
+
+One Prometheus (1 s scrapes) is started for the module and scrapes one stable/canary pair of
+instances per test, each pair a service of its own, so no test ever reads another's series.
+Every test builds the app the way ``serve`` does (``build_app`` on Settings) with the
+PrometheusSource, runs the controller as a task, and drives a release with
+``DeployOptions(stable="v1")`` while a load generator routes synthetic users with a
+``FlagClient``: what the controller does to the flag is what the instances are asked.
+
+Timing (see POLICY): 2 s analysis interval over a 10 s window. A 20% error fault pushes the
+canary's ratio over the control's by more than 0.02 within 1–2 s of scraped data, and two
+consecutive failed checks roll back (2 s apart); a +300 ms fault takes the canary's p99 far
+over the control's +0.15 s at the first scrape, and the latency metric is critical, so one
+failed check rolls back. Both are expected within ~2–7 s of the onset; the tests allow 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from bot.app import App, build_app
+from bot.config import Settings
+from bot.notify import EventKind
+from bot.policy import parse_policy
+from bot.rollout import Actor, Release, State
+from bot.service import DeployOptions
+from tests.support.prometheus import instant_query, prometheus_server, wait_for_data
+from tests.support.recorder import Recorder
+from tests.support.routed import (
+    ERROR_RATE_QUERY,
+    LATENCY_P99_QUERY,
+    FaultKind,
+    LoadStats,
+    RoutedService,
+    close_all,
+)
+
+pytestmark = pytest.mark.e2e
+
+HEALTHY = "e2e-healthy"
+ERRORS = "e2e-errors"
+LATENCY = "e2e-latency"
+DRY_RUN = "e2e-dryrun"
+SERVICES = (HEALTHY, ERRORS, LATENCY, DRY_RUN)
+
+WINDOW = "10s"
+STEPS = [10, 25, 50, 100]
+FAULT_TO_STABLE_BOUND = 30.0  # seconds; the expected value is a few seconds
+RELEASE_DEADLINE = 60.0  # a healthy release takes ~15 s here
+
+ERROR_RATE: dict[str, Any] = {
+    "name": "error_rate",
+    "query": ERROR_RATE_QUERY,
+    "unit": "ratio",
+    "max": 0.05,
+    "max_diff": 0.02,
+    "min_requests": 10,
+    "failure_limit": 2,
+}
+LATENCY_P99: dict[str, Any] = {
+    "name": "latency_p99",
+    "query": LATENCY_P99_QUERY,
+    "unit": "s",
+    "max_diff": 0.15,
+    "critical": True,
+    "min_requests": 10,
+}
+POLICY: dict[str, Any] = {
+    "defaults": {
+        "steps": STEPS,
+        "hold": "2s",
+        "interval": "2s",
+        "window": WINDOW,
+        "bake": "3s",
+        "metrics": [ERROR_RATE, LATENCY_P99],
+    },
+    "services": {
+        HEALTHY: {},
+        # Longer holds: the fault goes in at 25% and the release should still be there.
+        ERRORS: {"hold": "4s"},
+        LATENCY: {"hold": "4s"},
+        DRY_RUN: {"metrics": [{"name": "latency_p99", "dry_run": True}]},
+    },
+}
+
+DEPLOYER = Actor(user="alice", surface="console")
+
+
+def requests_in_window(service: str, version: str, window: str = WINDOW) -> str:
+    return (
+        f'sum(increase(http_requests_total{{service="{service}",version="{version}"}}[{window}]))'
+    )
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rigs() -> Iterator[dict[str, RoutedService]]:
+    """One stable/canary pair per test, serving (idle) for the whole module."""
+    built: list[RoutedService] = []
+    try:
+        for name in SERVICES:
+            built.append(RoutedService(name))
+        yield {rig.service: rig for rig in built}
+    finally:
+        close_all(built)
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(
+    rigs: dict[str, RoutedService], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real Prometheus scraping every instance of every pair once a second."""
+    targets = [t for rig in rigs.values() for t in rig.targets]
+    with prometheus_server(Path(tmp_path_factory.mktemp("prometheus")), targets) as url:
+        # Every instance is scraped (its series exist, at zero) before any test sends load.
+        wait_for_data(url, 'count(up{job="sample"} == 1)', at_least=len(targets), timeout=20)
+        yield url
+
+
+@dataclass
+class Shipwatch:
+    app: App
+    recorder: Recorder
+    redis_url: str
+    prometheus_url: str
+
+    async def get(self, release_id: str) -> Release:
+        release = await self.app.store.get(release_id)
+        assert release is not None
+        return release
+
+    async def wait_release(
+        self,
+        release_id: str,
+        until: Callable[[Release], bool],
+        timeout: float = RELEASE_DEADLINE,
+        what: str = "",
+    ) -> Release:
+        deadline = time.monotonic() + timeout
+        while True:
+            release = await self.get(release_id)
+            if until(release):
+                return release
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{what or 'condition'} not reached in {timeout}s: {release.describe_state()}"
+                    f"; last checks: {release.last_checks}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def deploy(self, rig: RoutedService) -> Release:
+        result = await self.app.service.deploy(
+            DEPLOYER,
+            rig.service,
+            rig.canary_version,
+            DeployOptions(stable=rig.stable_version),
+        )
+        return result.release
+
+
+@pytest.fixture
+async def shipwatch(redis_url: str, prometheus_url: str) -> AsyncIterator[Shipwatch]:
+    """The app as ``serve`` builds it, on the real Redis and Prometheus, controller running."""
+    flush = aioredis.Redis.from_url(redis_url)
+    await flush.flushdb()
+    await flush.aclose()
+    recorder = Recorder()
+    settings = Settings.model_validate(
+        {
+            "REDIS_URL": redis_url,
+            "PROMETHEUS_URL": prometheus_url,
+            "SHIPWATCH_CONTROLLER_TICK": 0.2,
+            "SHIPWATCH_PROMETHEUS_TIMEOUT": 3.0,
+        }
+    )
+    policy = parse_policy(yaml.safe_dump(POLICY), "e2e")
+    app = await build_app(settings, policy=policy, notifiers=[recorder])
+    app.events.start()
+    stop = asyncio.Event()
+    controller = asyncio.create_task(app.controller.run(stop), name="e2e-controller")
+    try:
+        yield Shipwatch(app, recorder, redis_url, prometheus_url)
+    finally:
+        stop.set()
+        await asyncio.wait_for(controller, timeout=10)
+        await app.close()
+
+
+async def start_load(rig: RoutedService, sw: Shipwatch) -> None:
+    """Routed load on, and the control's traffic visible in Prometheus before any deploy."""
+    rig.start(sw.redis_url, per_second=120, workers=12, max_seconds=90, max_requests=12_000)
+    await asyncio.to_thread(
+        wait_for_data,
+        sw.prometheus_url,
+        requests_in_window(rig.service, rig.stable_version),
+        at_least=50,
+        timeout=20,
+    )
+
+
+def report(record_property: Callable[[str, object], None], name: str, seconds: float) -> None:
+    """Print the measurement and attach it to the test report (visible in JUnit XML too)."""
+    print(f"\n{name}: fault onset -> every user on stable in {seconds:.2f}s")
+    record_property("fault_to_stable_seconds", round(seconds, 3))
+
+
+def assert_stable_only_after(stats: LoadStats, zero_at: float) -> None:
+    """Nothing was routed to the canary once the flag client held 0%, and stable kept serving."""
+    assert stats.last_canary_at is not None
+    assert stats.last_canary_at < zero_at, (stats.last_canary_at, zero_at)
+    assert stats.by_pct.get(0, {}).get("v1", 0) > 0
+
+
+def checks_of(checks: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    return [c for c in checks if c.get("metric") == metric]
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+async def test_healthy_canary_walks_every_step_with_real_traffic(
+    shipwatch: Shipwatch, rigs: dict[str, RoutedService]
+) -> None:
+    rig = rigs[HEALTHY]
+    await start_load(rig, shipwatch)
+    try:
+        release = await shipwatch.deploy(rig)
+        done = await shipwatch.wait_release(
+            release.id, lambda r: not r.is_active, what="the end of the release"
+        )
+        # The rig's own client: the flag it followed, and where its requests went.
+        await asyncio.to_thread(rig.wait_for_pct, 100, 5.0)
+        stats = rig.stats()
+    finally:
+        rig.stop()
+    await shipwatch.app.events.drain()
+
+    assert done.state is State.SUCCEEDED, done.describe_state()
+    kinds = shipwatch.recorder.kinds(HEALTHY)
+    assert EventKind.ROLLBACK_STARTED not in kinds
+    assert kinds.count(EventKind.STEP_ADVANCED) == len(STEPS) - 2  # 10->25->50, then bake
+    assert EventKind.BAKING in kinds and kinds[-1] is EventKind.SUCCEEDED
+    assert all(c["outcome"] == "pass" for c in done.last_checks), done.last_checks
+    assert {c["metric"] for c in done.last_checks} == {"error_rate", "latency_p99"}
+
+    # The flag client saw every step, in order, and nothing else.
+    assert rig.pct_history() == STEPS
+    # Real requests followed it: none to v2 before the deploy, all of them at 100%, and a
+    # share near the weight in between (1,000 users bucketed by murmur3).
+    assert stats.by_pct.get(0, {}).get("v2", 0) == 0
+    assert stats.by_pct[100].get("v1", 0) == 0 and stats.by_pct[100]["v2"] > 0
+    for pct in STEPS[:-1]:
+        sent = stats.by_pct[pct]
+        share = sent.get("v2", 0) / sum(sent.values())
+        assert abs(share - pct / 100) < 0.12, (pct, sent)
+    assert stats.failed == 0 and not stats.server_errors
+    # The v2 instance served them, and Prometheus counted them.
+    assert rig.canary.requests_served >= stats.sent["v2"] > 100
+    counted = instant_query(
+        shipwatch.prometheus_url, requests_in_window(HEALTHY, "v2", window="2m")
+    )
+    assert counted and float(counted[0]["value"][1]) > 50
+
+
+@pytest.mark.parametrize(
+    ("service", "fault", "metric"),
+    [
+        pytest.param(ERRORS, FaultKind.ERRORS, "error_rate", id="errors-20pct"),
+        pytest.param(LATENCY, FaultKind.LATENCY, "latency_p99", id="latency-300ms"),
+    ],
+)
+async def test_faulty_canary_is_rolled_back_mid_release(
+    shipwatch: Shipwatch,
+    rigs: dict[str, RoutedService],
+    record_property: Callable[[str, object], None],
+    service: str,
+    fault: FaultKind,
+    metric: str,
+) -> None:
+    rig = rigs[service]
+    await start_load(rig, shipwatch)
+    try:
+        release = await shipwatch.deploy(rig)
+        # Mid-release: healthy through the first step, the flag at 25% for real users.
+        await asyncio.to_thread(rig.wait_for_pct, 25, 40.0)
+        onset = rig.inject_fault(fault)
+        done = await shipwatch.wait_release(
+            release.id,
+            lambda r: r.state is State.ROLLED_BACK,
+            timeout=FAULT_TO_STABLE_BOUND + 10,
+            what="the rollback",
+        )
+        await asyncio.to_thread(rig.wait_for_pct, 0, 5.0)
+        await asyncio.sleep(0.3)  # a request routed just before 0% finishes and is counted
+        stats = rig.stats()
+    finally:
+        rig.stop()
+    await shipwatch.app.events.drain()
+
+    zero_at = rig.first_pct_at(0, after=onset)
+    assert zero_at is not None, rig.pct_changes()
+    seconds = zero_at - onset
+    report(record_property, f"{service} ({fault.value})", seconds)
+    assert 0 < seconds < FAULT_TO_STABLE_BOUND
+
+    # Rolled back by the controller, once, for the metric the fault breaks.
+    audit = await shipwatch.app.store.audit_tail(1000)
+    decisions = [e for e in audit if e.action == "decision:rollback"]
+    assert [e.actor for e in decisions] == ["shipwatch"], decisions
+    assert metric in done.reason, done.reason
+    failed = [c for c in done.last_checks if c["outcome"] == "fail"]
+    assert [c["metric"] for c in failed] == [metric], done.last_checks
+    assert failed[0]["canary"] is not None and failed[0]["control"] is not None
+    kinds = shipwatch.recorder.kinds(service)
+    assert EventKind.ROLLBACK_STARTED in kinds and EventKind.ROLLED_BACK in kinds
+    assert EventKind.SUCCEEDED not in kinds
+
+    # The flag went up to 25% (maybe one step more before the verdict), then to 0 for good.
+    history = rig.pct_history()
+    assert history[:2] == [10, 25] and history[-1] == 0, history
+    assert_stable_only_after(stats, zero_at)
+    # The fault reached real users before the rollback, and the users saw it.
+    if fault is FaultKind.ERRORS:
+        assert stats.server_errors.get("v2", 0) > 0
+        assert stats.server_errors.get("v1", 0) == 0
+        assert float(failed[0]["canary"]) > float(failed[0]["control"]) + 0.02
+    else:
+        assert float(failed[0]["canary"]) > 0.15
+
+
+async def test_failing_dry_run_metric_is_reported_but_never_rolls_back(
+    shipwatch: Shipwatch, rigs: dict[str, RoutedService]
+) -> None:
+    rig = rigs[DRY_RUN]
+    await start_load(rig, shipwatch)
+    try:
+        # Slow from its first request: the (critical) latency metric fails on every check,
+        # but it is dry-run for this service.
+        rig.inject_fault(FaultKind.LATENCY)
+        release = await shipwatch.deploy(rig)
+        done = await shipwatch.wait_release(
+            release.id, lambda r: not r.is_active, what="the end of the release"
+        )
+        stats = rig.stats()
+    finally:
+        rig.stop()
+    await shipwatch.app.events.drain()
+
+    assert done.state is State.SUCCEEDED, done.describe_state()
+    assert rig.pct_history() == STEPS
+    assert stats.by_pct[100].get("v2", 0) > 0
+    kinds = shipwatch.recorder.kinds(DRY_RUN)
+    assert EventKind.ROLLBACK_STARTED not in kinds and EventKind.PAUSED not in kinds
+    assert kinds[-1] is EventKind.SUCCEEDED
+
+    # Reported: the last checks (judged against the baseline while baking) ...
+    (latency,) = checks_of(done.last_checks, "latency_p99")
+    assert latency["dry_run"] is True and latency["outcome"] == "fail", latency
+    assert float(latency["canary"]) > 0.15
+    (errors,) = checks_of(done.last_checks, "error_rate")
+    assert errors["outcome"] == "pass" and errors["dry_run"] is False
+    # ... and the events every step carried.
+    reported = [
+        c
+        for e in shipwatch.recorder.events
+        if e.release.service == DRY_RUN
+        for c in checks_of(e.checks, "latency_p99")
+    ]
+    assert reported and all(c["dry_run"] is True for c in reported)
+    assert sum(c["outcome"] == "fail" for c in reported) >= len(STEPS) - 1
+    # Never counted against the release.
+    assert "latency_p99" not in done.counters or done.counters["latency_p99"].total_failures == 0
