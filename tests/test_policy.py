@@ -893,3 +893,15 @@ def test_check_config_rejects_a_bad_file_with_every_problem(tmp_path: Path) -> N
         assert f"{problem_path}: " in result.stderr
         assert f"hint: {hint}" in result.stderr
     assert f"{path}: 4 problem(s) in the policy" in result.stderr
+
+
+def test_the_readme_policy_example_is_valid() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+    policy = parse_policy(example, "README.md")
+
+    assert set(policy.services) == {"checkout", "payments"}
+    latency = {m.name: m for m in policy.service("payments").metrics}["latency_p99"]
+    assert latency.judge == "both" and latency.uses_statistics
+    assert policy.service("payments").score.group_weights == {"latency": 60}
