@@ -50,7 +50,8 @@ HEALTHY = "e2e-healthy"
 ERRORS = "e2e-errors"
 LATENCY = "e2e-latency"
 DRY_RUN = "e2e-dryrun"
-SERVICES = (HEALTHY, ERRORS, LATENCY, DRY_RUN)
+SLOWER = "e2e-slower"
+SERVICES = (HEALTHY, ERRORS, LATENCY, DRY_RUN, SLOWER)
 
 WINDOW = "10s"
 STEPS = [10, 25, 50, 100]
@@ -74,6 +75,28 @@ LATENCY_P99: dict[str, Any] = {
     "critical": True,
     "min_requests": 10,
 }
+# The mean latency of each version, as a series for the statistical judge. A canary 10 ms
+# slower than a 20 ms control is far inside the threshold rules above (+0.15 s): only the
+# Mann-Whitney comparison of the two series, with its effect-size gate, can see it.
+LATENCY_MEAN: dict[str, Any] = {
+    "name": "latency_mean",
+    "query": (
+        'sum(rate(http_request_duration_seconds_sum{service="{service}",version="{version}"}'
+        '[{window}])) / sum(rate(http_request_duration_seconds_count{service="{service}",'
+        'version="{version}"}[{window}]))'
+    ),
+    "unit": "s",
+    "judge": "mann_whitney",
+    "window": "4s",
+    "lookback": "20s",
+    "step": "1s",
+    "allowed_increase": 1.2,
+    "min_requests": 10,
+    "failure_limit": 2,
+}
+SLOW_BASE = 0.02  # both versions answer in 20 ms ...
+SLOW_CANARY = 0.03  # ... until the canary takes 30 ms
+
 POLICY: dict[str, Any] = {
     "defaults": {
         "steps": STEPS,
@@ -89,6 +112,8 @@ POLICY: dict[str, Any] = {
         ERRORS: {"hold": "4s"},
         LATENCY: {"hold": "4s"},
         DRY_RUN: {"metrics": [{"name": "latency_p99", "dry_run": True}]},
+        # A long hold at each step: the statistical judge needs its lookback filled.
+        SLOWER: {"hold": "40s", "metrics": [LATENCY_MEAN]},
     },
 }
 
@@ -381,3 +406,44 @@ async def test_failing_dry_run_metric_is_reported_but_never_rolls_back(
     assert sum(c["outcome"] == "fail" for c in reported) >= len(STEPS) - 1
     # Never counted against the release.
     assert "latency_p99" not in done.counters or done.counters["latency_p99"].total_failures == 0
+
+
+async def test_statistical_judge_rolls_back_a_canary_slower_than_the_control_under_the_slo(
+    shipwatch: Shipwatch,
+    rigs: dict[str, RoutedService],
+    record_property: Callable[[str, object], None],
+) -> None:
+    rig = rigs[SLOWER]
+    rig.stable.configure(latency=SLOW_BASE)
+    await start_load(rig, shipwatch)
+    try:
+        rig.canary.configure(latency=SLOW_BASE)
+        release = await shipwatch.deploy(rig)
+        await asyncio.to_thread(rig.wait_for_pct, 10, 20.0)
+        # Healthy for a while at 10%: the judge compares equal versions and lets them be.
+        await asyncio.sleep(8)
+        healthy = await shipwatch.get(release.id)
+        assert healthy.state is State.PROGRESSING, healthy.describe_state()
+        onset = time.monotonic()
+        rig.canary.configure(latency=SLOW_CANARY)
+        done = await shipwatch.wait_release(
+            release.id, lambda r: not r.is_active, timeout=50, what="the rollback"
+        )
+    finally:
+        rig.stop()
+        rig.stable.configure(latency=0.0)
+    await shipwatch.app.events.drain()
+
+    assert done.state is State.ROLLED_BACK, done.describe_state()
+    zero_at = rig.first_pct_at(0, after=onset)
+    assert zero_at is not None
+    report(record_property, f"{SLOWER} (+10 ms on 20 ms)", zero_at - onset)
+    (mean,) = checks_of(done.last_checks, "latency_mean")
+    assert mean["outcome"] == "fail"
+    verdict = mean["verdict"]
+    assert verdict["classification"] == "high" and verdict["ci_low"] > 0
+    assert verdict["mean_ratio"] >= 1.2
+    # The thresholds saw nothing wrong: it was the statistical judge alone.
+    (p99,) = checks_of(done.last_checks, "latency_p99")
+    assert p99["outcome"] == "pass", p99
+    assert done.last_score is not None and done.last_score["verdict"] == "fail"
