@@ -48,8 +48,8 @@ from tests.support.procs import redis_server
 from tests.support.prometheus import prometheus_server, wait_for_data
 from tests.support.recorder import Recorder
 from tests.support.routed import (
-    ERROR_RATE_QUERY,
-    LATENCY_P99_QUERY,
+    ERROR_RATE_RULE,
+    LATENCY_P99_RULE,
     FaultKind,
     RoutedService,
     close_all,
@@ -65,25 +65,7 @@ ACTOR = Actor(user="bench", surface="api")
 
 def bench_policy(services: Sequence[str]) -> Policy:
     """The e2e tests' rules; a long hold keeps each release at its first step (10%)."""
-    metrics: list[dict[str, Any]] = [
-        {
-            "name": "error_rate",
-            "query": ERROR_RATE_QUERY,
-            "unit": "ratio",
-            "max": 0.05,
-            "max_diff": 0.02,
-            "min_requests": 10,
-            "failure_limit": 2,
-        },
-        {
-            "name": "latency_p99",
-            "query": LATENCY_P99_QUERY,
-            "unit": "s",
-            "max_diff": 0.15,
-            "critical": True,
-            "min_requests": 10,
-        },
-    ]
+    metrics = [ERROR_RATE_RULE, LATENCY_P99_RULE]
     doc = {
         "defaults": {
             "steps": [10, 50, 100],

@@ -32,7 +32,7 @@ from bot.metrics.base import (
 )
 from bot.policy import Metric, ServicePolicy, render_template
 from bot.rollout import Release, State
-from bot.thresholds import CheckResult, Outcome, judge
+from bot.thresholds import CheckResult, Outcome, judge, too_little_traffic
 
 
 @dataclass(frozen=True)
@@ -195,15 +195,8 @@ def _statistical_check(
             control=None,
             reason=f"{metric.name}: statistical judge idle while baking (no control left)",
         ), None
-    if metric.min_requests and (requests is None or requests < metric.min_requests):
-        seen = "unknown" if requests is None else f"{requests:.0f}"
-        return result(
-            outcome=Outcome.NO_DATA,
-            canary=None,
-            control=None,
-            reason=f"{metric.name}: no verdict yet, canary saw {seen} requests "
-            f"(needs {metric.min_requests})",
-        ), None
+    if too_little := too_little_traffic(metric, requests):
+        return result(outcome=Outcome.NO_DATA, canary=None, control=None, reason=too_little), None
     canary = series.get(f"{release.id}|{metric.name}|canary")
     control = series.get(f"{release.id}|{metric.name}|control")
     for side in (canary, control):

@@ -74,15 +74,8 @@ def judge(
             query=canary.query,
             reason=f"{metric.name}: canary query failed: {canary.error}",
         )
-    if metric.min_requests and (requests is None or requests < metric.min_requests):
-        seen = "unknown" if requests is None else f"{requests:.0f}"
-        return result(
-            outcome=Outcome.NO_DATA,
-            canary=canary.value,
-            control=None,
-            reason=f"{metric.name}: no verdict yet, canary saw {seen} requests "
-            f"(needs {metric.min_requests})",
-        )
+    if too_little := too_little_traffic(metric, requests):
+        return result(outcome=Outcome.NO_DATA, canary=canary.value, control=None, reason=too_little)
     if canary.status is QueryStatus.NO_DATA or canary.value is None:
         return result(
             outcome=Outcome.NO_DATA,
@@ -142,6 +135,16 @@ def judge(
         control=control_value,
         reason=f"{metric.name}: {fmt(value, metric.unit)} within limits{ctrl}",
         warning="; ".join(f"{metric.name}: {t}" for _, t in warnings),
+    )
+
+
+def too_little_traffic(metric: Metric, requests: float | None) -> str:
+    """The minimum-traffic guard: why there is no verdict yet, or "" when there is enough."""
+    if not metric.min_requests or (requests is not None and requests >= metric.min_requests):
+        return ""
+    seen = "unknown" if requests is None else f"{requests:.0f}"
+    return (
+        f"{metric.name}: no verdict yet, canary saw {seen} requests (needs {metric.min_requests})"
     )
 
 

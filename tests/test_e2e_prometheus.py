@@ -36,8 +36,8 @@ from bot.service import DeployOptions
 from tests.support.prometheus import instant_query, prometheus_server, wait_for_data
 from tests.support.recorder import Recorder
 from tests.support.routed import (
-    ERROR_RATE_QUERY,
-    LATENCY_P99_QUERY,
+    ERROR_RATE_RULE,
+    LATENCY_P99_RULE,
     FaultKind,
     LoadStats,
     RoutedService,
@@ -58,23 +58,6 @@ STEPS = [10, 25, 50, 100]
 FAULT_TO_STABLE_BOUND = 30.0  # seconds; the expected value is a few seconds
 RELEASE_DEADLINE = 60.0  # a healthy release takes ~15 s here
 
-ERROR_RATE: dict[str, Any] = {
-    "name": "error_rate",
-    "query": ERROR_RATE_QUERY,
-    "unit": "ratio",
-    "max": 0.05,
-    "max_diff": 0.02,
-    "min_requests": 10,
-    "failure_limit": 2,
-}
-LATENCY_P99: dict[str, Any] = {
-    "name": "latency_p99",
-    "query": LATENCY_P99_QUERY,
-    "unit": "s",
-    "max_diff": 0.15,
-    "critical": True,
-    "min_requests": 10,
-}
 # The mean latency of each version, as a series for the statistical judge. A canary 10 ms
 # slower than a 20 ms control is far inside the threshold rules above (+0.15 s): only the
 # Mann-Whitney comparison of the two series, with its effect-size gate, can see it.
@@ -104,7 +87,7 @@ POLICY: dict[str, Any] = {
         "interval": "2s",
         "window": WINDOW,
         "bake": "3s",
-        "metrics": [ERROR_RATE, LATENCY_P99],
+        "metrics": [ERROR_RATE_RULE, LATENCY_P99_RULE],
     },
     "services": {
         HEALTHY: {},

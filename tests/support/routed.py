@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from bot.flags import CANARY, FlagClient, FlagState
 from tests.support.sample_service import SampleService
@@ -54,6 +54,27 @@ LATENCY_P99_QUERY = (
     "histogram_quantile(0.99, sum by (le) "
     f"(rate(http_request_duration_seconds_bucket{{{_SELECTOR}}}[{{window}}])))"
 )
+
+# The rules the end-to-end tests and the rollback benchmark judge these services by.
+ERROR_RATE_RULE: dict[str, Any] = {
+    "name": "error_rate",
+    "query": ERROR_RATE_QUERY,
+    "unit": "ratio",
+    "max": 0.05,
+    "max_diff": 0.02,
+    "min_requests": 10,
+    "failure_limit": 2,
+}
+# max_diff rather than max_ratio: the control's p99 sits in the lowest histogram bucket
+# (~5 ms), so one slow request could double it and roll back a healthy canary.
+LATENCY_P99_RULE: dict[str, Any] = {
+    "name": "latency_p99",
+    "query": LATENCY_P99_QUERY,
+    "unit": "s",
+    "max_diff": 0.15,
+    "critical": True,
+    "min_requests": 10,
+}
 
 
 class FaultKind(StrEnum):
