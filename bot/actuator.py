@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bot import telemetry
 from bot.errors import TrafficError
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
@@ -120,6 +121,7 @@ class TrafficActuator:
             )
             if result.status is CommitStatus.OK and result.current is not None:
                 if new.state is State.ROLLED_BACK:
+                    telemetry.ROLLBACKS.labels(current.last.surface).inc()
                     took = now - (current.rollback_started_at or now)
                     self.events.emit(
                         ReleaseEvent(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +14,8 @@ from bot.app import build_app, resolve_policy
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
 from bot.errors import PolicyError, ShipwatchError
-from bot.notify import LogNotifier
 from bot.policy import Policy, load_policy
+from handlers.server import serve
 
 log = logging.getLogger("shipwatch")
 
@@ -44,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds instead of minutes per step (default: on with the embedded demo policy)",
     )
 
-    serve = sub.add_parser("serve", help="run the bot: controller (and, with Slack, the app)")
+    serve = sub.add_parser(
+        "serve", help="run the Slack app over HTTP (POST /slack/events) and the controller"
+    )
+    serve.add_argument("--socket", action="store_true",
+                       help="talk to Slack over Socket Mode (needs SLACK_APP_TOKEN)")
     serve.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
     serve.add_argument(
         "--no-controller", action="store_true", help="do not drive releases in this process"
@@ -82,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _console(settings, demo_speed(policy) if fast else policy, args.user)
             )
         if args.command == "serve":
-            return asyncio.run(_serve(settings, policy, controller=not args.no_controller))
+            return asyncio.run(
+                serve(settings, policy, controller=not args.no_controller, socket=args.socket)
+            )
     except ShipwatchError as exc:
         print(f"shipwatch: {exc}", file=sys.stderr)
         return 1
@@ -135,22 +139,3 @@ async def _console(settings: Settings, policy: Policy, user: str) -> int:
         return await Console(app, user).run()
     finally:
         await app.close()
-
-
-async def _serve(settings: Settings, policy: Policy, *, controller: bool) -> int:
-    app = await build_app(settings, policy=policy, notifiers=[LogNotifier()])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    app.events.start()
-    log.info("serving with %d service(s); metrics from %s", len(policy.services), app.source.name)
-    try:
-        if controller:
-            await app.controller.run(stop)
-        else:
-            await stop.wait()
-    finally:
-        await app.close()
-    return 0

@@ -1,7 +1,9 @@
-"""The console adapter: the same commands and events as Slack, in a terminal.
+"""The console adapter: the same commands, messages and buttons as Slack, in a terminal.
 
 Reads commands from stdin (a prompt when it is a TTY, plain lines otherwise), runs the
-controller in the same process, and prints every event as it happens.
+controller in the same process, and prints every event as it happens. Messages are the Block
+Kit messages Slack gets (bot/blocks.py) rendered as text; their buttons become numbered
+choices, and typing a number clicks one through the same service calls as a Slack click.
 """
 
 from __future__ import annotations
@@ -9,17 +11,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
 from bot.app import App
+from bot.blocks import (
+    ACTION_ADVANCE,
+    ACTION_APPROVE,
+    ACTION_PAUSE,
+    ACTION_RESUME,
+    ACTION_ROLLBACK,
+    Choice,
+    event_message,
+    parse_button_value,
+    render_text,
+    stale_reason,
+    status_message,
+)
 from bot.commands import USAGE, parse
 from bot.durations import parse_duration
 from bot.errors import ConflictError, DependencyError, UserError
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import ReleaseEvent
-from bot.render import event_text, release_list, status_text
-from bot.rollout import Actor
+from bot.notify import EventKind, ReleaseEvent
+from bot.policy import Metric, Policy
+from bot.render import release_list
+from bot.rollout import Actor, Release
 from bot.service import Result
 
 log = logging.getLogger(__name__)
@@ -30,6 +47,9 @@ commands (same as Slack, without the slash):
   advance <service> | approve <service> | rollback <service> [reason]
   status <service> | list | history <service> | pause <service> [reason] | resume <service>
   lock <service> <reason> | unlock <service>
+buttons:
+  1, 2, 3 …                       click a numbered button of the last status shown
+                                  (`status <service>` shows a release's buttons)
 console only:
   as <user>                       switch who is typing (approvals need someone else)
   wait <duration>                 let the controller run, e.g. wait 30s
@@ -38,12 +58,36 @@ console only:
   help | quit"""
 
 
+def _people(policy: Policy | None, service: str) -> tuple[str, list[str], list[Metric]]:
+    """On-call, approvers and metrics of a service, for the messages; empty when unknown."""
+    sp = policy.services.get(service) if policy is not None else None
+    if sp is None:
+        return "", [], []
+    return sp.oncall, list(sp.approvers), list(sp.metrics)
+
+
 class ConsoleNotifier:
-    def __init__(self, out: TextIO) -> None:
+    """Prints each event as the thread reply Slack would get.
+
+    It is built before the app (build_app takes the notifiers), so the Console hands it the
+    policy once the app exists; until then messages just lack the on-call and approvers.
+    """
+
+    def __init__(self, out: TextIO, policy: Policy | None = None) -> None:
         self.out = out
+        self.policy = policy
 
     async def notify(self, event: ReleaseEvent) -> None:
-        print(event_text(event), file=self.out, flush=True)
+        oncall, approvers, metrics = _people(self.policy, event.release.service)
+        text, _ = render_text(
+            event_message(event, oncall=oncall, approvers=approvers, metrics=metrics)
+        )
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+        lines = [f"[{stamp}] {text}"]
+        if event.kind in (EventKind.APPROVAL_NEEDED, EventKind.PAUSED):
+            # Thread replies carry no buttons; say where the ones for this state are.
+            lines.append(f"  (`status {event.release.service}` shows the buttons)")
+        print("\n".join(lines), file=self.out, flush=True)
 
 
 class Console:
@@ -59,6 +103,11 @@ class Console:
         self.out = out
         self._read_line = read_line or sys.stdin.readline
         self.interactive = read_line is None and sys.stdin.isatty()
+        # The numbered buttons of the last status message shown; a number clicks one.
+        self.choices: list[Choice] = []
+        for notifier in app.events.notifiers:
+            if isinstance(notifier, ConsoleNotifier) and notifier.policy is None:
+                notifier.policy = app.policy
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -109,6 +158,9 @@ class Console:
 
     async def _handle(self, line: str) -> None:
         word, _, rest = line.partition(" ")
+        if word.isdecimal() and not rest.strip():
+            await self._click(int(word))
+            return
         if word == "as":
             if not rest.strip():
                 self.say("usage: as <user>")
@@ -132,6 +184,12 @@ class Console:
         result: Result | None = None
         if cmd.verb == "deploy":
             result = await svc.deploy(actor, cmd.service, cmd.version, cmd.options)
+            # The "started" event first, then the status message with its buttons, in the
+            # order Slack shows them (the message, then the thread).
+            await self.app.events.drain()
+            await self._show_status(cmd.service, fallback=result.release)
+            if result.outcome.value != "duplicate":
+                return
         elif cmd.verb == "advance":
             result = await svc.advance(actor, cmd.service)
         elif cmd.verb == "approve":
@@ -143,8 +201,8 @@ class Console:
         elif cmd.verb == "resume":
             result = await svc.resume(actor, cmd.service)
         elif cmd.verb == "status":
-            release = await svc.status(cmd.service)
-            self.say(status_text(release) if release else f"no releases of {cmd.service} yet")
+            if not await self._show_status(cmd.service):
+                self.say(f"no releases of {cmd.service} yet")
         elif cmd.verb == "list":
             self.say(release_list(await svc.list_active()))
         elif cmd.verb == "history":
@@ -169,6 +227,78 @@ class Console:
         else:
             self.say(f"`{cmd.verb}` is not available in the console yet: {USAGE[cmd.verb]}")
         if result is not None and result.message:
+            self.say(
+                ("(already applied) " if result.outcome.value == "duplicate" else "")
+                + result.message
+            )
+
+    # --- the status message and its buttons --------------------------------------------------
+
+    async def _show_status(self, service: str, fallback: Release | None = None) -> bool:
+        """Print the service's status message and remember its buttons; False if none."""
+        release = await self.app.service.status(service) or fallback
+        if release is None:
+            return False
+        oncall, approvers, metrics = _people(self.app.policy, release.service)
+        text, self.choices = render_text(
+            status_message(release, oncall=oncall, approvers=approvers, metrics=metrics)
+        )
+        self.say(text)
+        return True
+
+    def _choice_list(self) -> str:
+        return "  ".join(f"[{c.number}] {c.label}" for c in self.choices)
+
+    async def _click(self, number: int) -> None:
+        """Click button ``number`` of the last status shown, as the current user."""
+        if not self.choices:
+            self.say(
+                f"✗ there is no button {number} to click: the last status shown has none "
+                "(`status <service>` shows a release's buttons)"
+            )
+            return
+        choice = next((c for c in self.choices if c.number == number), None)
+        if choice is None:
+            self.say(f"✗ there is no button {number}: the last ones were {self._choice_list()}")
+            return
+        try:
+            ref = parse_button_value(choice.value)
+        except ValueError:
+            self.say(f"✗ button [{number}] {choice.label} is not a shipwatch button")
+            return
+        release = await self.app.store.get(ref.release_id)
+        if release is None:
+            self.say(f"✗ [{number}] {choice.label}: that release no longer exists")
+            self.choices = []
+            return
+        if stale := stale_reason(release, ref, choice.action_id):
+            self.say(f"✗ [{number}] {choice.label} is out of date: {stale}")
+            # Show what is true now, with the buttons that apply to it.
+            await self._show_status(release.service)
+            return
+        await self._press(choice, release, ref.step)
+        await self.app.events.drain()
+        await self._show_status(release.service)
+
+    async def _press(self, choice: Choice, release: Release, step: int) -> None:
+        svc = self.app.service
+        actor = Actor(user=self.user, surface="console")
+        service = release.service
+        result: Result
+        if choice.action_id == ACTION_ADVANCE:
+            result = await svc.advance(actor, service, expected_step=step)
+        elif choice.action_id == ACTION_APPROVE:
+            result = await svc.approve(actor, service, expected_step=step)
+        elif choice.action_id == ACTION_PAUSE:
+            result = await svc.pause(actor, service)
+        elif choice.action_id == ACTION_RESUME:
+            result = await svc.resume(actor, service)
+        elif choice.action_id == ACTION_ROLLBACK:
+            result = await svc.rollback(actor, service)
+        else:
+            self.say(f"✗ [{choice.number}] {choice.label}: unknown button")
+            return
+        if result.message:
             self.say(
                 ("(already applied) " if result.outcome.value == "duplicate" else "")
                 + result.message

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot import analysis, rollout
+from bot import analysis, rollout, telemetry
 from bot.actuator import TrafficActuator
 from bot.decision import Decision, Verdict, decide
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
@@ -231,6 +231,7 @@ class Controller:
                 new, expected_rev=release.rev, audit=audit, fence=fence
             )
             stats.decisions[verdict.value] = stats.decisions.get(verdict.value, 0) + 1
+            telemetry.DECISIONS.labels(verdict.value).inc()
             if committed.status is not CommitStatus.OK or committed.current is None:
                 # Someone else won (a human command, or another controller after our lease
                 # lapsed): drop this round; the next one re-reads and judges again.

@@ -62,3 +62,26 @@ def flags_channel() -> str:
 def release_seq() -> str:
     """Counter for human-friendly release numbers."""
     return f"{PREFIX}seq:release"
+
+
+def messages(release_id: str) -> str:
+    """Hash {channel, ts, thread_ts} of a release's status message in chat; survives restarts.
+
+    Kept apart from the release record so posting a message never races a state change.
+    """
+    return f"{PREFIX}messages:{release_id}"
+
+
+def thread(channel: str, thread_ts: str) -> str:
+    """The release id a chat thread belongs to (for questions asked in the thread)."""
+    return f"{PREFIX}thread:{channel}:{thread_ts}"
+
+
+def seen_event(event_id: str) -> str:
+    """Marks a chat event as handled: the platform retries deliveries, we act once."""
+    return f"{PREFIX}event:{event_id}"
+
+
+def group_members(group_id: str) -> str:
+    """Cached member ids of a chat user group (a set; expires)."""
+    return f"{PREFIX}group:{group_id}"

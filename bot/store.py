@@ -444,6 +444,35 @@ class Store:
             entries = [e for e in entries if e.service == service]
         return entries[:count]
 
+    # --- chat messages ----------------------------------------------------------------------
+
+    async def message_refs(self, release_id: str) -> dict[str, str]:
+        """{channel, ts, thread_ts} of the release's status message, or {} before it exists."""
+        async with _translated("reading message refs"):
+            raw = await self.redis.hgetall(keys.messages(release_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def save_message_refs(self, release_id: str, refs: dict[str, str]) -> None:
+        async with (
+            _translated("saving message refs"),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            for field, value in refs.items():
+                pipe.hset(keys.messages(release_id), field, value)
+            if refs.get("channel") and refs.get("ts"):
+                pipe.set(keys.thread(refs["channel"], refs["ts"]), release_id)
+            await pipe.execute()
+
+    async def release_for_thread(self, channel: str, thread_ts: str) -> Release | None:
+        async with _translated("reading a thread"):
+            release_id = await self.redis.get(keys.thread(channel, thread_ts))
+        return await self.get(_text(release_id)) if release_id else None
+
+    async def first_time(self, event_id: str, ttl: int = 3600) -> bool:
+        """True once per event id: deliveries retried by the platform are acted on once."""
+        async with _translated("deduplicating an event"):
+            return bool(await self.redis.set(keys.seen_event(event_id), "1", nx=True, ex=ttl))
+
     # --- leases -----------------------------------------------------------------------------
 
     async def acquire_leases(

@@ -1,0 +1,102 @@
+"""Carry out a parsed command for an actor: the one place every surface (Slack, console) uses.
+
+Returns a Reply for the adapter to render; user mistakes and conflicts are raised as the
+error tree's exceptions, for the adapter's one error handler.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from bot.commands import USAGE, Command
+from bot.durations import format_duration
+from bot.rollout import Actor, Release, State
+from bot.service import Outcome, ReleaseService
+
+HELP = "\n".join(f"• `{usage}`" for usage in USAGE.values())
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    release: Release | None = None  # the release the command acted on or showed
+    duplicate: bool = False
+
+
+async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: str = "") -> Reply:
+    verb = cmd.verb
+    if verb == "deploy":
+        result = await service.deploy(actor, cmd.service, cmd.version, cmd.options, request_id)
+    elif verb == "advance":
+        result = await service.advance(actor, cmd.service, request_id=request_id)
+    elif verb == "approve":
+        result = await service.approve(actor, cmd.service, request_id=request_id)
+    elif verb == "rollback":
+        result = await service.rollback(actor, cmd.service, cmd.text, request_id)
+    elif verb == "pause":
+        result = await service.pause(actor, cmd.service, cmd.text, request_id)
+    elif verb == "resume":
+        result = await service.resume(actor, cmd.service, request_id)
+    else:
+        return await _read(service, cmd, actor)
+    duplicate = result.outcome is Outcome.DUPLICATE
+    text = result.message or result.release.describe_state()
+    return Reply(("(already applied) " if duplicate else "") + text, result.release, duplicate)
+
+
+async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
+    verb = cmd.verb
+    if verb == "status":
+        release = await service.status(cmd.service)
+        if release is None:
+            return Reply(f"no releases of `{cmd.service}` yet")
+        return Reply(release.describe_state(), release)
+    if verb == "list":
+        active = await service.list_active()
+        if not active:
+            return Reply("no active releases")
+        return Reply("\n".join(f"• {r.describe_state()}" for r in active))
+    if verb == "history":
+        count = int(cmd.text) if cmd.text.strip().isdigit() else 10
+        rows = await service.history(cmd.service, min(count, 50))
+        if not rows:
+            return Reply(f"no releases of `{cmd.service}` yet")
+        return Reply("\n".join(_history_line(r) for r in rows))
+    if verb == "stats":
+        return Reply(await _stats(service, cmd.service or None))
+    if verb == "lock":
+        lock = await service.lock(actor, cmd.service, cmd.text)
+        return Reply(f"🔒 {lock.describe()}. Releases of `{cmd.service}` are refused until "
+                     f"`/rollout unlock {cmd.service}`; a release already running continues.")
+    if verb == "unlock":
+        lock = await service.unlock(actor, cmd.service)
+        return Reply(f"🔓 `{cmd.service}` unlocked (was locked by {lock.by}: {lock.reason})")
+    return Reply(HELP)
+
+
+def _history_line(r: Release) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r.created_at))
+    took = f" in {format_duration(r.finished_at - r.created_at)}" if r.finished_at else ""
+    why = f": {r.reason}" if r.reason and r.state is State.ROLLED_BACK else ""
+    return f"• {when} {r.label} by {r.requested_by}: {r.state.value}{took}{why}"
+
+
+async def _stats(service: ReleaseService, name: str | None) -> str:
+    names = [name] if name else sorted(service.policy.services)
+    releases = [r for n in names for r in await service.history(n, 50)]
+    finished = [r for r in releases if r.finished_at is not None]
+    if not finished:
+        return "no finished releases yet"
+    succeeded = [r for r in finished if r.state is State.SUCCEEDED]
+    rolled = [r for r in finished if r.state is State.ROLLED_BACK]
+    lead = [r.finished_at - r.created_at for r in succeeded if r.finished_at]
+    scope = f"`{name}`" if name else "all services"
+    parts = [
+        f"{scope}: {len(finished)} finished release(s), {len(succeeded)} succeeded, "
+        f"{len(rolled)} rolled back ({100 * len(rolled) / len(finished):.0f}%)"
+    ]
+    if lead:
+        parts.append(f"median time to 100% and baked: {format_duration(statistics.median(lead))}")
+    return "; ".join(parts)

@@ -1,0 +1,85 @@
+"""Buttons on the status message. A click carries only an opaque id; it is checked against
+the release's current state and the clicker's permissions before anything happens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot.blocks import (
+    ACTION_ADVANCE,
+    ACTION_APPROVE,
+    ACTION_PAUSE,
+    ACTION_RESUME,
+    ACTION_ROLLBACK,
+    ephemeral,
+    parse_button_value,
+    stale_reason,
+)
+from bot.rollout import Release
+from bot.service import Outcome, Result
+from handlers.context import Core, core_of, error_message
+from handlers.people import actor_for
+
+ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK)
+
+
+def register(app: AsyncApp) -> None:
+    for action_id in ACTIONS:
+        app.action(action_id)(on_button)
+
+
+async def on_button(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    respond: AsyncRespond,
+    context: Any,
+) -> None:
+    await ack()
+    core = core_of(context)
+    action_id = str(action.get("action_id", ""))
+    user = str(body.get("user", {}).get("id", ""))
+    try:
+        ref = parse_button_value(str(action.get("value", "")))
+        release = await core.app.store.get(ref.release_id)
+        if release is None:
+            message = ephemeral(":grey_question: this release is not known any more")
+        elif stale := stale_reason(release, ref, action_id):
+            # The same staleness rule as the console's numbered buttons.
+            message = ephemeral(f":hourglass: this button is out of date: {stale}")
+        else:
+            result = await _click(
+                core,
+                action_id,
+                release,
+                ref.step,
+                user,
+                request_id=f"slack:{body.get('trigger_id', '')}",
+            )
+            prefix = "(already applied) " if result.outcome is Outcome.DUPLICATE else ""
+            message = ephemeral(prefix + (result.message or result.release.describe_state()))
+    except Exception as exc:
+        message = error_message(exc, what=f"button {action_id} by {user}")
+    await respond(
+        response_type="ephemeral", replace_original=False, text=message.text, blocks=message.blocks
+    )
+
+
+async def _click(
+    core: Core, action_id: str, release: Release, step: int, user: str, request_id: str
+) -> Result:
+    service = core.app.service
+    sp = core.app.policy.services.get(release.service)
+    actor = await actor_for(user, sp, core.client, core.app.store)
+    name = release.service
+    if action_id == ACTION_ADVANCE:
+        return await service.advance(actor, name, expected_step=step, request_id=request_id)
+    if action_id == ACTION_APPROVE:
+        return await service.approve(actor, name, expected_step=step, request_id=request_id)
+    if action_id == ACTION_PAUSE:
+        return await service.pause(actor, name, f"paused by <@{user}>", request_id)
+    if action_id == ACTION_RESUME:
+        return await service.resume(actor, name, request_id)
+    return await service.rollback(actor, name, f"rolled back by <@{user}> from Slack", request_id)

@@ -1,0 +1,29 @@
+"""The Slack Web API client: slack_sdk's, with the retries Slack's limits call for.
+
+slack_sdk retries only connection errors by default. A 429 carries Retry-After and must be
+waited out; a 5xx is worth a few tries with backoff. Every call has a timeout.
+"""
+
+from __future__ import annotations
+
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+DEFAULT_TIMEOUT = 10
+
+
+def web_client(token: str, base_url: str, timeout: int = DEFAULT_TIMEOUT) -> AsyncWebClient:
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url if base_url.endswith("/") else base_url + "/",
+        timeout=timeout,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )

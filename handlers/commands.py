@@ -1,0 +1,48 @@
+"""Slash commands: ack at once, then parse, call the core, and answer ephemerally."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot import dispatch, telemetry
+from bot.blocks import ephemeral
+from bot.commands import parse
+from handlers.context import core_of, error_message, status_of
+from handlers.people import actor_for
+
+COMMANDS = ("/deploy", "/advance", "/rollback", "/rollout")
+
+
+def register(app: AsyncApp) -> None:
+    for name in COMMANDS:
+        app.command(name)(on_command)
+
+
+async def on_command(
+    ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: Any
+) -> None:
+    started = time.perf_counter()
+    await ack()  # within Slack's 3 s, before any work
+    core = core_of(context)
+    name = str(command.get("command", "")).lstrip("/")
+    line = f"{name} {command.get('text', '')}".strip()
+    try:
+        cmd = parse(line)
+        sp = core.app.policy.service(cmd.service) if cmd.service else None
+        actor = await actor_for(str(command["user_id"]), sp, core.client, core.app.store)
+        # trigger_id is unique per invocation: a delivery of the same request twice is one.
+        reply = await dispatch.run(
+            core.app.service, cmd, actor, request_id=f"slack:{command.get('trigger_id', '')}"
+        )
+    except Exception as exc:
+        message = error_message(exc, what=line)
+    else:
+        if reply.release is not None and cmd.verb == "status":
+            message = status_of(core, reply.release)
+        else:
+            message = ephemeral(reply.text)
+    await respond(response_type="ephemeral", text=message.text, blocks=message.blocks)
+    telemetry.COMMANDS.labels(name).observe(time.perf_counter() - started)

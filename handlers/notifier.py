@@ -1,0 +1,147 @@
+"""The Slack face of the notifier port: one status message per release, a thread of events.
+
+The status message is posted once, its channel id and ts are stored in Redis, and every later
+event updates it in place with chat.update, so a restarted bot keeps editing the same message.
+A status update that fails (after the client's own retries) is marked dirty and retried by a
+background task; it is never posted a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import telemetry
+from bot.blocks import Message, event_message, status_message
+from bot.errors import StoreError
+from bot.notify import ReleaseEvent
+from bot.policy import Policy
+from bot.rollout import Release
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class SlackNotifier:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        store: Store,
+        policy: Callable[[], Policy],
+        retry_interval: float = 15.0,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self._policy = policy
+        self.retry_interval = retry_interval
+        self._dirty: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._retry_loop(), name="slack-status-retry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def dirty(self) -> frozenset[str]:
+        return frozenset(self._dirty)
+
+    async def notify(self, event: ReleaseEvent) -> None:
+        # The newest record, not the event's snapshot: the status message shows "now".
+        release = await self.store.get(event.release.id) or event.release
+        refs = await self.store.message_refs(release.id)
+        if not refs.get("ts"):
+            refs = await self._post_status(release)
+        else:
+            await self.refresh(release, refs)
+        if refs.get("ts"):
+            await self._reply(event, refs)
+
+    async def refresh(self, release: Release, refs: dict[str, str] | None = None) -> bool:
+        """Bring the status message up to date; on failure it is retried later."""
+        refs = refs if refs is not None else await self.store.message_refs(release.id)
+        if not refs.get("ts"):
+            return False
+        message = self._status(release)
+        try:
+            await self.client.chat_update(
+                channel=refs["channel"], ts=refs["ts"], text=message.text, blocks=message.blocks
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            self._failed("chat.update", release, exc)
+            self._dirty.add(release.id)
+            return False
+        self._dirty.discard(release.id)
+        return True
+
+    async def _post_status(self, release: Release) -> dict[str, str]:
+        sp = self._policy().services.get(release.service)
+        channel = sp.channel if sp else "#releases"
+        message = self._status(release)
+        try:
+            response = await self.client.chat_postMessage(
+                channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            self._failed("chat.postMessage", release, exc)
+            return {}
+        refs = {
+            "channel": str(response["channel"]),
+            "ts": str(response["ts"]),
+            "thread_ts": str(response["ts"]),
+        }
+        await self.store.save_message_refs(release.id, refs)
+        return refs
+
+    async def _reply(self, event: ReleaseEvent, refs: dict[str, str]) -> None:
+        sp = self._policy().services.get(event.release.service)
+        message: Message = (
+            event_message(event, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
+            if sp
+            else event_message(event)
+        )
+        try:
+            await self.client.chat_postMessage(
+                channel=refs["channel"],
+                thread_ts=refs["thread_ts"],
+                text=message.text,
+                blocks=message.blocks,
+                unfurl_links=False,
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            self._failed("chat.postMessage", event.release, exc)
+
+    def _status(self, release: Release) -> Message:
+        sp = self._policy().services.get(release.service)
+        if sp is None:
+            return status_message(release)
+        return status_message(release, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
+
+    def _failed(self, method: str, release: Release, exc: Exception) -> None:
+        telemetry.CHAT_ERRORS.labels(method).inc()
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
+        log.error("%s failed for %s: %s", method, release.label, error)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            for release_id in sorted(self._dirty):
+                try:
+                    release = await self.store.get(release_id)
+                except StoreError:
+                    break
+                if release is None:
+                    self._dirty.discard(release_id)
+                    continue
+                await self.refresh(release)
