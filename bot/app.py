@@ -98,13 +98,18 @@ async def build_app(
     if not url:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await embedded.start()
-    redis = aioredis.Redis.from_url(
+    # A blocking pool: a burst of commands waits briefly for a connection instead of failing
+    # with "too many connections" (the default pool raises at its limit).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=64,
+        timeout=5,
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+    redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     store = Store(redis)
     try:
         await store.ping()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncApp, AsyncRespond
 
 from bot.blocks import (
     ACTION_ADVANCE,
@@ -19,26 +19,25 @@ from bot.blocks import (
 )
 from bot.rollout import Release
 from bot.service import Outcome, Result
-from handlers.context import Core, core_of, error_message
+from handlers.commands import ack_only
+from handlers.context import Core, error_message
 from handlers.people import actor_for
 
 ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK)
 
 
-def register(app: AsyncApp) -> None:
+def register(app: AsyncApp, core: Core) -> None:
+    # Ack alone answers Slack; the click is handled right after, as a lazy listener.
+    async def work(body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond) -> None:
+        await on_button(core, body, action, respond)
+
     for action_id in ACTIONS:
-        app.action(action_id)(on_button)
+        app.action(action_id)(ack=ack_only, lazy=[work])
 
 
 async def on_button(
-    ack: AsyncAck,
-    body: dict[str, Any],
-    action: dict[str, Any],
-    respond: AsyncRespond,
-    context: Any,
+    core: Core, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
 ) -> None:
-    await ack()
-    core = core_of(context)
     action_id = str(action.get("action_id", ""))
     user = str(body.get("user", {}).get("id", ""))
     try:

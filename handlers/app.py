@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
 from handlers import actions, commands, events
-from handlers.context import KEY, Core
+from handlers.context import Core
 
 log = logging.getLogger(__name__)
 
 
 def build_bolt(core: Core, signing_secret: str) -> AsyncApp:
+    # process_before_response: bolt answers as soon as the ack function returns, instead of
+    # polling every 10 ms for an ack from a listener running in the background; the real
+    # work is registered as lazy listeners that run after the answer.
     bolt = AsyncApp(
         client=core.client,
-        token=core.client.token,
         signing_secret=signing_secret,
         name="shipwatch",
+        process_before_response=True,
     )
-
-    async def hand_over_core(context: Any, next: Callable[[], Awaitable[None]]) -> None:
-        context[KEY] = core
-        await next()
-
-    bolt.use(hand_over_core)
-    commands.register(bolt)
-    actions.register(bolt)
-    events.register(bolt)
+    # The core is handed to each handler when it is registered: bolt deep-copies the request
+    # context for lazy listeners, which must not copy clients and connections.
+    commands.register(bolt, core)
+    actions.register(bolt, core)
+    events.register(bolt, core)
     return bolt

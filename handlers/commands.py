@@ -10,23 +10,28 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot import dispatch, telemetry
 from bot.blocks import ephemeral
 from bot.commands import parse
-from handlers.context import core_of, error_message, status_of
+from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
 
 COMMANDS = ("/deploy", "/advance", "/rollback", "/rollout")
 
 
-def register(app: AsyncApp) -> None:
+def register(app: AsyncApp, core: Core) -> None:
+    # Ack alone answers the HTTP request (within Slack's 3 s, before any work); the work runs
+    # after it as a lazy listener.
+    async def work(command: dict[str, Any], respond: AsyncRespond) -> None:
+        await on_command(core, command, respond)
+
     for name in COMMANDS:
-        app.command(name)(on_command)
+        app.command(name)(ack=ack_only, lazy=[work])
 
 
-async def on_command(
-    ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: Any
-) -> None:
+async def ack_only(ack: AsyncAck) -> None:
+    await ack()
+
+
+async def on_command(core: Core, command: dict[str, Any], respond: AsyncRespond) -> None:
     started = time.perf_counter()
-    await ack()  # within Slack's 3 s, before any work
-    core = core_of(context)
     name = str(command.get("command", "")).lstrip("/")
     line = f"{name} {command.get('text', '')}".strip()
     try:

@@ -1,11 +1,10 @@
-"""What every Slack handler needs, handed over through bolt's context by one middleware."""
+"""What every Slack handler needs (the core and the Slack client), and how errors are shown."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -15,8 +14,6 @@ from bot.errors import CommandError, ConflictError, DependencyError, UserError
 from bot.rollout import Release
 
 log = logging.getLogger(__name__)
-
-KEY = "shipwatch"
 
 
 @dataclass
@@ -31,12 +28,6 @@ def status_of(core: Core, release: Release) -> Message:
     if sp is None:
         return status_message(release)
     return status_message(release, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
-
-
-def core_of(context: Any) -> Core:
-    core = context[KEY]
-    assert isinstance(core, Core)
-    return core
 
 
 def error_message(exc: Exception, *, what: str) -> Message:

@@ -6,17 +6,20 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from handlers.context import core_of, status_of
+from handlers.commands import ack_only
+from handlers.context import Core, status_of
 
 
-def register(app: AsyncApp) -> None:
-    app.event("app_mention")(on_mention)
+def register(app: AsyncApp, core: Core) -> None:
+    async def work(body: dict[str, Any], event: dict[str, Any]) -> None:
+        await on_mention(core, body, event)
+
+    app.event("app_mention")(ack=ack_only, lazy=[work])
     # Plain messages are not acted on yet; registering keeps bolt from logging them as unhandled.
-    app.event("message")(on_message)
+    app.event("message")(ack=ack_only, lazy=[on_message])
 
 
-async def on_mention(body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-    core = core_of(context)
+async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) -> None:
     if not await core.app.store.first_time(str(body.get("event_id", ""))):
         return
     channel = str(event.get("channel", ""))

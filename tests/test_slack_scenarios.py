@@ -1,0 +1,571 @@
+"""The Slack app end to end: signed requests in over HTTP, the real core and controller on a
+real Redis, and the real slack_sdk client posting to a Slack Web API stand-in.
+
+Every test ends by validating each blocks payload the bot posted with slack_sdk's Block Kit
+models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.blocks import (
+    ACTION_ADVANCE,
+    ACTION_APPROVE,
+    event_message,
+    parse_button_value,
+)
+from bot.commands import USAGE
+from bot.notify import EventKind
+from bot.rollout import State
+from bot.thresholds import fmt
+from tests.support.slack_api import SlackStandIn
+from tests.support.slack_rig import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHECKOUT_CHANNEL,
+    DAVE,
+    PAYMENTS_CHANNEL,
+    SECRET,
+    SlackRig,
+    wait_until,
+)
+from tests.support.slack_signing import retry_headers, sign, slash_command
+
+ACK_WITHIN = 1.5  # seconds; Slack gives an app 3 s to answer
+
+
+@pytest.fixture
+async def rig(redis_url: str, redis_client: object) -> AsyncIterator[SlackRig]:
+    # redis_client flushes the database first: every test starts from an empty workspace.
+    async with SlackStandIn() as slack:
+        rig = SlackRig(slack, redis_url)
+        await rig.start()
+        try:
+            yield rig
+        finally:
+            await rig.close()
+
+
+def text_of(message: dict[str, object]) -> str:
+    """A message's fallback text and every text in its blocks, for "does it say X" checks."""
+    parts = [str(message.get("text", ""))]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    parts.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(message.get("blocks", []))
+    return "\n".join(parts)
+
+
+def actions_of(message: dict[str, object]) -> list[str]:
+    blocks = message.get("blocks", [])
+    assert isinstance(blocks, list)
+    return [
+        str(element["action_id"])
+        for block in blocks
+        if block["type"] == "actions"
+        for element in block["elements"]
+    ]
+
+
+async def deploy_checkout(rig: SlackRig) -> str:
+    """`/deploy checkout v2 --stable v1` by alice; the status message's ts once it is posted."""
+    delivery = await rig.command("/deploy", "checkout v2 --stable v1", ALICE)
+    assert delivery.status == 200
+    await rig.reply(delivery)
+    ts = await rig.status_ts(CHECKOUT_CHANNEL)
+    await rig.settle()
+    return ts
+
+
+# --- 1. a whole release from Slack --------------------------------------------------------
+
+
+async def test_release_driven_by_command_and_button_runs_to_success(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "checkout v2 --stable v1", ALICE)
+
+    assert delivery.status == 200
+    assert delivery.seconds < ACK_WITHIN
+    answer = await rig.reply(delivery)
+    assert answer["response_type"] == "ephemeral"
+    assert "U0ALICE started checkout v2 (replacing v1)" in answer["text"]
+    ts = await rig.status_ts(CHECKOUT_CHANNEL)
+    await rig.settle()
+    first = rig.slack.message(CHECKOUT_CHANNEL, ts)
+    assert "checkout v2 is progressing at 1% (step 1/4)" in first["text"]
+    assert actions_of(first)[0] == ACTION_ADVANCE
+
+    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    release = await rig.release("checkout")
+    assert parse_button_value(value).release_id == release.id
+    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+
+    assert click.status == 200
+    assert click.seconds < ACK_WITHIN
+    clicked = await rig.reply(click)
+    assert clicked["response_type"] == "ephemeral"
+    assert clicked["replace_original"] is False
+    assert "advanced to 10% (step 2/4)" in clicked["text"]
+    advanced = await rig.release("checkout")
+    assert (advanced.state, advanced.step, advanced.weight) == (State.PROGRESSING, 1, 10)
+    [by_hand] = await rig.audit("advance")
+    assert by_hand.actor == ALICE and by_hand.surface == "slack"
+
+    rig.start_controller()
+    await wait_until(
+        lambda: EventKind.SUCCEEDED in rig.recorder.kinds("checkout"), "checkout to succeed"
+    )
+    await rig.settle()
+
+    done = await rig.release("checkout")
+    assert done.state is State.SUCCEEDED
+    [status] = rig.slack.messages(CHECKOUT_CHANNEL)  # still the one message
+    assert status["ts"] == ts
+    versions = rig.slack.versions(CHECKOUT_CHANNEL, ts)
+    assert len(versions) >= 5  # posted, then updated in place at every event
+    assert "checkout v2 is succeeded" in status["text"]
+    assert actions_of(status) == []  # nothing left to click
+    # One reply per event, in the order the events happened, all in the status's thread.
+    replies = rig.slack.thread(CHECKOUT_CHANNEL, ts)
+    events = rig.recorder.events
+    sp = rig.policy.service("checkout")
+    expected = [
+        event_message(e, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics).text
+        for e in events
+    ]
+    assert [r["text"] for r in replies] == expected
+    kinds = [e.kind for e in events if e.kind is not EventKind.METRICS_SUMMARY]
+    assert kinds == [
+        EventKind.STARTED,
+        EventKind.STEP_ADVANCED,  # alice's click
+        EventKind.STEP_ADVANCED,  # the controller: 50%
+        EventKind.BAKING,
+        EventKind.SUCCEEDED,
+    ]
+    assert events[1].actor == ALICE and events[2].actor == "shipwatch"
+    assert replies[0]["text"] == "U0ALICE started checkout v2"
+    assert "succeeded" in replies[-1]["text"]
+    assert status["reply_count"] == len(replies)
+    assert rig.validate_blocks() >= len(replies) + len(versions)
+
+
+# --- 2. a rollback by command -------------------------------------------------------------
+
+
+async def test_rollback_command_rolls_back_and_pages_the_oncall(rig: SlackRig) -> None:
+    ts = await deploy_checkout(rig)
+
+    delivery = await rig.command("/rollback", "checkout customers see errors", ALICE)
+
+    assert delivery.status == 200
+    answer = await rig.reply(delivery)
+    assert "rolled back: customers see errors" in answer["text"]
+    await wait_until(
+        lambda: EventKind.ROLLED_BACK in rig.recorder.kinds("checkout"), "the rollback to finish"
+    )
+    await rig.settle()
+    release = await rig.release("checkout")
+    assert release.state is State.ROLLED_BACK
+    assert release.reason == "customers see errors"
+    [rollback] = await rig.audit("rollback")
+    assert (rollback.actor, rollback.reason) == (ALICE, "customers see errors")
+
+    replies = rig.slack.thread(CHECKOUT_CHANNEL, ts)
+    rolled = [r for r in replies if "rolled back" in r["text"] or "rolling back" in r["text"]]
+    assert [r["text"] for r in rolled] == [
+        "checkout v2 rolling back: customers see errors",
+        "checkout v2 rolled back: customers see errors",
+    ]
+    for reply in rolled:
+        assert f"On-call: <@{DAVE}>" in text_of(reply)
+        assert "customers see errors" in text_of(reply)
+    [status] = rig.slack.messages(CHECKOUT_CHANNEL)
+    assert status["ts"] == ts
+    assert "checkout v2 is rolled back: customers see errors" in status["text"]
+    assert "*Rolled back*: customers see errors" in text_of(status)
+    assert actions_of(status) == []
+    rig.validate_blocks()
+
+
+# --- 3. an automatic rollback ---------------------------------------------------------------
+
+
+async def test_latency_fault_rolls_back_and_the_thread_names_the_numbers(rig: SlackRig) -> None:
+    ts = await deploy_checkout(rig)
+    assert {m.name for m in rig.policy.service("checkout").metrics} == {
+        "error_rate",
+        "latency_p99",
+    }
+    rig.start_controller()
+    await wait_until(
+        lambda: EventKind.STEP_ADVANCED in rig.recorder.kinds("checkout"), "the first advance"
+    )
+
+    rig.source.inject("checkout", "latency_p99", 5.0, version="v2")
+    await wait_until(
+        lambda: EventKind.ROLLED_BACK in rig.recorder.kinds("checkout"), "the automatic rollback"
+    )
+    await rig.settle()
+
+    release = await rig.release("checkout")
+    assert release.state is State.ROLLED_BACK
+    assert "latency_p99" in release.reason
+    [decision] = await rig.audit("decision:rollback")
+    latency = next(c for c in decision.detail["checks"] if c["metric"] == "latency_p99")
+    assert latency["outcome"] == "fail"
+    assert latency["canary"] > 2 * latency["control"] > 0
+    [started] = [
+        r for r in rig.slack.thread(CHECKOUT_CHANNEL, ts) if "rolling back" in r["text"]
+    ]
+    said = text_of(started)
+    assert "*What failed*" in said
+    assert (
+        f"*latency_p99*: canary *{fmt(latency['canary'], 's')}*, limit `ratio 2x`, "
+        f"control {fmt(latency['control'], 's')} (critical)"
+    ) in said
+    assert f"<@{DAVE}>" in said
+    [status] = rig.slack.messages(CHECKOUT_CHANNEL)
+    assert "rolled back" in status["text"] and actions_of(status) == []
+    rig.validate_blocks()
+
+
+# --- 4. approvals ---------------------------------------------------------------------------
+
+
+async def test_requester_cannot_approve_and_the_approver_can(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "payments p2 --stable p1", ALICE)
+    assert delivery.status == 200
+    await rig.reply(delivery)
+    ts = await rig.status_ts(PAYMENTS_CHANNEL)
+    await rig.settle()
+    waiting = await rig.release("payments")
+    assert waiting.state is State.PENDING_APPROVAL
+    value = rig.button(PAYMENTS_CHANNEL, ts, ACTION_APPROVE)
+    versions_before = len(rig.slack.versions(PAYMENTS_CHANNEL, ts))
+    replies_before = len(rig.slack.thread(PAYMENTS_CHANNEL, ts))
+
+    own = await rig.click(ACTION_APPROVE, value, ALICE, channel=PAYMENTS_CHANNEL, ts=ts)
+
+    refusal = await rig.reply(own)
+    assert refusal["response_type"] == "ephemeral"
+    assert "you may not approve your own release of `payments`" in refusal["text"]
+    assert f"{CAROL} (not the requester)" in refusal["text"]
+    await rig.settle()
+    still = await rig.release("payments")
+    assert (still.state, still.rev, still.approvals) == (State.PENDING_APPROVAL, waiting.rev, [])
+    assert len(rig.slack.versions(PAYMENTS_CHANNEL, ts)) == versions_before
+    assert len(rig.slack.thread(PAYMENTS_CHANNEL, ts)) == replies_before
+    [refused] = await rig.audit("approve")
+    assert (refused.actor, refused.outcome) == (ALICE, "refused")
+    assert refused.reason == "requester cannot approve"
+
+    theirs = await rig.click(ACTION_APPROVE, value, CAROL, channel=PAYMENTS_CHANNEL, ts=ts)
+
+    approved = await rig.reply(theirs)
+    assert "advanced to 1% (step 1/4)" in approved["text"]
+    await rig.settle()
+    release = await rig.release("payments")
+    assert (release.state, release.step, release.weight) == (State.PROGRESSING, 0, 1)
+    assert [(a.step, a.by) for a in release.approvals] == [(0, CAROL)]
+    audit = await rig.audit("approve")
+    assert [(e.actor, e.outcome) for e in audit] == [(ALICE, "refused"), (CAROL, "ok")]
+    assert audit[1].from_state == State.PENDING_APPROVAL
+    assert audit[1].to_state == State.PROGRESSING
+    replies = rig.slack.thread(PAYMENTS_CHANNEL, ts)
+    assert f"<@{CAROL}> approved *1%*" in text_of(replies[replies_before])
+    [status] = rig.slack.messages(PAYMENTS_CHANNEL)
+    assert "payments p2 is progressing at 1% (step 1/4)" in status["text"]
+    rig.validate_blocks()
+
+
+# --- 5. a stale button ----------------------------------------------------------------------
+
+
+async def test_a_button_from_an_earlier_step_is_refused_as_out_of_date(rig: SlackRig) -> None:
+    ts = await deploy_checkout(rig)
+    old = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    first = await rig.click(ACTION_ADVANCE, old, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    await rig.reply(first)
+    await rig.settle()
+    moved = await rig.release("checkout")
+    assert (moved.step, moved.weight) == (1, 10)
+    assert parse_button_value(rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)).step == 1
+    versions = len(rig.slack.versions(CHECKOUT_CHANNEL, ts))
+    replies = len(rig.slack.thread(CHECKOUT_CHANNEL, ts))
+
+    # Bob still has the first version of the message on screen: its button says step 0.
+    assert rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE, version=0) == old
+    stale = await rig.click(ACTION_ADVANCE, old, BOB, channel=CHECKOUT_CHANNEL, ts=ts)
+
+    answer = await rig.reply(stale)
+    assert answer["response_type"] == "ephemeral"
+    assert "this button is out of date" in answer["text"]
+    assert "checkout#1 (v2) is progressing at 10% (step 2/4)" in answer["text"]
+    await rig.settle()
+    after = await rig.release("checkout")
+    assert (after.step, after.rev) == (1, moved.rev)
+    assert len(await rig.audit("advance")) == 1
+    assert len(rig.slack.versions(CHECKOUT_CHANNEL, ts)) == versions
+    assert len(rig.slack.thread(CHECKOUT_CHANNEL, ts)) == replies
+    rig.validate_blocks()
+
+
+# --- 6. Slack's redelivery of a slash command ------------------------------------------------
+
+
+async def test_a_retried_slash_command_starts_one_release(rig: SlackRig) -> None:
+    url = rig.new_response_url("C0RELEASES", ALICE)
+    body = slash_command(
+        "/deploy", "checkout v2 --stable v1", user_id=ALICE, response_url=url
+    )
+
+    first = await rig.deliver(body, sign(SECRET, body))
+    # The identical request again, as a retry, while the first may still be working.
+    second = await rig.deliver(body, sign(SECRET, body) | retry_headers(1))
+
+    assert (first[0], second[0]) == (200, 200)
+    await wait_until(lambda: len(rig.slack.responses(url)) == 2, "both answers")
+    await rig.status_ts(CHECKOUT_CHANNEL)
+    await rig.settle()
+    texts = sorted(r["text"] for r in rig.slack.responses(url))
+    assert sum(t.startswith("(already applied)") for t in texts) == 1, texts
+    assert len(await rig.releases("checkout")) == 1
+    assert len(await rig.audit("deploy")) == 1
+    assert rig.recorder.kinds("checkout").count(EventKind.STARTED) == 1
+    assert len(rig.slack.messages(CHECKOUT_CHANNEL)) == 1
+    rig.validate_blocks()
+
+
+# --- 7. requests not from Slack -------------------------------------------------------------
+
+
+async def test_bad_signature_and_stale_timestamp_are_refused(rig: SlackRig) -> None:
+    url = rig.new_response_url("C0RELEASES", ALICE)
+    body = slash_command("/deploy", "checkout v2 --stable v1", user_id=ALICE, response_url=url)
+
+    forged, _ = await rig.deliver(body, sign("not-the-secret", body))
+    tampered, _ = await rig.deliver(
+        body.replace(b"v2", b"v3"), sign(SECRET, body)
+    )  # signed body != sent body
+    old = int(time.time()) - 6 * 60
+    replayed, _ = await rig.deliver(body, sign(SECRET, body, timestamp=old))
+
+    assert (forged, tampered, replayed) == (401, 401, 401)
+    await rig.settle()
+    assert rig.slack.calls == []  # not even auth.test
+    assert rig.slack.responses(url) == []
+    assert await rig.audit() == []
+    assert await rig.releases("checkout") == []
+
+    # The very same body, properly signed and fresh, is acted on: the refusals were the check.
+    accepted, _ = await rig.deliver(body, sign(SECRET, body))
+    assert accepted == 200
+    await wait_until(lambda: bool(rig.slack.responses(url)), "the accepted command's answer")
+    assert len(await rig.releases("checkout")) == 1
+    await rig.status_ts(CHECKOUT_CHANNEL)
+    await rig.settle()
+    rig.validate_blocks()
+
+
+# --- 8. permissions -------------------------------------------------------------------------
+
+
+async def test_an_unauthorized_deploy_is_refused_naming_who_may(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "ledger v2 --stable v1", BOB)
+
+    assert delivery.status == 200
+    answer = await rig.reply(delivery)
+    assert answer["response_type"] == "ephemeral"
+    assert "you may not deploy `ledger`" in answer["text"]
+    assert f"who may: {ALICE}" in answer["text"]
+    await rig.settle()
+    [refused] = await rig.audit()
+    assert (refused.action, refused.actor, refused.service, refused.outcome) == (
+        "deploy",
+        BOB,
+        "ledger",
+        "refused",
+    )
+    assert ALICE in refused.reason
+    assert await rig.releases("ledger") == []
+    assert rig.slack.calls_to("chat.postMessage") == []
+    assert rig.recorder.events == []
+    rig.validate_blocks()
+
+
+# --- 9. a misspelt service ------------------------------------------------------------------
+
+
+async def test_a_misspelt_service_gets_a_suggestion_and_changes_nothing(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "chekout v2", ALICE)
+
+    assert delivery.status == 200
+    answer = await rig.reply(delivery)
+    assert answer["response_type"] == "ephemeral"
+    assert "unknown service `chekout`" in answer["text"]
+    assert "did you mean `checkout`?" in answer["text"]
+    await rig.settle()
+    assert await rig.audit() == []
+    assert await rig.releases("checkout") == []
+    assert rig.slack.calls_to("chat.postMessage") == []
+    rig.validate_blocks()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="handlers/context.py error_message: an UnknownServiceError is a UserError, not a "
+    "CommandError, so its ephemeral reply carries no usage line",
+)
+async def test_a_misspelt_service_reply_shows_the_usage(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "chekout v2", ALICE)
+
+    answer = await rig.reply(delivery)
+    rig.validate_blocks()
+    assert "did you mean `checkout`?" in answer["text"]
+    assert USAGE["deploy"] in text_of(answer)
+
+
+# --- 10. a restart in the middle of a release ---------------------------------------------
+
+
+async def test_after_a_restart_the_same_status_message_is_updated(rig: SlackRig) -> None:
+    ts = await deploy_checkout(rig)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    posts_before = len(rig.slack.calls_to("chat.postMessage"))
+
+    await rig.restart()  # a new process: new core, notifier, bolt app and HTTP server
+    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+
+    assert click.status == 200
+    assert "advanced to 10% (step 2/4)" in (await rig.reply(click))["text"]
+    await wait_until(
+        lambda: EventKind.STEP_ADVANCED in rig.recorder.kinds("checkout"), "the advance event"
+    )
+    await rig.settle()
+    [status] = rig.slack.messages(CHECKOUT_CHANNEL)
+    assert status["ts"] == ts
+    assert "checkout v2 is progressing at 10% (step 2/4)" in status["text"]
+    updates = [c for c in rig.slack.calls_to("chat.update") if c.ok]
+    assert updates and updates[-1].args["ts"] == ts
+    assert updates[-1].args["channel"] == rig.slack.channel_id(CHECKOUT_CHANNEL)
+    # The one new post after the restart is the thread reply, in the same thread.
+    new_posts = rig.slack.calls_to("chat.postMessage")[posts_before:]
+    assert [c.args.get("thread_ts") for c in new_posts] == [ts]
+    assert rig.slack.thread(CHECKOUT_CHANNEL, ts)[-1]["text"] == (
+        "checkout v2 is at 10% (step 2/4)"
+    )
+    rig.validate_blocks()
+
+
+# --- 11. a status update Slack keeps failing -------------------------------------------------
+
+
+async def test_a_failed_status_update_is_retried_until_the_message_is_current(
+    rig: SlackRig,
+) -> None:
+    ts = await deploy_checkout(rig)
+    release = await rig.release("checkout")
+    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    updates_before = len(rig.slack.calls_to("chat.update"))
+    # More failures than one call's retries (1 + 2 for a 5xx) can absorb, several times over.
+    rig.slack.fail_next("chat.update", status=500, count=10)
+
+    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    await rig.reply(click)
+
+    await wait_until(lambda: release.id in rig.notifier.dirty, "the status to be marked dirty")
+    # The event itself is not lost: its thread reply went out meanwhile.
+    await wait_until(
+        lambda: rig.slack.thread(CHECKOUT_CHANNEL, ts)[-1]["text"]
+        == "checkout v2 is at 10% (step 2/4)",
+        "the thread reply",
+    )
+    assert "at 1% (step 1/4)" in rig.slack.message(CHECKOUT_CHANNEL, ts)["text"]
+
+    await wait_until(lambda: not rig.notifier.dirty, "the retry loop to bring it up to date")
+
+    [status] = rig.slack.messages(CHECKOUT_CHANNEL)
+    assert status["ts"] == ts
+    assert "checkout v2 is progressing at 10% (step 2/4)" in status["text"]
+    assert rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE).startswith(f"{release.id}:1:")
+    updates = rig.slack.calls_to("chat.update")[updates_before:]
+    assert [c.status for c in updates] == [500] * 10 + [200]
+    assert all(c.args["ts"] == ts for c in updates)
+    assert len(rig.slack.calls_to("chat.postMessage")) == len(
+        rig.slack.thread(CHECKOUT_CHANNEL, ts)
+    ) + 1  # the status message itself, posted once
+    rig.validate_blocks()
+
+
+# --- 12. health, readiness and metrics -------------------------------------------------------
+
+
+async def test_health_readiness_and_metrics_endpoints(rig: SlackRig) -> None:
+    await deploy_checkout(rig)
+
+    async with rig.http.get(rig.url("/healthz")) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+    async with rig.http.get(rig.url("/readyz")) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"ready": True, "problems": {}}
+    async with rig.http.get(rig.url("/metrics")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        exposition = await resp.text()
+    series = {
+        line.split("{")[0].split(" ")[0]
+        for line in exposition.splitlines()
+        if line.startswith("shipwatch_")
+    }
+    assert "shipwatch_active_releases" in series
+    assert "shipwatch_command_seconds_count" in series
+    assert "shipwatch_active_releases 1.0" in exposition.splitlines()
+    assert 'shipwatch_command_seconds_count{command="deploy"}' in exposition
+    rig.validate_blocks()
+
+
+# --- mentions ------------------------------------------------------------------------------
+
+
+async def test_a_mention_in_the_thread_is_answered_once_even_when_redelivered(
+    rig: SlackRig,
+) -> None:
+    ts = await deploy_checkout(rig)
+    replies = len(rig.slack.thread(CHECKOUT_CHANNEL, ts))
+
+    first = await rig.mention(
+        "how is it going?", BOB, channel=CHECKOUT_CHANNEL, thread_ts=ts, event_id="Ev0MENTION1"
+    )
+    await wait_until(
+        lambda: len(rig.slack.thread(CHECKOUT_CHANNEL, ts)) == replies + 1, "the answer"
+    )
+    again = await rig.mention(
+        "how is it going?",
+        BOB,
+        channel=CHECKOUT_CHANNEL,
+        thread_ts=ts,
+        event_id="Ev0MENTION1",
+        retry=1,
+    )
+
+    assert (first, again) == (200, 200)
+    await rig.settle()
+    thread = rig.slack.thread(CHECKOUT_CHANNEL, ts)
+    assert len(thread) == replies + 1
+    assert "checkout v2 is progressing at 1% (step 1/4)" in thread[-1]["text"]
+    assert len(rig.slack.messages(CHECKOUT_CHANNEL)) == 1
+    rig.validate_blocks()
