@@ -9,4 +9,5 @@ lint:
 	.venv/bin/ruff check bot handlers tests bench && .venv/bin/mypy
 bench:
 	.venv/bin/python -m bench.flags_bench && .venv/bin/python -m bench.controller_bench && \
-	.venv/bin/python -m bench.judge_bench && .venv/bin/python -m bench.rollback_bench
+	.venv/bin/python -m bench.judge_bench && .venv/bin/python -m bench.rollback_bench && \
+	.venv/bin/python -m bench.ack_bench
