@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from bot import dispatch
 from bot.app import App
 from bot.blocks import (
     ACTION_ADVANCE,
@@ -29,13 +30,12 @@ from bot.blocks import (
     stale_reason,
     status_message,
 )
-from bot.commands import USAGE, parse
+from bot.commands import parse
 from bot.durations import parse_duration
 from bot.errors import ConflictError, DependencyError, UserError
 from bot.metrics.synthetic import SyntheticSource
 from bot.notify import EventKind, ReleaseEvent
 from bot.policy import Metric, Policy
-from bot.render import release_list
 from bot.rollout import Actor, Release
 from bot.service import Result
 
@@ -179,58 +179,23 @@ class Console:
             self.say(CONSOLE_HELP)
             return
         cmd = parse(line)
-        svc = self.app.service
+        if cmd.verb == "help":
+            self.say(CONSOLE_HELP)
+            return
+        if cmd.verb == "status":
+            if not await self._show_status(cmd.service):
+                self.say(f"no releases of {cmd.service} yet")
+            return
         actor = Actor(user=self.user, surface="console")
-        result: Result | None = None
-        if cmd.verb == "deploy":
-            result = await svc.deploy(actor, cmd.service, cmd.version, cmd.options)
+        # The same dispatcher as the Slack commands: the console is another face of the core.
+        reply = await dispatch.run(self.app.service, cmd, actor)
+        if cmd.verb == "deploy" and not reply.duplicate:
             # The "started" event first, then the status message with its buttons, in the
             # order Slack shows them (the message, then the thread).
             await self.app.events.drain()
-            await self._show_status(cmd.service, fallback=result.release)
-            if result.outcome.value != "duplicate":
-                return
-        elif cmd.verb == "advance":
-            result = await svc.advance(actor, cmd.service)
-        elif cmd.verb == "approve":
-            result = await svc.approve(actor, cmd.service)
-        elif cmd.verb == "rollback":
-            result = await svc.rollback(actor, cmd.service, cmd.text)
-        elif cmd.verb == "pause":
-            result = await svc.pause(actor, cmd.service, cmd.text)
-        elif cmd.verb == "resume":
-            result = await svc.resume(actor, cmd.service)
-        elif cmd.verb == "status":
-            if not await self._show_status(cmd.service):
-                self.say(f"no releases of {cmd.service} yet")
-        elif cmd.verb == "list":
-            self.say(release_list(await svc.list_active()))
-        elif cmd.verb == "history":
-            count = int(cmd.text) if cmd.text.isdigit() else 10
-            rows = await svc.history(cmd.service, count)
-            self.say(
-                "\n".join(
-                    f"{r.label}: {r.state.value} · by {r.requested_by}"
-                    f"{' · ' + r.reason if r.reason else ''}"
-                    for r in rows
-                )
-                or f"no releases of {cmd.service} yet"
-            )
-        elif cmd.verb == "lock":
-            lock = await svc.lock(actor, cmd.service, cmd.text)
-            self.say(f"🔒 {lock.describe()}")
-        elif cmd.verb == "unlock":
-            lock = await svc.unlock(actor, cmd.service)
-            self.say(f"🔓 {cmd.service} unlocked (was locked by {lock.by}: {lock.reason})")
-        elif cmd.verb == "help":
-            self.say(CONSOLE_HELP)
-        else:
-            self.say(f"`{cmd.verb}` is not available in the console yet: {USAGE[cmd.verb]}")
-        if result is not None and result.message:
-            self.say(
-                ("(already applied) " if result.outcome.value == "duplicate" else "")
-                + result.message
-            )
+            await self._show_status(cmd.service, fallback=reply.release)
+            return
+        self.say(reply.text)
 
     # --- the status message and its buttons --------------------------------------------------
 
