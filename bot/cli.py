@@ -45,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the Slack app over HTTP (POST /slack/events) and the controller"
     )
-    serve.add_argument("--socket", action="store_true",
-                       help="talk to Slack over Socket Mode (needs SLACK_APP_TOKEN)")
+    serve.add_argument(
+        "--socket",
+        action="store_true",
+        help="talk to Slack over Socket Mode (needs SLACK_APP_TOKEN)",
+    )
     serve.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
     serve.add_argument(
         "--no-controller", action="store_true", help="do not drive releases in this process"

@@ -68,8 +68,10 @@ async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
         return Reply(await _stats(service, cmd.service or None))
     if verb == "lock":
         lock = await service.lock(actor, cmd.service, cmd.text)
-        return Reply(f"🔒 {lock.describe()}. Releases of `{cmd.service}` are refused until "
-                     f"`/rollout unlock {cmd.service}`; a release already running continues.")
+        return Reply(
+            f"🔒 {lock.describe()}. Releases of `{cmd.service}` are refused until "
+            f"`/rollout unlock {cmd.service}`; a release already running continues."
+        )
     if verb == "unlock":
         lock = await service.unlock(actor, cmd.service)
         return Reply(f"🔓 `{cmd.service}` unlocked (was locked by {lock.by}: {lock.reason})")

@@ -85,3 +85,9 @@ def seen_event(event_id: str) -> str:
 def group_members(group_id: str) -> str:
     """Cached member ids of a chat user group (a set; expires)."""
     return f"{PREFIX}group:{group_id}"
+
+
+def stale_messages() -> str:
+    """Set of release ids whose chat status message failed to update; retried until it works,
+    by whichever bot process runs (so a restart does not forget them)."""
+    return f"{PREFIX}messages:stale"

@@ -468,6 +468,17 @@ class Store:
             release_id = await self.redis.get(keys.thread(channel, thread_ts))
         return await self.get(_text(release_id)) if release_id else None
 
+    async def mark_stale_message(self, release_id: str, stale: bool) -> None:
+        async with _translated("marking a status message"):
+            if stale:
+                await self.redis.sadd(keys.stale_messages(), release_id)
+            else:
+                await self.redis.srem(keys.stale_messages(), release_id)
+
+    async def stale_messages(self) -> list[str]:
+        async with _translated("listing stale status messages"):
+            return sorted(_text(m) for m in await self.redis.smembers(keys.stale_messages()))
+
     async def first_time(self, event_id: str, ttl: int = 3600) -> bool:
         """True once per event id: deliveries retried by the platform are acted on once."""
         async with _translated("deduplicating an event"):

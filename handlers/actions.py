@@ -78,7 +78,8 @@ async def _click(
     if action_id == ACTION_APPROVE:
         return await service.approve(actor, name, expected_step=step, request_id=request_id)
     if action_id == ACTION_PAUSE:
-        return await service.pause(actor, name, f"paused by <@{user}>", request_id)
+        # Reasons are plain text; the status message names the clicker from the record.
+        return await service.pause(actor, name, "paused from Slack", request_id)
     if action_id == ACTION_RESUME:
         return await service.resume(actor, name, request_id)
-    return await service.rollback(actor, name, f"rolled back by <@{user}> from Slack", request_id)
+    return await service.rollback(actor, name, "rolled back from Slack", request_id)

@@ -9,7 +9,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot import dispatch, telemetry
 from bot.blocks import ephemeral
-from bot.commands import parse
+from bot.commands import USAGE, parse
+from bot.errors import CommandError, UnknownServiceError
 from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
 
@@ -36,7 +37,11 @@ async def on_command(core: Core, command: dict[str, Any], respond: AsyncRespond)
     line = f"{name} {command.get('text', '')}".strip()
     try:
         cmd = parse(line)
-        sp = core.app.policy.service(cmd.service) if cmd.service else None
+        try:
+            sp = core.app.policy.service(cmd.service) if cmd.service else None
+        except UnknownServiceError as exc:
+            # A misspelt service is a mistyped command: show the suggestion and the usage.
+            raise CommandError(str(exc), usage=USAGE[cmd.verb]) from exc
         actor = await actor_for(str(command["user_id"]), sp, core.client, core.app.store)
         # trigger_id is unique per invocation: a delivery of the same request twice is one.
         reply = await dispatch.run(

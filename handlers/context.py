@@ -9,8 +9,14 @@ from dataclasses import dataclass
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import App
-from bot.blocks import Message, ephemeral, status_message
-from bot.errors import CommandError, ConflictError, DependencyError, UserError
+from bot.blocks import Message, ephemeral, mention, status_message
+from bot.errors import (
+    CommandError,
+    ConflictError,
+    DependencyError,
+    PermissionDenied,
+    UserError,
+)
 from bot.rollout import Release
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,13 @@ def error_message(exc: Exception, *, what: str) -> Message:
     if isinstance(exc, CommandError):
         log.info("bad command (%s): %s", what, exc)
         return ephemeral(f":warning: {exc.args[0]}", usage=exc.usage)
+    if isinstance(exc, PermissionDenied):
+        log.info("refused (%s): %s", what, exc)
+        who = ", ".join(mention(a) for a in exc.allowed) or "nobody is configured"
+        return ephemeral(
+            f":lock: you may not {exc.action} `{exc.service}`. Who may: {who} "
+            "(the service's policy says so)."
+        )
     if isinstance(exc, UserError):
         log.info("refused (%s): %s", what, exc)
         return ephemeral(f":warning: {exc}")

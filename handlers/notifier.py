@@ -2,8 +2,9 @@
 
 The status message is posted once, its channel id and ts are stored in Redis, and every later
 event updates it in place with chat.update, so a restarted bot keeps editing the same message.
-A status update that fails (after the client's own retries) is marked dirty and retried by a
-background task; it is never posted a second time.
+A status update that fails (after the client's own retries) is marked stale in Redis and
+retried by a background task (of this process or, after a restart, the next one); it is never
+posted a second time.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ class SlackNotifier:
         self.store = store
         self._policy = policy
         self.retry_interval = retry_interval
-        self._dirty: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -52,10 +52,6 @@ class SlackNotifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    @property
-    def dirty(self) -> frozenset[str]:
-        return frozenset(self._dirty)
 
     async def notify(self, event: ReleaseEvent) -> None:
         # The newest record, not the event's snapshot: the status message shows "now".
@@ -80,10 +76,21 @@ class SlackNotifier:
             )
         except (SlackApiError, SlackClientError, TimeoutError) as exc:
             self._failed("chat.update", release, exc)
-            self._dirty.add(release.id)
+            await self._mark(release.id, stale=True)
             return False
-        self._dirty.discard(release.id)
+        await self._mark(release.id, stale=False)
         return True
+
+    async def _mark(self, release_id: str, *, stale: bool) -> None:
+        try:
+            await self.store.mark_stale_message(release_id, stale)
+        except StoreError as exc:
+            log.error(
+                "cannot record the status message of %s as %s: %s",
+                release_id,
+                "stale" if stale else "fresh",
+                exc,
+            )
 
     async def _post_status(self, release: Release) -> dict[str, str]:
         sp = self._policy().services.get(release.service)
@@ -133,15 +140,21 @@ class SlackNotifier:
         error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
         log.error("%s failed for %s: %s", method, release.label, error)
 
+    async def retry_stale(self) -> int:
+        """Update every status message marked stale; returns how many are still stale."""
+        left = 0
+        for release_id in await self.store.stale_messages():
+            release = await self.store.get(release_id)
+            if release is None:
+                await self._mark(release_id, stale=False)
+            elif not await self.refresh(release):
+                left += 1
+        return left
+
     async def _retry_loop(self) -> None:
         while True:
             await asyncio.sleep(self.retry_interval)
-            for release_id in sorted(self._dirty):
-                try:
-                    release = await self.store.get(release_id)
-                except StoreError:
-                    break
-                if release is None:
-                    self._dirty.discard(release_id)
-                    continue
-                await self.refresh(release)
+            try:
+                await self.retry_stale()
+            except StoreError as exc:
+                log.warning("cannot retry stale status messages now: %s", exc)

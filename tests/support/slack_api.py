@@ -355,6 +355,10 @@ class SlackStandIn:
         queue = self._failures.setdefault(method, deque())
         queue.extend(_Failure(status, retry_after, error) for _ in range(count))
 
+    def clear_failures(self, method: str) -> None:
+        """Drop the failures still scripted for ``method``: the outage is over."""
+        self._failures.pop(method, None)
+
     def delay(self, method: str, seconds: float) -> None:
         """Answer every later call of ``method`` only after ``seconds`` (0 to stop)."""
         if seconds <= 0:

@@ -49,7 +49,7 @@ SECRET = "c0ffee5ec12e7f0r5h1pwa7chte575"
 ALICE = "U0ALICE"  # a deployer of ledger
 BOB = "U0BOB"  # nobody in particular
 CAROL = "U0CAROL"  # the approver of payments
-DAVE = "U0DAVE"  # on call for checkout
+DAVE = "U0ONCALL"  # on call for checkout
 
 CHECKOUT_CHANNEL = "#checkout-releases"
 PAYMENTS_CHANNEL = "#payments-releases"
@@ -250,7 +250,9 @@ class SlackRig:
         status, seconds = await self.deliver(body, sign(SECRET, body))
         return Delivery(status, seconds, url)
 
-    async def click(self, action_id: str, value: str, user: str, *, channel: str, ts: str) -> Delivery:
+    async def click(
+        self, action_id: str, value: str, user: str, *, channel: str, ts: str
+    ) -> Delivery:
         """A click on a button of the bot's message ``ts``, as Slack echoes that message."""
         url = self.new_response_url(channel, user, message_ts=ts)
         body = block_actions(
