@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt.async_app import AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncApp
 
 from bot.blocks import (
     ACTION_ADVANCE,
@@ -28,16 +28,14 @@ ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_R
 
 def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers Slack; the click is handled right after, as a lazy listener.
-    async def work(body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond) -> None:
-        await on_button(core, body, action, respond)
+    async def work(body: dict[str, Any], action: dict[str, Any]) -> None:
+        await on_button(core, body, action)
 
     for action_id in ACTIONS:
         app.action(action_id)(ack=ack_only, lazy=[work])
 
 
-async def on_button(
-    core: Core, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
-) -> None:
+async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
     action_id = str(action.get("action_id", ""))
     user = str(body.get("user", {}).get("id", ""))
     try:
@@ -61,9 +59,7 @@ async def on_button(
             message = ephemeral(prefix + (result.message or result.release.describe_state()))
     except Exception as exc:
         message = error_message(exc, what=f"button {action_id} by {user}")
-    await respond(
-        response_type="ephemeral", replace_original=False, text=message.text, blocks=message.blocks
-    )
+    await core.responses.send(str(body.get("response_url", "")), message)
 
 
 async def _click(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot import dispatch, telemetry
 from bot.blocks import ephemeral
@@ -20,8 +20,8 @@ COMMANDS = ("/deploy", "/advance", "/rollback", "/rollout")
 def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers the HTTP request (within Slack's 3 s, before any work); the work runs
     # after it as a lazy listener.
-    async def work(command: dict[str, Any], respond: AsyncRespond) -> None:
-        await on_command(core, command, respond)
+    async def work(command: dict[str, Any]) -> None:
+        await on_command(core, command)
 
     for name in COMMANDS:
         app.command(name)(ack=ack_only, lazy=[work])
@@ -31,7 +31,7 @@ async def ack_only(ack: AsyncAck) -> None:
     await ack()
 
 
-async def on_command(core: Core, command: dict[str, Any], respond: AsyncRespond) -> None:
+async def on_command(core: Core, command: dict[str, Any]) -> None:
     started = time.perf_counter()
     name = str(command.get("command", "")).lstrip("/")
     line = f"{name} {command.get('text', '')}".strip()
@@ -54,5 +54,5 @@ async def on_command(core: Core, command: dict[str, Any], respond: AsyncRespond)
             message = status_of(core, reply.release)
         else:
             message = ephemeral(reply.text)
-    await respond(response_type="ephemeral", text=message.text, blocks=message.blocks)
+    await core.responses.send(str(command.get("response_url", "")), message)
     telemetry.COMMANDS.labels(name).observe(time.perf_counter() - started)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -18,6 +18,7 @@ from bot.errors import (
     UserError,
 )
 from bot.rollout import Release
+from handlers.responses import ResponseUrls
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 class Core:
     app: App
     client: AsyncWebClient
+    responses: ResponseUrls = field(default_factory=ResponseUrls)
 
 
 def status_of(core: Core, release: Release) -> Message:

@@ -126,5 +126,6 @@ async def serve(
         if control is not None:
             await control
         await notifier.close()
+        await core.responses.close()
         await core.app.close()
     return 0

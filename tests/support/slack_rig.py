@@ -173,6 +173,7 @@ class SlackRig:
         if self._notifier is not None:
             await self._notifier.close()
         if self._core is not None:
+            await self._core.responses.close()
             await self._core.app.close()
         self._core = self._notifier = self._bolt = self._server = None
 
