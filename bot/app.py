@@ -15,9 +15,11 @@ from bot.config import Settings
 from bot.controller import Controller
 from bot.embedded_redis import EmbeddedRedis
 from bot.errors import PolicyError, PolicyProblem, StoreError
+from bot.llm import LLM
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
 from bot.metrics.synthetic import SyntheticSource
+from bot.narrator import Narrator
 from bot.notify import EventBus, Notifier
 from bot.policy import Policy, TrafficSettings, embedded_policy, load_policy
 from bot.service import ReleaseService
@@ -66,6 +68,7 @@ class App:
     actuator: TrafficActuator
     service: ReleaseService
     controller: Controller
+    narrator: Narrator | None = None
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
 
@@ -74,6 +77,8 @@ class App:
 
     async def close(self) -> None:
         await self.controller.close()
+        if self.narrator is not None:
+            await self.narrator.close()
         await self.actuator.close()
         await self.events.close()
         for backend in {id(b): b for b in self.backends.values()}.values():
@@ -150,6 +155,14 @@ async def build_app(
         lease_ttl=settings.lease_ttl,
         owner=owner,
     )
+    llm = LLM(
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        base_url=settings.openai_base_url,
+        model=settings.llm_model,
+        timeout=settings.llm_timeout,
+    )
+    narrator = Narrator(store, llm, events, current)
+    events.notifiers.append(narrator)
     return App(
         settings=settings,
         policy=policy,
@@ -162,6 +175,7 @@ async def build_app(
         controller=controller,
         embedded_redis=embedded,
         backends=backends,
+        narrator=narrator,
     )
 
 

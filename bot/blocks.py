@@ -33,6 +33,10 @@ ACTION_APPROVE = "shipwatch_approve"
 ACTION_PAUSE = "shipwatch_pause"
 ACTION_RESUME = "shipwatch_resume"
 ACTION_ROLLBACK = "shipwatch_rollback"
+ACTION_EDIT_NOTES = "shipwatch_edit_notes"
+NOTES_MODAL = "shipwatch_notes_modal"  # callback_id of the release-notes edit modal
+NOTES_INPUT_BLOCK = "notes"
+NOTES_INPUT_ACTION = "notes_text"
 ACTIONS = frozenset({ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK})
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit).
@@ -795,6 +799,33 @@ def event_message(
         blocks += _rollback_blocks(event, metrics, page)
         verb = "rolling back" if kind is EventKind.ROLLBACK_STARTED else "rolled back"
         text = f"{r.service} {r.version} {verb}: {r.reason or event.message}"
+    elif kind is EventKind.DIAGNOSIS:
+        blocks.append(_section(f"🩺 *Why {title} was rolled back*"))
+        blocks += [_section(esc(part)) for part in _paragraphs(event.message)]
+        if page:
+            blocks.append(_context(page))
+        text = f"diagnosis for {r.service} {r.version}: {event.message}"
+    elif kind in (EventKind.NOTES_DRAFT, EventKind.NOTES_FINAL):
+        final = kind is EventKind.NOTES_FINAL
+        head = (
+            f"📣 *{esc(r.service)} {esc(r.version)} shipped to 100%.*"
+            if final
+            else f"📝 *Draft release notes for {title}*"
+        )
+        blocks.append(_section(head))
+        blocks += [_section(esc(part)) for part in _paragraphs(event.message)]
+        if not final:
+            blocks.append(
+                {"type": "actions", "elements": [_button("Edit notes", ACTION_EDIT_NOTES, r.id)]}
+            )
+        text = (
+            f"{r.service} {r.version} shipped: {event.message}"
+            if final
+            else f"draft release notes for {r.service} {r.version}"
+        )
+    elif kind is EventKind.TICKET_FILED:
+        blocks.append(_section(f"🎫 {detail}"))
+        text = f"incident ticket for {r.service} {r.version}: {event.message}"
     elif kind is EventKind.TRAFFIC_FAILED:
         blocks.append(_header(f"🚨 Traffic change FAILED: {r.service} {r.version}"))
         blocks.append(_section(f"*{detail}*"))
@@ -809,6 +840,52 @@ def event_message(
     if not blocks:  # a kind added later still gets a readable line
         blocks.append(_section(f"{title}: {detail}"))
     return fit(blocks, text, more=_pointer(r))
+
+
+def split_text(text: str, size: int = 3900) -> list[str]:
+    """Plain message text in pieces Slack accepts (it truncates text past 4,000 chars)."""
+    return _paragraphs(text, size)
+
+
+def _paragraphs(text: str, size: int = 2900) -> list[str]:
+    """Long generated text as several sections, split at paragraph or line ends."""
+    parts: list[str] = []
+    current = ""
+    for line in text.strip().splitlines(keepends=True):
+        if current and len(current) + len(line) > size:
+            parts.append(current.rstrip())
+            current = ""
+        current += line
+    if current.strip():
+        parts.append(current.rstrip())
+    return parts or [""]
+
+
+def notes_modal(release: Release) -> dict[str, Any]:
+    """The modal that edits a release's notes (title ≤ 24 chars, as Slack requires)."""
+    return {
+        "type": "modal",
+        "callback_id": NOTES_MODAL,
+        "private_metadata": release.id,
+        "title": _plain("Release notes"),
+        "submit": _plain("Save"),
+        "close": _plain("Cancel"),
+        "blocks": [
+            _context(f"{esc(release.service)} {esc(release.version)}"),
+            {
+                "type": "input",
+                "block_id": NOTES_INPUT_BLOCK,
+                "label": _plain("What ships, in users' words"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": NOTES_INPUT_ACTION,
+                    "multiline": True,
+                    "max_length": 3000,
+                    "initial_value": release.notes[:3000],
+                },
+            },
+        ],
+    }
 
 
 def _rollback_blocks(

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     llm_model: str = Field(default="gpt-4o-mini", alias="SHIPWATCH_LLM_MODEL")
+    llm_timeout: float = Field(default=20.0, alias="SHIPWATCH_LLM_TIMEOUT")
 
     policy_path: Path = Field(default=Path("shipwatch.yaml"), alias="SHIPWATCH_POLICY")
     data_dir: Path = Field(default=Path(".shipwatch"), alias="SHIPWATCH_DATA_DIR")

@@ -21,6 +21,7 @@ from typing import Any
 from bot import analysis, rollout, telemetry
 from bot.actuator import TrafficActuator
 from bot.decision import Decision, Verdict, decide
+from bot.errors import StoreError
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.policy import Policy
@@ -92,6 +93,13 @@ class Controller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
         await self.close()
+
+    async def _record_point(self, release: Release, checks: list[CheckResult], now: float) -> None:
+        # For charts and diagnoses only: losing a point must never fail a round.
+        try:
+            await self.store.append_point(release.id, _point(checks, now, release.weight))
+        except StoreError as exc:
+            log.warning("%s: data point not recorded: %s", release.label, exc)
 
     async def close(self) -> None:
         """Hand our releases over at once instead of making others wait for lease expiry."""
@@ -240,6 +248,7 @@ class Controller:
                 )
                 return
             current = committed.current
+            await self._record_point(current, checks, now)
             if event is not None:
                 self.events.emit(ReleaseEvent(event[0], current, event[1], checks=new.last_checks))
             elif self.summary_every and current.evaluations % self.summary_every == 0:
@@ -250,6 +259,14 @@ class Controller:
                 )
             if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
                 await self.actuator.sync(current, fence)
+
+
+def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]:
+    return {
+        "t": round(now, 3),
+        "weight": weight,
+        "m": {c.metric: [c.canary, c.control, c.outcome.value] for c in checks},
+    }
 
 
 def _apply(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKind, str] | None]:

@@ -13,7 +13,10 @@
     └── DependencyError        a service we depend on failed; state was left safe
         ├── StoreError         Redis
         ├── MetricsError       the metrics source
-        └── TrafficError       the traffic backend
+        ├── TrafficError       the traffic backend
+        ├── LLMError           the LLM (bot.llm; callers fall back to template text)
+        └── TicketError        an incident-ticket sink (bot.tickets)
+    PromptError                a prompt template is missing or lacks a variable (bot.prompts)
 
 Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.
 """

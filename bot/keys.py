@@ -91,3 +91,8 @@ def stale_messages() -> str:
     """Set of release ids whose chat status message failed to update; retried until it works,
     by whichever bot process runs (so a restart does not forget them)."""
     return f"{PREFIX}messages:stale"
+
+
+def series(release_id: str) -> str:
+    """Capped list of the release's judged numbers per round (JSON), for charts and diagnoses."""
+    return f"{PREFIX}series:{release_id}"

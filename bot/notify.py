@@ -33,6 +33,11 @@ class EventKind(StrEnum):
     ROLLBACK_STARTED = "rollback_started"
     ROLLED_BACK = "rolled_back"
     TRAFFIC_FAILED = "traffic_failed"
+    # Written after the fact (by the LLM or its template fallback); never on a decision's path.
+    DIAGNOSIS = "diagnosis"
+    NOTES_DRAFT = "notes_draft"
+    NOTES_FINAL = "notes_final"  # goes to the announcement channel, not the thread
+    TICKET_FILED = "ticket_filed"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class ReleaseEvent:
     actor: str = "shipwatch"
     checks: Sequence[dict[str, Any]] = ()
     at: float = field(default_factory=time.time)
+    files: Sequence[tuple[str, bytes]] = ()  # (file name, content) to attach, e.g. a chart
 
 
 class Notifier(Protocol):

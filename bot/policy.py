@@ -169,6 +169,27 @@ class ScoreSettings(_Strict):
         return self
 
 
+class WebhookTickets(_Strict):
+    url: str = Field(min_length=1)
+    secret_env: str | None = None  # env var holding the HMAC secret that signs the payload
+    timeout: Seconds = 10.0
+
+
+class GitHubTickets(_Strict):
+    repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")  # owner/name
+    token_env: str = "GITHUB_TOKEN"  # env var holding a token that may create issues
+    api_url: str = "https://api.github.com"
+    labels: list[str] = Field(default_factory=lambda: ["shipwatch", "rollback"])
+    timeout: Seconds = 10.0
+
+
+class TicketSettings(_Strict):
+    """Where an incident ticket is filed after each automatic rollback (any or both)."""
+
+    webhook: WebhookTickets | None = None
+    github: GitHubTickets | None = None
+
+
 class TrafficSettings(_Strict):
     backend: Literal["flags", "webhook"] = "flags"
     url: str | None = None  # webhook
@@ -208,6 +229,8 @@ class ServicePolicy(_Strict):
     requests_query: str = DEFAULT_REQUESTS_QUERY
     metrics: list[Metric] = Field(default_factory=list)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
+    tickets: TicketSettings = Field(default_factory=TicketSettings)
+    announce_channel: str = "#releases"  # where the "shipped" announcement goes
 
     @field_validator("steps")
     @classmethod
@@ -410,7 +433,7 @@ def _merge(
     default's name overrides just the fields it sets; new names are added."""
     merged = copy.deepcopy(defaults)
     for key, value in override.items():
-        mergeable = key in ("traffic", "score")
+        mergeable = key in ("traffic", "score", "tickets")
         if mergeable and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         elif key != "metrics":
@@ -497,6 +520,8 @@ def _fields_at(loc: list[Any]) -> set[str]:
             model = TrafficSettings
         elif part == "score":
             model = ScoreSettings
+        elif part == "tickets":
+            model = TicketSettings
         elif part == "steps":
             model = Step
     return set(model.model_fields)

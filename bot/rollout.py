@@ -133,6 +133,7 @@ class Release(BaseModel):
     interval: float
     bake: float
     notes: str = ""
+    changes: list[dict[str, Any]] = Field(default_factory=list)  # [{title, pr, author, url}]
 
     state: State
     step: int = 0  # index into weights of the current step

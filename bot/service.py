@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from bot import rollout
 from bot.actuator import TrafficActuator
@@ -55,6 +56,7 @@ class DeployOptions:
     hold: float | None = None
     notes: str = ""
     stable: str = ""  # the control version, when history does not know it (first release)
+    changes: tuple[dict[str, Any], ...] = ()  # the change list from CI: {title, pr, ...}
 
 
 class ReleaseService:
@@ -173,7 +175,7 @@ class ReleaseService:
             notes=opts.notes,
             actor=actor,
             now=now,
-        )
+        ).model_copy(update={"changes": [dict(c) for c in opts.changes]})
         audit = AuditEntry(
             action="deploy",
             actor=actor.user,
@@ -437,6 +439,29 @@ class ReleaseService:
                 )
             )
         return res
+
+    async def edit_notes(self, actor: Actor, release_id: str, notes: str) -> Release:
+        """Replace a release's notes (the draft shown in its thread, edited by a person)."""
+        release = await self.store.get(release_id)
+        if release is None:
+            raise UserError("that release is not known any more")
+        sp = self.policy.service(release.service)
+        await self._require_deployer(actor, sp, release.service, "edit the notes of")
+        text = notes.strip()
+        if len(text) > 3000:
+            raise UserError("release notes are limited to 3,000 characters",
+                            hint="shorten them, or link to a longer document")
+        for _ in range(MAX_RACE_RETRIES):
+            new = release.model_copy(update={"notes": text, "updated_at": self.clock()})
+            audit = AuditEntry.transition("edit_notes", actor, release, new,
+                                          detail={"chars": len(text)})
+            result = await self.store.commit(new, expected_rev=release.rev, audit=audit)
+            if result.status is CommitStatus.OK and result.current is not None:
+                return result.current
+            if result.status is not CommitStatus.CONFLICT or result.current is None:
+                break
+            release = result.current  # the controller bumped it meanwhile: notes still apply
+        raise LostRaceError(f"{release.label} changed too fast to save the notes; try again")
 
     # --- locks ------------------------------------------------------------------------------
 

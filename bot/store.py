@@ -25,6 +25,8 @@ from bot.rollout import Actor, Release
 IDEMPOTENCY_TTL_S = 24 * 3600
 AUDIT_MAXLEN = 200_000
 HISTORY_LEN = 500
+SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
+SERIES_TTL_S = 30 * 86400
 
 _CREATE = """
 -- KEYS: release, active hash, history, lock, audit, idem
@@ -467,6 +469,22 @@ class Store:
         async with _translated("reading a thread"):
             release_id = await self.redis.get(keys.thread(channel, thread_ts))
         return await self.get(_text(release_id)) if release_id else None
+
+    async def append_point(self, release_id: str, point: dict[str, Any]) -> None:
+        """One analysis round's numbers (canary and control per metric), newest last."""
+        async with (
+            _translated("recording a data point"),
+            self.redis.pipeline(transaction=False) as pipe,
+        ):
+            pipe.rpush(keys.series(release_id), json.dumps(point))
+            pipe.ltrim(keys.series(release_id), -SERIES_LEN, -1)
+            pipe.expire(keys.series(release_id), SERIES_TTL_S)
+            await pipe.execute()
+
+    async def points(self, release_id: str) -> list[dict[str, Any]]:
+        async with _translated("reading data points"):
+            raw = await self.redis.lrange(keys.series(release_id), 0, -1)
+        return [json.loads(_text(r)) for r in raw]
 
     async def mark_stale_message(self, release_id: str, stale: bool) -> None:
         async with _translated("marking a status message"):

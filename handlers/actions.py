@@ -3,25 +3,36 @@ the release's current state and the clicker's permissions before anything happen
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError
 
 from bot.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
+    ACTION_EDIT_NOTES,
     ACTION_PAUSE,
     ACTION_RESUME,
     ACTION_ROLLBACK,
+    NOTES_INPUT_ACTION,
+    NOTES_INPUT_BLOCK,
+    NOTES_MODAL,
     ephemeral,
+    notes_modal,
     parse_button_value,
     stale_reason,
 )
+from bot.notify import EventKind, ReleaseEvent
 from bot.rollout import Release
 from bot.service import Outcome, Result
 from handlers.commands import ack_only
 from handlers.context import Core, error_message
 from handlers.people import actor_for
+
+log = logging.getLogger(__name__)
 
 ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK)
 
@@ -33,6 +44,14 @@ def register(app: AsyncApp, core: Core) -> None:
 
     for action_id in ACTIONS:
         app.action(action_id)(ack=ack_only, lazy=[work])
+
+    async def edit(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await on_edit_notes(core, body, action)
+
+    # views.open must use the trigger within 3 s: it runs in the ack function itself.
+    app.action(ACTION_EDIT_NOTES)(edit)
+    app.view(NOTES_MODAL)(ack=ack_only, lazy=[_saver(core)])
 
 
 async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -60,6 +79,47 @@ async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) ->
     except Exception as exc:
         message = error_message(exc, what=f"button {action_id} by {user}")
     await core.responses.send(str(body.get("response_url", "")), message)
+
+
+async def on_edit_notes(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
+    release = await core.app.store.get(str(action.get("value", "")))
+    if release is None:
+        return
+    try:
+        await core.client.views_open(
+            trigger_id=str(body.get("trigger_id", "")), view=notes_modal(release)
+        )
+    except SlackApiError as exc:
+        log.warning("cannot open the notes editor: %s", exc.response.get("error"))
+
+
+def _saver(core: Core) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]:
+    async def save(body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = str(body.get("user", {}).get("id", ""))
+        state = view.get("state", {}).get("values", {})
+        notes = str(state.get(NOTES_INPUT_BLOCK, {}).get(NOTES_INPUT_ACTION, {}).get("value") or "")
+        release_id = str(view.get("private_metadata", ""))
+        try:
+            release = await core.app.store.get(release_id)
+            sp = core.app.policy.services.get(release.service) if release else None
+            actor = await actor_for(user, sp, core.client, core.app.store)
+            updated = await core.app.service.edit_notes(actor, release_id, notes)
+        except Exception as exc:
+            message = error_message(exc, what=f"notes of {release_id} by {user}")
+            await core.client.chat_postMessage(
+                channel=user, text=message.text, blocks=message.blocks
+            )
+            return
+        core.app.events.emit(
+            ReleaseEvent(
+                EventKind.NOTES_DRAFT,
+                updated,
+                f"{updated.notes}\n_(edited by <@{user}>)_",
+                actor=user,
+            )
+        )
+
+    return save
 
 
 async def _click(

@@ -28,6 +28,7 @@ class Core:
     app: App
     client: AsyncWebClient
     responses: ResponseUrls = field(default_factory=ResponseUrls)
+    bot_user_id: str = ""  # learnt from auth.test at start; used to spot mentions
 
 
 def status_of(core: Core, release: Release) -> Message:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
+from bot.blocks import split_text
+from bot.rollout import Release
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
+
+log = logging.getLogger(__name__)
 
 
 def register(app: AsyncApp, core: Core) -> None:
     async def work(body: dict[str, Any], event: dict[str, Any]) -> None:
         await on_mention(core, body, event)
 
+    async def reply(body: dict[str, Any], event: dict[str, Any]) -> None:
+        await on_thread_reply(core, body, event)
+
     app.event("app_mention")(ack=ack_only, lazy=[work])
-    # Plain messages are not acted on yet; registering keeps bolt from logging them as unhandled.
-    app.event("message")(ack=ack_only, lazy=[on_message])
+    app.event("message")(ack=ack_only, lazy=[reply])
 
 
 async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) -> None:
@@ -32,11 +41,50 @@ async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) ->
         )
         await core.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
         return
-    message = status_of(core, release)
-    await core.client.chat_postMessage(
-        channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
-    )
+    await _answer(core, release, channel, thread_ts, str(event.get("text", "")))
 
 
-async def on_message(body: dict[str, Any]) -> None:
-    return None
+async def on_thread_reply(core: Core, body: dict[str, Any], event: dict[str, Any]) -> None:
+    """A question asked in a release thread the bot owns, without mentioning it."""
+    thread_ts = str(event.get("thread_ts") or "")
+    text = str(event.get("text", ""))
+    # Only people's replies that ask something: the bot's own posts, edits and chatter
+    # between people are left alone. Mentions are answered by on_mention.
+    if (
+        not thread_ts
+        or event.get("bot_id")
+        or event.get("subtype")
+        or "?" not in text
+        or f"<@{core.bot_user_id}>" in text
+    ):
+        return
+    if not await core.app.store.first_time(str(body.get("event_id", ""))):
+        return
+    channel = str(event.get("channel", ""))
+    release = await core.app.store.release_for_thread(channel, thread_ts)
+    if release is not None:
+        await _answer(core, release, channel, thread_ts, text)
+
+
+async def _answer(
+    core: Core, release: Release, channel: str, thread_ts: str, question: str
+) -> None:
+    narrator = core.app.narrator
+    thread: list[dict[str, Any]] = []
+    try:
+        replies = await core.client.conversations_replies(channel=channel, ts=thread_ts, limit=50)
+        thread = [m for m in replies.get("messages") or [] if isinstance(m, dict)]
+    except SlackApiError as exc:
+        log.warning("cannot read thread %s: %s", thread_ts, exc.response.get("error"))
+    question = re.sub(r"<@[A-Z0-9]+>", "", question).strip()
+    if narrator is None or not question:
+        message = status_of(core, release)
+        await core.client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
+        )
+        return
+    answer = await narrator.answer(release, question, thread)
+    for part in split_text(answer):
+        await core.client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, text=part, unfurl_links=False
+        )

@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import telemetry
 from bot.blocks import Message, event_message, status_message
 from bot.errors import StoreError
-from bot.notify import ReleaseEvent
+from bot.notify import EventKind, ReleaseEvent
 from bot.policy import Policy
 from bot.rollout import Release
 from bot.store import Store
@@ -54,6 +54,9 @@ class SlackNotifier:
             self._task = None
 
     async def notify(self, event: ReleaseEvent) -> None:
+        if event.kind is EventKind.NOTES_FINAL:
+            await self._announce(event)
+            return
         # The newest record, not the event's snapshot: the status message shows "now".
         release = await self.store.get(event.release.id) or event.release
         refs = await self.store.message_refs(release.id)
@@ -63,6 +66,45 @@ class SlackNotifier:
             await self.refresh(release, refs)
         if refs.get("ts"):
             await self._reply(event, refs)
+            if event.files:
+                await self._attach(event, refs)
+
+    async def _attach(self, event: ReleaseEvent, refs: dict[str, str]) -> None:
+        """Files (a chart) into the thread, through Slack's three-step upload."""
+        try:
+            await self.client.files_upload_v2(
+                channel=refs["channel"],
+                thread_ts=refs["thread_ts"],
+                file_uploads=[
+                    {"content": data, "filename": name, "title": name} for name, data in event.files
+                ],
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            self._failed("files.upload", event.release, exc)
+
+    async def _announce(self, event: ReleaseEvent) -> None:
+        sp = self._policy().services.get(event.release.service)
+        channel = (sp.announce_channel or sp.channel) if sp else "#releases"
+        message = event_message(event)
+        try:
+            await self.client.chat_postMessage(
+                channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            self._failed("chat.postMessage", event.release, exc)
+
+    async def permalink(self, release: Release) -> str:
+        """A link to the release's thread, for tickets; "" when Slack cannot give one."""
+        refs = await self.store.message_refs(release.id)
+        if not refs.get("ts"):
+            return ""
+        try:
+            response = await self.client.chat_getPermalink(
+                channel=refs["channel"], message_ts=refs["ts"]
+            )
+        except (SlackApiError, SlackClientError, TimeoutError):
+            return ""
+        return str(response.get("permalink", ""))
 
     async def refresh(self, release: Release, refs: dict[str, str] | None = None) -> bool:
         """Bring the status message up to date; on failure it is retried later."""

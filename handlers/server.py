@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
 from bot import telemetry
 from bot.app import App, build_app
@@ -78,8 +79,17 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
     app: App = await build_app(settings, policy=policy)
     client = web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     notifier = SlackNotifier(client, app.store, app.current_policy)
+    try:
+        bot_user_id = str((await client.auth_test()).get("user_id", ""))
+    except SlackApiError as exc:
+        await app.close()
+        raise ShipwatchError(
+            f"Slack refused the bot token ({exc.response.get('error')}): check SLACK_BOT_TOKEN"
+        ) from exc
     app.events.notifiers.append(notifier)
-    return Core(app, client), notifier
+    if app.narrator is not None:
+        app.narrator.link_for = notifier.permalink
+    return Core(app, client, bot_user_id=bot_user_id), notifier
 
 
 async def serve(

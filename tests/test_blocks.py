@@ -25,6 +25,7 @@ from bot import blocks as bk
 from bot.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
+    ACTION_EDIT_NOTES,
     ACTION_PAUSE,
     ACTION_RESUME,
     ACTION_ROLLBACK,
@@ -37,6 +38,7 @@ from bot.blocks import (
     event_message,
     fit,
     mention,
+    notes_modal,
     parse_button_value,
     render_text,
     stale_reason,
@@ -474,6 +476,10 @@ EVENT_STATE = {
     EventKind.ROLLBACK_STARTED: rolling_back,
     EventKind.ROLLED_BACK: rolled_back,
     EventKind.TRAFFIC_FAILED: rolling_back,
+    EventKind.DIAGNOSIS: rolled_back,
+    EventKind.NOTES_DRAFT: progressing,
+    EventKind.NOTES_FINAL: succeeded,
+    EventKind.TICKET_FILED: rolled_back,
 }
 
 
@@ -496,7 +502,9 @@ def test_every_event_validates(kind: EventKind, with_checks: bool) -> None:
     message = event_message(event, oncall=ONCALL, approvers=APPROVERS, metrics=METRICS)
     assert_valid(message)
     assert "checkout" in message.text
-    assert not buttons(message)  # buttons live on the status message only
+    # Release buttons live on the status message only; the notes draft has its Edit button.
+    expected = [ACTION_EDIT_NOTES] if kind is EventKind.NOTES_DRAFT else []
+    assert [b["action_id"] for b in buttons(message)] == expected
 
 
 def test_started_event_gives_the_plan_and_short_notes() -> None:
@@ -745,3 +753,30 @@ def test_a_default_reason_that_names_the_actor_is_not_repeated() -> None:
     # A reason that does not name them keeps the attribution.
     other = ReleaseEvent(EventKind.PAUSED, release, "dashboard looks odd", actor="U012AB3CD")
     assert "paused at *10%* by <@U012AB3CD>: dashboard" in all_text(event_message(other))
+
+
+def test_long_generated_text_is_split_into_valid_sections() -> None:
+    text = "\n".join(f"Line {i}: " + "x" * 200 for i in range(60))  # ~12,000 chars
+    event = ReleaseEvent(EventKind.DIAGNOSIS, rolled_back(), text)
+
+    message = event_message(event)
+
+    sections = [b for b in message.blocks if b["type"] == "section"]
+    assert len(sections) >= 4
+    assert all(len(b["text"]["text"]) <= 3000 for b in sections)
+    assert "Line 59" in "".join(b["text"]["text"] for b in sections)
+    for block in message.blocks:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
+
+
+def test_the_notes_draft_has_an_edit_button_and_the_modal_fits_slack() -> None:
+    release = progressing()
+    message = event_message(ReleaseEvent(EventKind.NOTES_DRAFT, release, "• faster checkout"))
+
+    [actions] = [b for b in message.blocks if b["type"] == "actions"]
+    [button] = actions["elements"]
+    assert (button["action_id"], button["value"]) == (ACTION_EDIT_NOTES, release.id)
+    modal = notes_modal(release.model_copy(update={"notes": "n" * 5000}))
+    assert len(modal["title"]["text"]) <= 24
+    assert len(modal["blocks"][1]["element"]["initial_value"]) <= 3000
+    assert modal["private_metadata"] == release.id

@@ -143,7 +143,13 @@ async def test_release_driven_by_command_and_button_runs_to_success(rig: SlackRi
     assert actions_of(status) == []  # nothing left to click
     # One reply per event, in the order the events happened, all in the status's thread.
     replies = rig.slack.thread(CHECKOUT_CHANNEL, ts)
-    events = rig.recorder.events
+    await wait_until(
+        lambda: EventKind.NOTES_FINAL in rig.recorder.kinds("checkout"), "the announcement"
+    )
+    # The "shipped" announcement goes to the announcement channel, not into the thread.
+    events = [e for e in rig.recorder.events if e.kind is not EventKind.NOTES_FINAL]
+    [announcement] = rig.slack.messages("#releases")
+    assert "checkout v2 shipped to 100% of users" in text_of(announcement)
     sp = rig.policy.service("checkout")
     expected = [
         event_message(e, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics).text
@@ -222,8 +228,14 @@ async def test_rollback_button_rolls_back_attributed_to_the_clicker(rig: SlackRi
     [status] = rig.slack.messages(CHECKOUT_CHANNEL)
     assert status["ts"] == ts and actions_of(status) == []
     kinds = rig.recorder.kinds("checkout")
-    assert kinds[-2:] == [EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK]
-    assert f"On-call: <@{DAVE}>" in text_of(rig.slack.thread(CHECKOUT_CHANNEL, ts)[-1])
+    done_at = kinds.index(EventKind.ROLLED_BACK)
+    assert kinds[done_at - 1] is EventKind.ROLLBACK_STARTED
+    # After the rollback, and never before it: the written diagnosis.
+    await wait_until(lambda: EventKind.DIAGNOSIS in rig.recorder.kinds("checkout"), "diagnosis")
+    assert rig.recorder.kinds("checkout").index(EventKind.DIAGNOSIS) > done_at
+    thread = [text_of(m) for m in rig.slack.thread(CHECKOUT_CHANNEL, ts)]
+    rolled = next(t for t in thread if "rolled back" in t.lower() and "On-call" in t)
+    assert f"On-call: <@{DAVE}>" in rolled
     rig.validate_blocks()
 
 
@@ -426,7 +438,8 @@ async def test_bad_signature_and_stale_timestamp_are_refused(rig: SlackRig) -> N
 
     assert (forged, tampered, replayed) == (401, 401, 401)
     await rig.settle()
-    assert rig.slack.calls == []  # not even auth.test
+    # Nothing after the bot's own auth.test at start: the forged requests reached nothing.
+    assert [c.method for c in rig.slack.calls] == ["auth.test"]
     assert rig.slack.responses(url) == []
     assert await rig.audit() == []
     assert await rig.releases("checkout") == []

@@ -208,6 +208,7 @@ class SlackStandIn:
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
+            "conversations.replies": self._conversations_replies,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
         }
@@ -944,6 +945,14 @@ class SlackStandIn:
         if members is None:
             raise SlackError("no_such_subteam")
         return {"ok": True, "users": list(members)}
+
+    def _conversations_replies(self, args: Json) -> Json:
+        chan = self._by_id(args.get("channel"))
+        ts = str(args.get("ts", ""))
+        if ts not in chan.versions:
+            raise SlackError("thread_not_found")
+        parent = copy.deepcopy(chan.versions[ts][-1])
+        return {"ok": True, "messages": [parent, *self.thread(chan.id, ts)], "has_more": False}
 
     def _conversations_info(self, args: Json) -> Json:
         chan = self._by_id(args.get("channel"))

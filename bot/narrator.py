@@ -1,0 +1,257 @@
+"""What the bot writes after the fact: rollback diagnoses, release notes, answers in threads.
+
+It listens on the event bus like any notifier but never holds the bus up: each piece of
+writing runs as its own tracked task, so a slow or hanging LLM delays nothing, least of all a
+rollback (which is finished before the event that triggers a diagnosis is even emitted).
+The facts are ours (bot.evidence renders them from the record); the LLM only adds the likely
+cause and suggestions, release-note prose, or answers grounded in the record. Without an LLM,
+or when it fails, deterministic template text is used and labelled as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from bot.chart import render_png
+from bot.errors import ShipwatchError
+from bot.evidence import (
+    Evidence,
+    build_evidence,
+    facts_sentence,
+    template_answer,
+    template_diagnosis,
+    template_release_notes,
+)
+from bot.llm import LLM, LLMError
+from bot.notify import EventBus, EventKind, ReleaseEvent
+from bot.policy import Policy
+from bot.prompts import render_pair
+from bot.redact import redact, redact_obj
+from bot.rollout import Release
+from bot.store import Store
+from bot.tickets import Incident, TicketSinks
+
+log = logging.getLogger(__name__)
+
+NO_LLM = "_(template text: no LLM configured)_"
+LLM_DOWN = "_(template text: the LLM did not answer: {reason})_"
+MAX_THREAD_MESSAGES = 30
+
+LinkFor = Callable[[Release], Awaitable[str]]
+
+
+async def _no_link(_: Release) -> str:
+    return ""
+
+
+class Narrator:
+    def __init__(
+        self,
+        store: Store,
+        llm: LLM,
+        events: EventBus,
+        policy: Callable[[], Policy],
+        *,
+        link_for: LinkFor = _no_link,
+        tickets_for: Callable[[str], TicketSinks | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.llm = llm
+        self.events = events
+        self._policy = policy
+        self.link_for = link_for
+        self.tickets_for = tickets_for or self._tickets_from_policy
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the notifier port -----------------------------------------------------------------
+
+    async def notify(self, event: ReleaseEvent) -> None:
+        if event.kind is EventKind.ROLLED_BACK:
+            self._spawn(self.diagnose(event.release), f"diagnose-{event.release.id}")
+        elif event.kind is EventKind.STARTED and (event.release.notes or event.release.changes):
+            self._spawn(self.draft_notes(event.release), f"notes-{event.release.id}")
+        elif event.kind is EventKind.SUCCEEDED:
+            self._spawn(self.final_notes(event.release), f"final-notes-{event.release.id}")
+
+    def _spawn(self, work: Awaitable[object], name: str) -> None:
+        task = asyncio.ensure_future(self._guarded(work))
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("writing after a release event failed")
+
+    async def drain(self) -> None:
+        """Wait for the writing under way (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.llm.close()
+
+    # --- diagnosis --------------------------------------------------------------------------
+
+    async def diagnose(self, release: Release) -> str:
+        evidence = await build_evidence(self.store, release, units=self._units(release.service))
+        facts = facts_sentence(evidence)
+        written, label = await self._write("diagnosis", evidence=redact_obj(evidence.to_dict()))
+        text = (
+            f"{facts}\n{written}\n{label}".strip()
+            if written
+            else template_diagnosis(evidence, label=label)
+        )
+        files = await self._chart(release, evidence)
+        self.events.emit(ReleaseEvent(EventKind.DIAGNOSIS, release, text, files=files))
+        if release.last.surface == "controller":
+            await self._file_tickets(release, evidence, text)
+        return text
+
+    async def _chart(self, release: Release, evidence: Evidence) -> list[tuple[str, bytes]]:
+        metric = next((c.metric for c in evidence.failing), None)
+        if metric is None:
+            return []
+        try:
+            points = await self.store.points(release.id)
+        except ShipwatchError:
+            return []
+        sp = self._policy().services.get(release.service)
+        unit = next((m.unit for m in sp.metrics if m.name == metric), "") if sp else ""
+        png = await asyncio.to_thread(
+            render_png,
+            metric,
+            points,
+            unit=unit,
+            title=f"{release.service} {release.version}: {metric}, canary vs control",
+        )
+        return [(f"{release.service}-{release.number}-{metric}.png", png)] if png else []
+
+    async def _file_tickets(self, release: Release, evidence: Evidence, diagnosis: str) -> None:
+        sinks = self.tickets_for(release.service)
+        if sinks is None or not sinks.configured:
+            return
+        incident = Incident(
+            release=release.label,
+            release_id=release.id,
+            service=release.service,
+            version=release.version,
+            stable_version=release.stable_version,
+            title=f"Rollback: {release.service} {release.version} at {evidence.step_weight}%",
+            diagnosis=diagnosis,
+            thread_url=await self.link_for(release),
+            metrics=[
+                {
+                    "metric": c.metric,
+                    "canary": c.canary,
+                    "control": c.control,
+                    "limit": c.limit,
+                    "reason": c.reason,
+                }
+                for c in evidence.failing
+            ],
+            decided_at=release.rollback_started_at,
+            rolled_back_at=release.finished_at,
+        )
+        tickets = await sinks.file(incident)
+        if tickets:
+            where = "; ".join(
+                f"{t.where}: {t.url}" if t.url else f"{t.where} (no link given)" for t in tickets
+            )
+            self.events.emit(
+                ReleaseEvent(EventKind.TICKET_FILED, release, f"Incident ticket filed: {where}")
+            )
+        else:
+            self.events.emit(
+                ReleaseEvent(
+                    EventKind.TICKET_FILED,
+                    release,
+                    "Filing the incident ticket failed; see the bot's log.",
+                )
+            )
+
+    # --- release notes ----------------------------------------------------------------------
+
+    async def draft_notes(self, release: Release) -> str:
+        written, label = await self._write(
+            "release_notes",
+            service=release.service,
+            version=release.version,
+            notes=redact(release.notes),
+            changes=redact_obj(release.changes),
+        )
+        text = (
+            f"{written}\n{label}"
+            if written
+            else template_release_notes(
+                release.service, release.version, release.notes, release.changes, label=label
+            )
+        )
+        self.events.emit(ReleaseEvent(EventKind.NOTES_DRAFT, release, text))
+        return text
+
+    async def final_notes(self, release: Release) -> str:
+        took = (release.finished_at or release.updated_at) - release.created_at
+        minutes = max(1, round(took / 60))
+        what = release.notes.strip() or (
+            "\n".join(f"• {c.get('title', '')}" for c in release.changes)
+            or "(no release notes were given)"
+        )
+        text = (
+            f"{release.service} {release.version} shipped to 100% of users in {minutes} "
+            f"minute(s). All metrics nominal.\n{what}"
+        )
+        self.events.emit(ReleaseEvent(EventKind.NOTES_FINAL, release, text))
+        return text
+
+    # --- questions in a thread --------------------------------------------------------------
+
+    async def answer(
+        self, release: Release, question: str, thread: Sequence[dict[str, Any]] = ()
+    ) -> str:
+        evidence = await build_evidence(self.store, release, units=self._units(release.service))
+        messages = [
+            {"user": str(m.get("user", "?")), "text": redact(str(m.get("text", "")))}
+            for m in list(thread)[-MAX_THREAD_MESSAGES:]
+        ]
+        written, label = await self._write(
+            "answer",
+            question=redact(question),
+            evidence=redact_obj(evidence.to_dict()),
+            thread=messages,
+        )
+        if written:
+            return f"{written}\n{label}"
+        return template_answer(question, evidence, label=label)
+
+    # --- the LLM, or why not ------------------------------------------------------------------
+
+    async def _write(self, template: str, **context: Any) -> tuple[str, str]:
+        """(text, label): the LLM's text and its label, or ("", why-not label)."""
+        if not self.llm.enabled:
+            return "", NO_LLM
+        system, user = render_pair(template, **context)
+        try:
+            text = await self.llm.complete(system, user)
+        except LLMError as exc:
+            log.warning(
+                "LLM unavailable for %s (%s): using the template text", template, exc.reason
+            )
+            return "", LLM_DOWN.format(reason=exc.reason)
+        return text.strip(), f"_(written by {self.llm.model} from the release record)_"
+
+    def _units(self, service: str) -> dict[str, str]:
+        sp = self._policy().services.get(service)
+        return {m.name: m.unit for m in sp.metrics} if sp else {}
+
+    def _tickets_from_policy(self, service: str) -> TicketSinks | None:
+        sp = self._policy().services.get(service)
+        return TicketSinks(sp.tickets) if sp is not None else None
