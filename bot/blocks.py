@@ -814,6 +814,8 @@ def event_message(
         )
         blocks.append(_section(head))
         blocks += [_section(esc(part)) for part in _paragraphs(event.message)]
+        if not final and event.actor != "shipwatch":
+            blocks.append(_context(f"_edited by {mention(event.actor)}_"))
         if not final:
             blocks.append(
                 {"type": "actions", "elements": [_button("Edit notes", ACTION_EDIT_NOTES, r.id)]}
@@ -847,11 +849,26 @@ def split_text(text: str, size: int = 3900) -> list[str]:
     return _paragraphs(text, size)
 
 
+def _short_lines(text: str, size: int) -> list[str]:
+    """The text's lines, a line longer than ``size`` cut at its last space before it (or
+    hard, when it has none): a model may answer in one long paragraph."""
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        rest = line
+        while len(rest) > size:
+            cut = rest.rfind(" ", 0, size)
+            cut = cut + 1 if cut > size // 2 else size
+            out.append(rest[:cut])
+            rest = rest[cut:]
+        out.append(rest)
+    return out
+
+
 def _paragraphs(text: str, size: int = 2900) -> list[str]:
     """Long generated text as several sections, split at paragraph or line ends."""
     parts: list[str] = []
     current = ""
-    for line in text.strip().splitlines(keepends=True):
+    for line in _short_lines(text.strip(), size):
         if current and len(current) + len(line) > size:
             parts.append(current.rstrip())
             current = ""

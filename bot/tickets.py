@@ -126,6 +126,9 @@ class TicketSinks:
             "X-Shipwatch-Timestamp": ts,
         }
         secret = self._env.get(cfg.secret_env, "") if cfg.secret_env else ""
+        if cfg.secret_env and not secret:
+            # A receiver that expects a signature would reject (or, worse, accept) it unsigned.
+            raise TicketError(f"${cfg.secret_env} is empty: the ticket payload cannot be signed")
         if secret:
             headers["X-Shipwatch-Signature"] = sign(secret, ts, body)
         try:
@@ -170,4 +173,5 @@ class TicketSinks:
                     raise TicketError(f"GitHub answered HTTP {resp.status}: {message}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TicketError(f"GitHub unreachable: {exc}") from exc
-        return Ticket("github", str(data.get("html_url", "")))
+        # A 201 without the expected JSON still created the issue: just no link to give.
+        return Ticket("github", str(data.get("html_url", "")) if isinstance(data, dict) else "")

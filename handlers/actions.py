@@ -114,7 +114,7 @@ def _saver(core: Core) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[N
             ReleaseEvent(
                 EventKind.NOTES_DRAFT,
                 updated,
-                f"{updated.notes}\n_(edited by <@{user}>)_",
+                updated.notes,
                 actor=user,
             )
         )

@@ -120,6 +120,9 @@ class SlackRig:
     slack: SlackStandIn
     redis_url: str
     policy: Policy = field(default_factory=lambda: parse_policy(POLICY, "slack scenarios"))
+    # Extra Settings by their environment names, e.g. OPENAI_API_KEY, OPENAI_BASE_URL,
+    # SHIPWATCH_LLM_TIMEOUT; they override the rig's own values.
+    extra_settings: dict[str, Any] = field(default_factory=dict)
     recorder: Recorder = field(default_factory=Recorder)
     response_urls: list[str] = field(default_factory=list)
     _core: Core | None = None
@@ -144,6 +147,7 @@ class SlackRig:
                 "SHIPWATCH_CONTROLLER_TICK": 0.05,
                 "SHIPWATCH_LEASE_TTL": 0.5,
             }
+            | self.extra_settings
         )
 
     async def start(self) -> None:

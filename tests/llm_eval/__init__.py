@@ -1,0 +1,1 @@
+"""Offline evaluation of the rollback diagnosis (run by hand; never collected by pytest)."""
