@@ -13,6 +13,7 @@ from bot import __version__
 from bot.app import build_app, resolve_policy
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
+from bot.demo import demo_policy, scripted_input
 from bot.errors import PolicyError, ShipwatchError
 from bot.policy import Policy, load_policy
 from handlers.server import serve
@@ -42,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds instead of minutes per step (default: on with the embedded demo policy)",
     )
 
+    demo = sub.add_parser(
+        "demo",
+        help="play two releases at demo speed (one healthy, one rolled back), then the "
+        "console; no Slack, Prometheus or LLM needed",
+    )
+    demo.add_argument(
+        "--interactive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stay at the console prompt afterwards (default when a terminal)",
+    )
+
     serve = sub.add_parser(
         "serve", help="run the Slack app over HTTP (POST /slack/events) and the controller"
     )
@@ -61,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if args.command == "console":
+    if args.command in ("console", "demo"):
         # The terminal is the chat: keep log lines out of it, in a file next to the data.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(
@@ -83,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "console":
             fast = args.demo_speed if args.demo_speed is not None else policy.source.startswith("(")
-            return asyncio.run(
-                _console(settings, demo_speed(policy) if fast else policy, args.user)
-            )
+            speedy = demo_policy(policy, interval=2.0, hold=10.0, bake=12.0) if fast else policy
+            return asyncio.run(_console(settings, speedy, args.user))
+        if args.command == "demo":
+            interactive = args.interactive and sys.stdin.isatty()
+            return asyncio.run(_demo(settings, demo_policy(policy), interactive))
         if args.command == "serve":
             return asyncio.run(
                 serve(settings, policy, controller=not args.no_controller, socket=args.socket)
@@ -118,21 +133,19 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-def demo_speed(policy: Policy) -> Policy:
-    """Seconds instead of minutes, so a whole release plays out while you watch."""
-    services = {
-        name: sp.model_copy(
-            update={
-                "interval": 2.0,
-                "hold": 10.0,
-                "bake": 12.0,
-                "window": 10.0,
-                "steps": [s.model_copy(update={"hold": None}) for s in sp.steps],
-            }
-        )
-        for name, sp in policy.services.items()
-    }
-    return policy.model_copy(update={"services": services})
+async def _demo(settings: Settings, policy: Policy, interactive: bool) -> int:
+    settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.25)})
+    app = await build_app(settings, policy=policy, notifiers=[ConsoleNotifier(sys.stdout)])
+    try:
+
+        def echo(text: str) -> None:
+            print(text, flush=True)
+
+        console = Console(app, "you", read_line=scripted_input(interactive, echo))
+        console.interactive = interactive
+        return await console.run()
+    finally:
+        await app.close()
 
 
 async def _console(settings: Settings, policy: Policy, user: str) -> int:

@@ -53,6 +53,7 @@ buttons:
 console only:
   as <user>                       switch who is typing (approvals need someone else)
   wait <duration>                 let the controller run, e.g. wait 30s
+  await <service>                 let it run until the service's release has finished
   fault <service> <metric> <factor> [version]   demo source: make a metric worse
   clear [service]                 demo source: remove faults
   help | quit"""
@@ -172,6 +173,9 @@ class Console:
             seconds = parse_duration(rest.strip() or "5s")
             await asyncio.sleep(seconds)
             return
+        if word == "await":
+            await self._await_release(rest.strip())
+            return
         if word in ("fault", "clear"):
             self._fault(word, rest.split())
             return
@@ -268,6 +272,21 @@ class Console:
                 ("(already applied) " if result.outcome.value == "duplicate" else "")
                 + result.message
             )
+
+    async def _await_release(self, service: str, timeout: float = 600.0) -> None:
+        """Let the controller run until the service's release has finished (or timeout)."""
+        if not service:
+            self.say("usage: await <service>   (waits until its release succeeds or rolls back)")
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            release = await self.app.service.status(service)
+            if release is None or not release.is_active:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                self.say(f"still running after {timeout:.0f}s: {release.describe_state()}")
+                return
+            await asyncio.sleep(0.25)
 
     def _fault(self, word: str, args: list[str]) -> None:
         source = self.app.source
