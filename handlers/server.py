@@ -20,6 +20,7 @@ from bot.app import App, build_app
 from bot.config import Settings
 from bot.errors import ShipwatchError
 from bot.policy import Policy
+from handlers.api import api_routes, load_tokens
 from handlers.app import build_bolt
 from handlers.client import web_client
 from handlers.context import Core
@@ -65,6 +66,8 @@ def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            # The CI API needs nothing of Slack: it is served with or without bolt.
+            *api_routes(core),
         ]
     )
     return app
@@ -76,6 +79,7 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
             "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are required for `serve`; "
             "`shipwatch console` runs without Slack"
         )
+    load_tokens(settings, policy)  # a malformed SHIPWATCH_API_TOKENS stops us before anything runs
     app: App = await build_app(settings, policy=policy)
     client = web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     notifier = SlackNotifier(client, app.store, app.current_policy)

@@ -1,0 +1,431 @@
+"""The CI API end to end: HTTP requests to the app `serve` runs (the Slack rig), the real core on
+a real Redis, and what reaches Slack read from the Slack stand-in. The token format's parser is
+unit-tested at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bot.blocks import ACTION_ADVANCE
+from bot.config import Settings
+from bot.errors import UserError
+from bot.notify import EventKind
+from bot.policy import parse_policy
+from bot.rollout import Actor, State
+from handlers.api import ROLLOUTS, RolloutApi, TokenRing, parse_tokens
+from handlers.context import status_of
+from handlers.server import build_core, web_app
+from tests.support.slack_api import SlackStandIn
+from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
+
+GITHUB = "gh-0123456789abcdef0123"  # may release every service
+PAYMENTS = "pay-0123456789abcdef0123"  # limited to payments
+TOKENS = f"github:{GITHUB},payments-ci:{PAYMENTS}:payments"
+
+CHANGES: list[dict[str, Any]] = [
+    {
+        "title": "Round totals half-even",
+        "pr": 812,
+        "author": "octocat",
+        "url": "https://github.com/acme/checkout/pull/812",
+    },
+    {"title": "Bump the HTTP client", "pr": None, "author": None, "url": None},
+]
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    """A valid request to start checkout v2 (stable v1), with ``overrides`` applied."""
+    return {
+        "service": "checkout",
+        "version": "v2",
+        "stable": "v1",
+        "changes": CHANGES,
+        "requested_by": "octocat",
+    } | overrides
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
+    # redis_client flushes the database first: every test starts from an empty workspace.
+    async with SlackStandIn() as slack:
+        rig = SlackRig(slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": TOKENS})
+        await rig.start()
+        try:
+            yield rig
+        finally:
+            await rig.close()
+
+
+async def post(
+    rig: SlackRig, payload: object, token: str | None = GITHUB, *, raw: bytes | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = bearer(token) if token else {}
+    data = raw if raw is not None else json.dumps(payload).encode()
+    headers["Content-Type"] = "application/json"
+    async with rig.http.post(rig.url(ROLLOUTS), data=data, headers=headers) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def get(
+    rig: SlackRig, service: str, token: str | None = GITHUB
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = bearer(token) if token else {}
+    async with rig.http.get(rig.url(f"{ROLLOUTS}/{service}"), headers=headers) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+def without_times(blocks: list[dict[str, Any]]) -> list[str]:
+    """Each block as JSON with durations ("3s", "250ms", "1h30m") blanked: they move with time.
+
+    One string per block keeps a failure's diff short and readable.
+    """
+    return [re.sub(r"\d+(?:ms|s|m|h|d)(?:\d+(?:s|m|h))?\b", "<t>", json.dumps(b)) for b in blocks]
+
+
+# --- starting a release ---------------------------------------------------------------------
+
+
+async def test_start_posts_the_status_message_deploy_would(rig: SlackRig) -> None:
+    status, answer, headers = await post(rig, body(notes="Totals round half-even now"))
+
+    assert status == 201, answer
+    release = answer["release"]
+    assert {k: release[k] for k in ("service", "version", "stable_version", "risk")} == {
+        "service": "checkout",
+        "version": "v2",
+        "stable_version": "v1",
+        "risk": "normal",
+    }
+    assert (release["state"], release["weight"], release["step"]) == ("progressing", 1, 0)
+    assert release["steps"] == [1, 10, 50, 100]
+    assert release["requested_by"] == "octocat (via github)"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", release["created_at"])
+    assert answer["status_url"] == "/api/v1/rollouts/checkout"
+    assert headers["Location"] == "/api/v1/rollouts/checkout"
+
+    stored = await rig.release("checkout")
+    assert stored.id == release["id"] and stored.number == release["number"]
+    assert stored.surface == "api"
+    assert stored.changes == CHANGES  # the change list, as CI sent it
+    assert stored.notes == "Totals round half-even now"
+    [audit] = await rig.audit("deploy")
+    assert (audit.actor, audit.surface) == ("octocat (via github)", "api")
+
+    # The changes make the narrator draft notes; once that is in, Slack has heard everything.
+    await wait_until(lambda: EventKind.NOTES_DRAFT in rig.recorder.kinds(), "the notes draft")
+    await rig.settle()
+    [message] = rig.slack.messages(CHECKOUT_CHANNEL)  # one top-level message, as for /deploy
+    stored = await rig.release("checkout")
+    # The very message /deploy gets: the notifier renders every release with status_of.
+    assert without_times(message["blocks"]) == without_times(status_of(rig.core, stored).blocks)
+    assert "started by octocat (via github) via api" in json.dumps(message["blocks"])
+    assert rig.button(CHECKOUT_CHANNEL, str(message["ts"]), ACTION_ADVANCE)
+    thread = rig.slack.thread(CHECKOUT_CHANNEL, str(message["ts"]))
+    assert thread[0]["text"] == "octocat (via github) started checkout v2"
+    assert any("Round totals half-even" in json.dumps(r) for r in thread[1:])
+    rig.validate_blocks()
+
+
+async def test_api_refuses_everyone_when_no_tokens_are_configured(rig: SlackRig) -> None:
+    app = web.Application()
+    app.add_routes(RolloutApi(rig.core, ()).routes())
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url(ROLLOUTS))
+        async with rig.http.post(url, json=body(), headers=bearer(GITHUB)) as resp:
+            assert resp.status == 401
+            assert "SHIPWATCH_API_TOKENS" in (await resp.json())["error"]
+    finally:
+        await server.close()
+    assert await rig.releases("checkout") == []
+
+
+async def test_api_works_without_slack_in_the_web_app(rig: SlackRig) -> None:
+    # Socket Mode: web_app gets no bolt app, and the API must not care.
+    server = TestServer(web_app(rig.core, None))
+    await server.start_server()
+    try:
+        url = str(server.make_url(ROLLOUTS))
+        async with rig.http.post(url, json=body(), headers=bearer(GITHUB)) as resp:
+            assert resp.status == 201, await resp.text()
+        async with rig.http.get(f"{url}/checkout", headers=bearer(GITHUB)) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["release"]["version"] == "v2"
+        async with rig.http.post(str(server.make_url("/slack/events"))) as resp:
+            assert resp.status == 404
+    finally:
+        await server.close()
+
+
+# --- who may ask ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "invalid"),
+    [
+        (None, False),
+        ("Bearer", False),
+        (f"Basic {GITHUB}", False),
+        ("Bearer not-a-configured-token-at-all", True),
+        (f"Bearer {GITHUB}x", True),
+    ],
+)
+async def test_401_without_a_known_token(
+    rig: SlackRig, caplog: pytest.LogCaptureFixture, authorization: str | None, invalid: bool
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    headers = {"Authorization": authorization} if authorization else {}
+    async with rig.http.post(rig.url(ROLLOUTS), json=body(), headers=headers) as resp:
+        assert resp.status == 401
+        answer = await resp.json()
+        challenge = resp.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer")
+    assert ('error="invalid_token"' in challenge) is invalid
+    assert answer["error"]
+    async with rig.http.get(rig.url(f"{ROLLOUTS}/checkout"), headers=headers) as resp:
+        assert resp.status == 401
+    assert await rig.releases("checkout") == []
+    assert GITHUB not in caplog.text and "not-a-configured-token" not in caplog.text
+
+
+async def test_403_for_a_token_limited_to_other_services(rig: SlackRig) -> None:
+    status, answer, _ = await post(rig, body(), token=PAYMENTS)
+
+    assert status == 403
+    assert "`checkout`" in answer["error"] and "payments-ci" in answer["error"]
+    assert answer["service"] == "checkout"
+    assert await rig.releases("checkout") == []
+    # Even a service that does not exist gets 403: a limited token cannot probe for names.
+    assert (await post(rig, body(service="chekout"), token=PAYMENTS))[0] == 403
+    assert (await get(rig, "checkout", token=PAYMENTS))[0] == 403
+    # Its own service it may release.
+    status, answer, _ = await post(
+        rig, body(service="payments", requested_by="ci-bot"), token=PAYMENTS
+    )
+    assert status == 201, answer
+    assert answer["release"]["requested_by"] == "ci-bot (via payments-ci)"
+
+
+async def test_403_when_the_policy_limits_deployers(rig: SlackRig) -> None:
+    # ledger lets only alice deploy; a pipeline is not alice, whatever its token allows.
+    status, answer, _ = await post(rig, body(service="ledger"))
+
+    assert status == 403
+    assert "may not deploy `ledger`" in answer["error"]
+    assert ALICE in answer["hint"]
+
+
+# --- bad requests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "message"),
+    [
+        ({k: v for k, v in body().items() if k != "version"}, "version", "required"),
+        (body(risk="medium"), "risk", "'normal' or 'high'"),
+        (body(colour="blue"), "colour", "unknown field"),
+        (body(changes=[{"pr": 3}]), "changes[0].title", "required"),
+        (body(changes=[CHANGES[0], {"title": "x", "pr": "12"}]), "changes[1].pr", "integer"),
+        (body(requested_by="bob (via prod)"), "requested_by", "without parentheses"),
+        (body(changes=[{"title": "x", "url": "javascript:alert(1)"}]), "changes[0].url", "URL"),
+        ([body()], "(body)", "JSON object"),
+    ],
+)
+async def test_422_names_each_bad_field(
+    rig: SlackRig, payload: object, path: str, message: str
+) -> None:
+    status, answer, _ = await post(rig, payload)
+
+    assert status == 422
+    assert answer["error"] == "invalid request"
+    [problem] = answer["fields"]
+    assert problem["path"] == path
+    assert message in problem["message"]
+    assert await rig.releases("checkout") == []
+
+
+async def test_422_for_a_body_that_is_not_json(rig: SlackRig) -> None:
+    status, answer, _ = await post(rig, None, raw=b"service=checkout&version=v2")
+
+    assert status == 422
+    [problem] = answer["fields"]
+    assert problem["path"] == "(body)"
+    assert problem["message"].startswith("not valid JSON")
+
+
+async def test_422_for_what_the_release_service_refuses(rig: SlackRig) -> None:
+    status, answer, _ = await post(rig, body(version="v1"))  # what already runs
+
+    assert status == 422
+    assert answer["error"] == "`checkout` already runs v1"
+    assert answer["hint"]
+
+
+# --- what the rules refuse ------------------------------------------------------------------
+
+
+async def test_409_while_a_release_is_active_names_who_what_and_when(rig: SlackRig) -> None:
+    delivery = await rig.command("/deploy", "checkout v2 --stable v1", ALICE)
+    await rig.reply(delivery)
+    active = await rig.release("checkout")
+
+    status, answer, _ = await post(rig, body(version="v3"))
+
+    assert status == 409
+    error = answer["error"]
+    assert "cannot deploy v3" in error
+    assert "checkout v2 is already being released" in error  # what
+    assert f"started by {ALICE}" in error  # who
+    assert re.search(r"at \d\d:\d\d UTC", error)  # when
+    assert answer["release"]["id"] == active.id
+    assert answer["release"]["requested_by"] == ALICE
+    assert [r.id for r in await rig.releases("checkout")] == [active.id]
+
+
+async def test_409_while_the_service_is_locked_names_who_and_why(rig: SlackRig) -> None:
+    alice = Actor(user=ALICE, surface="slack")
+    await rig.core.app.service.lock(alice, "checkout", "code freeze for the sale")
+
+    status, answer, _ = await post(rig, body())
+
+    assert status == 409
+    assert f"locked by {ALICE}" in answer["error"]
+    assert "code freeze for the sale" in answer["error"]
+    assert answer["lock"]["by"] == ALICE
+    assert answer["lock"]["reason"] == "code freeze for the sale"
+    assert answer["release"] is None
+    assert await rig.releases("checkout") == []
+
+
+async def test_404_for_an_unknown_service_suggests_the_right_one(rig: SlackRig) -> None:
+    status, answer, _ = await post(rig, body(service="chekout"))
+
+    assert status == 404
+    assert answer["error"] == "unknown service `chekout`"
+    assert answer["suggestion"] == "checkout"
+    assert "did you mean `checkout`?" in answer["hint"]
+
+
+# --- retries and status ---------------------------------------------------------------------
+
+
+async def test_a_repeated_request_id_starts_one_release(rig: SlackRig) -> None:
+    first = await post(rig, body(request_id="run-4711-attempt"))
+    again = await post(rig, body(request_id="run-4711-attempt"))
+
+    assert first[0] == 201 and again[0] == 200
+    assert again[1]["release"]["id"] == first[1]["release"]["id"]
+    assert again[1]["duplicate"] is True
+    assert len(await rig.releases("checkout")) == 1
+    await rig.settle()
+    assert len(rig.slack.messages(CHECKOUT_CHANNEL)) == 1
+    # The same id for another release is a mistake in the pipeline, not a retry.
+    status, answer, _ = await post(rig, body(version="v3", request_id="run-4711-attempt"))
+    assert status == 422
+    assert "already used for checkout#" in answer["error"]
+
+
+async def test_get_status_shows_the_release_and_its_checks(rig: SlackRig) -> None:
+    status, answer, _ = await get(rig, "checkout")
+    assert status == 404
+    assert answer["error"] == "no releases of `checkout` yet"
+    status, answer, _ = await get(rig, "chekout")
+    assert (status, answer["suggestion"]) == (404, "checkout")
+
+    started = (await post(rig, body()))[1]["release"]
+    rig.start_controller()
+
+    async def checked() -> bool:
+        return bool((await rig.release("checkout")).last_checks)
+
+    await wait_until(checked, "the controller's first checks")
+    status, answer, _ = await get(rig, "checkout")
+
+    assert status == 200
+    assert answer["release"]["id"] == started["id"]
+    assert answer["active"] is True
+    assert {c["metric"] for c in answer["last_checks"]} == {"error_rate", "latency_p99"}
+    assert "last_score" in answer
+
+    await rig.core.app.service.rollback(Actor(user=ALICE, surface="slack"), "checkout", "stop")
+
+    async def rolled_back() -> bool:
+        return (await rig.release("checkout")).state is State.ROLLED_BACK
+
+    await wait_until(rolled_back, "the rollback")
+    status, answer, _ = await get(rig, "checkout")
+    assert (status, answer["active"], answer["release"]["state"]) == (200, False, "rolled_back")
+
+
+# --- the token format -----------------------------------------------------------------------
+
+
+def test_tokens_parse_names_and_services() -> None:
+    tokens = parse_tokens(
+        f" github:{GITHUB} , payments-ci:{PAYMENTS}:payments|checkout,",
+        known_services={"checkout", "payments", "ledger"},
+    )
+
+    assert [t.name for t in tokens] == ["github", "payments-ci"]
+    assert tokens[0].services is None and tokens[0].allows("ledger")
+    assert tokens[1].services == frozenset({"payments", "checkout"})
+    assert not tokens[1].allows("ledger")
+    assert GITHUB not in repr(tokens) and PAYMENTS not in repr(tokens)
+    ring = TokenRing(tokens)
+    assert ring.authenticate(PAYMENTS) is tokens[1]
+    assert ring.authenticate(GITHUB) is tokens[0]
+    assert ring.authenticate(GITHUB[:-1]) is None
+    assert ring.authenticate("") is None
+    assert parse_tokens("") == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"github{GITHUB}", "entry 1 has 1 `:`-separated parts"),
+        (f"github:{GITHUB}:checkout:extra", "entry 1 has 4 `:`-separated parts"),
+        (f"github:{GITHUB},ci:short", "entry 2: the token must be at least 16 characters"),
+        (f"git hub:{GITHUB}", "entry 1: the name must be letters"),
+        (f"github:{GITHUB}:checkout|", "entry 1: an empty service name"),
+        (f"github:{GITHUB}:chekout", "entry 1: unknown service `chekout`; did you mean"),
+        (f"ci:{GITHUB},ci:{PAYMENTS}", "entries 1 and 2 are both named `ci`"),
+        (f"a:{GITHUB},b:{GITHUB}", "entries 1 and 2 use the same token"),
+    ],
+)
+def test_a_malformed_entry_is_refused_clearly(text: str, expected: str) -> None:
+    with pytest.raises(UserError) as caught:
+        parse_tokens(text, known_services={"checkout", "payments"})
+
+    message = str(caught.value)
+    assert message.startswith("SHIPWATCH_API_TOKENS: ")
+    assert expected in message
+    assert "name:token[:service1|service2]" in message  # the hint shows the format
+    assert GITHUB not in message and PAYMENTS not in message
+
+
+async def test_serve_refuses_to_start_on_malformed_tokens() -> None:
+    settings = Settings.model_validate(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-test",
+            "SLACK_SIGNING_SECRET": "secret",
+            "REDIS_URL": "redis://127.0.0.1:1/0",  # never reached: the tokens fail first
+            "SHIPWATCH_API_TOKENS": "github",
+        }
+    )
+    with pytest.raises(UserError, match="SHIPWATCH_API_TOKENS"):
+        await build_core(settings, parse_policy(POLICY, "api tests"))
