@@ -22,6 +22,16 @@ away. The policy's own rules still apply to an API caller: locks, one active rel
 service, and the service's ``deployers`` list (which names Slack users, so a service with such a
 list refuses API releases with 403).
 
+The POST body (unknown fields are refused)::
+
+    {"service": "checkout", "version": "v2.4.1", "requested_by": "octocat",
+     "changes": [{"title": "...", "pr": 812, "author": "octocat", "url": "https://..."}],
+     "risk": "normal" | "high", "notes": "...", "stable": "v2.4.0", "request_id": "run-4711"}
+
+``risk``, ``notes``, ``stable`` and ``request_id`` are optional, as are a change's ``pr``,
+``author`` and ``url``. A release started answers 201 with its summary and ``status_url``; a
+``request_id`` seen before (a CI retry) answers 200 with the release it started, unchanged.
+
 Answers are JSON. Errors are ``{"error": <what went wrong>, ...}``: 401 (no or unknown token,
 with ``WWW-Authenticate: Bearer``), 403 (the token may not touch the service), 404 (unknown
 service, with a suggestion; or no release yet), 409 (a release is active or the service is
