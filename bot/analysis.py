@@ -72,6 +72,11 @@ class Analysis:
     verdicts: list[tuple[str, MetricVerdict]] = field(default_factory=list)
 
 
+def query_key(release_id: str, metric: str, side: Side) -> str:
+    """How a query's answer is found again among the answers of a whole round."""
+    return f"{release_id}|{metric}|{side.value}"
+
+
 def plan(release: Release, sp: ServicePolicy) -> Plan:
     instant: list[MetricQuery] = []
     series: list[SeriesQuery] = []
@@ -81,7 +86,7 @@ def plan(release: Release, sp: ServicePolicy) -> Plan:
             template, service=release.service, version=version, window=prometheus_range(window)
         )
         return MetricQuery(
-            key=f"{release.id}|{name}|{side.value}",
+            key=query_key(release.id, name, side),
             promql=promql,
             metric=name,
             service=release.service,
@@ -111,7 +116,7 @@ def analyse(
     p: Plan, instant: Mapping[str, QueryResult], series: Mapping[str, SeriesResult]
 ) -> Analysis:
     release = p.release
-    requests = instant.get(f"{release.id}|{REQUESTS_METRIC}|canary")
+    requests = instant.get(query_key(release.id, REQUESTS_METRIC, Side.CANARY))
     request_count = requests.value if requests is not None else None
     checks: list[CheckResult] = []
     verdicts: list[tuple[str, MetricVerdict]] = []
@@ -143,14 +148,14 @@ def _threshold_check(
     instant: Mapping[str, QueryResult],
     requests: float | None,
 ) -> CheckResult:
-    canary = instant[f"{release.id}|{metric.name}|canary"]
+    canary = instant[query_key(release.id, metric.name, Side.CANARY)]
     control: QueryResult | float | None
     label = "control"
     if release.state is State.BAKING:
         control = release.baseline.get(metric.name)
         label = "baseline"
     else:
-        control = instant.get(f"{release.id}|{metric.name}|control")
+        control = instant.get(query_key(release.id, metric.name, Side.CONTROL))
     # Nothing to compare with (no baseline recorded): judge on the absolute rules alone
     # rather than holding forever. A first release without a control is refused at deploy.
     return judge(
@@ -197,8 +202,8 @@ def _statistical_check(
         ), None
     if too_little := too_little_traffic(metric, requests):
         return result(outcome=Outcome.NO_DATA, canary=None, control=None, reason=too_little), None
-    canary = series.get(f"{release.id}|{metric.name}|canary")
-    control = series.get(f"{release.id}|{metric.name}|control")
+    canary = series.get(query_key(release.id, metric.name, Side.CANARY))
+    control = series.get(query_key(release.id, metric.name, Side.CONTROL))
     for side in (canary, control):
         if side is not None and side.status is QueryStatus.ERROR:
             return result(
