@@ -96,7 +96,10 @@ POLICY: dict[str, Any] = {
         LATENCY: {"hold": "4s"},
         DRY_RUN: {"metrics": [{"name": "latency_p99", "dry_run": True}]},
         # A long hold at each step: the statistical judge needs its lookback filled.
-        SLOWER: {"hold": "40s", "metrics": [LATENCY_MEAN]},
+        # Its p99 limit is loosened: at 10% a single slow request (a busy CI machine) moves a
+        # low-volume p99 by 0.2 s; this service is about what only the statistics can see.
+        SLOWER: {"hold": "40s", "metrics": [{"name": "latency_p99", "max_diff": 0.5},
+                                            LATENCY_MEAN]},
     },
 }
 
