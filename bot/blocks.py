@@ -25,7 +25,7 @@ from typing import Any
 from bot.durations import format_duration
 from bot.notify import EventKind, ReleaseEvent
 from bot.policy import Direction, Metric
-from bot.rollout import CONTROLLER, Release, State
+from bot.rollout import CONTROLLER, GateRecord, Release, State
 from bot.thresholds import fmt
 
 ACTION_ADVANCE = "shipwatch_advance"
@@ -551,6 +551,40 @@ def _checks_blocks(
     return blocks
 
 
+# --- pre-release gates ----------------------------------------------------------------------
+
+_GATE_MARK = {"passed": "✅", "failed": "❌", "pending": "⏳"}
+
+
+def gates_text(gates: GateRecord) -> str:
+    """'Gates: ✅ ci_build · ❌ security_scan' (names link to their CI runs when known)."""
+    shown = []
+    for name in gates.required:
+        status = gates.results.get(name, "")
+        mark = _GATE_MARK.get(status, "❔")
+        link = gates.links.get(name)
+        label = f"<{esc(link)}|{esc(name)}>" if link else esc(name)
+        shown.append(f"{mark} {label}")
+    return "🛡️ Gates: " + " · ".join(shown)
+
+
+def forced_text(gates: GateRecord) -> str:
+    """'⚠️ Forced by @alice past gates that had not passed: security_scan (failed)'."""
+    past = ", ".join(f"{esc(g)} ({esc(why)})" for g, why in gates.overridden.items())
+    text = f"⚠️ *Forced* by {mention(gates.forced_by)} past gates that had not passed: {past}"
+    if gates.problem:
+        text += f"\nThe gates could not be read: {esc(gates.problem)}"
+    return text
+
+
+def _gate_blocks(release: Release) -> list[dict[str, Any]]:
+    gates = release.gates
+    if gates is None or not gates.required:
+        return []
+    blocks = [_section(forced_text(gates))] if gates.forced else []
+    return [*blocks, _context(gates_text(gates))]
+
+
 # --- the status message ----------------------------------------------------------------------
 
 
@@ -650,6 +684,7 @@ def status_message(
     ]
     if release.notes.strip():
         blocks.append(_context(f"📝 {esc(release.notes.strip())}"))
+    blocks += _gate_blocks(release)
     blocks.append(_section(progress_bar(release)))
     fields = [
         f"*State*\n{badge} {words}",
@@ -743,6 +778,8 @@ def event_message(
         )
         if r.notes.strip():
             blocks.append(_context(f"📝 {clip(esc(r.notes.strip()), EVENT_NOTES, _pointer(r))}"))
+        if r.gates is not None and r.gates.forced:
+            blocks.append(_section(forced_text(r.gates)))
         text = f"{event.actor} started {r.service} {r.version}"
     elif kind is EventKind.STEP_ADVANCED:
         blocks.append(

@@ -5,7 +5,8 @@
     │   ├── PolicyError        the policy file is invalid (carries every problem with its path)
     │   ├── CommandError       a command could not be parsed
     │   ├── UnknownServiceError
-    │   └── PermissionDenied   the actor may not do this; names who may
+    │   ├── PermissionDenied   the actor may not do this; names who may
+    │   └── GatesNotPassed     a required pre-release gate has not passed (bot.gates)
     ├── ConflictError          the release is not in a state that allows this
     │   ├── AlreadyActiveError another release of the service is running
     │   ├── LockedError        the service is locked
@@ -15,7 +16,8 @@
         ├── MetricsError       the metrics source
         ├── TrafficError       the traffic backend
         ├── LLMError           the LLM (bot.llm; callers fall back to template text)
-        └── TicketError        an incident-ticket sink (bot.tickets)
+        ├── TicketError        an incident-ticket sink (bot.tickets)
+        └── GatesUnavailable   the CI status URL the gates are read from (bot.gates)
     PromptError                a prompt template is missing or lacks a variable (bot.prompts)
 
 Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.

@@ -34,6 +34,9 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 PLACEHOLDERS = ("{service}", "{version}", "{window}")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._@-]+$")
+# A pre-release gate's name (ci_build, tests, security_scan, compliance): the key CI reports
+# its result under, so it must survive URLs, JSON and YAML unquoted.
+GATE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class Risk(StrEnum):
@@ -231,6 +234,8 @@ class ServicePolicy(_Strict):
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     tickets: TicketSettings = Field(default_factory=TicketSettings)
     announce_channel: str = "#releases"  # where the "shipped" announcement goes
+    # Pre-release gates that must have passed before a release starts (bot.gates); empty: none.
+    gates: list[str] = Field(default_factory=list)
 
     @field_validator("steps")
     @classmethod
@@ -258,6 +263,19 @@ class ServicePolicy(_Strict):
             if not _PRINCIPAL.match(v):
                 raise ValueError(f"`{v}` is not a Slack user id (U…), user-group id (S…) or name")
         return values
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_names(cls, gates: list[str]) -> list[str]:
+        for g in gates:
+            if not GATE_NAME.match(g):
+                raise ValueError(
+                    f"`{g}` is not a gate name: use a lowercase identifier like ci_build, tests, "
+                    "security_scan or compliance"
+                )
+        if len(set(gates)) != len(gates):
+            raise ValueError(f"a gate is listed twice in {gates}")
+        return gates
 
     @field_validator("metrics")
     @classmethod

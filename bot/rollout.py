@@ -117,6 +117,25 @@ class Approval(BaseModel):
     at: float
 
 
+class GateRecord(BaseModel):
+    """The pre-release gates of a release, as checked when it started (bot.gates)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: list[str]
+    results: dict[str, str] = Field(default_factory=dict)  # gate -> passed | failed | pending
+    links: dict[str, str] = Field(default_factory=dict)  # gate -> its CI run, when reported
+    source: str = ""  # request (the API body) | status_url | none
+    problem: str = ""  # why no results could be read, when none could
+    forced_by: str = ""  # the approver who started it past gates that had not passed
+    # The gates forced past, each with why it had not passed: failed, pending, missing, unknown.
+    overridden: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def forced(self) -> bool:
+        return bool(self.forced_by)
+
+
 class Release(BaseModel):
     """One release of one service: the JSON record kept in Redis."""
 
@@ -134,6 +153,7 @@ class Release(BaseModel):
     bake: float
     notes: str = ""
     changes: list[dict[str, Any]] = Field(default_factory=list)  # [{title, pr, author, url}]
+    gates: GateRecord | None = None  # None: the service required no gates
 
     state: State
     step: int = 0  # index into weights of the current step

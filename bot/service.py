@@ -11,7 +11,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,9 +26,10 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
+from bot.gates import GateChecker, GateResult
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.policy import Policy, ServicePolicy, Step
-from bot.rollout import Action, Actor, Release, State
+from bot.rollout import Action, Actor, GateRecord, Release, State
 from bot.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class DeployOptions:
     notes: str = ""
     stable: str = ""  # the control version, when history does not know it (first release)
     changes: tuple[dict[str, Any], ...] = ()  # the change list from CI: {title, pr, ...}
+    # Start even though required gates have not passed (an approver's decision, audited).
+    force: bool = False
+    # Gate results the caller reports (the API); None: read them from the gates status URL.
+    gates: Mapping[str, GateResult] | None = None
 
 
 class ReleaseService:
@@ -67,12 +72,15 @@ class ReleaseService:
         actuator: TrafficActuator,
         events: EventBus,
         clock: Callable[[], float] = time.time,
+        gates: GateChecker | None = None,
     ) -> None:
         self.store = store
         self._policy = policy
         self.actuator = actuator
         self.events = events
         self.clock = clock
+        # Without a checker, gates can only come from the caller (no status URL is known).
+        self.gates = gates or GateChecker()
 
     @property
     def policy(self) -> Policy:
@@ -98,7 +106,13 @@ class ReleaseService:
         await self._require(actor, sp, service, action, allowed)
 
     async def _refuse(
-        self, actor: Actor, service: str, action: str, reason: str, release_id: str = ""
+        self,
+        actor: Actor,
+        service: str,
+        action: str,
+        reason: str,
+        release_id: str = "",
+        detail: dict[str, Any] | None = None,
     ) -> None:
         log.info("refused %s of %s for %s: %s", action, service, actor.user, reason)
         await self.store.append_audit(
@@ -110,6 +124,7 @@ class ReleaseService:
                 release_id=release_id,
                 outcome="refused",
                 reason=reason,
+                detail=detail or {},
             )
         )
 
@@ -128,6 +143,10 @@ class ReleaseService:
         opts = options or DeployOptions()
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "deploy")
+        if opts.force and not (actor.is_controller or self._may(actor, list(sp.approvers))):
+            # Forcing past the gates is the approvers' call; with none configured, nobody's.
+            await self._refuse(actor, service, "deploy", "--force by someone not an approver")
+            raise PermissionDenied("force a release past the gates of", service, sp.approvers)
         version = version.strip()
         if not version or len(version) > 128 or any(c.isspace() for c in version):
             raise UserError(f"`{version}` is not a version", hint="give a tag like v2.4.1")
@@ -159,6 +178,7 @@ class ReleaseService:
                 f"`{service}` already runs {version}",
                 hint="deploy a different version, or /rollout status to see it",
             )
+        gates = await self._check_gates(actor, sp, service, version, opts)
         now = self.clock()
         release = rollout.new_release(
             release_id=uuid.uuid4().hex[:12],
@@ -175,7 +195,7 @@ class ReleaseService:
             notes=opts.notes,
             actor=actor,
             now=now,
-        ).model_copy(update={"changes": [dict(c) for c in opts.changes]})
+        ).model_copy(update={"changes": [dict(c) for c in opts.changes], "gates": gates})
         audit = AuditEntry(
             action="deploy",
             actor=actor.user,
@@ -190,6 +210,8 @@ class ReleaseService:
                 "strategy": strategy,
                 "steps": release.weights,
                 "stable": stable,
+                **({"gates": gates.model_dump()} if gates else {}),
+                "forced": bool(gates and gates.forced),
             },
         )
         created = await self.store.create(release, audit, request_id)
@@ -230,6 +252,29 @@ class ReleaseService:
         else:
             release = await self.actuator.sync(release)
         return Result(Outcome.DONE, release, _started_text(release))
+
+    async def _check_gates(
+        self, actor: Actor, sp: ServicePolicy, service: str, version: str, opts: DeployOptions
+    ) -> GateRecord | None:
+        """The gates to record on the release; refuses (audited) unless they all passed or an
+        approver forces it."""
+        verdict = await self.gates.check(service, version, sp.gates, opts.gates)
+        if not verdict.required and not verdict.results:
+            return None
+        if not verdict.passed and not opts.force:
+            await self._refuse(
+                actor, service, "deploy", verdict.summary(), detail={"gates": verdict.as_json()}
+            )
+            raise verdict.refusal(service, version)
+        if not verdict.passed:
+            log.warning(
+                "%s forced %s %s past the gates: %s",
+                actor.user,
+                service,
+                version,
+                verdict.summary(),
+            )
+        return verdict.record(forced_by=actor.user)
 
     # --- transitions on the active release ---------------------------------------------------
 
@@ -543,9 +588,13 @@ def _plan_steps(sp: ServicePolicy, strategy: str, opts: DeployOptions) -> list[S
 def _started_text(release: Release) -> str:
     plan = " → ".join(f"{w}%" for w in release.weights)
     stable = release.stable_version or "the current version"
+    forced = ""
+    if release.gates is not None and release.gates.forced:
+        past = ", ".join(f"{g} ({why})" for g, why in release.gates.overridden.items())
+        forced = f"; forced by {release.gates.forced_by} past the gates: {past}"
     return (
         f"{release.requested_by} started {release.service} {release.version} "
-        f"(replacing {stable}), {release.strategy}, risk {release.risk}: {plan}"
+        f"(replacing {stable}), {release.strategy}, risk {release.risk}: {plan}{forced}"
     )
 
 

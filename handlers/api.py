@@ -1,9 +1,10 @@
 """The CI API: a pipeline starts a release when its staging criteria are met, and follows it.
 
-    POST /api/v1/rollouts            start a release (exactly as /deploy does)
-    GET  /api/v1/rollouts/{service}  the active release of a service, or its last one
+    POST /api/v1/rollouts                   start a release (exactly as /deploy does)
+    GET  /api/v1/rollouts/{service}         the active release of a service, or its last one
+    GET  /api/v1/releases?service=&limit=   the deployment record: a service's releases
 
-Both take ``Authorization: Bearer <token>``. Tokens come from ``SHIPWATCH_API_TOKENS``, a
+All three take ``Authorization: Bearer <token>``. Tokens come from ``SHIPWATCH_API_TOKENS``, a
 comma-separated list of entries::
 
     name:token[:service1|service2]
@@ -26,18 +27,34 @@ The POST body (unknown fields are refused)::
 
     {"service": "checkout", "version": "v2.4.1", "requested_by": "octocat",
      "changes": [{"title": "...", "pr": 812, "author": "octocat", "url": "https://..."}],
-     "risk": "normal" | "high", "notes": "...", "stable": "v2.4.0", "request_id": "run-4711"}
+     "risk": "normal" | "high", "notes": "...", "stable": "v2.4.0", "request_id": "run-4711",
+     "gates": {"ci_build": "passed", "tests": {"status": "passed", "url": "https://..."}}}
 
-``risk``, ``notes``, ``stable`` and ``request_id`` are optional, as are a change's ``pr``,
-``author`` and ``url``. A release started answers 201 with its summary and ``status_url``; a
-``request_id`` seen before (a CI retry) answers 200 with the release it started, unchanged.
+``risk``, ``notes``, ``stable``, ``request_id`` and ``gates`` are optional, as are a change's
+``pr``, ``author`` and ``url``. ``gates`` reports the pre-release gates (bot.gates: status
+``passed``, ``failed`` or ``pending``, optionally with a link to the run); without it, the
+gates the service requires are read from ``SHIPWATCH_GATES_URL`` as for /deploy. There is no
+``force``: starting a release past gates that have not passed is an approver's decision, made
+with ``/deploy ... --force``, never a pipeline's. A release started answers 201 with its
+summary and ``status_url``; a ``request_id`` seen before (a CI retry) answers 200 with the
+release it started, unchanged.
 
 Answers are JSON. Errors are ``{"error": <what went wrong>, ...}``: 401 (no or unknown token,
 with ``WWW-Authenticate: Bearer``), 403 (the token may not touch the service), 404 (unknown
 service, with a suggestion; or no release yet), 409 (a release is active or the service is
-locked: ``release`` and ``lock`` say which), 422 (an invalid request: ``fields`` lists each
-problem by its path, e.g. ``changes[0].title``), 503 (Redis or the traffic backend failed;
-nothing was started, so the same request may be retried).
+locked: ``release`` and ``lock`` say which; or a required gate has not passed: ``gates``
+lists ``required``, the ``results`` used and ``not_passed``, each gate with ``failed``,
+``pending`` or ``missing``), 422 (an invalid request: ``fields`` lists each problem by its
+path, e.g. ``changes[0].title`` or ``gates.tests.status``), 503 (Redis, the traffic backend
+or the gates status URL failed; nothing was started, so the same request may be retried).
+
+``GET /api/v1/releases?service=checkout&limit=20`` is the deployment record, newest first:
+``{"service": ..., "count": n, "releases": [...]}``, each release with who started it, from
+where, what it replaced, its plan, when it started and finished (ISO 8601 UTC and epoch
+seconds), its outcome (``succeeded``, ``rolled_back`` or ``in_progress``) and why, its notes
+and change list, its gates and whether (and by whom) they were forced, its approvals, and the
+final checks and score. ``service`` is required; ``limit`` is 1 to 100 (default 20). Errors
+as above: 401, 403 (the token may not read the service), 404 (unknown service), 422.
 """
 
 from __future__ import annotations
@@ -54,7 +71,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from bot.config import Settings
@@ -67,8 +84,10 @@ from bot.errors import (
     UnknownServiceError,
     UserError,
 )
+from bot.gates import GateReport, GatesNotPassed, GatesUnavailable
+from bot.logs import log_context
 from bot.policy import Policy
-from bot.rollout import Actor, Release
+from bot.rollout import Actor, Release, State
 from bot.service import DeployOptions, Outcome
 from bot.store import Lock
 from handlers.context import Core
@@ -76,6 +95,9 @@ from handlers.context import Core
 log = logging.getLogger(__name__)
 
 ROLLOUTS = "/api/v1/rollouts"
+RELEASES = "/api/v1/releases"
+DEFAULT_RECORDS = 20
+MAX_RECORDS = 100
 ENV = "SHIPWATCH_API_TOKENS"
 FORMAT = "name:token[:service1|service2], entries separated by commas"
 MIN_TOKEN_LENGTH = 16
@@ -232,12 +254,34 @@ class RolloutRequest(BaseModel):
     notes: str = Field(default="", max_length=3000)
     stable: str = Field(default="", max_length=128)
     request_id: str = Field(default="", max_length=200, pattern=r"^\S*$")
+    gates: GateReport | None = Field(default=None, max_length=50)
+    # Declared only to refuse it with a reason: "unknown field" would suggest a typo.
+    force: None = None
+
+    @field_validator("force", mode="before")
+    @classmethod
+    def _no_force(cls, value: object) -> None:
+        raise ValueError(
+            "a pipeline cannot force a release past its gates: an approver of the service "
+            "decides that, with /deploy <service> <version> --force"
+        )
+
+
+class ReleasesQuery(BaseModel):
+    """The query of GET /api/v1/releases (unknown parameters are refused: likely typos)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    service: str = Field(min_length=1, max_length=64)
+    limit: int = Field(default=DEFAULT_RECORDS, ge=1, le=MAX_RECORDS)
 
 
 def field_path(loc: Sequence[int | str]) -> str:
     """('changes', 0, 'title') -> 'changes[0].title'; the body itself is '(body)'."""
     out = ""
     for part in loc:
+        if part == "[key]":
+            continue  # pydantic's marker for "the key itself is wrong": the path names it
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -258,6 +302,10 @@ def _field_message(error: ErrorDetails) -> str:
     field_name = error["loc"][-1] if error["loc"] else ""
     if kind == "string_pattern_mismatch" and field_name in _PATTERN_MESSAGES:
         return _PATTERN_MESSAGES[str(field_name)]
+    if kind == "string_pattern_mismatch" and field_name == "[key]":
+        return "not a gate name: use a lowercase identifier like ci_build, as the policy does"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
@@ -302,6 +350,45 @@ def summary(release: Release) -> Json:
     }
 
 
+_OUTCOMES = {State.SUCCEEDED: "succeeded", State.ROLLED_BACK: "rolled_back"}
+
+
+def record(release: Release) -> Json:
+    """One release as the deployment record keeps it: who, what, when, verdicts, outcome."""
+    finished = release.finished_at
+    gates = release.gates
+    weights = release.weights
+    return {
+        **summary(release),
+        "strategy": release.strategy,
+        "surface": release.surface,
+        "active": release.is_active,
+        "outcome": _OUTCOMES.get(release.state, "in_progress"),
+        "reason": release.reason,
+        "notes": release.notes,
+        "changes": release.changes,
+        "created_at_epoch": release.created_at,
+        "finished_at": _iso(finished) if finished is not None else None,
+        "finished_at_epoch": finished,
+        "duration_s": round(finished - release.created_at, 3) if finished is not None else None,
+        "gates": gates.model_dump() if gates is not None else None,
+        "forced": bool(gates and gates.forced),
+        "forced_by": gates.forced_by if gates is not None and gates.forced else None,
+        "approvals": [
+            {
+                "step": a.step,
+                "weight": weights[a.step] if 0 <= a.step < len(weights) else None,
+                "by": a.by,
+                "at": _iso(a.at),
+                "at_epoch": a.at,
+            }
+            for a in release.approvals
+        ],
+        "last_checks": release.last_checks,
+        "last_score": release.last_score,
+    }
+
+
 def _lock_json(lock: Lock) -> Json:
     return {"by": lock.by, "reason": lock.reason, "at": _iso(lock.at), "surface": lock.surface}
 
@@ -312,6 +399,12 @@ def status_url(service: str) -> str:
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+def _invalid(caller: ApiToken, exc: ValidationError) -> web.Response:
+    fields = field_errors(exc)
+    log.info("API request from %s refused as invalid: %s", caller.name, fields)
+    return _error(422, "invalid request", fields=fields)
 
 
 def _unauthorized(message: str, *, invalid: bool) -> web.Response:
@@ -343,6 +436,7 @@ class RolloutApi:
         return [
             web.post(ROLLOUTS, self.start),
             web.get(ROLLOUTS + "/{service}", self.status),
+            web.get(RELEASES, self.releases),
         ]
 
     def _caller(self, request: web.Request) -> ApiToken | web.Response:
@@ -374,7 +468,7 @@ class RolloutApi:
         try:
             body = RolloutRequest.model_validate_json(raw)
         except ValidationError as exc:
-            return _error(422, "invalid request", fields=field_errors(exc))
+            return _invalid(caller, exc)
         # Scope before anything else: a limited token learns nothing about other services,
         # not even whether they exist.
         if not caller.allows(body.service):
@@ -385,13 +479,15 @@ class RolloutApi:
             stable=body.stable,
             notes=body.notes,
             changes=tuple(c.model_dump() for c in body.changes),
+            gates=body.gates,
         )
         # Namespaced by token: two pipelines picking the same id never see each other's release.
         request_id = f"api:{caller.name}:{body.request_id}" if body.request_id else ""
         try:
-            result = await self.core.app.service.deploy(
-                actor, body.service, body.version, options, request_id=request_id
-            )
+            with log_context(service=body.service, idempotency_key=request_id):
+                result = await self.core.app.service.deploy(
+                    actor, body.service, body.version, options, request_id=request_id
+                )
         except Exception as exc:
             return await self._failure(exc, body.service, caller)
         release = result.release
@@ -407,7 +503,12 @@ class RolloutApi:
             return web.json_response(
                 {"release": summary(release), "duplicate": True, **links}, status=200
             )
-        log.info("%s started %s via the API", actor.user, release.label)
+        log.info(
+            "%s started %s via the API",
+            actor.user,
+            release.label,
+            extra={"release_id": release.id, "service": release.service},
+        )
         return web.json_response(
             {"release": summary(release), "message": result.message, **links},
             status=201,
@@ -436,8 +537,42 @@ class RolloutApi:
             }
         )
 
+    async def releases(self, request: web.Request) -> web.Response:
+        caller = self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        try:
+            query = ReleasesQuery.model_validate(dict(request.query))
+        except ValidationError as exc:
+            return _invalid(caller, exc)
+        if not caller.allows(query.service):
+            return _forbidden(caller, query.service, "read")
+        try:
+            history = await self.core.app.service.history(query.service, query.limit)
+        except Exception as exc:
+            return await self._failure(exc, query.service, caller)
+        return web.json_response(
+            {
+                "service": query.service,
+                "count": len(history),
+                "releases": [record(r) for r in history],
+            }
+        )
+
     async def _failure(self, exc: Exception, service: str, caller: ApiToken) -> web.Response:
         """The API's counterpart of handlers.context.error_message: exception -> HTTP answer."""
+        if isinstance(exc, GatesNotPassed):
+            log.info("API refused (%s for %s): %s", caller.name, service, exc)
+            return _error(
+                409, str(exc.args[0]), hint=exc.hint, gates=exc.verdict.as_json(), release=None
+            )
+        if isinstance(exc, GatesUnavailable):
+            log.error("API request for %s: %s", service, exc)
+            return web.json_response(
+                {"error": str(exc), "gates": exc.verdict.as_json()},
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         if isinstance(exc, UnknownServiceError):
             return _error(
                 404, str(exc.args[0]), hint=exc.hint, suggestion=exc.suggestion, service=service
@@ -487,11 +622,13 @@ def api_routes(core: Core) -> list[web.RouteDef]:
 
 __all__ = [
     "ApiToken",
+    "ReleasesQuery",
     "RolloutApi",
     "RolloutRequest",
     "TokenRing",
     "api_routes",
     "load_tokens",
     "parse_tokens",
+    "record",
     "summary",
 ]

@@ -19,14 +19,23 @@ from aiohttp.test_utils import TestServer
 from bot.blocks import ACTION_ADVANCE
 from bot.config import Settings
 from bot.errors import UserError
+from bot.gates import GateResult, GateStatus
 from bot.notify import EventKind
 from bot.policy import parse_policy
 from bot.rollout import Actor, State
-from handlers.api import ROLLOUTS, RolloutApi, TokenRing, parse_tokens
+from bot.service import DeployOptions
+from handlers.api import RELEASES, ROLLOUTS, RolloutApi, TokenRing, parse_tokens
 from handlers.context import status_of
 from handlers.server import build_core, web_app
 from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
+from tests.support.slack_rig import (
+    ALICE,
+    CAROL,
+    CHECKOUT_CHANNEL,
+    POLICY,
+    SlackRig,
+    wait_until,
+)
 
 GITHUB = "gh-0123456789abcdef0123"  # may release every service
 PAYMENTS = "pay-0123456789abcdef0123"  # limited to payments
@@ -58,11 +67,25 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# The rig's services plus one that requires two pre-release gates (no status URL is set, so
+# only the request's own `gates` can pass them).
+GATED_POLICY = POLICY + f"""
+  gated:
+    gates: [ci_build, tests]
+    approvers: [{CAROL}]
+"""
+
+
 @pytest.fixture
 async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
     # redis_client flushes the database first: every test starts from an empty workspace.
     async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": TOKENS})
+        rig = SlackRig(
+            slack,
+            redis_url,
+            policy=parse_policy(GATED_POLICY, "api tests"),
+            extra_settings={"SHIPWATCH_API_TOKENS": TOKENS},
+        )
         await rig.start()
         try:
             yield rig
@@ -86,6 +109,14 @@ async def get(
     headers = bearer(token) if token else {}
     async with rig.http.get(rig.url(f"{ROLLOUTS}/{service}"), headers=headers) as resp:
         return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def get_releases(
+    rig: SlackRig, query: str, token: str | None = GITHUB
+) -> tuple[int, dict[str, Any]]:
+    headers = bearer(token) if token else {}
+    async with rig.http.get(rig.url(f"{RELEASES}?{query}"), headers=headers) as resp:
+        return resp.status, await resp.json()
 
 
 def without_times(blocks: list[dict[str, Any]]) -> list[str]:
@@ -244,6 +275,11 @@ async def test_403_when_the_policy_limits_deployers(rig: SlackRig) -> None:
         (body(requested_by="bob (via prod)"), "requested_by", "without parentheses"),
         (body(changes=[{"title": "x", "url": "javascript:alert(1)"}]), "changes[0].url", "URL"),
         ([body()], "(body)", "JSON object"),
+        (body(gates={"tests": "green"}), "gates.tests.status", "'passed', 'failed' or 'pending'"),
+        (body(gates={"tests": 1}), "gates.tests", 'its status ("passed", "failed" or "pending")'),
+        (body(gates={"Unit Tests": "passed"}), "gates.Unit Tests", "lowercase identifier"),
+        (body(gates={"tests": {"status": "passed", "link": "x"}}), "gates.tests.link", "unknown"),
+        (body(force=True), "force", "an approver of the service decides that"),
     ],
 )
 async def test_422_names_each_bad_field(
@@ -370,6 +406,193 @@ async def test_get_status_shows_the_release_and_its_checks(rig: SlackRig) -> Non
     await wait_until(rolled_back, "the rollback")
     status, answer, _ = await get(rig, "checkout")
     assert (status, answer["active"], answer["release"]["state"]) == (200, False, "rolled_back")
+
+
+# --- pre-release gates ---------------------------------------------------------------------
+
+
+async def test_gates_that_all_passed_in_the_body_start_the_release(rig: SlackRig) -> None:
+    gates = {"ci_build": "passed", "tests": {"status": "passed", "url": "https://ci.test/r/9"}}
+
+    status, answer, _ = await post(rig, body(service="gated", gates=gates))
+
+    assert status == 201, answer
+    stored = await rig.release("gated")
+    assert stored.gates is not None
+    assert (stored.gates.source, stored.gates.forced) == ("request", False)
+    assert stored.gates.results == {"ci_build": "passed", "tests": "passed"}
+    assert stored.gates.links == {"tests": "https://ci.test/r/9"}
+    [audit] = await rig.audit("deploy")
+    assert audit.detail["gates"]["required"] == ["ci_build", "tests"]
+
+
+async def test_409_names_each_gate_that_has_not_passed_and_starts_nothing(rig: SlackRig) -> None:
+    gates = {"ci_build": {"status": "failed", "url": "https://ci.test/r/7"}, "lint": "passed"}
+
+    status, answer, _ = await post(rig, body(service="gated", gates=gates))
+
+    assert status == 409
+    assert answer["error"] == (
+        "gates not passed for gated v2: `ci_build` failed (https://ci.test/r/7), "
+        "`tests` missing"
+    )
+    assert "--force" in answer["hint"]
+    assert answer["release"] is None
+    assert answer["gates"]["required"] == ["ci_build", "tests"]
+    assert answer["gates"]["not_passed"] == {"ci_build": "failed", "tests": "missing"}
+    assert answer["gates"]["results"]["ci_build"] == {
+        "status": "failed",
+        "url": "https://ci.test/r/7",
+    }
+    assert answer["gates"]["source"] == "request"
+    assert await rig.releases("gated") == []
+    [audit] = await rig.audit("deploy")
+    assert (audit.outcome, audit.reason) == ("refused", "ci_build failed, tests missing")
+
+
+async def test_409_without_gates_and_without_a_status_url_says_how_to_report_them(
+    rig: SlackRig,
+) -> None:
+    status, answer, _ = await post(rig, body(service="gated"))
+
+    assert status == 409
+    assert "`gated` requires the gates ci_build, tests" in answer["error"]
+    assert "SHIPWATCH_GATES_URL" in answer["hint"] and "`gates`" in answer["hint"]
+    assert answer["gates"]["not_passed"] == {"ci_build": "unknown", "tests": "unknown"}
+    assert await rig.releases("gated") == []
+
+
+# --- the deployment record ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [(None, 401), ("not-a-configured-token-at-all", 401), (PAYMENTS, 403)]
+)
+async def test_releases_need_a_token_that_may_read_the_service(
+    rig: SlackRig, token: str | None, status: int
+) -> None:
+    code, answer = await get_releases(rig, "service=checkout", token=token)
+
+    assert code == status
+    assert answer["error"]
+    if status == 403:
+        assert "payments-ci" in answer["error"] and "`checkout`" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "path", "message"),
+    [
+        ("", "service", "required"),
+        ("limit=5", "service", "required"),
+        ("service=", "service", "at least 1 character"),
+        ("service=checkout&limit=0", "limit", "greater than or equal to 1"),
+        ("service=checkout&limit=101", "limit", "less than or equal to 100"),
+        ("service=checkout&limit=ten", "limit", "valid integer"),
+        ("service=checkout&servce=checkout", "servce", "unknown field"),
+    ],
+)
+async def test_releases_422_names_the_bad_parameter(
+    rig: SlackRig, query: str, path: str, message: str
+) -> None:
+    status, answer = await get_releases(rig, query)
+
+    assert status == 422
+    assert answer["error"] == "invalid request"
+    problems = {p["path"]: p["message"] for p in answer["fields"]}
+    assert message in problems[path]
+
+
+async def test_releases_of_an_unknown_service_404_with_a_suggestion(rig: SlackRig) -> None:
+    status, answer = await get_releases(rig, "service=chekout")
+
+    assert status == 404
+    assert (answer["error"], answer["suggestion"]) == ("unknown service `chekout`", "checkout")
+    status, answer = await get_releases(rig, "service=checkout")
+    assert (status, answer) == (200, {"service": "checkout", "count": 0, "releases": []})
+
+
+async def test_releases_are_the_deployment_record_newest_first(rig: SlackRig) -> None:
+    carol = Actor(user=CAROL, surface="slack")
+    status, first, _ = await post(
+        rig,
+        body(service="payments", requested_by="ci-bot", notes="Faster refunds"),
+        token=PAYMENTS,
+    )
+    assert status == 201, first
+    await rig.core.app.service.approve(carol, "payments")  # high risk: 1% needs an approver
+    rig.start_controller()
+
+    async def checked() -> bool:
+        return bool((await rig.release("payments")).last_checks)
+
+    await wait_until(checked, "the controller's first checks")
+    await rig.core.app.service.rollback(carol, "payments", "refund p99 looks off")
+
+    async def rolled_back() -> bool:
+        return (await rig.release("payments")).state is State.ROLLED_BACK
+
+    await wait_until(rolled_back, "the rollback")
+    status, second, _ = await post(
+        rig, body(service="payments", version="v3", requested_by="ci-bot"), token=PAYMENTS
+    )
+    assert status == 201, second
+
+    status, answer = await get_releases(rig, "service=payments", token=PAYMENTS)
+
+    assert status == 200
+    assert (answer["service"], answer["count"]) == ("payments", 2)
+    newest, older = answer["releases"]
+    assert (newest["version"], older["version"]) == ("v3", "v2")  # newest first
+    assert newest["id"] == second["release"]["id"] and older["id"] == first["release"]["id"]
+    assert (newest["outcome"], newest["active"], newest["finished_at"]) == (
+        "in_progress",
+        True,
+        None,
+    )
+
+    # The finished one: who, what, when, how it went and why.
+    assert older["requested_by"] == "ci-bot (via payments-ci)"
+    assert (older["surface"], older["risk"], older["strategy"]) == ("api", "high", "canary")
+    assert (older["stable_version"], older["steps"]) == ("v1", [1, 10, 50, 100])
+    assert (older["state"], older["outcome"], older["active"]) == (
+        "rolled_back",
+        "rolled_back",
+        False,
+    )
+    assert older["reason"] == "refund p99 looks off"
+    assert older["notes"] == "Faster refunds"
+    assert older["changes"] == CHANGES
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert re.fullmatch(iso, older["created_at"]) and re.fullmatch(iso, older["finished_at"])
+    assert older["finished_at_epoch"] >= older["created_at_epoch"] > 0
+    assert older["duration_s"] == pytest.approx(
+        older["finished_at_epoch"] - older["created_at_epoch"], abs=0.01
+    )
+    [approval] = older["approvals"]
+    assert (approval["step"], approval["weight"], approval["by"]) == (0, 1, CAROL)
+    assert re.fullmatch(iso, approval["at"])
+    assert {c["metric"] for c in older["last_checks"]} == {"error_rate", "latency_p99"}
+    assert "last_score" in older
+    assert (older["gates"], older["forced"], older["forced_by"]) == (None, False, None)
+
+    status, answer = await get_releases(rig, "service=payments&limit=1", token=PAYMENTS)
+    assert [r["version"] for r in answer["releases"]] == ["v3"]
+
+
+async def test_the_record_shows_who_forced_a_release_past_which_gates(rig: SlackRig) -> None:
+    carol = Actor(user=CAROL, surface="slack")
+    gates = {"ci_build": GateResult(status=GateStatus.PASSED)}
+    options = DeployOptions(stable="v1", force=True, gates=gates)
+    await rig.core.app.service.deploy(carol, "gated", "v2", options)
+
+    status, answer = await get_releases(rig, "service=gated")
+
+    assert status == 200
+    [release] = answer["releases"]
+    assert (release["forced"], release["forced_by"]) == (True, CAROL)
+    assert release["gates"]["overridden"] == {"tests": "missing"}
+    assert release["gates"]["results"] == {"ci_build": "passed"}
+    assert release["gates"]["required"] == ["ci_build", "tests"]
 
 
 # --- the token format -----------------------------------------------------------------------

@@ -49,6 +49,7 @@ from bot.policy import Metric, parse_policy
 from bot.rollout import (
     CONTROLLER,
     Actor,
+    GateRecord,
     Release,
     advance,
     approve,
@@ -383,6 +384,58 @@ def test_score_line_is_shown_when_present() -> None:
     score = {"value": 97.0, "verdict": "pass", "text": "canary score 97 (pass; pass ≥ 95)"}
     release = progressing().model_copy(update={"last_score": score})
     assert "🟢 canary score 97 (pass; pass ≥ 95)" in all_text(status_message(release, now=NOW))
+
+
+def test_gates_are_shown_compactly_with_links_to_their_runs() -> None:
+    gates = GateRecord(
+        required=["ci_build", "tests"],
+        results={"ci_build": "passed", "tests": "passed"},
+        links={"tests": "https://ci.test/runs/4711?a=1&b=2"},
+        source="status_url",
+    )
+    message = status_message(progressing().model_copy(update={"gates": gates}), now=NOW)
+    assert_valid(message)
+    assert "🛡️ Gates: ✅ ci_build · ✅ <https://ci.test/runs/4711?a=1&amp;b=2|tests>" in all_text(
+        message
+    )
+    assert "Forced" not in all_text(message)
+    assert "Gates" not in all_text(status_message(progressing(), now=NOW))  # none required
+
+
+def test_a_forced_release_says_who_forced_it_past_which_gates() -> None:
+    gates = GateRecord(
+        required=["ci_build", "security_scan", "compliance"],
+        results={"ci_build": "passed", "security_scan": "failed"},
+        source="status_url",
+        forced_by=BOB.user,
+        overridden={"security_scan": "failed", "compliance": "missing"},
+    )
+    message = status_message(progressing().model_copy(update={"gates": gates}), now=NOW)
+    assert_valid(message)
+    text = all_text(message)
+    assert (
+        "⚠️ *Forced* by <@U045EF6GH> past gates that had not passed: "
+        "security_scan (failed), compliance (missing)"
+    ) in text
+    assert "✅ ci_build · ❌ security_scan · ❔ compliance" in text
+    # The console shows the same warning.
+    rendered, _ = render_text(message)
+    assert "⚠️ Forced by @U045EF6GH past gates that had not passed" in rendered
+
+
+def test_a_release_forced_while_the_gates_were_unknown_says_why() -> None:
+    gates = GateRecord(
+        required=["tests"],
+        source="status_url",
+        problem="the gates status URL http://ci.test/gates/checkout/v2 answered HTTP 502",
+        forced_by=ALICE.user,
+        overridden={"tests": "unknown"},
+    )
+    text = all_text(status_message(progressing().model_copy(update={"gates": gates}), now=NOW))
+    assert "past gates that had not passed: tests (unknown)" in text
+    assert "could not be read: the gates status URL http://ci.test/gates/checkout/v2 answered" in (
+        text
+    )
 
 
 # --- button values ---------------------------------------------------------------------------

@@ -119,6 +119,24 @@ def test_an_empty_service_uses_the_flags_traffic_backend() -> None:
         "flags", None, 5.0, 3)
 
 
+def test_gates_default_to_none_and_a_service_may_replace_the_default_list() -> None:
+    policy = load("""
+        defaults:
+          gates: [ci_build, tests]
+        services:
+          checkout:
+            gates: [ci_build, tests, security_scan, compliance]
+          search: {}
+          docs:
+            gates: []
+    """)
+
+    assert policy.service("checkout").gates == ["ci_build", "tests", "security_scan", "compliance"]
+    assert policy.service("search").gates == ["ci_build", "tests"]
+    assert policy.service("docs").gates == []
+    assert only_service("services:\n  checkout: {}\n").gates == []
+
+
 def test_a_service_override_beats_the_defaults_and_only_for_that_service() -> None:
     policy = load("""
         defaults:
@@ -256,6 +274,33 @@ def test_an_empty_file_has_no_services() -> None:
 
 INVALID: list[tuple[str, str, str, str, str]] = [
     # (id, yaml, path as rendered, message fragment, hint fragment)
+    (
+        "gate-name-not-an-identifier",
+        """\
+        services:
+          checkout:
+            gates: [ci_build, Security-Scan]
+        """,
+        "services.checkout.gates (line 3)", "`Security-Scan` is not a gate name", "",
+    ),
+    (
+        "gate-listed-twice",
+        """\
+        services:
+          checkout:
+            gates: [tests, tests]
+        """,
+        "services.checkout.gates (line 3)", "a gate is listed twice", "",
+    ),
+    (
+        "gates-misspelt",
+        """\
+        services:
+          checkout:
+            gate: [tests]
+        """,
+        "services.checkout.gate (line 3)", "Extra inputs", "did you mean `gates`?",
+    ),
     (
         "steps-not-rising",
         """\
