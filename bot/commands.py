@@ -15,7 +15,7 @@ from bot.service import DeployOptions
 
 USAGE = {
     "deploy": "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "
-    "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--notes TEXT]",
+    "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--force] [--notes TEXT]",
     "advance": "/advance <service>",
     "approve": "/rollout approve <service>",
     "rollback": "/rollback <service> [reason]",
@@ -24,7 +24,7 @@ USAGE = {
     "pause": "/rollout pause <service> [reason]",
     "resume": "/rollout resume <service>",
     "history": "/rollout history <service> [count]",
-    "stats": "/rollout stats [service]",
+    "stats": "/rollout stats [service] [--days N]",
     "lock": "/rollout lock <service> <reason>",
     "unlock": "/rollout unlock <service>",
     "help": "/rollout help",
@@ -50,6 +50,7 @@ class Command:
     version: str = ""
     text: str = ""  # reason / notes / count, the rest of the line
     options: DeployOptions = field(default_factory=DeployOptions)
+    days: int | None = None  # stats: the window, in days back from now
 
 
 def parse(line: str) -> Command:
@@ -73,8 +74,42 @@ def parse(line: str) -> Command:
         raise CommandError(f"`{verb}` needs a service", usage=USAGE[verb])
     if verb == "deploy":
         return _deploy(args)
+    if verb == "stats":
+        return _stats(args)
     service = args[0].lower() if args else ""
     return Command(verb, service=service, text=" ".join(args[1:]))
+
+
+STATS_DAYS = 7
+STATS_MAX_DAYS = 365
+
+
+def _stats(args: list[str]) -> Command:
+    usage = USAGE["stats"]
+    positional: list[str] = []
+    days = STATS_DAYS
+    i = 0
+    while i < len(args):
+        name, eq, inline = args[i].partition("=")
+        if not name.startswith("--"):
+            positional.append(args[i])
+            i += 1
+            continue
+        if name != "--days":
+            raise CommandError(f"unknown option `{name}`", usage=usage)
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        i += 1 if eq else 2
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= STATS_MAX_DAYS:
+            raise CommandError(
+                f"bad --days `{value}`: use a whole number of days from 1 to {STATS_MAX_DAYS}"
+                if value
+                else "`--days` needs a value",
+                usage=usage,
+            )
+        days = int(value)
+    if len(positional) > 1:
+        raise CommandError("stats takes at most one service", usage=usage)
+    return Command("stats", service=positional[0].lower() if positional else "", days=days)
 
 
 def _deploy(args: list[str]) -> Command:
@@ -86,8 +121,14 @@ def _deploy(args: list[str]) -> Command:
         word = args[i]
         if word.startswith("--"):
             name, eq, inline = word[2:].partition("=")
-            if name not in ("risk", "strategy", "steps", "hold", "notes", "stable"):
+            if name not in ("risk", "strategy", "steps", "hold", "notes", "stable", "force"):
                 raise CommandError(f"unknown option `{word}`", usage=usage)
+            if name == "force":  # a flag: the word after it is not its value
+                if eq:
+                    raise CommandError("`--force` takes no value", usage=usage)
+                opts["force"] = "yes"
+                i += 1
+                continue
             if name == "notes":
                 opts["notes"] = " ".join([inline] * bool(eq) + args[i + 1 :])
                 break
@@ -140,5 +181,6 @@ def _deploy(args: list[str]) -> Command:
             hold=hold,
             notes=opts.get("notes", ""),
             stable=opts.get("stable", ""),
+            force="force" in opts,
         ),
     )

@@ -6,11 +6,11 @@ error tree's exceptions, for the adapter's one error handler.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
-from bot.commands import USAGE, Command
+from bot import stats
+from bot.commands import STATS_DAYS, USAGE, Command
 from bot.durations import format_duration
 from bot.rollout import Actor, Release, State
 from bot.service import Outcome, ReleaseService
@@ -65,7 +65,7 @@ async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
             return Reply(f"no releases of `{cmd.service}` yet")
         return Reply("\n".join(_history_line(r) for r in rows))
     if verb == "stats":
-        return Reply(await _stats(service, cmd.service or None))
+        return Reply(await _stats(service, cmd.service or None, cmd.days or STATS_DAYS))
     if verb == "lock":
         lock = await service.lock(actor, cmd.service, cmd.text)
         return Reply(
@@ -85,20 +85,20 @@ def _history_line(r: Release) -> str:
     return f"• {when} {r.label} by {r.requested_by}: {r.state.value}{took}{why}"
 
 
-async def _stats(service: ReleaseService, name: str | None) -> str:
-    names = [name] if name else sorted(service.policy.services)
-    releases = [r for n in names for r in await service.history(n, 50)]
-    finished = [r for r in releases if r.finished_at is not None]
-    if not finished:
-        return "no finished releases yet"
-    succeeded = [r for r in finished if r.state is State.SUCCEEDED]
-    rolled = [r for r in finished if r.state is State.ROLLED_BACK]
-    lead = [r.finished_at - r.created_at for r in succeeded if r.finished_at]
-    scope = f"`{name}`" if name else "all services"
-    parts = [
-        f"{scope}: {len(finished)} finished release(s), {len(succeeded)} succeeded, "
-        f"{len(rolled)} rolled back ({100 * len(rolled) / len(finished):.0f}%)"
-    ]
-    if lead:
-        parts.append(f"median time to 100% and baked: {format_duration(statistics.median(lead))}")
-    return "; ".join(parts)
+async def _stats(service: ReleaseService, name: str | None, days: int) -> str:
+    """Release stats of the last ``days`` days, computed from the audit stream."""
+    if name:
+        service.policy.service(name)  # unknown service: a clear error with a suggestion
+    end = service.clock()
+    start = end - days * stats.DAY_S
+    # Read from before the window so releases started earlier and finished inside it still
+    # have a known start (see bot.stats for the rule).
+    entries = await service.store.audit_between(
+        start - stats.LOOKBACK_S, skip_actions=stats.IGNORED_ACTIONS
+    )
+    reach = await service.store.audit_reach()
+    # Only a trimmed log has lost anything: a young one holds every release there ever was.
+    audit_from = reach.oldest if reach.trimmed else None
+    return stats.render(
+        stats.compute(entries, start=start, end=end, service=name, audit_from=audit_from)
+    )

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from bot import keys
 from bot.errors import StoreError
@@ -24,6 +24,7 @@ from bot.rollout import Actor, Release
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 AUDIT_MAXLEN = 200_000
+AUDIT_PAGE = 1000  # entries per XRANGE when reading the audit stream by time
 HISTORY_LEN = 500
 SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
 SERIES_TTL_S = 30 * 86400
@@ -200,6 +201,26 @@ class AuditEntry:
             detail=json.loads(data.get("detail") or "{}"),
             at=float(data.get("at") or 0),
         )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One read of the audit stream: its entries, and where the next read continues."""
+
+    entries: list[AuditEntry]
+    last_id: str  # the stream id of the last entry read ("" when nothing was read)
+    complete: bool  # the range held no more entries when it was read
+
+
+@dataclass(frozen=True)
+class AuditReach:
+    oldest: float | None  # when the oldest entry still held was added (None: the log is empty)
+    trimmed: bool  # older entries were dropped to keep the stream capped
+
+
+def stream_id_time(stream_id: str) -> float:
+    """Seconds since the epoch of a stream id ("<ms>-<seq>": Redis's clock when it was added)."""
+    return int(stream_id.split("-", 1)[0]) / 1000
 
 
 @dataclass(frozen=True)
@@ -445,6 +466,71 @@ class Store:
         if service:
             entries = [e for e in entries if e.service == service]
         return entries[:count]
+
+    async def audit_page(
+        self,
+        lo: str,
+        hi: str = "+",
+        *,
+        count: int = AUDIT_PAGE,
+        skip_actions: Collection[str] = (),
+    ) -> AuditPage:
+        """Up to ``count`` entries with stream ids in [lo, hi], oldest first.
+
+        Bounds are XRANGE ids: ``"1700000000000"`` (a millisecond time), ``"-"``/``"+"``, or
+        ``"(<id>"`` for an exclusive bound, which is how the next page continues after
+        ``last_id``. Entries whose action is in ``skip_actions`` are not parsed or returned.
+        """
+        async with _translated("reading the audit log"):
+            rows = await self.redis.xrange(keys.audit(), min=lo, max=hi, count=count)
+        entries = []
+        for _, data in rows or []:
+            fields = {_text(k): _text(v) for k, v in (data or {}).items()}
+            if fields.get("action", "") not in skip_actions:
+                entries.append(AuditEntry.from_fields(fields))
+        last_id = _text(rows[-1][0]) if rows else ""
+        return AuditPage(entries, last_id, complete=len(rows or []) < count)
+
+    async def audit_between(
+        self,
+        start: float,
+        end: float | None = None,
+        *,
+        skip_actions: Collection[str] = (),
+        page: int = AUDIT_PAGE,
+    ) -> list[AuditEntry]:
+        """Entries written in [start, end] (seconds; None = up to now), oldest first.
+
+        The window is on the stream ids, i.e. the Redis server's clock when each entry was
+        added, not on the entries' own ``at``. It is read ``page`` entries at a time, so a long
+        stream never holds Redis up in one command.
+        """
+        lo = str(max(0, int(start * 1000)))
+        hi = "+" if end is None else str(max(0, int(end * 1000)))
+        out: list[AuditEntry] = []
+        while True:
+            chunk = await self.audit_page(lo, hi, count=page, skip_actions=skip_actions)
+            out += chunk.entries
+            if chunk.complete or not chunk.last_id:
+                return out
+            lo = f"({chunk.last_id}"
+
+    async def audit_reach(self) -> AuditReach:
+        """How far back the (capped) audit stream reaches, and whether it was ever trimmed."""
+        async with _translated("reading the audit log"):
+            try:
+                info = await self.redis.xinfo_stream(keys.audit())
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower():
+                    return AuditReach(None, trimmed=False)
+                raise
+        first = info.get("first-entry")
+        oldest = stream_id_time(_text(first[0])) if first else None
+        length = int(info.get("length", 0))
+        # entries-added exists from Redis 7; before it, a stream at its cap has been trimmed.
+        added = info.get("entries-added")
+        trimmed = int(added) > length if added is not None else length >= AUDIT_MAXLEN
+        return AuditReach(oldest, trimmed)
 
     # --- chat messages ----------------------------------------------------------------------
 

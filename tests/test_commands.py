@@ -56,6 +56,16 @@ DEPLOY_USAGE = USAGE["deploy"]
             "deploy checkout v3 --notes",
             Command("deploy", "checkout", "v3"),
         ),
+        (
+            "/deploy checkout v3 --force --stable v2",
+            Command("deploy", "checkout", "v3",
+                    options=DeployOptions(stable="v2", force=True)),
+        ),
+        (
+            "/deploy --force checkout v3 --notes past a flaky scan",
+            Command("deploy", "checkout", "v3", "past a flaky scan",
+                    DeployOptions(notes="past a flaky scan", force=True)),
+        ),
     ],
 )
 def test_deploy_parsing(line: str, expected: Command) -> None:
@@ -80,8 +90,11 @@ def test_notes_swallow_the_rest_of_the_line_even_options() -> None:
         ("/rollout", Command("help")),
         ("/rollout help", Command("help")),
         ("/rollout list", Command("list")),
-        ("/rollout stats", Command("stats")),
-        ("/rollout stats search", Command("stats", "search")),
+        ("/rollout stats", Command("stats", days=7)),
+        ("/rollout stats Search", Command("stats", "search", days=7)),
+        ("/rollout stats search --days 30", Command("stats", "search", days=30)),
+        ("/rollout stats --days=1 search", Command("stats", "search", days=1)),
+        ("/rollout stats --days 365", Command("stats", days=365)),
         ("/rollout history checkout 5", Command("history", "checkout", text="5")),
         ("/rollout approve payments", Command("approve", "payments")),
         ("/rollout pause checkout waiting for QA", Command("pause", "checkout",
@@ -115,7 +128,10 @@ def test_other_commands(line: str, expected: Command) -> None:
         ("/deploy checkout", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy checkout v1 v2", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy --notes checkout v1", "deploy takes a service and a version", DEPLOY_USAGE),
-        ("/deploy checkout v1 --force", "unknown option `--force`", DEPLOY_USAGE),
+        ("/deploy checkout v1 --forced", "unknown option `--forced`", DEPLOY_USAGE),
+        ("/deploy checkout v1 --force=yes", "`--force` takes no value", DEPLOY_USAGE),
+        # A flag does not swallow the word after it: that word is still a positional.
+        ("/deploy checkout --force v1 v2", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy checkout v1 --risk", "`--risk` needs a value", DEPLOY_USAGE),
         ("/deploy checkout v1 --steps 1,ten,100", "bad --steps `1,ten,100`", DEPLOY_USAGE),
         ("/deploy checkout v1 --steps 1.5,100", "use numbers like 1,10,50,100", DEPLOY_USAGE),
@@ -125,6 +141,15 @@ def test_other_commands(line: str, expected: Command) -> None:
          DEPLOY_USAGE),
         ("/deploy checkout v1 --risk HIGH", "bad --risk `HIGH`", DEPLOY_USAGE),
         ("/deploy checkout v1 --strategy linear", "bad --strategy `linear`", DEPLOY_USAGE),
+        ("/rollout stats --days 0", "bad --days `0`: use a whole number of days from 1 to 365",
+         USAGE["stats"]),
+        ("/rollout stats --days 366", "bad --days `366`", USAGE["stats"]),
+        ("/rollout stats --days=week", "bad --days `week`", USAGE["stats"]),
+        ("/rollout stats --days -3", "bad --days `-3`", USAGE["stats"]),
+        ("/rollout stats checkout --days", "`--days` needs a value", USAGE["stats"]),
+        ("/rollout stats --weeks 2", "unknown option `--weeks`", USAGE["stats"]),
+        ("/rollout stats checkout payments", "stats takes at most one service",
+         USAGE["stats"]),
     ],
 )
 def test_errors_carry_the_usage(line: str, message: str, usage: str) -> None:
