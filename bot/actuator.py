@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from bot import telemetry
 from bot.errors import TrafficError
+from bot.logs import log_context
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
 from bot.store import AuditEntry, CommitStatus, Store
@@ -60,6 +61,13 @@ class TrafficActuator:
         if self._inflight.get(release_id) is task:
             del self._inflight[release_id]
 
+    async def drain(self) -> None:
+        """Wait for the traffic changes under way. Cancelling this wait cancels none of them
+        (``close`` does): a rollback being applied should land if it can."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     async def close(self) -> None:
         tasks = list(self._inflight.values())
         for task in tasks:
@@ -69,6 +77,11 @@ class TrafficActuator:
                 await task
 
     async def _apply(self, release: Release, fence: int | None) -> Release:
+        # A task of its own, started by the controller or a person's command: name the release.
+        with log_context(release_id=release.id, service=release.service):
+            return await self._change(release, fence)
+
+    async def _change(self, release: Release, fence: int | None) -> Release:
         change = TrafficChange(
             release_id=release.id,
             service=release.service,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from bot.config import Settings
 from bot.controller import Controller
 from bot.embedded_redis import EmbeddedRedis
 from bot.errors import PolicyError, PolicyProblem, StoreError
+from bot.gates import GateChecker
 from bot.llm import LLM
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
@@ -75,11 +77,30 @@ class App:
     def current_policy(self) -> Policy:
         return self.policy
 
+    async def drain(self, timeout: float) -> bool:
+        """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic
+        changes, the events they emit, the writing those start (a rollback's diagnosis) and
+        its events in turn. True when all of it is done; ``close`` cuts off the rest."""
+
+        async def settle() -> None:
+            await self.actuator.drain()
+            await self.events.drain()
+            if self.narrator is not None:
+                await self.narrator.drain()
+                await self.events.drain()
+
+        try:
+            await asyncio.wait_for(settle(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def close(self) -> None:
         await self.controller.close()
         if self.narrator is not None:
             await self.narrator.close()
         await self.actuator.close()
+        await self.service.gates.close()
         await self.events.close()
         for backend in {id(b): b for b in self.backends.values()}.values():
             await backend.close()
@@ -98,6 +119,12 @@ async def build_app(
     owner: str | None = None,
 ) -> App:
     policy = policy or resolve_policy(settings)
+    # Before anything is started: a malformed SHIPWATCH_GATES_URL stops us here.
+    gates = GateChecker(
+        settings.gates_url,
+        timeout=settings.gates_timeout,
+        token=settings.gates_token.get_secret_value() if settings.gates_token else None,
+    )
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if not url:
@@ -144,7 +171,7 @@ async def build_app(
     def current() -> Policy:
         return app_policy
 
-    service = ReleaseService(store, current, actuator, events)
+    service = ReleaseService(store, current, actuator, events, gates=gates)
     controller = Controller(
         store,
         current,

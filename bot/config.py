@@ -6,6 +6,7 @@ Built once, in ``main()``; nothing else reads os.environ for settings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
     policy_path: Path = Field(default=Path("shipwatch.yaml"), alias="SHIPWATCH_POLICY")
     data_dir: Path = Field(default=Path(".shipwatch"), alias="SHIPWATCH_DATA_DIR")
     api_tokens: SecretStr | None = Field(default=None, alias="SHIPWATCH_API_TOKENS")
+    # Where /deploy reads pre-release gate results (bot.gates): a URL template with {service}
+    # and {version}, an optional bearer token, and the bound on each request.
+    gates_url: str | None = Field(default=None, alias="SHIPWATCH_GATES_URL")
+    gates_token: SecretStr | None = Field(default=None, alias="SHIPWATCH_GATES_TOKEN")
+    gates_timeout: float = Field(default=5.0, gt=0, alias="SHIPWATCH_GATES_TIMEOUT")
     port: int = Field(default=3000, alias="PORT")
 
     # Controller tuning: how often it looks for due releases, and how long a lease lives
@@ -40,3 +46,10 @@ class Settings(BaseSettings):
     controller_tick: float = Field(default=1.0, alias="SHIPWATCH_CONTROLLER_TICK")
     lease_ttl: float = Field(default=10.0, alias="SHIPWATCH_LEASE_TTL")
     log_level: str = Field(default="INFO", alias="SHIPWATCH_LOG_LEVEL")
+    # Unset: JSON lines for `serve` (read by log collectors), text for the console and demo
+    # (whose log is a file next to the data, read by people).
+    log_format: Literal["json", "text"] | None = Field(default=None, alias="SHIPWATCH_LOG_FORMAT")
+    # How long a graceful shutdown (SIGTERM/SIGINT) waits for work under way: the controller's
+    # round, then pending Slack messages. In-flight HTTP requests get at most 5 s more; the
+    # whole stays under the 30 s an orchestrator usually grants before it kills.
+    shutdown_timeout: float = Field(default=15.0, gt=0, alias="SHIPWATCH_SHUTDOWN_TIMEOUT")

@@ -22,6 +22,7 @@ from bot import analysis, rollout, telemetry
 from bot.actuator import TrafficActuator
 from bot.decision import Decision, Verdict, decide
 from bot.errors import StoreError
+from bot.logs import log_context
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.policy import Policy
@@ -92,6 +93,11 @@ class Controller:
             delay = max(0.0, self.tick - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+        # Traffic changes started under our leases should be recorded under them: once the
+        # leases are dropped their commits are fenced (and redone by the next holder). Not
+        # longer than a lease lives: a crashed process would have been replaced by then.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.actuator.drain(), self.lease_ttl)
         await self.close()
 
     async def _record_point(self, release: Release, checks: list[CheckResult], now: float) -> None:
@@ -101,14 +107,24 @@ class Controller:
         except StoreError as exc:
             log.warning("%s: data point not recorded: %s", release.label, exc)
 
-    async def close(self) -> None:
-        """Hand our releases over at once instead of making others wait for lease expiry."""
-        if self._owned:
-            try:
-                await self.store.drop_leases(self.owner, sorted(self._owned))
-            except Exception:
-                log.warning("could not drop leases on shutdown; they expire in %ss", self.lease_ttl)
-            self._owned.clear()
+    async def close(self) -> bool:
+        """Hand our releases over at once instead of making others wait for lease expiry.
+        False when the leases could not be dropped (they expire by themselves then)."""
+        if not self._owned:
+            return True
+        owned = sorted(self._owned)
+        try:
+            dropped = await self.store.drop_leases(self.owner, owned)
+        except Exception:
+            log.warning("could not drop leases on shutdown; they expire in %ss", self.lease_ttl)
+            return False
+        self._owned.clear()
+        log.info(
+            "handed over %d release(s): their leases are dropped",
+            dropped,
+            extra={"releases": owned},
+        )
+        return True
 
     async def run_once(self) -> RoundStats:
         stats = RoundStats()
@@ -126,7 +142,8 @@ class Controller:
                 continue
             if release.state is State.ROLLING_BACK or release.applied_weight != release.weight:
                 # Finish what a decision (ours or a dead process's) started.
-                await self.actuator.sync(release, tokens[release.id])
+                with log_context(release_id=release.id, service=release.service):
+                    await self.actuator.sync(release, tokens[release.id])
                 continue
             if release.state not in ANALYZED:
                 continue
@@ -201,10 +218,24 @@ class Controller:
         now: float,
         stats: RoundStats,
     ) -> None:
+        # Every line logged about this release carries its id; gather runs each release in
+        # its own task (a copy of the context), so concurrent releases never mix their ids.
+        with log_context(release_id=plan.release.id, service=plan.release.service):
+            await self._act_on(plan, result, decision, fence, now, stats)
+
+    async def _act_on(
+        self,
+        plan: analysis.Plan,
+        result: analysis.Analysis,
+        decision: Decision,
+        fence: int,
+        now: float,
+        stats: RoundStats,
+    ) -> None:
         async with self._sem:
             release = plan.release
             checks = result.checks
-            score = _score_dict(result.score)
+            score = score_record(result.score)
             booked = release.model_copy(
                 update={
                     "counters": decision.counters,
@@ -219,7 +250,7 @@ class Controller:
             )
             verdict = decision.verdict
             try:
-                new, event = _apply(booked, decision, now)
+                new, event = carry_out(booked, decision, now)
             except Exception as exc:  # an illegal move is a bug; hold and say so
                 log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
                 new, event, verdict = booked, None, Verdict.HOLD
@@ -269,7 +300,10 @@ def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]
     }
 
 
-def _apply(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKind, str] | None]:
+def carry_out(
+    r: Release, d: Decision, now: float
+) -> tuple[Release, tuple[EventKind, str] | None]:
+    """The release after a decision, and the event that tells the thread about it (pure)."""
     if d.verdict is Verdict.ROLLBACK:
         return (
             rollout.start_rollback(r, CONTROLLER, now, d.reason),
@@ -299,7 +333,8 @@ def _apply(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKin
     return r, None
 
 
-def _score_dict(score: analysis.ScoreResult | None) -> dict[str, Any] | None:
+def score_record(score: analysis.ScoreResult | None) -> dict[str, Any] | None:
+    """The canary score as kept on the release (``last_score``) and in the audit."""
     if score is None:
         return None
     return {"value": round(score.value, 2), "verdict": score.verdict.value, "text": score.text}

@@ -26,6 +26,7 @@ from bot.evidence import (
     template_release_notes,
 )
 from bot.llm import LLM, LLMError
+from bot.logs import log_context
 from bot.notify import EventBus, EventKind, ReleaseEvent
 from bot.policy import Policy
 from bot.prompts import render_pair
@@ -69,12 +70,15 @@ class Narrator:
     # --- the notifier port -----------------------------------------------------------------
 
     async def notify(self, event: ReleaseEvent) -> None:
-        if event.kind is EventKind.ROLLED_BACK:
-            self._spawn(self.diagnose(event.release), f"diagnose-{event.release.id}")
-        elif event.kind is EventKind.STARTED and (event.release.notes or event.release.changes):
-            self._spawn(self.draft_notes(event.release), f"notes-{event.release.id}")
-        elif event.kind is EventKind.SUCCEEDED:
-            self._spawn(self.final_notes(event.release), f"final-notes-{event.release.id}")
+        release = event.release
+        # The writing tasks inherit this context: what they log names their release.
+        with log_context(release_id=release.id, service=release.service):
+            if event.kind is EventKind.ROLLED_BACK:
+                self._spawn(self.diagnose(release), f"diagnose-{release.id}")
+            elif event.kind is EventKind.STARTED and (release.notes or release.changes):
+                self._spawn(self.draft_notes(release), f"notes-{release.id}")
+            elif event.kind is EventKind.SUCCEEDED:
+                self._spawn(self.final_notes(release), f"final-notes-{release.id}")
 
     def _spawn(self, work: Awaitable[object], name: str) -> None:
         task = asyncio.ensure_future(self._guarded(work))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from bot.logs import log_context
 from bot.rollout import Release
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,19 @@ class EventBus:
                 self._queue.task_done()
 
     async def _deliver(self, event: ReleaseEvent) -> None:
-        for notifier in self.notifiers:
-            try:
-                await asyncio.wait_for(notifier.notify(event), self.timeout)
-            except Exception:
-                log.exception(
-                    "notifier %s failed on %s for %s",
-                    type(notifier).__name__,
-                    event.kind.value,
-                    event.release.label,
-                )
+        # Delivery runs on the bus's own task, outside the context the event was emitted in:
+        # name the release again so every chat line about it carries its id.
+        with log_context(release_id=event.release.id, service=event.release.service):
+            for notifier in self.notifiers:
+                try:
+                    await asyncio.wait_for(notifier.notify(event), self.timeout)
+                except Exception:
+                    log.exception(
+                        "notifier %s failed on %s for %s",
+                        type(notifier).__name__,
+                        event.kind.value,
+                        event.release.label,
+                    )
 
     async def drain(self) -> None:
         """Wait until every emitted event has been delivered (tests, shutdown)."""

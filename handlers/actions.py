@@ -25,6 +25,7 @@ from bot.blocks import (
     parse_button_value,
     stale_reason,
 )
+from bot.logs import log_context
 from bot.notify import EventKind, ReleaseEvent
 from bot.rollout import Release
 from bot.service import Outcome, Result
@@ -40,7 +41,8 @@ ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_R
 def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers Slack; the click is handled right after, as a lazy listener.
     async def work(body: dict[str, Any], action: dict[str, Any]) -> None:
-        await on_button(core, body, action)
+        with log_context(trigger_id=body.get("trigger_id"), action_ts=action.get("action_ts")):
+            await on_button(core, body, action)
 
     for action_id in ACTIONS:
         app.action(action_id)(ack=ack_only, lazy=[work])
@@ -66,14 +68,15 @@ async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) ->
             # The same staleness rule as the console's numbered buttons.
             message = ephemeral(f":hourglass: this button is out of date: {stale}")
         else:
-            result = await _click(
-                core,
-                action_id,
-                release,
-                ref.step,
-                user,
-                request_id=f"slack:{body.get('trigger_id', '')}",
-            )
+            with log_context(release_id=release.id, service=release.service):
+                result = await _click(
+                    core,
+                    action_id,
+                    release,
+                    ref.step,
+                    user,
+                    request_id=f"slack:{body.get('trigger_id', '')}",
+                )
             prefix = "(already applied) " if result.outcome is Outcome.DUPLICATE else ""
             message = ephemeral(prefix + (result.message or result.release.describe_state()))
     except Exception as exc:

@@ -11,6 +11,7 @@ from bot import dispatch, telemetry
 from bot.blocks import ephemeral
 from bot.commands import USAGE, parse
 from bot.errors import CommandError, UnknownServiceError
+from bot.logs import log_context
 from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
 
@@ -21,7 +22,8 @@ def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers the HTTP request (within Slack's 3 s, before any work); the work runs
     # after it as a lazy listener.
     async def work(command: dict[str, Any]) -> None:
-        await on_command(core, command)
+        with log_context(trigger_id=command.get("trigger_id")):
+            await on_command(core, command)
 
     for name in COMMANDS:
         app.command(name)(ack=ack_only, lazy=[work])
@@ -44,9 +46,10 @@ async def on_command(core: Core, command: dict[str, Any]) -> None:
             raise CommandError(str(exc), usage=USAGE[cmd.verb]) from exc
         actor = await actor_for(str(command["user_id"]), sp, core.client, core.app.store)
         # trigger_id is unique per invocation: a delivery of the same request twice is one.
-        reply = await dispatch.run(
-            core.app.service, cmd, actor, request_id=f"slack:{command.get('trigger_id', '')}"
-        )
+        with log_context(service=cmd.service):
+            reply = await dispatch.run(
+                core.app.service, cmd, actor, request_id=f"slack:{command.get('trigger_id', '')}"
+            )
     except Exception as exc:
         message = error_message(exc, what=line)
     else:

@@ -10,6 +10,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from bot.blocks import split_text
+from bot.logs import log_context
 from bot.rollout import Release
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 
 def register(app: AsyncApp, core: Core) -> None:
     async def work(body: dict[str, Any], event: dict[str, Any]) -> None:
-        await on_mention(core, body, event)
+        with log_context(event_id=body.get("event_id")):
+            await on_mention(core, body, event)
 
     async def reply(body: dict[str, Any], event: dict[str, Any]) -> None:
-        await on_thread_reply(core, body, event)
+        with log_context(event_id=body.get("event_id")):
+            await on_thread_reply(core, body, event)
 
     app.event("app_mention")(ack=ack_only, lazy=[work])
     app.event("message")(ack=ack_only, lazy=[reply])
@@ -41,7 +44,8 @@ async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) ->
         )
         await core.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
         return
-    await _answer(core, release, channel, thread_ts, str(event.get("text", "")))
+    with log_context(release_id=release.id, service=release.service):
+        await _answer(core, release, channel, thread_ts, str(event.get("text", "")))
 
 
 async def on_thread_reply(core: Core, body: dict[str, Any], event: dict[str, Any]) -> None:
@@ -63,7 +67,8 @@ async def on_thread_reply(core: Core, body: dict[str, Any], event: dict[str, Any
     channel = str(event.get("channel", ""))
     release = await core.app.store.release_for_thread(channel, thread_ts)
     if release is not None:
-        await _answer(core, release, channel, thread_ts, text)
+        with log_context(release_id=release.id, service=release.service):
+            await _answer(core, release, channel, thread_ts, text)
 
 
 async def _answer(

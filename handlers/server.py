@@ -9,6 +9,8 @@ import logging
 import signal
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -19,7 +21,9 @@ from bot import telemetry
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.errors import ShipwatchError
+from bot.logs import log_context, request_id_from
 from bot.policy import Policy
+from bot.release_metrics import ReleaseMetrics
 from handlers.api import api_routes, load_tokens
 from handlers.app import build_bolt
 from handlers.client import web_client
@@ -29,10 +33,71 @@ from handlers.notifier import SlackNotifier
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 3.0
+REQUEST_ID = "X-Request-Id"
+# Set when a shutdown starts: /readyz answers 503 and new work is refused until the server stops.
+DRAINING = web.AppKey("draining", asyncio.Event)
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# The most an in-flight HTTP request gets to finish once the listener is closed.
+HTTP_DRAIN_S = 5.0
+RETRY_AFTER_S = 5
+FLUSH_FLOOR_S = 1.0
+
+
+@web.middleware
+async def correlate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every log line of a request carries its id: the caller's X-Request-Id when it is a
+    safe one, a new one otherwise; the answer echoes it so both sides can find the lines."""
+    request_id = request_id_from(request.headers.get(REQUEST_ID))
+    with log_context(request_id=request_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers[REQUEST_ID] = request_id
+            raise
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    return response
+
+
+@web.middleware
+async def refuse_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A 503 is retried: by Slack for events, by CI per the API's contract, by a load balancer
+    # on another replica; work accepted now could be cut off by the shutdown.
+    if request.app[DRAINING].is_set() and request.path not in PROBES:
+        return web.json_response(
+            {"error": "shutting down; retry shortly"},
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+        )
+    return await handler(request)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request with the id the middleware chose (it is in the answer's headers:
+    this runs after the request's log context has closed). No query string: it can carry
+    credentials. Probes go to DEBUG, or they would drown the lines that matter."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        level = logging.DEBUG if request.path in PROBES else logging.INFO
+        self.logger.log(
+            level,
+            "%s %s %d %.0fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra={
+                "request_id": response.headers.get(REQUEST_ID, ""),
+                "status": response.status,
+                "remote": request.remote,
+            },
+        )
 
 
 def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[correlate, refuse_while_draining])
+    app[DRAINING] = asyncio.Event()
+    release_metrics = ReleaseMetrics(core.app.store)
 
     async def slack_events(request: web.Request) -> web.Response:
         if bolt is None:
@@ -44,6 +109,8 @@ def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        if app[DRAINING].is_set():
+            return web.json_response({"ready": False, "draining": True}, status=503)
         problems = {}
         for name, check in (("redis", core.app.store.ping), ("metrics", core.app.source.check)):
             try:
@@ -56,6 +123,7 @@ def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         with contextlib.suppress(ShipwatchError):
             telemetry.ACTIVE.set(len(await core.app.store.active_index()))
+        await release_metrics.refresh()  # cached, and never raises for a Redis failure
         return web.Response(
             body=generate_latest(telemetry.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -99,17 +167,29 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
 async def serve(
     settings: Settings, policy: Policy, *, controller: bool = True, socket: bool = False
 ) -> int:
+    if socket and settings.slack_app_token is None:
+        raise ShipwatchError("--socket needs SLACK_APP_TOKEN (an xapp- token)")
     core, notifier = await build_core(settings, policy)
     assert settings.slack_signing_secret is not None
     bolt = build_bolt(core, settings.slack_signing_secret.get_secret_value())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s: shutting down", sig.name, extra={"phase": "signal"})
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     core.app.events.start()
     notifier.start()
-    runner = web.AppRunner(web_app(core, None if socket else bolt))
+    app = web_app(core, None if socket else bolt)
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLog,
+        shutdown_timeout=min(HTTP_DRAIN_S, settings.shutdown_timeout),
+    )
     await runner.setup()
     site = web.TCPSite(runner, "0.0.0.0", settings.port)
     await site.start()
@@ -120,9 +200,7 @@ async def serve(
         core.app.source.name,
     )
     socket_handler = None
-    if socket:
-        if settings.slack_app_token is None:
-            raise ShipwatchError("--socket needs SLACK_APP_TOKEN (an xapp- token)")
+    if socket and settings.slack_app_token is not None:
         socket_handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
         await socket_handler.connect_async()  # type: ignore[no-untyped-call]
     control = (
@@ -133,13 +211,63 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        # Stop taking work first, then let the controller finish its round and hand over.
-        await runner.cleanup()
-        if socket_handler is not None:
-            await socket_handler.close_async()  # type: ignore[no-untyped-call]
-        if control is not None:
-            await control
-        await notifier.close()
-        await core.responses.close()
-        await core.app.close()
+        stop.set()  # also when we got here by an exception: the controller must stop too
+        await _shut_down(settings, core, notifier, app, runner, socket_handler, control)
     return 0
+
+
+async def _shut_down(
+    settings: Settings,
+    core: Core,
+    notifier: SlackNotifier,
+    app: web.Application,
+    runner: web.AppRunner,
+    socket_handler: AsyncSocketModeHandler | None,
+    control: asyncio.Task[None] | None,
+) -> None:
+    """Stop taking work, finish the round under way, hand the leases over, let in-flight
+    requests and pending Slack messages go out, close Redis; all within shutdown_timeout."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + settings.shutdown_timeout
+
+    def left() -> float:
+        return max(0.0, deadline - loop.time())
+
+    log.info(
+        "shutdown: draining; new work is refused, /readyz answers 503", extra={"phase": "drain"}
+    )
+    app[DRAINING].set()
+    if socket_handler is not None:
+        # Events not acknowledged over a closed socket are redelivered to another connection.
+        await socket_handler.close_async()  # type: ignore[no-untyped-call]
+    if control is not None:
+        log.info("shutdown: waiting for the controller's round", extra={"phase": "controller"})
+        done, _ = await asyncio.wait({control}, timeout=left())
+        if not done:
+            log.warning(
+                "shutdown: the controller's round did not finish in time; cancelled",
+                extra={"phase": "controller"},
+            )
+            control.cancel()
+            await asyncio.wait({control})
+        if not control.cancelled() and (failure := control.exception()) is not None:
+            log.error("the controller stopped with an error", exc_info=failure)
+    # Normally the controller dropped them as it stopped; not if its round was cut off.
+    # Either way nobody should wait lease_ttl for this process's releases.
+    if await core.app.controller.close():
+        log.info("shutdown: this process holds no leases now", extra={"phase": "leases"})
+    log.info("shutdown: closing the HTTP server", extra={"phase": "http"})
+    await runner.cleanup()
+    log.info("shutdown: delivering pending messages", extra={"phase": "flush"})
+    # Even when the round used the whole budget, a rollback's messages deserve a moment.
+    flush = max(left(), FLUSH_FLOOR_S)
+    if not await core.app.drain(flush):
+        log.warning(
+            "shutdown: messages still pending after %.1fs", flush, extra={"phase": "flush"}
+        )
+    await notifier.close()
+    await core.responses.close()
+    log.info("shutdown: closing Redis", extra={"phase": "close"})
+    await core.app.close()
+    log.info("shutdown: done in %.1fs", loop.time() - started, extra={"phase": "done"})
