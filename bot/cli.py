@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bot import __version__
-from bot.app import build_app, resolve_policy
+from bot.app import App, build_app, resolve_policy
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
-from bot.demo import demo_policy, scripted_input
+from bot.demo import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scripted_input
 from bot.errors import PolicyError, ShipwatchError
+from bot.logs import configure_logging
 from bot.policy import Policy, load_policy
 from handlers.server import serve
 
@@ -54,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="stay at the console prompt afterwards (default when a terminal)",
     )
+    demo.add_argument(
+        "--metrics",
+        choices=METRICS_MODES,
+        default="auto",
+        help="where the numbers come from: `prometheus` (a real Prometheus, from PATH, scraping "
+        "the demo's sample services), `synthetic` (made up in process), or `auto` (the first "
+        "when it can; the default)",
+    )
 
     serve = sub.add_parser(
         "serve", help="run the Slack app over HTTP (POST /slack/events) and the controller"
@@ -73,17 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if args.command in ("console", "demo"):
-        # The terminal is the chat: keep log lines out of it, in a file next to the data.
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format=log_format,
-            filename=str(settings.data_dir / "console.log"),
-        )
-    else:
-        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=log_format)
+    # console and demo log to a file next to the data: the terminal is the chat.
+    configure_logging(settings, args.command)
     if args.command == "check-config":
         return _check_config(args.file)
     if getattr(args, "policy", None):
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_console(settings, speedy, args.user))
         if args.command == "demo":
             interactive = args.interactive and sys.stdin.isatty()
-            return asyncio.run(_demo(settings, demo_policy(policy), interactive))
+            return asyncio.run(_demo(settings, policy, interactive, args.metrics))
         if args.command == "serve":
             return asyncio.run(
                 serve(settings, policy, controller=not args.no_controller, socket=args.socket)
@@ -133,19 +134,62 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-async def _demo(settings: Settings, policy: Policy, interactive: bool) -> int:
+async def _demo(
+    settings: Settings, policy: Policy, interactive: bool, metrics: MetricsMode
+) -> int:
     settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.25)})
-    app = await build_app(settings, policy=policy, notifiers=[ConsoleNotifier(sys.stdout)])
+
+    def echo(text: str) -> None:
+        print(text, flush=True)
+
+    # Ctrl-C and `kill` end the demo through the finally blocks below, so the Prometheus and
+    # Redis it started do not outlive it. Handled on the loop, between steps of the tasks
+    # (a plain signal handler cancels from wherever the interpreter happens to be).
+    stopped_by: list[signal.Signals] = []
+    main_task = asyncio.current_task()
+    assert main_task is not None
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopped_by:
+            return  # already stopping; what is left is short and bounded
+        stopped_by.append(sig)
+        main_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    rig = DemoRig(settings.data_dir, policy, metrics)
     try:
-
-        def echo(text: str) -> None:
-            print(text, flush=True)
-
-        console = Console(app, "you", read_line=scripted_input(interactive, echo))
-        console.interactive = interactive
-        return await console.run()
+        choice = await rig.start()
+        echo(choice.line)
+        if choice.detail:
+            echo(choice.detail)
+        if settings.prometheus_url:
+            echo("(PROMETHEUS_URL is not used by the demo: it judges its own sample services)")
+        settings = settings.model_copy(update={"prometheus_url": choice.prometheus_url})
+        app = await build_app(settings, policy=rig.policy, notifiers=[ConsoleNotifier(sys.stdout)])
+        try:
+            await rig.follow_flags(settings.redis_url or _embedded_url(app))
+            console = Console(
+                app, "you", read_line=scripted_input(interactive, echo), faults=rig.faults
+            )
+            console.interactive = interactive
+            return await console.run()
+        finally:
+            # The sample services' flag client first, while the Redis it reads is still up.
+            await rig.close()
+            await app.close()
+    except asyncio.CancelledError:
+        if stopped_by:
+            return 128 + stopped_by[0]  # as a shell reports a command the signal ended
+        raise
     finally:
-        await app.close()
+        await rig.close()
+
+
+def _embedded_url(app: App) -> str:
+    assert app.embedded_redis is not None  # no REDIS_URL: build_app started one
+    return app.embedded_redis.url
 
 
 async def _console(settings: Settings, policy: Policy, user: str) -> int:

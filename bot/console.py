@@ -9,11 +9,13 @@ choices, and typing a number clicks one through the same service calls as a Slac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from bot import dispatch
 from bot.app import App
@@ -46,7 +48,8 @@ commands (same as Slack, without the slash):
   deploy <service> <version> [--risk high] [--steps 1,10,100] [--hold 30s] [--notes ...]
   advance <service> | approve <service> | rollback <service> [reason]
   status <service> | list | history <service> | pause <service> [reason] | resume <service>
-  lock <service> <reason> | unlock <service>
+  lock <service> <reason> | unlock <service> | stats [service] [--days 7]
+  deploy ... --force              an approver deploys past gates that have not passed
 buttons:
   1, 2, 3 …                       click a numbered button of the last status shown
                                   (`status <service>` shows a release's buttons)
@@ -54,8 +57,8 @@ console only:
   as <user>                       switch who is typing (approvals need someone else)
   wait <duration>                 let the controller run, e.g. wait 30s
   await <service>                 let it run until the service's release has finished
-  fault <service> <metric> <factor> [version]   demo source: make a metric worse
-  clear [service]                 demo source: remove faults
+  fault <service> <metric> <factor> [version]   demo: make a metric worse (e.g. latency_p99)
+  clear [service]                 demo: remove faults
   help | quit"""
 
 
@@ -65,6 +68,16 @@ def _people(policy: Policy | None, service: str) -> tuple[str, list[str], list[M
     if sp is None:
         return "", [], []
     return sp.oncall, list(sp.approvers), list(sp.metrics)
+
+
+class FaultInjector(Protocol):
+    """Where `fault` and `clear` go: the synthetic source, or the demo's sample services."""
+
+    def inject(self, service: str, metric: str, factor: float, version: str = "*") -> str | None:
+        """Make ``metric`` worse; may return what was done, in words."""
+        ...
+
+    def clear(self, service: str | None = None) -> None: ...
 
 
 class ConsoleNotifier:
@@ -98,8 +111,11 @@ class Console:
         user: str,
         out: TextIO = sys.stdout,
         read_line: Callable[[], str] | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.app = app
+        synthetic = app.source if isinstance(app.source, SyntheticSource) else None
+        self.faults: FaultInjector | None = faults if faults is not None else synthetic
         self.user = user
         self.out = out
         self._read_line = read_line or sys.stdin.readline
@@ -128,7 +144,7 @@ class Console:
             while True:
                 if self.interactive:
                     print(f"{self.user}> ", end="", file=self.out, flush=True)
-                line = await asyncio.to_thread(self._read_line)
+                line = await self._next_line()
                 if not line:
                     break
                 line = line.strip()
@@ -145,6 +161,33 @@ class Console:
             await controller
             await self.app.events.drain()
         return 0
+
+    async def _next_line(self) -> str:
+        """The next input line, read on a daemon thread: a read blocked on the terminal must
+        not keep the process alive after Ctrl-C, as a thread of the default executor would."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+
+        def deliver(line: str | None, error: Exception | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(line or "")
+
+        def read() -> None:
+            line, error = None, None
+            try:
+                line = self._read_line()
+            except Exception as exc:
+                error = exc
+            # A closed loop raises RuntimeError: nobody is waiting for this line any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, line, error)
+
+        threading.Thread(target=read, name="console-input", daemon=True).start()
+        return await done
 
     async def handle(self, line: str) -> None:
         try:
@@ -289,9 +332,9 @@ class Console:
             await asyncio.sleep(0.25)
 
     def _fault(self, word: str, args: list[str]) -> None:
-        source = self.app.source
-        if not isinstance(source, SyntheticSource):
-            self.say("faults can only be injected into the synthetic demo source")
+        source = self.faults
+        if source is None:
+            self.say("faults go to the demo's sample services or its synthetic source only")
             return
         if word == "clear":
             source.clear(args[0] if args else None)
@@ -309,5 +352,5 @@ class Console:
             self.say(f"`{args[2]}` is not a number: use e.g. 5 for five times worse")
             return
         version = args[3] if len(args) == 4 else "*"
-        source.inject(args[0], args[1], factor, version)
-        self.say(f"demo fault: {args[0]} {args[1]} ×{factor:g} on {version}")
+        done = source.inject(args[0], args[1], factor, version)
+        self.say(done or f"demo fault: {args[0]} {args[1]} ×{factor:g} on {version}")

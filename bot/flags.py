@@ -272,7 +272,9 @@ class FlagClient:
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
-            socket_keepalive=True,
+            # TCP keepalive notices a vanished peer; a unix socket (the embedded Redis) has no
+            # such option, and redis-py refuses it there.
+            **({} if self._url.startswith("unix://") else {"socket_keepalive": True}),
             retry=Retry(NoBackoff(), 0),
             # Shows up in CLIENT LIST, so an operator can tell flag subscribers apart.
             client_name=CLIENT_NAME,

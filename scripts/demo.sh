@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Try shipwatch in a minute: the console on the embedded defaults (embedded Redis, synthetic
-# demo metrics, the flags traffic backend), at demo speed. Type `help` at the prompt.
+# Try shipwatch in a minute: two releases at demo speed on the embedded defaults (embedded Redis,
+# the flags traffic backend; a real Prometheus scraping the sample services when `prometheus` is
+# installed, synthetic metrics otherwise), then the console. Type `help` at the prompt.
+# `--no-interactive` exits after the releases; `--metrics synthetic` skips Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

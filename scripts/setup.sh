@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout: a .venv with shipwatch and its dev tools, and the server binaries the
-# product (redis-server) and its tests (redis-server, prometheus) need. Safe to run repeatedly.
+# product needs (redis-server; prometheus for the demo's real-metrics mode) and its tests use
+# (both). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}" >/dev/null
   else
     echo "setup: missing ${need_debs[*]}: install them (e.g. sudo apt-get install ${need_debs[*]})" >&2
-    echo "setup: redis-server is needed to run shipwatch without REDIS_URL; both for the tests" >&2
+    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; the tests need both" >&2
   fi
 fi
 

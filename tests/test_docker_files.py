@@ -19,8 +19,10 @@ import pytest
 import yaml
 
 import bot.llm  # registers the LLM metrics in bot.telemetry.REGISTRY
-from bot import telemetry
+import bot.release_metrics  # registers the release stats series in bot.telemetry.REGISTRY
+from bot import stats, telemetry
 from bot.config import Settings
+from bot.demo_service import ServiceConfig
 from bot.durations import parse_duration
 from bot.policy import load_policy
 
@@ -328,7 +330,14 @@ def test_demo_runs_the_sample_module_from_the_bot_image(
     assert demo["entrypoint"] == ["python", "-m", "bot.demo_service"]
     assert demo["command"] == []  # the image's CMD ("serve") is meant for `shipwatch`
     assert "8080" in [str(p) for p in demo["expose"]]
-    assert "DEMO_VERSION" in _environment(demo)
+    env = _environment(demo)
+    assert "DEMO_VERSION" in env
+    # It routes users by the canary flag the bot writes, so it reads the bot's Redis ...
+    assert env["REDIS_URL"] == _environment(bot_service)["REDIS_URL"]
+    # ... and sends itself traffic, so that a release has requests to be judged on.
+    load = re.fullmatch(r"\$\{DEMO_LOAD_RPS:-(\d+)\}", env["DEMO_LOAD_RPS"])
+    assert load is not None and int(load.group(1)) > 0
+    assert ServiceConfig.from_env({}).port == 8080  # the port exposed and scraped
 
 
 def test_grafana_is_provisioned(services: dict[str, dict[str, Any]]) -> None:
@@ -396,7 +405,8 @@ def _exported_names() -> set[str]:
     Labelled metrics have no samples until first used, so names come from each family's name
     and type rather than from the samples collected right now.
     """
-    assert bot.llm.LLM_FAILURES is not None  # the import above is what registers these
+    assert bot.llm.LLM_FAILURES is not None  # the imports above are what register these
+    assert bot.release_metrics.SERIES is not None
     names: set[str] = set()
     for family in telemetry.REGISTRY.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
@@ -442,3 +452,47 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
         assert panel["datasource"]["uid"] == uid, panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == uid, panel["title"]
+
+
+RELEASE_SERIES = (
+    "shipwatch_release_deploys_per_day",
+    "shipwatch_release_finished",
+    "shipwatch_release_rollback_ratio",
+    "shipwatch_release_lead_time_seconds",
+    "shipwatch_release_rollback_time_seconds",
+    "shipwatch_release_step_time_seconds",
+    "shipwatch_release_approval_wait_seconds",
+    "shipwatch_release_approval_waits",
+    "shipwatch_release_approvals_refused",
+    "shipwatch_audit_oldest_timestamp_seconds",
+    "shipwatch_release_stats_refresh_failures_total",
+)
+
+
+def test_dashboard_shows_the_release_stats_the_bot_exports() -> None:
+    dashboard = json.loads((DOCKER / "grafana/dashboard.json").read_text(encoding="utf-8"))
+    exported = _exported_names()
+    used = {
+        name
+        for expr in _expressions(dashboard)
+        for name in re.findall(r"\bshipwatch_[A-Za-z0-9_:]+", expr)
+    }
+    for name in RELEASE_SERIES:
+        assert name in exported, f"the bot does not export {name}"
+        assert name in used, f"no panel shows {name}"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    # The window choices are the windows the bot computes, and the default service is the
+    # label the bot gives the numbers over every service.
+    labels = [bot.release_metrics.window_label(d) for d in bot.release_metrics.WINDOWS_DAYS]
+    assert [o["value"] for o in variables["window"]["options"]] == labels
+    assert variables["window"]["query"] == ",".join(labels)
+    assert variables["service"]["current"]["value"] == stats.ALL
+    assert "shipwatch_release_deploys" in variables["service"]["query"]["query"]
+    # Every release panel picks the window (and so reads series the bot labels that way).
+    release_exprs = [
+        t["expr"]
+        for panel in dashboard["panels"]
+        for t in panel.get("targets", [])
+        if "shipwatch_release_" in t["expr"] and "refresh_failures" not in t["expr"]
+    ]
+    assert release_exprs and all('window="$window"' in e for e in release_exprs)

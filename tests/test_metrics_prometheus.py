@@ -346,7 +346,7 @@ def test_sample_service_is_configurable_at_run_time() -> None:
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=2) as response:
-            assert json.load(response) == {"error_rate": 1.0, "latency": 0.0}
+            assert json.load(response) == {"error_rate": 1.0, "latency": 0.0, "jitter": 0.0}
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{app.url}/work?user=7", timeout=2)
         assert info.value.code == 500
