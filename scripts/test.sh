@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/ruff check bot handlers tests bench
+.venv/bin/ruff check bot handlers tests bench scripts
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"
