@@ -221,75 +221,69 @@ class Controller:
         # Every line logged about this release carries its id; gather runs each release in
         # its own task (a copy of the context), so concurrent releases never mix their ids.
         with log_context(release_id=plan.release.id, service=plan.release.service):
-            await self._act_on(plan, result, decision, fence, now, stats)
-
-    async def _act_on(
-        self,
-        plan: analysis.Plan,
-        result: analysis.Analysis,
-        decision: Decision,
-        fence: int,
-        now: float,
-        stats: RoundStats,
-    ) -> None:
-        async with self._sem:
-            release = plan.release
-            checks = result.checks
-            score = score_record(result.score)
-            booked = release.model_copy(
-                update={
-                    "counters": decision.counters,
-                    "last_checks": [c.to_dict() for c in checks],
-                    "last_score": score,
-                    "last_eval_at": now,
-                    "evaluations": release.evaluations + 1,
-                    "clean_checks_in_step": release.clean_checks_in_step + 1
-                    if decision.clean
-                    else 0,
-                }
-            )
-            verdict = decision.verdict
-            try:
-                new, event = carry_out(booked, decision, now)
-            except Exception as exc:  # an illegal move is a bug; hold and say so
-                log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
-                new, event, verdict = booked, None, Verdict.HOLD
-            audit = AuditEntry.transition(
-                f"decision:{verdict.value}",
-                CONTROLLER,
-                release,
-                new,
-                reason=decision.reason,
-                detail={
-                    "weight": release.weight,
-                    "checks": [_compact(c) for c in checks],
-                    "score": score,
-                },
-            )
-            committed = await self.store.commit(
-                new, expected_rev=release.rev, audit=audit, fence=fence
-            )
-            stats.decisions[verdict.value] = stats.decisions.get(verdict.value, 0) + 1
-            telemetry.DECISIONS.labels(verdict.value).inc()
-            if committed.status is not CommitStatus.OK or committed.current is None:
-                # Someone else won (a human command, or another controller after our lease
-                # lapsed): drop this round; the next one re-reads and judges again.
-                log.info(
-                    "%s: %s not committed (%s)", release.label, verdict.value, committed.status
+            async with self._sem:
+                release = plan.release
+                checks = result.checks
+                score = score_record(result.score)
+                booked = release.model_copy(
+                    update={
+                        "counters": decision.counters,
+                        "last_checks": [c.to_dict() for c in checks],
+                        "last_score": score,
+                        "last_eval_at": now,
+                        "evaluations": release.evaluations + 1,
+                        "clean_checks_in_step": release.clean_checks_in_step + 1
+                        if decision.clean
+                        else 0,
+                    }
                 )
-                return
-            current = committed.current
-            await self._record_point(current, checks, now)
-            if event is not None:
-                self.events.emit(ReleaseEvent(event[0], current, event[1], checks=new.last_checks))
-            elif self.summary_every and current.evaluations % self.summary_every == 0:
-                self.events.emit(
-                    ReleaseEvent(
-                        EventKind.METRICS_SUMMARY, current, decision.reason, checks=new.last_checks
+                verdict = decision.verdict
+                try:
+                    new, event = carry_out(booked, decision, now)
+                except Exception as exc:  # an illegal move is a bug; hold and say so
+                    log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
+                    new, event, verdict = booked, None, Verdict.HOLD
+                audit = AuditEntry.transition(
+                    f"decision:{verdict.value}",
+                    CONTROLLER,
+                    release,
+                    new,
+                    reason=decision.reason,
+                    detail={
+                        "weight": release.weight,
+                        "checks": [_compact(c) for c in checks],
+                        "score": score,
+                    },
+                )
+                committed = await self.store.commit(
+                    new, expected_rev=release.rev, audit=audit, fence=fence
+                )
+                stats.decisions[verdict.value] = stats.decisions.get(verdict.value, 0) + 1
+                telemetry.DECISIONS.labels(verdict.value).inc()
+                if committed.status is not CommitStatus.OK or committed.current is None:
+                    # Someone else won (a human command, or another controller after our lease
+                    # lapsed): drop this round; the next one re-reads and judges again.
+                    log.info(
+                        "%s: %s not committed (%s)", release.label, verdict.value, committed.status
                     )
-                )
-            if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
-                await self.actuator.sync(current, fence)
+                    return
+                current = committed.current
+                await self._record_point(current, checks, now)
+                if event is not None:
+                    self.events.emit(
+                        ReleaseEvent(event[0], current, event[1], checks=new.last_checks)
+                    )
+                elif self.summary_every and current.evaluations % self.summary_every == 0:
+                    self.events.emit(
+                        ReleaseEvent(
+                            EventKind.METRICS_SUMMARY,
+                            current,
+                            decision.reason,
+                            checks=new.last_checks,
+                        )
+                    )
+                if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
+                    await self.actuator.sync(current, fence)
 
 
 def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]:
@@ -300,9 +294,7 @@ def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]
     }
 
 
-def carry_out(
-    r: Release, d: Decision, now: float
-) -> tuple[Release, tuple[EventKind, str] | None]:
+def carry_out(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKind, str] | None]:
     """The release after a decision, and the event that tells the thread about it (pure)."""
     if d.verdict is Verdict.ROLLBACK:
         return (
