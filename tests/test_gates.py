@@ -1,5 +1,6 @@
 """Pre-release gates end to end: /deploy (and the CI API) against a local stand-in for a CI
-system's gate status endpoint, on the whole Slack app with a real Redis.
+system's gate status endpoint (tests.support.gates_api), on the whole Slack app with a real
+Redis.
 
 The stand-in answers ``GET /gates/{service}/{version}`` with the results a test sets, checks the
 bearer token, and can be made to fail the ways a real one does (an error status, a slow answer,
@@ -8,24 +9,28 @@ a body that is not JSON, a report in the wrong shape, or not running at all).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from bot.errors import UserError
 from bot.gates import GateChecker, GateResult, GateStatus, GateVerdict, Source, fill_url
 from bot.policy import parse_policy
 from bot.rollout import Release
 from handlers.api import ROLLOUTS
-from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import ALICE, BOB, CAROL, CHECKOUT_CHANNEL, SlackRig, wait_until
+from tests.support.gates_api import Fault, GatesStandIn
+from tests.support.slack_rig import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHECKOUT_CHANNEL,
+    SlackRig,
+    running_rig,
+    wait_until,
+)
 
 GATES_TOKEN = "gates-read-token-0123456789"
 API_TOKEN = "gh-0123456789abcdef0123"
@@ -54,73 +59,6 @@ services:
 """
 
 
-@dataclass(frozen=True)
-class Fault:
-    """How the stand-in misbehaves instead of answering."""
-
-    status: int = 200
-    body: bytes = b""
-    delay: float = 0.0
-
-
-class GatesStandIn:
-    """A CI system's gate status endpoint on 127.0.0.1 (free port)."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.answers: dict[tuple[str, str], dict[str, Any]] = {}
-        self.fault: Fault | None = None
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self._runner: web.AppRunner | None = None
-        self._port = 0
-
-    async def start(self) -> Self:
-        app = web.Application()
-        app.router.add_get("/gates/{service}/{version}", self._gates)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self._port = int(self._runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def template(self) -> str:
-        return f"http://127.0.0.1:{self._port}/gates/{{service}}/{{version}}"
-
-    def url(self, service: str, version: str) -> str:
-        return f"http://127.0.0.1:{self._port}/gates/{service}/{version}"
-
-    async def _gates(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.path, dict(request.headers)))
-        fault = self.fault
-        if fault is not None and fault.delay:
-            await asyncio.sleep(fault.delay)
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return web.json_response({"error": "bad credentials"}, status=401)
-        if fault is not None and (fault.status != 200 or fault.body):
-            return web.Response(status=fault.status, body=fault.body)
-        key = (request.match_info["service"], request.match_info["version"])
-        if key not in self.answers:
-            return web.json_response({"error": "no pipeline for this version"}, status=404)
-        return web.json_response({"gates": self.answers[key], "pipeline": 4711})
-
-
 @pytest.fixture
 async def gates() -> AsyncIterator[GatesStandIn]:
     async with GatesStandIn(GATES_TOKEN) as standin:
@@ -131,23 +69,15 @@ async def gates() -> AsyncIterator[GatesStandIn]:
 async def rig(
     redis_url: str, redis_client: aioredis.Redis, gates: GatesStandIn
 ) -> AsyncIterator[SlackRig]:
-    async with SlackStandIn() as slack:
-        rig = SlackRig(
-            slack,
-            redis_url,
-            policy=parse_policy(POLICY, "gates tests"),
-            extra_settings={
-                "SHIPWATCH_GATES_URL": gates.template,
-                "SHIPWATCH_GATES_TOKEN": GATES_TOKEN,
-                "SHIPWATCH_GATES_TIMEOUT": 0.3,
-                "SHIPWATCH_API_TOKENS": f"github:{API_TOKEN}",
-            },
-        )
-        await rig.start()
-        try:
-            yield rig
-        finally:
-            await rig.close()
+    settings = {
+        "SHIPWATCH_GATES_URL": gates.template,
+        "SHIPWATCH_GATES_TOKEN": GATES_TOKEN,
+        "SHIPWATCH_GATES_TIMEOUT": 0.3,
+        "SHIPWATCH_API_TOKENS": f"github:{API_TOKEN}",
+    }
+    policy = parse_policy(POLICY, "gates tests")
+    async with running_rig(redis_url, policy=policy, extra_settings=settings) as rig:
+        yield rig
 
 
 async def deploy(rig: SlackRig, text: str, user: str) -> str:

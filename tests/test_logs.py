@@ -36,8 +36,7 @@ from bot.rollout import Actor
 from bot.service import DeployOptions
 from handlers.api import ROLLOUTS
 from handlers.server import REQUEST_ID
-from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import SECRET, SlackRig, wait_until
+from tests.support.slack_rig import SECRET, SlackRig, running_rig, wait_until
 from tests.support.slack_signing import sign, slash_command
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -319,13 +318,8 @@ API_TOKENS = f"github:{API_TOKEN}"
 
 @pytest.fixture
 async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
-    async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": API_TOKENS})
-        await rig.start()
-        try:
-            yield rig
-        finally:
-            await rig.close()
+    async with running_rig(redis_url, extra_settings={"SHIPWATCH_API_TOKENS": API_TOKENS}) as rig:
+        yield rig
 
 
 async def test_an_api_request_logs_with_its_request_id_and_release_id(

@@ -29,7 +29,8 @@ from handlers.api import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
 from tests.support.procs import free_port
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
-from tests.support.slack_rig import SlackRig
+from tests.support.slack_rig import SlackRig, running_rig
+from tests.support.standin import LocalServer
 
 SIGNING_SECRET = "5d41402abc4b2a76b9719d911017c592"
 API_TOKEN = "shutdown-test-token-0123456789"
@@ -202,36 +203,25 @@ async def test_sigterm_hands_leases_over_and_logs_each_phase(
         assert secret not in log_text
 
 
-@asynccontextmanager
-async def silent_prometheus() -> AsyncIterator[str]:
+class SilentPrometheus(LocalServer):
     """An HTTP server that takes every query and never answers it (a wedged Prometheus)."""
-    released = asyncio.Event()
 
-    async def hang(_: web.Request) -> web.Response:
-        await released.wait()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", "/{tail:.*}", self._hang)
+
+    async def _hang(self, _: web.Request) -> web.Response:
+        await self.stall()
         return web.Response(status=503)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", hang)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        released.set()
-        await runner.cleanup()
 
 
 async def test_a_round_stuck_on_its_metrics_is_cut_off_and_its_leases_still_go(
     tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    async with silent_prometheus() as prometheus, serving(
+    async with SilentPrometheus() as prometheus, serving(
         tmp_path,
         redis_client,
         redis_url,
-        PROMETHEUS_URL=prometheus,
+        PROMETHEUS_URL=prometheus.base_url,
         SHIPWATCH_PROMETHEUS_TIMEOUT="4",
         SHIPWATCH_SHUTDOWN_TIMEOUT="1",
     ) as bot:
@@ -256,13 +246,9 @@ async def test_a_round_stuck_on_its_metrics_is_cut_off_and_its_leases_still_go(
 
 @pytest.fixture
 async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
-    async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": f"ci:{API_TOKEN}"})
-        await rig.start()
-        try:
-            yield rig
-        finally:
-            await rig.close()
+    settings = {"SHIPWATCH_API_TOKENS": f"ci:{API_TOKEN}"}
+    async with running_rig(redis_url, extra_settings=settings) as rig:
+        yield rig
 
 
 async def test_a_draining_app_is_not_ready_and_turns_new_work_away(rig: SlackRig) -> None:

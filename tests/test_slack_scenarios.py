@@ -25,7 +25,6 @@ from bot.commands import USAGE
 from bot.notify import EventKind
 from bot.rollout import State
 from bot.thresholds import fmt
-from tests.support.slack_api import SlackStandIn
 from tests.support.slack_rig import (
     ALICE,
     BOB,
@@ -35,6 +34,7 @@ from tests.support.slack_rig import (
     PAYMENTS_CHANNEL,
     SECRET,
     SlackRig,
+    running_rig,
     wait_until,
 )
 from tests.support.slack_signing import retry_headers, sign, slash_command
@@ -45,13 +45,8 @@ ACK_WITHIN = 1.5  # seconds; Slack gives an app 3 s to answer
 @pytest.fixture
 async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
     # redis_client flushes the database first: every test starts from an empty workspace.
-    async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url)
-        await rig.start()
-        try:
-            yield rig
-        finally:
-            await rig.close()
+    async with running_rig(redis_url) as rig:
+        yield rig
 
 
 def text_of(message: dict[str, object]) -> str:

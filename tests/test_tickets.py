@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -31,6 +30,7 @@ from bot.traffic.webhook import verify_signature
 from tests.support.github_api import MEDIA_TYPE, GitHubStandIn
 from tests.support.slack_api import SlackStandIn
 from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
+from tests.support.standin import LocalServer
 
 HOOK_SECRET = "whsec-incident-hook-0123456789"
 HOOK_SECRET_ENV = "SHIPWATCH_TEST_TICKET_HOOK_SECRET"
@@ -91,44 +91,22 @@ class Received:
     body: bytes
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalServer):
     """An incident webhook on 127.0.0.1: records each POST, answers as scripted."""
 
     def __init__(self, *, status: int = 200, answer: str = "", delay: float = 0.0) -> None:
+        super().__init__()
         self.status = status
         self.answer = answer
         self.delay = delay
         self.received: list[Received] = []
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._closing = asyncio.Event()
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_post("/hooks/incidents", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            self._closing.set()
-            await runner.cleanup()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/hooks/incidents", self._handle)
 
     @property
     def url(self) -> str:
-        assert self._port is not None, "the receiver is not started"
-        return f"http://127.0.0.1:{self._port}/hooks/incidents"
+        return f"{self.base_url}/hooks/incidents"
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.received.append(
@@ -138,8 +116,7 @@ class WebhookReceiver:
             )
         )
         if self.delay:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.delay)
+            await self.stall(self.delay)
         return web.Response(status=self.status, text=self.answer, content_type="application/json")
 
 

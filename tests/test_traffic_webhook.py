@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -15,7 +14,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -29,6 +27,7 @@ from bot.traffic.webhook import (
     sign,
     verify_signature,
 )
+from tests.support.standin import LocalServer
 
 SECRET = "s3cr3t-key"
 
@@ -52,29 +51,21 @@ class Seen:
         return self.headers[DELIVERY_HEADER]
 
 
-class Receiver:
+class Receiver(LocalServer):
     """A webhook receiver that answers from a script (the last reply repeats) and records
     every request, checking its signature the way a user's receiver would."""
 
     def __init__(self, replies: Sequence[Reply]) -> None:
+        super().__init__()
         self.requests: list[Seen] = []
         self._replies = list(replies) or [Reply()]
-        # Set on shutdown so stalled handlers end at once instead of holding up teardown.
-        self._release = asyncio.Event()
         self._arrived = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._server = TestServer(app, host="127.0.0.1")
 
-    async def start(self) -> None:
-        await self._server.start_server()
-
-    async def stop(self) -> None:
-        self._release.set()
-        await self._server.close()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/hook", self._handle)
 
     def url(self) -> URL:
-        return self._server.make_url("/hook")
+        return URL(f"{self.base_url}/hook")
 
     async def wait_for_requests(self, count: int) -> None:
         while len(self.requests) < count:
@@ -93,8 +84,8 @@ class Receiver:
         self._arrived.set()
         reply = self._replies[min(len(self.requests), len(self._replies)) - 1]
         if reply.delay:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), reply.delay)
+            # Ends at once when the receiver closes, so teardown never waits for it.
+            await self.stall(reply.delay)
         return web.Response(
             status=reply.status, headers=reply.headers, text=f"reply {reply.status}"
         )
@@ -116,7 +107,7 @@ async def serve() -> AsyncIterator[Serve]:
 
     yield start
     for receiver in started:
-        await receiver.stop()
+        await receiver.close()
 
 
 @pytest.fixture
@@ -295,7 +286,7 @@ async def test_slow_endpoint_times_out(serve: Serve, make: Make) -> None:
 async def test_unreachable_endpoint_names_the_error(serve: Serve, make: Make) -> None:
     receiver = await serve([])
     url = receiver.url()
-    await receiver.stop()  # nothing listens on the port any more
+    await receiver.close()  # nothing listens on the port any more
 
     with pytest.raises(TrafficError) as caught:
         await make(url, retries=2).apply(change())

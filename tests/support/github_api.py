@@ -22,10 +22,11 @@ import itertools
 import json
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.support.standin import LocalServer
 
 Json = dict[str, Any]
 
@@ -52,57 +53,28 @@ class Issue:
     html_url: str
 
 
-class GitHubStandIn:
+class GitHubStandIn(LocalServer):
     """An aiohttp server on 127.0.0.1 (free port) that creates issues for one token."""
 
     def __init__(self, token: str, *, first_number: int = 1) -> None:
+        super().__init__()
         self.token = token
         self.requests: list[GitHubRequest] = []
         self.issues: list[Issue] = []
         self._numbers = itertools.count(first_number)
         self._failures: deque[tuple[int, str]] = deque()
         self._raw: deque[tuple[int, str]] = deque()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- serving ---------------------------------------------------------------------------
 
-    async def start(self) -> Self:
-        if self._runner is not None:
-            return self
-        app = web.Application()
-        app.router.add_route("POST", "/repos/{owner}/{repo}/issues", self._create_issue)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("POST", "/repos/{owner}/{repo}/issues", self._create_issue)
+        router.add_route("*", "/{tail:.*}", self._not_found)
 
     @property
     def api_url(self) -> str:
         """The ``api_url`` of a ``GitHubTickets`` policy (no trailing slash)."""
-        if self._port is None:
-            raise RuntimeError("GitHubStandIn is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return self.base_url
 
     # -- scripting -------------------------------------------------------------------------
 

@@ -21,19 +21,18 @@ without ``model`` or ``messages`` a 400, and ``stream: true`` a 400 since it is 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypedDict
+from typing import Any, TypedDict
 
 from aiohttp import web
 from openai import AsyncOpenAI
+
+from tests.support.standin import LocalServer
 
 Json = dict[str, Any]
 
@@ -70,10 +69,11 @@ class _Failure:
     message: str | None
 
 
-class OpenAIStandIn:
+class OpenAIStandIn(LocalServer):
     """An aiohttp server on 127.0.0.1 (free port) answering ``POST /v1/chat/completions``."""
 
     def __init__(self, *, default_reply: str = DEFAULT_REPLY) -> None:
+        super().__init__()
         self.default_reply = default_reply
         self.requests: list[RecordedRequest] = []
         self._replies: deque[str | None] = deque()
@@ -82,52 +82,17 @@ class OpenAIStandIn:
         self._delay = 0.0
         self._delay_count: int | None = None
         self._serial = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        # Set on close so handlers sleeping in a delay return at once instead of holding up
-        # the runner's shutdown (aiohttp does not cancel a handler whose client went away).
-        self._closing = asyncio.Event()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- serving ---------------------------------------------------------------------------
 
-    async def start(self) -> Self:
-        if self._runner is not None:
-            return self
-        app = web.Application()
-        app.router.add_route("POST", "/v1/chat/completions", self._chat_completions)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._closing.clear()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            self._closing.set()
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("POST", "/v1/chat/completions", self._chat_completions)
+        router.add_route("*", "/{tail:.*}", self._not_found)
 
     @property
     def base_url(self) -> str:
         """The ``base_url`` for ``AsyncOpenAI`` clients, e.g. ``http://127.0.0.1:PORT/v1``."""
-        if self._port is None:
-            raise RuntimeError("OpenAIStandIn is not started")
-        return f"http://127.0.0.1:{self._port}/v1"
+        return f"{super().base_url}/v1"
 
     def client(self, api_key: str = "sk-test", **kwargs: Any) -> AsyncOpenAI:
         """A real ``AsyncOpenAI`` pointed at this stand-in."""
@@ -204,8 +169,9 @@ class OpenAIStandIn:
             return
         if self._delay_count is not None:
             self._delay_count -= 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), timeout=self._delay)
+        # Ends at once on close: aiohttp does not cancel a handler whose client went away,
+        # and a sleeping one would hold up the runner's shutdown.
+        await self.stall(self._delay)
 
     async def _not_found(self, request: web.Request) -> web.Response:
         await self._record(request)

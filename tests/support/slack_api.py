@@ -43,14 +43,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.support.slack_signing import API_APP_ID, BOT_ID, BOT_USER_ID, TEAM_DOMAIN, TEAM_ID
+from tests.support.standin import LocalServer
 
 Json = dict[str, Any]
 
@@ -177,13 +177,12 @@ def _answer(status: int, body: Json, headers: dict[str, str] | None = None) -> w
     return web.json_response(body, status=status, headers=headers)
 
 
-class SlackStandIn:
+class SlackStandIn(LocalServer):
     """The Slack Web API on 127.0.0.1, a free port, in the running event loop."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[Call] = []
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
         self._ts = itertools.count(_FIRST_TS_MICROS, _TS_STEP_MICROS)
         self._serial = itertools.count(1)
         self._channels: dict[str, _Channel] = {}
@@ -216,48 +215,23 @@ class SlackStandIn:
         # The channel slack_signing's requests come from by default.
         self.add_channel("releases")
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ serving
 
-    async def start(self) -> Self:
-        if self._runner is not None:
-            return self
+    def build_app(self) -> web.Application:
         # Uploads may exceed aiohttp's 1 MiB default body limit.
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/api/{method}", self._handle_api)
-        app.router.add_route("POST", "/upload/{file_id}", self._handle_upload)
-        app.router.add_route("PUT", "/upload/{file_id}", self._handle_upload)
-        app.router.add_route("POST", "/response/{response_id}", self._handle_response_url)
-        # A short shutdown timeout: a test ending while a delayed answer is pending must not
-        # wait the default minute for it.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        return self
+        self.routes(app.router)
+        return app
 
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", "/api/{method}", self._handle_api)
+        router.add_route("POST", "/upload/{file_id}", self._handle_upload)
+        router.add_route("PUT", "/upload/{file_id}", self._handle_upload)
+        router.add_route("POST", "/response/{response_id}", self._handle_response_url)
 
     @property
     def url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("SlackStandIn is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return self.base_url
 
     @property
     def api_url(self) -> str:

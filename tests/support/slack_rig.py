@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,3 +358,23 @@ class SlackRig:
             checked += 1
         assert checked, "the bot posted no blocks at all"
         return checked
+
+
+@asynccontextmanager
+async def running_rig(
+    redis_url: str,
+    *,
+    policy: Policy | None = None,
+    extra_settings: Mapping[str, Any] | None = None,
+) -> AsyncIterator[SlackRig]:
+    """A started rig (the rig's own policy unless given) on a fresh Slack stand-in; both are
+    closed on the way out. The usual body of a ``rig`` fixture."""
+    async with SlackStandIn() as slack:
+        rig = SlackRig(slack, redis_url, extra_settings=dict(extra_settings or {}))
+        if policy is not None:
+            rig.policy = policy
+        await rig.start()
+        try:
+            yield rig
+        finally:
+            await rig.close()
