@@ -14,6 +14,7 @@ from bot.commands import STATS_DAYS, USAGE, Command
 from bot.durations import format_duration
 from bot.rollout import Actor, Release, State
 from bot.service import Outcome, ReleaseService
+from bot.store import AuditStream
 
 HELP = "\n".join(f"• `{usage}`" for usage in USAGE.values())
 
@@ -86,7 +87,7 @@ def _history_line(r: Release) -> str:
 
 
 async def _stats(service: ReleaseService, name: str | None, days: int) -> str:
-    """Release stats of the last ``days`` days, computed from the audit stream."""
+    """Release stats of the last ``days`` days, computed from the audit's lifecycle stream."""
     if name:
         service.policy.service(name)  # unknown service: a clear error with a suggestion
     end = service.clock()
@@ -94,9 +95,9 @@ async def _stats(service: ReleaseService, name: str | None, days: int) -> str:
     # Read from before the window so releases started earlier and finished inside it still
     # have a known start (see bot.stats for the rule).
     entries = await service.store.audit_between(
-        start - stats.LOOKBACK_S, skip_actions=stats.IGNORED_ACTIONS
+        start - stats.LOOKBACK_S, stream=AuditStream.LIFECYCLE
     )
-    reach = await service.store.audit_reach()
+    reach = await service.store.audit_reach(AuditStream.LIFECYCLE)
     # Only a trimmed log has lost anything: a young one holds every release there ever was.
     audit_from = reach.oldest if reach.trimmed else None
     return stats.render(

@@ -34,6 +34,13 @@ def audit() -> str:
     return f"{PREFIX}audit"
 
 
+def lifecycle() -> str:
+    """The audit entries that change a release's course or record a person's action: the audit
+    stream without the controller's routine hold rounds, which are most of it. Kept apart, and
+    far longer, so the release metrics read a fraction of the audit stream."""
+    return f"{PREFIX}audit:lifecycle"
+
+
 def idempotency(request_id: str) -> str:
     """Result of a request already applied (Slack retry, double click); expires."""
     return f"{PREFIX}idem:{request_id}"

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from bot import stats, telemetry
 from bot.errors import StoreError
 from bot.stats import ReleaseStats, ServiceStats, Spread
-from bot.store import AuditEntry, AuditReach, Store
+from bot.store import AuditEntry, AuditReach, AuditStream, Store
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +221,12 @@ class ReleaseMetrics:
         """
         while True:
             lo = f"({self._cursor}" if self._cursor else str(int(max(0.0, now - self._span) * 1000))
-            page = await self.store.audit_page(lo, skip_actions=stats.IGNORED_ACTIONS)
+            page = await self.store.audit_page(lo, stream=AuditStream.LIFECYCLE)
             self._entries += [_slim(e) for e in page.entries]
             self._cursor = page.last_id or self._cursor
             if page.complete:
                 break
-        return await self.store.audit_reach()
+        return await self.store.audit_reach(AuditStream.LIFECYCLE)
 
 
 def _slim(entry: AuditEntry) -> AuditEntry:

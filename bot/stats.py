@@ -43,8 +43,6 @@ DAY_S = 86400.0
 # How far before a window the audit stream is read, so that a release started shortly before
 # the window and finished inside it still has a known start.
 LOOKBACK_S = 3 * DAY_S
-# Entries that never change a number here; skipping them saves parsing the bulk of the stream.
-IGNORED_ACTIONS = frozenset({"decision:hold"})
 ALL = "_all"  # the scope of the numbers over every service (no service name starts with _)
 
 _PENDING = "pending_approval"

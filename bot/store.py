@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT
 
 from bot import keys
 from bot.errors import StoreError
@@ -24,14 +25,19 @@ from bot.rollout import Actor, Release
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 AUDIT_MAXLEN = 200_000
+# The lifecycle stream gets ~15 entries per release: 100,000 is months of releases.
+LIFECYCLE_MAXLEN = 100_000
+# Audit actions that only say "judged, nothing changed": in the audit stream, not the lifecycle.
+ROUTINE_ACTIONS = frozenset({"decision:hold"})
 AUDIT_PAGE = 1000  # entries per XRANGE when reading the audit stream by time
 HISTORY_LEN = 500
 SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
 SERIES_TTL_S = 30 * 86400
 
 _CREATE = """
--- KEYS: release, active hash, history, lock, audit, idem
--- ARGV: service, release id, record, idem result ('' = none), idem ttl, audit fields...
+-- KEYS: release, active hash, history, lock, audit, idem, lifecycle
+-- ARGV: service, release id, record, idem result ('' = none), idem ttl, history len,
+--       audit maxlen, lifecycle maxlen, audit fields...
 if ARGV[4] ~= '' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {'duplicate', prev} end
@@ -44,15 +50,17 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 9))
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
 if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
 return {'ok', ARGV[2]}
 """
 
 _COMMIT = """
--- KEYS: release, active hash, audit, idem, lease
+-- KEYS: release, active hash, audit, idem, lease, lifecycle
 -- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
---       idem result ('' = none), idem ttl, audit maxlen, audit fields...
+--       idem result ('' = none), idem ttl, audit maxlen, lifecycle maxlen ('0' = routine
+--       entry, audit stream only), audit fields...
 if ARGV[7] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {'duplicate', prev} end
@@ -69,8 +77,11 @@ redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[5] == '1' and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
   redis.call('HDEL', KEYS[2], ARGV[3])
 end
-if #ARGV >= 10 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 10))
+if #ARGV >= 11 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 11))
+  if ARGV[10] ~= '0' then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', unpack(ARGV, 11))
+  end
 end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
 return {'ok', ''}
@@ -122,6 +133,21 @@ class CommitResult:
     status: CommitStatus
     current: Release | None = None  # the record that won, on conflict
     previous_result: dict[str, Any] | None = None  # on duplicate
+
+
+class AuditStream(StrEnum):
+    """The two audit streams: every entry, or the release lifecycle (no routine holds)."""
+
+    FULL = "full"
+    LIFECYCLE = "lifecycle"
+
+    @property
+    def key(self) -> str:
+        return keys.audit() if self is AuditStream.FULL else keys.lifecycle()
+
+    @property
+    def maxlen(self) -> int:
+        return AUDIT_MAXLEN if self is AuditStream.FULL else LIFECYCLE_MAXLEN
 
 
 @dataclass(frozen=True)
@@ -305,6 +331,7 @@ class Store:
                     keys.lock(release.service),
                     keys.audit(),
                     keys.idempotency(request_id or "-"),
+                    keys.lifecycle(),
                 ],
                 args=[
                     release.service,
@@ -314,6 +341,7 @@ class Store:
                     IDEMPOTENCY_TTL_S,
                     HISTORY_LEN,
                     AUDIT_MAXLEN,
+                    LIFECYCLE_MAXLEN,
                     *audit.fields(),
                 ],
             )
@@ -347,6 +375,7 @@ class Store:
                     keys.audit(),
                     keys.idempotency(request_id or "-"),
                     keys.lease(new.id),
+                    keys.lifecycle(),
                 ],
                 args=[
                     str(expected_rev),
@@ -358,6 +387,7 @@ class Store:
                     idem,
                     IDEMPOTENCY_TTL_S,
                     AUDIT_MAXLEN,
+                    LIFECYCLE_MAXLEN if audit and audit.action not in ROUTINE_ACTIONS else 0,
                     *audit_fields,
                 ],
             )
@@ -445,13 +475,15 @@ class Store:
 
     async def append_audit(self, entry: AuditEntry) -> None:
         fields = entry.fields()
-        async with _translated("writing the audit log"):
-            await self.redis.xadd(
-                keys.audit(),
-                dict(zip(fields[::2], fields[1::2], strict=True)),
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
-            )
+        mapping: dict[EncodableT, EncodableT] = dict(zip(fields[::2], fields[1::2], strict=True))
+        async with (
+            _translated("writing the audit log"),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.xadd(keys.audit(), mapping, maxlen=AUDIT_MAXLEN, approximate=True)
+            if entry.action not in ROUTINE_ACTIONS:
+                pipe.xadd(keys.lifecycle(), mapping, maxlen=LIFECYCLE_MAXLEN, approximate=True)
+            await pipe.execute()
 
     async def audit_tail(self, count: int = 50, service: str | None = None) -> list[AuditEntry]:
         """Newest first."""
@@ -474,6 +506,7 @@ class Store:
         *,
         count: int = AUDIT_PAGE,
         skip_actions: Collection[str] = (),
+        stream: AuditStream = AuditStream.FULL,
     ) -> AuditPage:
         """Up to ``count`` entries with stream ids in [lo, hi], oldest first.
 
@@ -482,7 +515,7 @@ class Store:
         ``last_id``. Entries whose action is in ``skip_actions`` are not parsed or returned.
         """
         async with _translated("reading the audit log"):
-            rows = await self.redis.xrange(keys.audit(), min=lo, max=hi, count=count)
+            rows = await self.redis.xrange(stream.key, min=lo, max=hi, count=count)
         entries = []
         for _, data in rows or []:
             fields = {_text(k): _text(v) for k, v in (data or {}).items()}
@@ -498,6 +531,7 @@ class Store:
         *,
         skip_actions: Collection[str] = (),
         page: int = AUDIT_PAGE,
+        stream: AuditStream = AuditStream.FULL,
     ) -> list[AuditEntry]:
         """Entries written in [start, end] (seconds; None = up to now), oldest first.
 
@@ -509,17 +543,19 @@ class Store:
         hi = "+" if end is None else str(max(0, int(end * 1000)))
         out: list[AuditEntry] = []
         while True:
-            chunk = await self.audit_page(lo, hi, count=page, skip_actions=skip_actions)
+            chunk = await self.audit_page(
+                lo, hi, count=page, skip_actions=skip_actions, stream=stream
+            )
             out += chunk.entries
             if chunk.complete or not chunk.last_id:
                 return out
             lo = f"({chunk.last_id}"
 
-    async def audit_reach(self) -> AuditReach:
-        """How far back the (capped) audit stream reaches, and whether it was ever trimmed."""
+    async def audit_reach(self, stream: AuditStream = AuditStream.FULL) -> AuditReach:
+        """How far back the (capped) stream reaches, and whether it was ever trimmed."""
         async with _translated("reading the audit log"):
             try:
-                info = await self.redis.xinfo_stream(keys.audit())
+                info = await self.redis.xinfo_stream(stream.key)
             except ResponseError as exc:
                 if "no such key" in str(exc).lower():
                     return AuditReach(None, trimmed=False)
@@ -529,7 +565,7 @@ class Store:
         length = int(info.get("length", 0))
         # entries-added exists from Redis 7; before it, a stream at its cap has been trimmed.
         added = info.get("entries-added")
-        trimmed = int(added) > length if added is not None else length >= AUDIT_MAXLEN
+        trimmed = int(added) > length if added is not None else length >= stream.maxlen
         return AuditReach(oldest, trimmed)
 
     # --- chat messages ----------------------------------------------------------------------

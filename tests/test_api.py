@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -652,3 +653,30 @@ async def test_serve_refuses_to_start_on_malformed_tokens() -> None:
     )
     with pytest.raises(UserError, match="SHIPWATCH_API_TOKENS"):
         await build_core(settings, parse_policy(POLICY, "api tests"))
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+async def test_the_readme_github_actions_step_starts_a_release(rig: SlackRig) -> None:
+    """The README's curl body, with the workflow's expressions filled in, is accepted as is."""
+    match = re.search(r"(?s)curl .*?/api/v1/rollouts.*?-d '(\{.*?\})'", README)
+    assert match, "README's CI section shows a curl step with a JSON body"
+    expressions = {
+        "github.ref_name": "v2",
+        "github.actor": "octocat",
+        "github.run_id": "1234567",
+        "github.event.head_commit.message": "Round totals half-even",
+    }
+    filled = re.sub(r"\$\{\{ ([\w.]+) \}\}", lambda m: expressions[m.group(1)], match.group(1))
+    payload = json.loads(filled)
+    # The example releases checkout, gated here like the README's gates section; the first
+    # release of a service also names the version running now, as the README says.
+    payload |= {"service": "gated", "stable": "v1"}
+    status, answer, headers = await post(rig, payload)
+    assert status == 201, answer
+    assert answer["release"]["version"] == "v2"
+    assert {k.lower(): v for k, v in headers.items()}["x-request-id"]
+    status, record = await get_releases(rig, "service=gated")
+    assert status == 200
+    assert record["releases"][0]["gates"]["results"] == {"ci_build": "passed", "tests": "passed"}

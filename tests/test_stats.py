@@ -27,11 +27,10 @@ from bot.release_metrics import ReleaseMetrics, ReleaseSeries
 from bot.rollout import Actor, Release, State
 from bot.service import ReleaseService
 from bot.stats import ALL, DAY_S, ReleaseStats, Spread, compute, render
-from bot.store import AuditEntry, AuditReach, Store
+from bot.store import AuditEntry, AuditReach, AuditStream, Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import redis_server
-from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import SlackRig
+from tests.support.slack_rig import SlackRig, running_rig
 
 T0 = 1_700_000_000.0  # the window's start in the hand-written stream
 END = T0 + 7 * DAY_S
@@ -456,6 +455,31 @@ async def test_rollout_stats_shows_a_success_and_an_automatic_rollback(
     assert other.text == "no releases of `payments` in the last 30 days"
     assert "did you mean `checkout`?" in str(unknown.value)
 
+    # The stats read the lifecycle stream: the audit without the hold rounds, all else alike.
+    audit = await store.audit_between(0)
+    lifecycle = await store.audit_between(0, stream=AuditStream.LIFECYCLE)
+    holds = [e for e in audit if e.action == "decision:hold"]
+    assert holds, "the controller held at least once while the steps' holds ran"
+    assert lifecycle == [e for e in audit if e.action != "decision:hold"]
+    assert {"deploy", "traffic", "decision:advance", "decision:rollback", "rolled_back"} <= {
+        e.action for e in lifecycle
+    }
+
+
+async def test_append_audit_writes_the_lifecycle_stream_except_for_hold_rounds(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client)
+    refused = entry(T0, "approve", "A", outcome="refused")
+    hold = entry(T0 + 1, "decision:hold", "A", frm="progressing", to="progressing", weight=10)
+    for written in (refused, hold):
+        await store.append_audit(written)
+
+    assert await store.audit_between(0) == [refused, hold]
+    assert await store.audit_between(0, stream=AuditStream.LIFECYCLE) == [refused]
+    reach = await store.audit_reach(AuditStream.LIFECYCLE)
+    assert reach.oldest is not None and reach.trimmed is False
+
 
 # --- /metrics ---------------------------------------------------------------------------------
 
@@ -482,13 +506,8 @@ def recent_stream(now: float) -> list[AuditEntry]:
 
 @pytest.fixture
 async def slack_rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
-    async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url)
-        await rig.start()
-        try:
-            yield rig
-        finally:
-            await rig.close()
+    async with running_rig(redis_url) as rig:
+        yield rig
 
 
 async def test_metrics_endpoint_serves_release_stats(slack_rig: SlackRig) -> None:
