@@ -87,25 +87,26 @@ async def _fill(client: aioredis.Redis, total: int, now: float) -> int:
     span = 30 * stats.DAY_S
     per_release = len(_release_entries(1, 0.0, 12))
     releases = max(1, total // per_release)
-    written = 0
+    # Releases overlap in time, as they do in a team: interleave their entries by time, since
+    # a stream's ids only grow.
+    timeline = sorted(
+        (e for n in range(releases)
+         for e in _release_entries(n, now - span + n * (span - 4 * 3600) / releases, 12)),
+        key=lambda e: e.at,
+    )
     pipe = client.pipeline(transaction=False)
-    for n in range(releases):
-        start = now - span + n * (span - 4 * 3600) / releases
-        for seq, entry in enumerate(_release_entries(n, start, 12)):
-            fields = entry.fields()
-            mapping: dict[EncodableT, EncodableT] = dict(
-                zip(fields[::2], fields[1::2], strict=True)
-            )
-            stream_id = f"{int(entry.at * 1000)}-{n * 100 + seq}"
-            # As Store writes them: everything to the audit stream, all but holds to both.
-            pipe.xadd(keys.audit(), mapping, id=stream_id)
-            if entry.action not in ROUTINE_ACTIONS:
-                pipe.xadd(keys.lifecycle(), mapping, id=stream_id)
-            written += 1
+    for seq, entry in enumerate(timeline):
+        fields = entry.fields()
+        mapping: dict[EncodableT, EncodableT] = dict(zip(fields[::2], fields[1::2], strict=True))
+        stream_id = f"{int(entry.at * 1000)}-{seq}"
+        # As Store writes them: everything to the audit stream, all but holds to both.
+        pipe.xadd(keys.audit(), mapping, id=stream_id)
+        if entry.action not in ROUTINE_ACTIONS:
+            pipe.xadd(keys.lifecycle(), mapping, id=stream_id)
         if len(pipe) >= 5000:
             await pipe.execute()
     await pipe.execute()
-    return written
+    return len(timeline)
 
 
 async def _stats_command(store: Store, days: int, now: float, stream: AuditStream) -> str:

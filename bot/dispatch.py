@@ -6,6 +6,7 @@ error tree's exceptions, for the adapter's one error handler.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -100,6 +101,8 @@ async def _stats(service: ReleaseService, name: str | None, days: int) -> str:
     reach = await service.store.audit_reach(AuditStream.LIFECYCLE)
     # Only a trimmed log has lost anything: a young one holds every release there ever was.
     audit_from = reach.oldest if reach.trimmed else None
-    return stats.render(
-        stats.compute(entries, start=start, end=end, service=name, audit_from=audit_from)
+    # Pure Python over possibly tens of thousands of entries: off the event loop.
+    computed = await asyncio.to_thread(
+        stats.compute, entries, start=start, end=end, service=name, audit_from=audit_from
     )
+    return stats.render(computed)

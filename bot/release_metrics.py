@@ -197,21 +197,27 @@ class ReleaseMetrics:
                 return False
             horizon = now - self._span
             self._entries = [e for e in self._entries if e.at >= horizon]
+            # Tens of thousands of entries take a 100 ms or more of pure Python: in a thread,
+            # so the event loop (Slack acks, the controller) keeps its turns meanwhile.
             self.series.publish(
-                {
-                    window_label(days): stats.compute(
-                        self._entries,
-                        start=now - days * stats.DAY_S,
-                        end=now,
-                        audit_from=reach.oldest if reach.trimmed else None,
-                    )
-                    for days in self.windows
-                }
+                await asyncio.to_thread(
+                    self._compute, list(self._entries), now, reach.oldest if reach.trimmed else None
+                )
             )
             telemetry.RELEASE_STATS_UPDATED.set(now)
             if reach.oldest is not None:
                 telemetry.AUDIT_OLDEST.set(reach.oldest)
             return True
+
+    def _compute(
+        self, entries: list[AuditEntry], now: float, audit_from: float | None
+    ) -> dict[str, ReleaseStats]:
+        return {
+            window_label(days): stats.compute(
+                entries, start=now - days * stats.DAY_S, end=now, audit_from=audit_from
+            )
+            for days in self.windows
+        }
 
     async def _catch_up(self, now: float) -> AuditReach:
         """Read what was added since the last read; how far back the stream reaches.
