@@ -18,7 +18,7 @@ from bot import keys
 from bot.actuator import TrafficActuator
 from bot.controller import Controller, RoundStats
 from bot.flags import FlagClient, FlagState
-from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
+from bot.metrics.base import MetricSource
 from bot.metrics.synthetic import SyntheticSource
 from bot.notify import EventBus, EventKind
 from bot.policy import Policy, parse_policy
@@ -26,6 +26,7 @@ from bot.rollout import Actor, Release, State
 from bot.service import DeployOptions, ReleaseService
 from bot.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
+from tests.support.gated_source import GatedSource
 from tests.support.recorder import Recorder
 
 POLICY = """
@@ -455,36 +456,6 @@ async def test_running_controllers_hand_over_without_losing_or_doubling_a_step(
     assert current.state is State.SUCCEEDED
     assert current.applied_weight == 100
     await assert_each_step_once(rig)
-
-
-class GatedSource:
-    """Synthetic metrics that, once armed, hold the next query until the test lets it go."""
-
-    name = "gated synthetic"
-    is_demo = True
-
-    def __init__(self) -> None:
-        self.inner = SyntheticSource(seed=3)
-        self.armed = False
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
-        if self.armed:
-            self.entered.set()
-            await self.go.wait()
-        return await self.inner.query(queries)
-
-    async def query_series(
-        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
-    ) -> list[SeriesResult]:
-        return await self.inner.query_series(queries, start, end, step)
-
-    async def check(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(

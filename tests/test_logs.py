@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,12 @@ from bot.logs import (
     log_format,
     request_id_from,
 )
-from bot.metrics.base import MetricQuery, QueryResult, SeriesResult
-from bot.metrics.synthetic import SyntheticSource
 from bot.policy import parse_policy
 from bot.rollout import Actor
 from bot.service import DeployOptions
 from handlers.api import ROLLOUTS
 from handlers.server import REQUEST_ID
+from tests.support.gated_source import GatedSource
 from tests.support.slack_rig import SECRET, SlackRig, running_rig, wait_until
 from tests.support.slack_signing import sign, slash_command
 
@@ -383,39 +382,11 @@ services:
 """
 
 
-class HeldSource:
-    """Synthetic metrics whose next instant query waits until the test lets it go."""
-
-    name = "held synthetic"
-    is_demo = True
-
-    def __init__(self) -> None:
-        self.inner = SyntheticSource(seed=5)
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
-        self.entered.set()
-        await self.go.wait()
-        return await self.inner.query(queries)
-
-    async def query_series(
-        self, queries: Sequence[MetricQuery], start: float, end: float, step: float
-    ) -> list[SeriesResult]:
-        return await self.inner.query_series(queries, start, end, step)
-
-    async def check(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
 async def test_a_controller_round_logs_each_release_with_its_id(
     redis_url: str, redis_client: aioredis.Redis, captured: Captured
 ) -> None:
     settings = Settings.model_validate({"REDIS_URL": redis_url, "PROMETHEUS_URL": None})
-    source = HeldSource()
+    source = GatedSource(seed=5, armed=True)
     app = await build_app(settings, policy=parse_policy(POLICY, "logs"), source=source)
     try:
         alice = Actor(user="alice", surface="slack")
