@@ -406,8 +406,7 @@ class FlagClient:
 
     def _follow(self, client: redis.Redis) -> None:
         """One connected session: subscribe, reload, then apply messages and poll until stop."""
-        # redis-py leaves pubsub() unannotated; the PubSub it returns is typed.
-        pubsub: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub: PubSub = client.pubsub()
         try:
             pubsub.subscribe(keys.flags_channel())
             next_poll = time.monotonic() + self._poll_interval

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepare this checkout: a .venv with shipwatch and its dev tools, and the server binaries the
-# product needs (redis-server; prometheus for the demo's real-metrics mode) and its tests use
-# (both). Safe to run repeatedly.
+# Prepare this checkout: a .venv with shipwatch and its dev tools, exactly as uv.lock pins them,
+# and the server binaries the product needs (redis-server; prometheus for the demo's real-metrics
+# mode) and its tests use (both). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,17 +20,11 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   fi
 fi
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-stamp=.venv/.shipwatch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  # Quiet unless it fails: build back-ends are chatty about things that do not matter here.
-  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-         .venv/bin/python -m pip install -q -e '.[dev]'; } >.venv/pip.log 2>&1; then
-    cat .venv/pip.log >&2
-    exit 1
-  fi
+# Exactly the versions in uv.lock (application and dev tools), into .venv, with shipwatch itself
+# installed editable. --locked refuses to run when pyproject.toml and uv.lock disagree: refresh the
+# lock with ./scripts/lock.sh and commit both.
+stamp=.venv/.shipwatch-locked
+if [ ! -f "$stamp" ] || [ uv.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  ./scripts/uv.sh sync --locked --extra dev --quiet
   touch "$stamp"
 fi

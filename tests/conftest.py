@@ -25,6 +25,11 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+# End-to-end tests start several real services and play whole releases: they get longer than the
+# 60 s default (pyproject), still short enough that a hang fails with its stack.
+E2E_TIMEOUT_SECONDS = 300
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that touch a real service are marked by the fixtures they use, so `-m "not redis"`
     # gives the fast unit run and CI can prove none of the real-service tests was skipped.
@@ -34,3 +39,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if "prometheus_url" in names:
             item.add_marker(pytest.mark.prometheus)
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_SECONDS))
