@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.policy import parse_policy
+from bot.release.policy import parse_policy
 from handlers.app import build_bolt
 from handlers.server import build_core, web_app
 from tests.support.procs import free_port, redis_server

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bot.actuator import TrafficActuator
-from bot.controller import Controller
+from bot.engine.actuator import TrafficActuator
+from bot.engine.controller import Controller
+from bot.engine.events import EventBus
+from bot.engine.service import DeployOptions, ReleaseService
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventBus
-from bot.policy import Policy, parse_policy
-from bot.rollout import Actor
-from bot.service import DeployOptions, ReleaseService
-from bot.store import Store
+from bot.release.policy import Policy, parse_policy
+from bot.release.rollout import Actor
+from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import redis_server
 

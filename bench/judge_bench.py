@@ -1,4 +1,4 @@
-"""Benchmark of bot.judge: the cost of one ``classify`` call as the series grow.
+"""Benchmark of bot.judging.statistical: the cost of one ``classify`` call as the series grow.
 
 Run from the project root::
 
@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from bot.judge import JudgeConfig, classify
+from bot.judging.statistical import JudgeConfig, classify
 
 SIZES = (30, 300, 3_000)
 PAIRS = 8

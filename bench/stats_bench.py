@@ -34,9 +34,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
-from bot import keys, stats
-from bot.release_metrics import ReleaseMetrics, ReleaseSeries
-from bot.store import AUDIT_MAXLEN, ROUTINE_ACTIONS, AuditEntry, AuditStream, Store
+from bot.observe import stats
+from bot.observe.release_metrics import ReleaseMetrics, ReleaseSeries
+from bot.store import keys
+from bot.store.store import AUDIT_MAXLEN, ROUTINE_ACTIONS, AuditEntry, AuditStream, Store
 from tests.support.procs import redis_server
 
 WEIGHTS = (1, 10, 25, 50, 100)
@@ -110,7 +111,7 @@ async def _fill(client: aioredis.Redis, total: int, now: float) -> int:
 
 
 async def _stats_command(store: Store, days: int, now: float, stream: AuditStream) -> str:
-    """What `/rollout stats --days N` does (bot.dispatch), reading ``stream``: the lifecycle
+    """What `/rollout stats --days N` does (bot.engine.dispatch), reading ``stream``: the lifecycle
     stream is what it reads; the full audit stream (skipping holds) is the way it was before."""
     start = now - days * stats.DAY_S
     entries = await store.audit_between(

@@ -11,24 +11,24 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bot.actuator import TrafficActuator
 from bot.config import Settings
-from bot.controller import Controller
-from bot.embedded_redis import EmbeddedRedis
+from bot.engine.actuator import TrafficActuator
+from bot.engine.controller import Controller
+from bot.engine.events import EventBus, Notifier
+from bot.engine.gates import GateChecker
+from bot.engine.service import ReleaseService
 from bot.errors import PolicyError, PolicyProblem, StoreError
-from bot.gates import GateChecker
-from bot.llm import LLM
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
 from bot.metrics.synthetic import SyntheticSource
-from bot.narrator import Narrator
-from bot.notify import EventBus, Notifier
-from bot.policy import Policy, TrafficSettings, embedded_policy, load_policy
-from bot.service import ReleaseService
-from bot.store import Store
+from bot.release.policy import Policy, TrafficSettings, embedded_policy, load_policy
+from bot.store.embedded_redis import EmbeddedRedis
+from bot.store.store import Store
 from bot.traffic.base import TrafficBackend
 from bot.traffic.flags import FlagsBackend
 from bot.traffic.webhook import WebhookBackend
+from bot.writing.llm import LLM
+from bot.writing.narrator import Narrator
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from bot import __version__
 from bot.app import App, build_app, resolve_policy
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
-from bot.demo import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scripted_input
+from bot.demo.rig import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scripted_input
 from bot.errors import PolicyError, ShipwatchError
-from bot.logs import configure_logging
-from bot.policy import Policy, load_policy
+from bot.observe.logs import configure_logging
+from bot.release.policy import Policy, load_policy
 from handlers.server import serve
 
 log = logging.getLogger("shipwatch")

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     policy_path: Path = Field(default=Path("shipwatch.yaml"), alias="SHIPWATCH_POLICY")
     data_dir: Path = Field(default=Path(".shipwatch"), alias="SHIPWATCH_DATA_DIR")
     api_tokens: SecretStr | None = Field(default=None, alias="SHIPWATCH_API_TOKENS")
-    # Where /deploy reads pre-release gate results (bot.gates): a URL template with {service}
+    # Where /deploy reads pre-release gate results (bot.engine.gates): a URL template with {service}
     # and {version}, an optional bearer token, and the bound on each request.
     gates_url: str | None = Field(default=None, alias="SHIPWATCH_GATES_URL")
     gates_token: SecretStr | None = Field(default=None, alias="SHIPWATCH_GATES_TOKEN")

@@ -2,7 +2,7 @@
 
 Reads commands from stdin (a prompt when it is a TTY, plain lines otherwise), runs the
 controller in the same process, and prints every event as it happens. Messages are the Block
-Kit messages Slack gets (bot/blocks.py) rendered as text; their buttons become numbered
+Kit messages Slack gets (bot/render/blocks.py) rendered as text; their buttons become numbered
 choices, and typing a number clicks one through the same service calls as a Slack click.
 """
 
@@ -17,9 +17,17 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
-from bot import dispatch
 from bot.app import App
-from bot.blocks import (
+from bot.engine import dispatch
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.engine.service import Result
+from bot.errors import ConflictError, DependencyError, UserError
+from bot.metrics.synthetic import SyntheticSource
+from bot.release.commands import parse
+from bot.release.durations import parse_duration
+from bot.release.policy import Metric, Policy
+from bot.release.rollout import Actor, Release
+from bot.render.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
     ACTION_PAUSE,
@@ -32,14 +40,6 @@ from bot.blocks import (
     stale_reason,
     status_message,
 )
-from bot.commands import parse
-from bot.durations import parse_duration
-from bot.errors import ConflictError, DependencyError, UserError
-from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import Metric, Policy
-from bot.rollout import Actor, Release
-from bot.service import Result
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
     │   ├── CommandError       a command could not be parsed
     │   ├── UnknownServiceError
     │   ├── PermissionDenied   the actor may not do this; names who may
-    │   └── GatesNotPassed     a required pre-release gate has not passed (bot.gates)
+    │   └── GatesNotPassed     a required pre-release gate has not passed (bot.engine.gates)
     ├── ConflictError          the release is not in a state that allows this
     │   ├── AlreadyActiveError another release of the service is running
     │   ├── LockedError        the service is locked
@@ -15,10 +15,10 @@
         ├── StoreError         Redis
         ├── MetricsError       the metrics source
         ├── TrafficError       the traffic backend
-        ├── LLMError           the LLM (bot.llm; callers fall back to template text)
-        ├── TicketError        an incident-ticket sink (bot.tickets)
-        └── GatesUnavailable   the CI status URL the gates are read from (bot.gates)
-    PromptError                a prompt template is missing or lacks a variable (bot.prompts)
+        ├── LLMError           the LLM (bot.writing.llm; callers fall back to template text)
+        ├── TicketError        an incident-ticket sink (bot.writing.tickets)
+        └── GatesUnavailable   the CI status URL the gates are read from (bot.engine.gates)
+    PromptError                a prompt template is missing or lacks a variable (writing.prompts)
 
 Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.
 """

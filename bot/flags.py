@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
-from bot import keys
+from bot.store import keys
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Prompts are built from things people paste into Slack, release records, log excerpts and
 metric labels, any of which can carry a credential. Nothing sent to a model provider can be
-taken back, so every prompt goes through ``redact`` (``bot.llm`` does it for each call).
+taken back, so every prompt goes through ``redact`` (``bot.writing.llm`` does it for each call).
 
 The patterns aim at what secrets look like (a token's prefix, a ``password=`` label, a PEM
 armour) rather than at how random a string is: release ids, commit hashes, Slack user ids and

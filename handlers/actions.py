@@ -10,7 +10,11 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot.blocks import (
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.engine.service import Outcome, Result
+from bot.observe.logs import log_context
+from bot.release.rollout import Release
+from bot.render.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
     ACTION_EDIT_NOTES,
@@ -25,10 +29,6 @@ from bot.blocks import (
     parse_button_value,
     stale_reason,
 )
-from bot.logs import log_context
-from bot.notify import EventKind, ReleaseEvent
-from bot.rollout import Release
-from bot.service import Outcome, Result
 from handlers.commands import ack_only
 from handlers.context import Core, error_message
 from handlers.people import actor_for

@@ -31,7 +31,7 @@ The POST body (unknown fields are refused)::
      "gates": {"ci_build": "passed", "tests": {"status": "passed", "url": "https://..."}}}
 
 ``risk``, ``notes``, ``stable``, ``request_id`` and ``gates`` are optional, as are a change's
-``pr``, ``author`` and ``url``. ``gates`` reports the pre-release gates (bot.gates: status
+``pr``, ``author`` and ``url``. ``gates`` reports the pre-release gates (bot.engine.gates: status
 ``passed``, ``failed`` or ``pending``, optionally with a link to the run); without it, the
 gates the service requires are read from ``SHIPWATCH_GATES_URL`` as for /deploy. There is no
 ``force``: starting a release past gates that have not passed is an approver's decision, made
@@ -75,6 +75,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from bot.config import Settings
+from bot.engine.gates import GateReport, GatesNotPassed, GatesUnavailable
+from bot.engine.service import DeployOptions, Outcome
 from bot.errors import (
     ConflictError,
     DependencyError,
@@ -84,12 +86,10 @@ from bot.errors import (
     UnknownServiceError,
     UserError,
 )
-from bot.gates import GateReport, GatesNotPassed, GatesUnavailable
-from bot.logs import log_context
-from bot.policy import Policy
-from bot.rollout import Actor, Release, State
-from bot.service import DeployOptions, Outcome
-from bot.store import Lock
+from bot.observe.logs import log_context
+from bot.release.policy import Policy
+from bot.release.rollout import Actor, Release, State
+from bot.store.store import Lock
 from handlers.context import Core
 
 log = logging.getLogger(__name__)

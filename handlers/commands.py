@@ -7,11 +7,12 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
-from bot import dispatch, telemetry
-from bot.blocks import ephemeral
-from bot.commands import USAGE, parse
+from bot.engine import dispatch
 from bot.errors import CommandError, UnknownServiceError
-from bot.logs import log_context
+from bot.observe import telemetry
+from bot.observe.logs import log_context
+from bot.release.commands import USAGE, parse
+from bot.render.blocks import ephemeral
 from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import App
-from bot.blocks import Message, ephemeral, mention, status_message
 from bot.errors import (
     CommandError,
     ConflictError,
@@ -17,7 +16,8 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
-from bot.rollout import Release
+from bot.release.rollout import Release
+from bot.render.blocks import Message, ephemeral, mention, status_message
 from handlers.responses import ResponseUrls
 
 log = logging.getLogger(__name__)

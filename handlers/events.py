@@ -9,9 +9,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot.blocks import split_text
-from bot.logs import log_context
-from bot.rollout import Release
+from bot.observe.logs import log_context
+from bot.release.rollout import Release
+from bot.render.blocks import split_text
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
 

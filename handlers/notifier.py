@@ -17,13 +17,13 @@ from collections.abc import Callable
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import telemetry
-from bot.blocks import Message, event_message, status_message
+from bot.engine.events import EventKind, ReleaseEvent
 from bot.errors import StoreError
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import Policy
-from bot.rollout import Release
-from bot.store import Store
+from bot.observe import telemetry
+from bot.release.policy import Policy
+from bot.release.rollout import Release
+from bot.render.blocks import Message, event_message, status_message
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import logging
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import keys
-from bot.policy import ServicePolicy
-from bot.rollout import Actor
-from bot.store import Store
+from bot.release.policy import ServicePolicy
+from bot.release.rollout import Actor
+from bot.store import keys
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 
 import aiohttp
 
-from bot import telemetry
-from bot.blocks import Message
+from bot.observe import telemetry
+from bot.render.blocks import Message
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot import telemetry
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.errors import ShipwatchError
-from bot.logs import log_context, request_id_from
-from bot.policy import Policy
-from bot.release_metrics import ReleaseMetrics
+from bot.observe import telemetry
+from bot.observe.logs import log_context, request_id_from
+from bot.observe.release_metrics import ReleaseMetrics
+from bot.release.policy import Policy
 from handlers.api import api_routes, load_tokens
 from handlers.app import build_bolt
 from handlers.client import web_client

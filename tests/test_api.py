@@ -17,14 +17,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.blocks import ACTION_ADVANCE
 from bot.config import Settings
+from bot.engine.events import EventKind
+from bot.engine.gates import GateResult, GateStatus
+from bot.engine.service import DeployOptions
 from bot.errors import UserError
-from bot.gates import GateResult, GateStatus
-from bot.notify import EventKind
-from bot.policy import parse_policy
-from bot.rollout import Actor, State
-from bot.service import DeployOptions
+from bot.release.policy import parse_policy
+from bot.release.rollout import Actor, State
+from bot.render.blocks import ACTION_ADVANCE
 from handlers.api import RELEASES, ROLLOUTS, RolloutApi, TokenRing, parse_tokens
 from handlers.context import status_of
 from handlers.server import build_core, web_app

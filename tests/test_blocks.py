@@ -21,8 +21,25 @@ from slack_sdk.models.blocks import (
     TextObject,
 )
 
-from bot import blocks as bk
-from bot.blocks import (
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.release.policy import Metric, parse_policy
+from bot.release.rollout import (
+    CONTROLLER,
+    Actor,
+    GateRecord,
+    Release,
+    advance,
+    approve,
+    finish_rollback,
+    new_release,
+    pause,
+    request_approval,
+    resume,
+    start_rollback,
+    succeed,
+)
+from bot.render import blocks as bk
+from bot.render.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
     ACTION_EDIT_NOTES,
@@ -43,23 +60,6 @@ from bot.blocks import (
     render_text,
     stale_reason,
     status_message,
-)
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import Metric, parse_policy
-from bot.rollout import (
-    CONTROLLER,
-    Actor,
-    GateRecord,
-    Release,
-    advance,
-    approve,
-    finish_rollback,
-    new_release,
-    pause,
-    request_approval,
-    resume,
-    start_rollback,
-    succeed,
 )
 
 NOW = 1_700_000_000.0

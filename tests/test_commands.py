@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import USAGE, Command, parse
+from bot.engine.service import DeployOptions
 from bot.errors import CommandError, UserError
-from bot.service import DeployOptions
+from bot.release.commands import USAGE, Command, parse
 
 DEPLOY_USAGE = USAGE["deploy"]
 

@@ -14,8 +14,8 @@ from bot.app import App, build_app
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
 from bot.metrics.synthetic import SyntheticSource
-from bot.policy import parse_policy
-from bot.rollout import Release, State
+from bot.release.policy import parse_policy
+from bot.release.rollout import Release, State
 
 # Holds of an hour: the controller runs (and judges) but never moves a release on its own,
 # so what each test sees is what its typed lines did.

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys
-from bot.actuator import TrafficActuator
-from bot.controller import Controller, RoundStats
+from bot.engine.actuator import TrafficActuator
+from bot.engine.controller import Controller, RoundStats
+from bot.engine.events import EventBus, EventKind
+from bot.engine.service import DeployOptions, ReleaseService
 from bot.flags import FlagClient, FlagState
 from bot.metrics.base import MetricSource
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventBus, EventKind
-from bot.policy import Policy, parse_policy
-from bot.rollout import Actor, Release, State
-from bot.service import DeployOptions, ReleaseService
-from bot.store import AuditEntry, Store
+from bot.release.policy import Policy, parse_policy
+from bot.release.rollout import Actor, Release, State
+from bot.store import keys
+from bot.store.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.gated_source import GatedSource
 from tests.support.recorder import Recorder
@@ -477,7 +477,7 @@ async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(
     before = await rig.get(release.id)
     audit_before = await rig.audit()
 
-    caplog.set_level(logging.INFO, logger="bot.controller")
+    caplog.set_level(logging.INFO, logger="bot.engine.controller")
     source.go.set()
     stats = await asyncio.wait_for(round_a, DEADLINE)
 

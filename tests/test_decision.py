@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from bot.decision import Decision, Verdict, decide
-from bot.policy import Metric, NoDataPolicy
-from bot.rollout import (
+from bot.judging.decision import Decision, Verdict, decide
+from bot.judging.thresholds import CheckResult, Outcome
+from bot.release.policy import Metric, NoDataPolicy
+from bot.release.rollout import (
     Actor,
     MetricCounters,
     Release,
@@ -18,7 +19,6 @@ from bot.rollout import (
     new_release,
     pause,
 )
-from bot.thresholds import CheckResult, Outcome
 
 NOW = 1_000_000.0
 HOLD = 300.0

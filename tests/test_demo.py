@@ -24,12 +24,12 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.demo import SCRIPT, DemoRig, demo_policy, for_real_metrics, scripted_input
-from bot.demo_load import LoadGenerator
-from bot.demo_service import Behaviour, DemoService
+from bot.demo.load import LoadGenerator
+from bot.demo.rig import SCRIPT, DemoRig, demo_policy, for_real_metrics, scripted_input
+from bot.demo.service import Behaviour, DemoService
 from bot.errors import MetricsError, UserError
 from bot.flags import FlagClient, in_canary, normalized_number
-from bot.policy import embedded_policy
+from bot.release.policy import embedded_policy
 from bot.traffic.base import TrafficAction, TrafficChange
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import free_port, require_binary
@@ -439,11 +439,11 @@ async def test_traffic_follows_the_canary_flag(
 
 
 def test_demo_service_entry_point_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """`python -m bot.demo_service`, as docker compose runs it (here without Redis)."""
+    """`python -m bot.demo.service`, as docker compose runs it (here without Redis)."""
     port = free_port()
     env = {**_env(tmp_path), "PORT": str(port), "DEMO_VERSION": "v7", "DEMO_LOAD_RPS": "20"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.demo_service"],
+        [sys.executable, "-m", "bot.demo.service"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-import bot.llm  # registers the LLM metrics in bot.telemetry.REGISTRY
-import bot.release_metrics  # registers the release stats series in bot.telemetry.REGISTRY
-from bot import stats, telemetry
+# Registers the release stats series in bot.observe.telemetry.REGISTRY.
+import bot.observe.release_metrics
+import bot.writing.llm  # registers the LLM metrics in bot.observe.telemetry.REGISTRY
 from bot.config import Settings
-from bot.demo_service import ServiceConfig
-from bot.durations import parse_duration
-from bot.policy import load_policy
+from bot.demo.service import ServiceConfig
+from bot.observe import stats, telemetry
+from bot.release.durations import parse_duration
+from bot.release.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -206,7 +207,8 @@ def test_dockerfile_healthcheck_probes_healthz_with_urllib(
 def test_dockerfile_copies_every_package(dockerfile: list[tuple[str, str]]) -> None:
     # A package added to pyproject.toml but not copied would build a wheel without it.
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    top_level = {name.split(".")[0] for name in pyproject["tool"]["setuptools"]["packages"]}
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    top_level = {pattern.split(".")[0] for pattern in included}
     copied = _copy_sources(dockerfile)
     assert top_level <= copied
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
@@ -327,7 +329,7 @@ def test_demo_runs_the_sample_module_from_the_bot_image(
     demo, bot_service = services["demo"], services["bot"]
     assert demo["image"] == bot_service["image"]
     assert demo["build"] == bot_service["build"]
-    assert demo["entrypoint"] == ["python", "-m", "bot.demo_service"]
+    assert demo["entrypoint"] == ["python", "-m", "bot.demo.service"]
     assert demo["command"] == []  # the image's CMD ("serve") is meant for `shipwatch`
     assert "8080" in [str(p) for p in demo["expose"]]
     env = _environment(demo)
@@ -405,8 +407,8 @@ def _exported_names() -> set[str]:
     Labelled metrics have no samples until first used, so names come from each family's name
     and type rather than from the samples collected right now.
     """
-    assert bot.llm.LLM_FAILURES is not None  # the imports above are what register these
-    assert bot.release_metrics.SERIES is not None
+    assert bot.writing.llm.LLM_FAILURES is not None  # the imports above are what register these
+    assert bot.observe.release_metrics.SERIES is not None
     names: set[str] = set()
     for family in telemetry.REGISTRY.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
@@ -483,7 +485,8 @@ def test_dashboard_shows_the_release_stats_the_bot_exports() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     # The window choices are the windows the bot computes, and the default service is the
     # label the bot gives the numbers over every service.
-    labels = [bot.release_metrics.window_label(d) for d in bot.release_metrics.WINDOWS_DAYS]
+    windows = bot.observe.release_metrics.WINDOWS_DAYS
+    labels = [bot.observe.release_metrics.window_label(d) for d in windows]
     assert [o["value"] for o in variables["window"]["options"]] == labels
     assert variables["window"]["query"] == ",".join(labels)
     assert variables["service"]["current"]["value"] == stats.ALL

@@ -29,10 +29,10 @@ import yaml
 
 from bot.app import App, build_app
 from bot.config import Settings
-from bot.notify import EventKind
-from bot.policy import parse_policy
-from bot.rollout import Actor, Release, State
-from bot.service import DeployOptions
+from bot.engine.events import EventKind
+from bot.engine.service import DeployOptions
+from bot.release.policy import parse_policy
+from bot.release.rollout import Actor, Release, State
 from tests.support.prometheus import instant_query, prometheus_server, wait_for_data
 from tests.support.recorder import Recorder
 from tests.support.routed import (

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot import rollout
-from bot.evidence import (
+from bot.release import rollout
+from bot.release.rollout import CONTROLLER, Actor, MetricCounters, Release, State
+from bot.store.store import AuditEntry, CreateStatus, Store
+from bot.writing.evidence import (
     LLM_UNAVAILABLE_LABEL,
     NO_LLM_LABEL,
     TIMELINE_LIMIT,
@@ -27,8 +29,6 @@ from bot.evidence import (
     template_diagnosis,
     template_release_notes,
 )
-from bot.rollout import CONTROLLER, Actor, MetricCounters, Release, State
-from bot.store import AuditEntry, CreateStatus, Store
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 ALICE = Actor(user="alice", surface="slack")

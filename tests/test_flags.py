@@ -18,9 +18,9 @@ from UnleashClient.cache import FileCache
 from UnleashClient.clients.unleash_client import UnleashClient
 from UnleashClient.utils import normalized_hash
 
-from bot import keys
 from bot.errors import TrafficError
 from bot.flags import CLIENT_NAME, FlagClient, FlagState, in_canary, normalized_number
+from bot.store import keys
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import free_port

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.engine.gates import GateChecker, GateResult, GateStatus, GateVerdict, Source, fill_url
 from bot.errors import UserError
-from bot.gates import GateChecker, GateResult, GateStatus, GateVerdict, Source, fill_url
-from bot.policy import parse_policy
-from bot.rollout import Release
+from bot.release.policy import parse_policy
+from bot.release.rollout import Release
 from handlers.api import ROLLOUTS
 from tests.support.gates_api import Fault, GatesStandIn
 from tests.support.slack_rig import (

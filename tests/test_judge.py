@@ -1,4 +1,4 @@
-"""bot.judge: the Mann-Whitney interval against R, metric classification, and the score."""
+"""The statistical judge: the Mann-Whitney interval against R, metric classification, the score."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.judge import (
+from bot.judging.statistical import (
     Classification,
     JudgeConfig,
     MetricVerdict,

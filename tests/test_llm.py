@@ -1,4 +1,4 @@
-"""bot.llm through the real openai client against a local stand-in of the API (no mocks)."""
+"""bot.writing.llm through the real openai client against a local stand-in of the API (no mocks)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.errors import DependencyError
-from bot.llm import LLM, LLMError
-from bot.telemetry import REGISTRY
+from bot.observe.telemetry import REGISTRY
+from bot.writing.llm import LLM, LLMError
 from tests.support.openai_api import DEFAULT_REPLY, OpenAIStandIn
 
 API_KEY = "sk-test-shipwatch-0123456789abcdef"
-# A key with no recognisable shape: only the literal scrub in bot.llm can keep it out.
+# A key with no recognisable shape: only the literal scrub in bot.writing.llm can keep it out.
 ODD_KEY = "gw-7f3c9e21-internal-gateway"
 SYSTEM = "You explain canary rollbacks to on-call engineers in two lines."
 USER = "checkout v2.4.1 rolled back: error rate 7.5% vs 0.4% on stable (U0ABC123 started it)."
@@ -204,7 +204,7 @@ async def test_api_key_never_in_errors_or_logs(
     for error in errors:
         assert key not in str(error)
         assert key not in repr(error)
-    warnings = [r for r in caplog.records if r.name == "bot.llm"]
+    warnings = [r for r in caplog.records if r.name == "bot.writing.llm"]
     assert len(warnings) == 3
     assert all(r.levelno == logging.WARNING for r in warnings)
     assert key not in caplog.text

@@ -21,20 +21,20 @@ import pytest
 import redis.asyncio as aioredis
 from slack_sdk.models.views import View
 
-from bot.blocks import (
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.judging.thresholds import fmt
+from bot.redact import redact
+from bot.release.policy import Policy
+from bot.release.rollout import Release, State
+from bot.render.blocks import (
     ACTION_EDIT_NOTES,
     NOTES_INPUT_ACTION,
     NOTES_INPUT_BLOCK,
     NOTES_MODAL,
     esc,
 )
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import Policy
-from bot.prompts import render
-from bot.redact import redact
-from bot.rollout import Release, State
-from bot.thresholds import fmt
 from bot.traffic.flags import FlagsBackend
+from bot.writing.prompts import render
 from tests.support.openai_api import OpenAIStandIn
 from tests.support.slack_api import SlackStandIn
 from tests.support.slack_rig import (

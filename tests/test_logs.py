@@ -19,7 +19,8 @@ import redis.asyncio as aioredis
 
 from bot.app import build_app
 from bot.config import Settings
-from bot.logs import (
+from bot.engine.service import DeployOptions
+from bot.observe.logs import (
     ContextFilter,
     JsonFormatter,
     build_handler,
@@ -29,9 +30,8 @@ from bot.logs import (
     log_format,
     request_id_from,
 )
-from bot.policy import parse_policy
-from bot.rollout import Actor
-from bot.service import DeployOptions
+from bot.release.policy import parse_policy
+from bot.release.rollout import Actor
 from handlers.api import ROLLOUTS
 from handlers.server import REQUEST_ID
 from tests.support.gated_source import GatedSource
@@ -411,4 +411,4 @@ async def test_a_controller_round_logs_each_release_with_its_id(
     for release in releases:
         [line] = [x for x in lines if x["msg"].startswith(release.label)]
         assert (line["release_id"], line["service"]) == (release.id, release.service)
-        assert line["logger"] == "bot.controller"
+        assert line["logger"] == "bot.engine.controller"

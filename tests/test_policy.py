@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
-from bot.policy import (
+from bot.release.policy import (
     DEFAULT_REQUESTS_QUERY,
     Direction,
     NoDataPolicy,

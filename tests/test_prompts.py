@@ -14,9 +14,9 @@ import jinja2
 import pytest
 import redis.asyncio as aioredis
 
-from bot import prompts
-from bot.evidence import Evidence, build_evidence, facts_sentence
-from bot.store import Store
+from bot.store.store import Store
+from bot.writing import prompts
+from bot.writing.evidence import Evidence, build_evidence, facts_sentence
 from tests.test_evidence import CHANGES, NOTES, UNITS, at_ten_percent, record_release, rolled_back
 
 THREAD = [
@@ -240,7 +240,7 @@ def test_an_unknown_template_raises_a_clear_error() -> None:
         prompts.render_pair("nothing")
 
 
-@pytest.mark.parametrize("name", ["../bot/store", "/etc/passwd", "", "diagnosis/../x"])
+@pytest.mark.parametrize("name", ["../bot/store/store", "/etc/passwd", "", "diagnosis/../x"])
 def test_a_path_is_not_a_template_name(name: str) -> None:
     with pytest.raises(prompts.UnknownPromptError, match="invalid prompt name"):
         prompts.render(name)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bot import policy
 from bot.config import Settings
-from bot.durations import parse_duration
+from bot.release import policy
+from bot.release.durations import parse_duration
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.decision import Verdict, decide
 from bot.errors import ConflictError
-from bot.rollout import (
+from bot.judging.decision import Verdict, decide
+from bot.release.rollout import (
     ACTIVE,
     CONTROLLER,
     TERMINAL,

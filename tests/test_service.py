@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from bot.actuator import TrafficActuator
+from bot.engine.actuator import TrafficActuator
+from bot.engine.events import EventBus, EventKind
+from bot.engine.service import DeployOptions, Outcome, ReleaseService, Result
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -20,11 +22,9 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
-from bot.notify import EventBus, EventKind
-from bot.policy import Policy, parse_policy
-from bot.rollout import Actor, Release, State
-from bot.service import DeployOptions, Outcome, ReleaseService, Result
-from bot.store import AuditEntry, Store
+from bot.release.policy import Policy, parse_policy
+from bot.release.rollout import Actor, Release, State
+from bot.store.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.recorder import Recorder
 

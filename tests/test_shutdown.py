@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot import keys
-from bot.store import Store
+from bot.store import keys
+from bot.store.store import Store
 from handlers.api import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
 from tests.support.procs import free_port

@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator, Awaitable
 import pytest
 import redis.asyncio as aioredis
 
-from bot.blocks import (
+from bot.engine.events import EventKind
+from bot.judging.thresholds import fmt
+from bot.release.commands import USAGE
+from bot.release.rollout import State
+from bot.render.blocks import (
     ACTION_ADVANCE,
     ACTION_APPROVE,
     ACTION_PAUSE,
@@ -21,10 +25,6 @@ from bot.blocks import (
     event_message,
     parse_button_value,
 )
-from bot.commands import USAGE
-from bot.notify import EventKind
-from bot.rollout import State
-from bot.thresholds import fmt
 from tests.support.slack_rig import (
     ALICE,
     BOB,

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from bot.actuator import TrafficActuator
-from bot.controller import Controller
+from bot.engine.actuator import TrafficActuator
+from bot.engine.controller import Controller
+from bot.engine.events import EventBus, EventKind
+from bot.engine.service import DeployOptions, ReleaseService
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventBus, EventKind
-from bot.policy import parse_policy
-from bot.rollout import Actor, Release, State
-from bot.service import DeployOptions, ReleaseService
-from bot.store import Store
+from bot.release.policy import parse_policy
+from bot.release.rollout import Actor, Release, State
+from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.recorder import Recorder
 

@@ -15,19 +15,21 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import dispatch, keys, telemetry
-from bot.actuator import TrafficActuator
-from bot.commands import parse
-from bot.controller import Controller
+from bot.engine import dispatch
+from bot.engine.actuator import TrafficActuator
+from bot.engine.controller import Controller
+from bot.engine.events import EventBus
+from bot.engine.service import ReleaseService
 from bot.errors import UnknownServiceError
 from bot.metrics.synthetic import SyntheticSource
-from bot.notify import EventBus
-from bot.policy import parse_policy
-from bot.release_metrics import ReleaseMetrics, ReleaseSeries
-from bot.rollout import Actor, Release, State
-from bot.service import ReleaseService
-from bot.stats import ALL, DAY_S, ReleaseStats, Spread, compute, render
-from bot.store import AuditEntry, AuditReach, AuditStream, Store
+from bot.observe import telemetry
+from bot.observe.release_metrics import ReleaseMetrics, ReleaseSeries
+from bot.observe.stats import ALL, DAY_S, ReleaseStats, Spread, compute, render
+from bot.release.commands import parse
+from bot.release.policy import parse_policy
+from bot.release.rollout import Actor, Release, State
+from bot.store import keys
+from bot.store.store import AuditEntry, AuditReach, AuditStream, Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import redis_server
 from tests.support.slack_rig import SlackRig, running_rig

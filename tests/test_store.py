@@ -10,9 +10,10 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys, rollout
-from bot.rollout import Actor, Release, State
-from bot.store import (
+from bot.release import rollout
+from bot.release.rollout import Actor, Release, State
+from bot.store import keys
+from bot.store.store import (
     AuditEntry,
     CommitStatus,
     CreateStatus,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from bot.judging.thresholds import CheckResult, Outcome, fmt, judge
 from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, Side
-from bot.policy import Direction, Metric
-from bot.thresholds import CheckResult, Outcome, fmt, judge
+from bot.release.policy import Direction, Metric
 
 CANARY_PROMQL = 'sum(rate(errors{version="v2"}[60s]))'
 CONTROL_PROMQL = 'sum(rate(errors{version="v1"}[60s]))'

@@ -1,4 +1,4 @@
-"""Incident tickets after an automatic rollback: bot.tickets against real local HTTP servers.
+"""Incident tickets after an automatic rollback: writing.tickets against real local HTTP servers.
 
 A signed webhook receiver and a GitHub issues stand-in (tests.support.github_api) run on
 127.0.0.1; TicketSinks talks to them with its real aiohttp client. The last tests run the whole
@@ -21,12 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import GitHubTickets, Policy, TicketSettings, WebhookTickets, parse_policy
-from bot.rollout import State
-from bot.telemetry import REGISTRY
-from bot.tickets import Incident, Ticket, TicketSinks
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.observe.telemetry import REGISTRY
+from bot.release.policy import GitHubTickets, Policy, TicketSettings, WebhookTickets, parse_policy
+from bot.release.rollout import State
 from bot.traffic.webhook import verify_signature
+from bot.writing.tickets import Incident, Ticket, TicketSinks
 from tests.support.github_api import MEDIA_TYPE, GitHubStandIn
 from tests.support.slack_api import SlackStandIn
 from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
@@ -64,7 +64,7 @@ INCIDENT = Incident(
     rolled_back_at=1700000000.4,
 )
 
-# Every field the module docstring of bot.tickets documents for the webhook's JSON.
+# Every field the module docstring of bot.writing.tickets documents for the webhook's JSON.
 DOCUMENTED_FIELDS = {
     "kind",
     "release",
@@ -141,7 +141,7 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "bot.tickets" and r.levelno >= logging.ERROR
+        if r.name == "bot.writing.tickets" and r.levelno >= logging.ERROR
     ]
 
 
@@ -218,7 +218,7 @@ async def test_a_failing_webhook_gives_no_ticket_and_no_exception(
         url = hook.url.replace("http://", "http://svc:pa55word@") + "?token=abc123"
         sinks = TicketSinks(TicketSettings(webhook=webhook(url)), env=env())
 
-        with caplog.at_level(logging.ERROR, logger="bot.tickets"):
+        with caplog.at_level(logging.ERROR, logger="bot.writing.tickets"):
             tickets = await sinks.file(INCIDENT)
 
     assert tickets == []
@@ -236,7 +236,7 @@ async def test_a_webhook_that_hangs_is_given_up_on_at_its_timeout(
         sinks = TicketSinks(TicketSettings(webhook=webhook(hook.url, timeout=0.3)), env=env())
         started = time.monotonic()
 
-        with caplog.at_level(logging.ERROR, logger="bot.tickets"):
+        with caplog.at_level(logging.ERROR, logger="bot.writing.tickets"):
             tickets = await sinks.file(INCIDENT)
 
         took = time.monotonic() - started
@@ -287,7 +287,7 @@ async def test_github_refusing_the_token_gives_no_ticket_and_a_logged_error(
             TicketSettings(github=github(gh.api_url)), env=env(**{GH_TOKEN_ENV: wrong})
         )
 
-        with caplog.at_level(logging.ERROR, logger="bot.tickets"):
+        with caplog.at_level(logging.ERROR, logger="bot.writing.tickets"):
             tickets = await sinks.file(INCIDENT)
 
     assert tickets == []
@@ -306,7 +306,7 @@ async def test_a_missing_github_token_gives_no_ticket_a_logged_error_and_no_requ
     async with GitHubStandIn(token=GH_TOKEN) as gh:
         sinks = TicketSinks(TicketSettings(github=github(gh.api_url)), env={})
 
-        with caplog.at_level(logging.ERROR, logger="bot.tickets"):
+        with caplog.at_level(logging.ERROR, logger="bot.writing.tickets"):
             tickets = await sinks.file(INCIDENT)
 
     assert tickets == []
@@ -323,7 +323,7 @@ async def test_one_failing_sink_does_not_stop_the_other(
         settings = TicketSettings(webhook=webhook(hook.url), github=github(gh.api_url))
         sinks = TicketSinks(settings, env=env())
 
-        with caplog.at_level(logging.ERROR, logger="bot.tickets"):
+        with caplog.at_level(logging.ERROR, logger="bot.writing.tickets"):
             tickets = await sinks.file(INCIDENT)
 
     assert tickets == [Ticket("github", "https://github.com/acme/checkout/issues/1")]

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bot import keys
 from bot.errors import TrafficError
 from bot.flags import FlagState, publish_flag
+from bot.store import keys
 from bot.traffic.base import TrafficAction, TrafficChange
 
 

@@ -7,7 +7,7 @@ valid whatever day they are run.
 
 :func:`record_case` writes the case into a Store the way the bot writes it (``Store.create`` and
 ``Store.commit`` for the releases, ``Store.append_audit`` for the trail), so the evidence pack is
-built from Redis by ``bot.evidence.build_evidence`` exactly as in production.
+built from Redis by ``bot.writing.evidence.build_evidence`` exactly as in production.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bot.rollout import (
+from bot.release.rollout import (
     CONTROLLER,
     Action,
     Actor,
@@ -28,7 +28,7 @@ from bot.rollout import (
     State,
     new_release,
 )
-from bot.store import AuditEntry, CreateStatus, Store
+from bot.store.store import AuditEntry, CreateStatus, Store
 
 CASES_DIR = Path(__file__).with_name("cases")
 
@@ -97,7 +97,7 @@ class AuditSpec(_Strict):
 
 
 class ReleaseSpec(_Strict):
-    """The release record (bot.rollout.Release) in the state the diagnosis sees it."""
+    """The release record (bot.release.rollout.Release) in the state the diagnosis sees it."""
 
     id: str
     number: int

@@ -5,10 +5,11 @@
     .venv/bin/python -m tests.llm_eval.run_eval --template     # the fallback text, no key
 
 For each case a throwaway redis-server holds the release, its audit trail and the previous
-release as the bot writes them; the evidence pack is built by ``bot.evidence.build_evidence``,
-the prompt rendered by ``render_pair("diagnosis", ...)``, the model called through ``bot.llm.LLM``
-and the message put together as ``Narrator.diagnose`` does (our facts sentence, the model's text
-and its label). Then the text is scored (``tests.llm_eval.scoring``).
+release as the bot writes them; the evidence pack is built by
+``bot.writing.evidence.build_evidence``, the prompt rendered by ``render_pair("diagnosis", ...)``,
+the model called through ``bot.writing.llm.LLM`` and the message put together as
+``Narrator.diagnose`` does (our facts sentence, the model's text and its label). Then the text is
+scored (``tests.llm_eval.scoring``).
 
 Exit status: 0 done; 1 the mean score is under ``--fail-under``; 2 cannot run (no API key for a
 model run, no redis-server, a broken case file).
@@ -31,12 +32,12 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bot.config import Settings
-from bot.evidence import Evidence, build_evidence, facts_sentence, template_diagnosis
-from bot.llm import LLM, LLMError
-from bot.narrator import LLM_DOWN, NO_LLM
-from bot.prompts import render_pair
 from bot.redact import redact, redact_obj
-from bot.store import Store
+from bot.store.store import Store
+from bot.writing.evidence import Evidence, build_evidence, facts_sentence, template_diagnosis
+from bot.writing.llm import LLM, LLMError
+from bot.writing.narrator import LLM_DOWN, NO_LLM
+from bot.writing.prompts import render_pair
 from tests.llm_eval.cases import CASES_DIR, Case, CaseError, load_cases, record_case
 from tests.llm_eval.scoring import CRITERIA, Expectations, KnownNumbers, Score, score
 from tests.support.procs import redis_server

@@ -1,4 +1,4 @@
-"""A local stand-in for a CI system's gate status endpoint, as ``bot.gates`` reads it.
+"""A local stand-in for a CI system's gate status endpoint, as ``bot.engine.gates`` reads it.
 
 It answers ``GET /gates/{service}/{version}`` with the results a test sets in ``answers``,
 checks the bearer token, and can be made to fail the ways a real one does through ``fault``

@@ -1,6 +1,6 @@
 """A local stand-in for GitHub's REST API, as far as filing issues goes.
 
-``bot.tickets`` creates an incident issue with ``POST /repos/{owner}/{repo}/issues``. This
+``bot.writing.tickets`` creates an incident issue with ``POST /repos/{owner}/{repo}/issues``. This
 server answers that route the way api.github.com does, for the real aiohttp client:
 
     async with GitHubStandIn(token="ghp_test") as github:

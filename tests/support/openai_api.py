@@ -1,7 +1,7 @@
 """A local stand-in for the OpenAI chat-completions API, for the real ``openai`` client.
 
-``bot.llm`` is tested with the SDK's own ``AsyncOpenAI`` (its request encoding, timeouts, retry
-settings and error classes are part of what is tested), pointed at this server:
+``bot.writing.llm`` is tested with the SDK's own ``AsyncOpenAI`` (its request encoding, timeouts,
+retry settings and error classes are part of what is tested), pointed at this server:
 
     async with OpenAIStandIn() as api:
         api.reply("Likely cause: the new cache layer.\\nSuggested next step: roll back.")

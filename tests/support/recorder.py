@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.notify import EventKind, ReleaseEvent
+from bot.engine.events import EventKind, ReleaseEvent
 
 
 class Recorder:

@@ -1,9 +1,9 @@
-"""The product's sample service (bot.demo_service) for synchronous tests: one instance of one
+"""The product's sample service (bot.demo.service) for synchronous tests: one instance of one
 version on 127.0.0.1, serving from an event loop of its own on a background thread.
 
 Tests run two of these side by side (a stable and a canary version of the same service), point
 a real Prometheus at them and change their behaviour while they run, through
-``SampleService.configure`` or ``POST /admin/config`` (see bot.demo_service for the routes).
+``SampleService.configure`` or ``POST /admin/config`` (see bot.demo.service for the routes).
 ``generate_load`` is the product's load generator, bounded, on a background thread as well.
 """
 
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from bot.demo_load import LoadGenerator as _AsyncLoad
-from bot.demo_load import LoadStats
-from bot.demo_service import MAX_LATENCY, Behaviour, DemoService
+from bot.demo.load import LoadGenerator as _AsyncLoad
+from bot.demo.load import LoadStats
+from bot.demo.service import MAX_LATENCY, Behaviour, DemoService
 
 __all__ = [
     "MAX_LATENCY",
@@ -139,7 +139,7 @@ def sample_service(
 
 
 class LoadGenerator:
-    """``bot.demo_load.LoadGenerator`` on a thread of its own: ``per_second`` requests to each
+    """``bot.demo.load.LoadGenerator`` on a thread of its own: ``per_second`` requests to each
     URL, stopping after ``max_seconds``, after ``max_requests`` or at ``stop()``."""
 
     def __init__(

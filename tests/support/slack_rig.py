@@ -28,9 +28,9 @@ from slack_sdk.models.blocks import Block
 
 from bot.config import Settings
 from bot.metrics.synthetic import SyntheticSource
-from bot.policy import Policy, parse_policy
-from bot.rollout import Release
-from bot.store import AuditEntry
+from bot.release.policy import Policy, parse_policy
+from bot.release.rollout import Release
+from bot.store.store import AuditEntry
 from handlers.app import build_bolt
 from handlers.context import Core
 from handlers.notifier import SlackNotifier

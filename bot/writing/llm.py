@@ -28,8 +28,8 @@ from openai import AsyncOpenAI
 from prometheus_client import Counter, Histogram
 
 from bot.errors import DependencyError
+from bot.observe.telemetry import REGISTRY
 from bot.redact import REDACTED, redact
-from bot.telemetry import REGISTRY
 
 log = logging.getLogger(__name__)
 

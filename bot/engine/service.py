@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from bot import rollout
-from bot.actuator import TrafficActuator
+from bot.engine.actuator import TrafficActuator
+from bot.engine.events import EventBus, EventKind, ReleaseEvent
+from bot.engine.gates import GateChecker, GateResult
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -26,11 +27,10 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
-from bot.gates import GateChecker, GateResult
-from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.policy import Policy, ServicePolicy, Step
-from bot.rollout import Action, Actor, GateRecord, Release, State
-from bot.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
+from bot.release import rollout
+from bot.release.policy import Policy, ServicePolicy, Step
+from bot.release.rollout import Action, Actor, GateRecord, Release, State
+from bot.store.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
 
 log = logging.getLogger(__name__)
 

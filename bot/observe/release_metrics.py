@@ -1,4 +1,4 @@
-"""Release stats as Prometheus series: the numbers of bot.stats over fixed windows, per service.
+"""Release stats as Prometheus series: the numbers of observe.stats over fixed windows, per service.
 
 Prometheus collectors are synchronous and the audit stream is read asynchronously, so the two
 halves are apart: ``ReleaseMetrics.refresh`` (awaited by the /metrics handler) reads the stream
@@ -7,7 +7,7 @@ the last computed values to every scrape. A failed refresh is logged and counted
 values stay, so a Redis outage never breaks /metrics.
 
 The stream is read incrementally: the first refresh reads the longest window (plus the
-lookback of bot.stats), later ones only what was added since, from the last stream id seen.
+lookback of bot.observe.stats), later ones only what was added since, from the last stream id seen.
 Entries that never change a number are skipped, and the ones kept are slimmed to the fields
 the stats use, so the copy held here stays small.
 """
@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot import stats, telemetry
 from bot.errors import StoreError
-from bot.stats import ReleaseStats, ServiceStats, Spread
-from bot.store import AuditEntry, AuditReach, AuditStream, Store
+from bot.observe import stats, telemetry
+from bot.observe.stats import ReleaseStats, ServiceStats, Spread
+from bot.store.store import AuditEntry, AuditReach, AuditStream, Store
 
 log = logging.getLogger(__name__)
 

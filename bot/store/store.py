@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT
 
-from bot import keys
 from bot.errors import StoreError
-from bot.rollout import Actor, Release
+from bot.release.rollout import Actor, Release
+from bot.store import keys
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 AUDIT_MAXLEN = 200_000

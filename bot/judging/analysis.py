@@ -12,8 +12,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.durations import prometheus_range
-from bot.judge import (
+from bot.judging.statistical import (
     Classification,
     JudgeConfig,
     MetricVerdict,
@@ -22,6 +21,7 @@ from bot.judge import (
     classify_score,
     score,
 )
+from bot.judging.thresholds import CheckResult, Outcome, judge, too_little_traffic
 from bot.metrics.base import (
     REQUESTS_METRIC,
     MetricQuery,
@@ -30,9 +30,9 @@ from bot.metrics.base import (
     SeriesResult,
     Side,
 )
-from bot.policy import Metric, ServicePolicy, render_template
-from bot.rollout import Release, State
-from bot.thresholds import CheckResult, Outcome, judge, too_little_traffic
+from bot.release.durations import prometheus_range
+from bot.release.policy import Metric, ServicePolicy, render_template
+from bot.release.rollout import Release, State
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from bot import stats
-from bot.commands import STATS_DAYS, USAGE, Command
-from bot.durations import format_duration
-from bot.rollout import Actor, Release, State
-from bot.service import Outcome, ReleaseService
-from bot.store import AuditStream
+from bot.engine.service import Outcome, ReleaseService
+from bot.observe import stats
+from bot.release.commands import STATS_DAYS, USAGE, Command
+from bot.release.durations import format_duration
+from bot.release.rollout import Actor, Release, State
+from bot.store.store import AuditStream
 
 HELP = "\n".join(f"• `{usage}`" for usage in USAGE.values())
 
@@ -94,7 +94,7 @@ async def _stats(service: ReleaseService, name: str | None, days: int) -> str:
     end = service.clock()
     start = end - days * stats.DAY_S
     # Read from before the window so releases started earlier and finished inside it still
-    # have a known start (see bot.stats for the rule).
+    # have a known start (see bot.observe.stats for the rule).
     entries = await service.store.audit_between(
         start - stats.LOOKBACK_S, stream=AuditStream.LIFECYCLE
     )

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.logs import log_context
-from bot.rollout import Release
+from bot.observe.logs import log_context
+from bot.release.rollout import Release
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.durations import format_duration
 from bot.errors import ConflictError
-from bot.keys import SCHEMA_VERSION
+from bot.release.durations import format_duration
+from bot.store.keys import SCHEMA_VERSION
 
 
 class State(StrEnum):
@@ -118,7 +118,7 @@ class Approval(BaseModel):
 
 
 class GateRecord(BaseModel):
-    """The pre-release gates of a release, as checked when it started (bot.gates)."""
+    """The pre-release gates of a release, as checked when it started (bot.engine.gates)."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from bot.durations import parse_duration
 from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
+from bot.release.durations import parse_duration
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -234,7 +234,7 @@ class ServicePolicy(_Strict):
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     tickets: TicketSettings = Field(default_factory=TicketSettings)
     announce_channel: str = "#releases"  # where the "shipped" announcement goes
-    # Pre-release gates that must have passed before a release starts (bot.gates); empty: none.
+    # Pre-release gates that must have passed before a release starts (engine.gates); empty: none.
     gates: list[str] = Field(default_factory=list)
 
     @field_validator("steps")

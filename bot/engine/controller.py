@@ -18,17 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot import analysis, rollout, telemetry
-from bot.actuator import TrafficActuator
-from bot.decision import Decision, Verdict, decide
+from bot.engine.actuator import TrafficActuator
+from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import StoreError
-from bot.logs import log_context
+from bot.judging import analysis
+from bot.judging.decision import Decision, Verdict, decide
+from bot.judging.thresholds import CheckResult
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
-from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.policy import Policy
-from bot.rollout import CONTROLLER, Release, State
-from bot.store import AuditEntry, CommitStatus, Store
-from bot.thresholds import CheckResult
+from bot.observe import telemetry
+from bot.observe.logs import log_context
+from bot.release import rollout
+from bot.release.policy import Policy
+from bot.release.rollout import CONTROLLER, Release, State
+from bot.store.store import AuditEntry, CommitStatus, Store
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ after its first step and is rolled back by itself, with its diagnosis. Every mes
 as it would appear in Slack. No Slack, no Prometheus URL and no OpenAI key needed.
 
 Where the numbers come from (``DemoRig``): with a ``prometheus`` binary on PATH, a real
-Prometheus scrapes the real sample service (bot.demo_service) every second, one instance per
+Prometheus scrapes the real sample service (bot.demo.service) every second, one instance per
 service of the policy, each with its own load; users are routed to versions by the canary flag
 the bot writes, and the fault of the script slows the faulty version down for real. Without
 it, or when it fails to start, the synthetic source makes the numbers up. Either way the demo
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bot.demo_load import LoadGenerator
-from bot.demo_prometheus import DemoPrometheus, find_prometheus
-from bot.demo_service import DEMO_BEHAVIOUR, DemoService
+from bot.demo.load import LoadGenerator
+from bot.demo.prometheus import DemoPrometheus, find_prometheus
+from bot.demo.service import DEMO_BEHAVIOUR, DemoService
 from bot.errors import MetricsError, UserError
 from bot.flags import FlagClient
-from bot.policy import Metric, Policy, ServicePolicy
+from bot.release.policy import Metric, Policy, ServicePolicy
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from bot import telemetry
+from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import TrafficError
-from bot.logs import log_context
-from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
-from bot.store import AuditEntry, CommitStatus, Store
+from bot.observe import telemetry
+from bot.observe.logs import log_context
+from bot.release.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
+from bot.store.store import AuditEntry, CommitStatus, Store
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 
 log = logging.getLogger(__name__)

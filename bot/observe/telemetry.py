@@ -28,7 +28,7 @@ CHAT_ERRORS = Counter(
     registry=REGISTRY,
 )
 # The release stats series themselves (shipwatch_release_*) are served by the collector in
-# bot.release_metrics, which computes them from the audit stream.
+# bot.observe.release_metrics, which computes them from the audit stream.
 RELEASE_STATS_FAILURES = Counter(
     "shipwatch_release_stats_refresh_failures_total",
     "Refreshes of the release stats from the audit stream that failed (Redis down, too slow); "

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bot.analysis import ScoreResult
-from bot.judge import ScoreClass
-from bot.policy import Metric, NoDataPolicy
-from bot.rollout import MetricCounters, Release, State, hold_elapsed
-from bot.thresholds import CheckResult, Outcome
+from bot.judging.analysis import ScoreResult
+from bot.judging.statistical import ScoreClass
+from bot.judging.thresholds import CheckResult, Outcome
+from bot.release.policy import Metric, NoDataPolicy
+from bot.release.rollout import MetricCounters, Release, State, hold_elapsed
 
 
 class Verdict(StrEnum):

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.metrics.base import QueryResult, QueryStatus
-from bot.policy import Direction, Metric
+from bot.release.policy import Direction, Metric
 
 
 class Outcome(StrEnum):

@@ -27,7 +27,7 @@ above (``GatesUnavailable``, a failing dependency: never read as a pass). An app
 service may start it anyway with ``--force``; the release then records who forced it past which
 gates (``Release.gates``), and says so on its status message.
 
-Nothing here decides who may force: ``bot.service`` does.
+Nothing here decides who may force: ``bot.engine.service`` does.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from pydantic import (
 )
 
 from bot.errors import DependencyError, UserError
-from bot.policy import GATE_NAME
-from bot.rollout import GateRecord
+from bot.release.policy import GATE_NAME
+from bot.release.rollout import GateRecord
 from bot.traffic.webhook import redact_url
 
 log = logging.getLogger(__name__)

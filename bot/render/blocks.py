@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.durations import format_duration
-from bot.notify import EventKind, ReleaseEvent
-from bot.policy import Direction, Metric
-from bot.rollout import CONTROLLER, GateRecord, Release, State
-from bot.thresholds import fmt
+from bot.engine.events import EventKind, ReleaseEvent
+from bot.judging.thresholds import fmt
+from bot.release.durations import format_duration
+from bot.release.policy import Direction, Metric
+from bot.release.rollout import CONTROLLER, GateRecord, Release, State
 
 ACTION_ADVANCE = "shipwatch_advance"
 ACTION_APPROVE = "shipwatch_approve"

@@ -3,7 +3,7 @@
 It listens on the event bus like any notifier but never holds the bus up: each piece of
 writing runs as its own tracked task, so a slow or hanging LLM delays nothing, least of all a
 rollback (which is finished before the event that triggers a diagnosis is even emitted).
-The facts are ours (bot.evidence renders them from the record); the LLM only adds the likely
+The facts are ours (bot.writing.evidence renders them from the record); the LLM only adds the likely
 cause and suggestions, release-note prose, or answers grounded in the record. Without an LLM,
 or when it fails, deterministic template text is used and labelled as such.
 """
@@ -15,9 +15,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bot.chart import render_png
+from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import ShipwatchError
-from bot.evidence import (
+from bot.observe.logs import log_context
+from bot.redact import redact, redact_obj
+from bot.release.policy import Policy
+from bot.release.rollout import Release
+from bot.store.store import Store
+from bot.writing.chart import render_png
+from bot.writing.evidence import (
     Evidence,
     build_evidence,
     facts_sentence,
@@ -25,15 +31,9 @@ from bot.evidence import (
     template_diagnosis,
     template_release_notes,
 )
-from bot.llm import LLM, LLMError
-from bot.logs import log_context
-from bot.notify import EventBus, EventKind, ReleaseEvent
-from bot.policy import Policy
-from bot.prompts import render_pair
-from bot.redact import redact, redact_obj
-from bot.rollout import Release
-from bot.store import Store
-from bot.tickets import Incident, TicketSinks
+from bot.writing.llm import LLM, LLMError
+from bot.writing.prompts import render_pair
+from bot.writing.tickets import Incident, TicketSinks
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeAlias
 
-from bot.decision import SCORE_COUNTER
-from bot.durations import format_duration
-from bot.rollout import MetricCounters, Release, State
-from bot.store import AuditEntry, Store
-from bot.thresholds import fmt
+from bot.judging.decision import SCORE_COUNTER
+from bot.judging.thresholds import fmt
+from bot.release.durations import format_duration
+from bot.release.rollout import MetricCounters, Release, State
+from bot.store.store import AuditEntry, Store
 
 NO_LLM_LABEL = "_(template text: no LLM configured)_"
 LLM_UNAVAILABLE_LABEL = "_(template text: LLM unavailable)_"

@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 
-from bot import telemetry
 from bot.errors import DependencyError
-from bot.policy import GitHubTickets, TicketSettings, WebhookTickets
+from bot.observe import telemetry
+from bot.release.policy import GitHubTickets, TicketSettings, WebhookTickets
 from bot.traffic.webhook import redact_url, sign
 
 log = logging.getLogger(__name__)

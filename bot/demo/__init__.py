@@ -1,0 +1,1 @@
+"""The zero-setup demo: the rig, a sample service, its load and a private Prometheus."""

@@ -1,0 +1,1 @@
+"""How the bot is watched: logs, its own metrics, release statistics."""

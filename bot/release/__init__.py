@@ -1,0 +1,1 @@
+"""The release itself: model, state machine, policy, command grammar, durations. Pure: no I/O."""

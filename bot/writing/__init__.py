@@ -1,0 +1,2 @@
+"""What the bot writes to explain: diagnoses, notes, answers, tickets. It explains; it never
+decides."""
