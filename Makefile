@@ -6,7 +6,7 @@ demo:
 test:
 	./scripts/test.sh
 lint:
-	.venv/bin/ruff check bot handlers tests bench && .venv/bin/mypy
+	.venv/bin/ruff check bot handlers tests bench scripts && .venv/bin/mypy && .venv/bin/lint-imports
 bench:
 	.venv/bin/python -m bench.flags_bench && .venv/bin/python -m bench.controller_bench && \
 	.venv/bin/python -m bench.judge_bench && .venv/bin/python -m bench.rollback_bench && \

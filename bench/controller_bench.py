@@ -27,9 +27,11 @@ import redis.asyncio as aioredis
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus
-from bot.engine.service import DeployOptions, ReleaseService
+from bot.engine.service import ReleaseService
+from bot.flags import FlagWriter
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import Policy, parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
@@ -65,7 +67,7 @@ async def run(n: int, rounds: int, url: str) -> dict[str, object]:
     policy = _policy(n)
     store = Store(client)
     events = EventBus([])
-    flags = FlagsBackend(client)
+    flags = FlagsBackend(FlagWriter(client))
     actuator = TrafficActuator(store, lambda _s: flags, events)
     service = ReleaseService(store, lambda: policy, actuator, events)
     source = SyntheticSource(seed=3)

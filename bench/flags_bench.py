@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from UnleashClient.cache import FileCache
 from UnleashClient.clients.unleash_client import UnleashClient
 
-from bot.flags import FlagClient, FlagState
+from bot.flags import FlagClient, FlagState, FlagWriter
 from bot.traffic.base import TrafficAction, TrafficChange
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import free_port, redis_server
@@ -215,7 +215,7 @@ class Arrivals:
 
 
 async def bench_propagation(url: str, arrivals: Arrivals, writer: aioredis.Redis) -> dict[str, Any]:
-    backend = FlagsBackend(writer)
+    backend = FlagsBackend(FlagWriter(writer))
     state = await backend.current(SERVICE)
     seq = state.seq if state is not None else 0
     latencies_ms: list[float] = []
@@ -248,7 +248,7 @@ async def bench_propagation(url: str, arrivals: Arrivals, writer: aioredis.Redis
 
 
 async def seed_flags(writer: aioredis.Redis) -> None:
-    backend = FlagsBackend(writer)
+    backend = FlagsBackend(FlagWriter(writer))
     for n in range(OTHER_SERVICES):
         await backend.apply(change(random.Random(n).randrange(101), service=f"svc-{n:02d}"))
     await backend.apply(change(PCT))

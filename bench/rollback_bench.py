@@ -40,9 +40,9 @@ import yaml
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.engine.events import EventKind
-from bot.engine.service import DeployOptions
 from bot.flags import FlagClient, FlagState
 from bot.release.policy import Policy, parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from tests.support.procs import redis_server
 from tests.support.prometheus import prometheus_server, wait_for_data

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from bot.config import Settings
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
@@ -18,6 +16,7 @@ from bot.engine.events import EventBus, Notifier
 from bot.engine.gates import GateChecker
 from bot.engine.service import ReleaseService
 from bot.errors import PolicyError, PolicyProblem, StoreError
+from bot.flags import FlagWriter
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
 from bot.metrics.synthetic import SyntheticSource
@@ -63,7 +62,6 @@ def resolve_policy(settings: Settings) -> Policy:
 class App:
     settings: Settings
     policy: Policy
-    redis: aioredis.Redis
     store: Store
     events: EventBus
     source: MetricSource
@@ -105,7 +103,7 @@ class App:
         for backend in {id(b): b for b in self.backends.values()}.values():
             await backend.close()
         await self.source.close()
-        await self.redis.aclose()
+        await self.store.close()
         if self.embedded_redis is not None:
             await self.embedded_redis.stop()
 
@@ -130,23 +128,9 @@ async def build_app(
     if not url:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await embedded.start()
-    # A blocking pool: a burst of commands waits briefly for a connection instead of failing
-    # with "too many connections" (the default pool raises at its limit).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=64,
-        timeout=5,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
-    redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-    store = Store(redis)
     try:
-        await store.ping()
+        store = await Store.connect(url)
     except StoreError:
-        await redis.aclose()
         if embedded is not None:
             await embedded.stop()
         raise
@@ -157,7 +141,7 @@ async def build_app(
             log.warning("PROMETHEUS_URL is not set: using the SYNTHETIC demo metrics source")
             source = SyntheticSource()
     events = EventBus(notifiers)
-    flags = FlagsBackend(redis)
+    flags = FlagsBackend(FlagWriter(store.redis))
     backends: dict[str, TrafficBackend] = {}
     for name, sp in policy.services.items():
         backends[name] = flags if sp.traffic.backend == "flags" else _webhook(sp.traffic)
@@ -193,7 +177,6 @@ async def build_app(
     return App(
         settings=settings,
         policy=policy,
-        redis=redis,
         store=store,
         events=events,
         source=source,

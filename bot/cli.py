@@ -7,8 +7,10 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol, cast
 
 from bot import __version__
 from bot.app import App, build_app, resolve_policy
@@ -18,9 +20,30 @@ from bot.demo.rig import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scrip
 from bot.errors import PolicyError, ShipwatchError
 from bot.observe.logs import configure_logging
 from bot.release.policy import Policy, load_policy
-from handlers.server import serve
 
 log = logging.getLogger("shipwatch")
+
+# Where `serve` finds the Slack face. The core never imports the transport: the transport plugs
+# itself in under this entry point (pyproject.toml), so `console`, `demo` and `check-config`
+# never load bolt, and another face could be served the same way.
+SERVE_ENTRY_POINTS = "shipwatch.serve"
+
+
+class Server(Protocol):
+    def __call__(
+        self, settings: Settings, policy: Policy, *, controller: bool, socket: bool
+    ) -> Coroutine[None, None, int]: ...
+
+
+def _slack_server() -> Server:
+    found = entry_points(group=SERVE_ENTRY_POINTS, name="slack")
+    if not found:
+        raise ShipwatchError(
+            "the Slack app is not installed with this copy of shipwatch (no `slack` entry "
+            f"point in `{SERVE_ENTRY_POINTS}`): install the shipwatch package, e.g. "
+            "`pip install .` or ./scripts/setup.sh"
+        )
+    return cast(Server, next(iter(found)).load())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             interactive = args.interactive and sys.stdin.isatty()
             return asyncio.run(_demo(settings, policy, interactive, args.metrics))
         if args.command == "serve":
+            serve = _slack_server()
             return asyncio.run(
                 serve(settings, policy, controller=not args.no_controller, socket=args.socket)
             )

@@ -210,6 +210,36 @@ async def publish_flag(client: aioredis.Redis, state: FlagState) -> FlagState:
     return FlagState.from_json(raw)
 
 
+class FlagStoreError(Exception):
+    """Redis did not take or give a flag (the writer's errors, whatever the client library)."""
+
+
+class FlagWriter:
+    """The writing side, for the process that moves traffic (shipwatch's ``flags`` backend).
+
+    Does not own the client it is given. Redis errors come out as :class:`FlagStoreError`, a
+    malformed stored state as ``ValueError``.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self.key = keys.flags()  # the hash of every service's state, named in error messages
+
+    async def publish(self, state: FlagState) -> FlagState:
+        try:
+            return await publish_flag(self._client, state)
+        except redis.RedisError as exc:
+            raise FlagStoreError(str(exc)) from exc
+
+    async def read(self, service: str) -> FlagState | None:
+        """The state Redis holds for ``service``, or None when it holds none."""
+        try:
+            raw = await self._client.hget(self.key, service)
+        except redis.RedisError as exc:
+            raise FlagStoreError(str(exc)) from exc
+        return None if raw is None else FlagState.from_json(raw)
+
+
 # Per-service entry of a client's local copy: (pct, "{group}:" hash prefix, state). A tuple,
 # unpacked on the request path, because that is the cheapest thing CPython can index.
 _Route = tuple[int, str, FlagState]

@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable
 from typing import TypeVar, cast
 
+from yarl import URL
+
 REDACTED = "[redacted]"
 USERINFO = "***"
 
@@ -190,3 +192,9 @@ def _redact_any(obj: object) -> object:
     if isinstance(obj, tuple):
         return tuple(_redact_any(item) for item in obj)
     return obj
+
+
+def redact_url(url: str | URL) -> str:
+    """``url`` without userinfo, query or fragment: safe for logs, errors and Slack."""
+    parsed = url if isinstance(url, URL) else URL(url)
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))

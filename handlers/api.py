@@ -75,8 +75,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from bot.config import Settings
-from bot.engine.gates import GateReport, GatesNotPassed, GatesUnavailable
-from bot.engine.service import DeployOptions, Outcome
+from bot.engine.gates import GatesNotPassed, GatesUnavailable
+from bot.engine.service import Outcome
 from bot.errors import (
     ConflictError,
     DependencyError,
@@ -87,7 +87,9 @@ from bot.errors import (
     UserError,
 )
 from bot.observe.logs import log_context
+from bot.release.gates import GateReport
 from bot.release.policy import Policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store.store import Lock
 from handlers.context import Core

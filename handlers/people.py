@@ -13,7 +13,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.release.policy import ServicePolicy
 from bot.release.rollout import Actor
-from bot.store import keys
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,10 +38,9 @@ async def actor_for(
 
 
 async def members(group: str, client: AsyncWebClient, store: Store) -> set[str]:
-    key = keys.group_members(group)
-    cached = await store.redis.smembers(key)
-    if cached:
-        return {str(m) for m in cached} - {""}
+    cached = await store.cached_group_members(group)
+    if cached is not None:
+        return cached
     try:
         response = await client.usergroups_users_list(usergroup=group)
     except SlackApiError as exc:
@@ -50,9 +48,5 @@ async def members(group: str, client: AsyncWebClient, store: Store) -> set[str]:
         log.warning("cannot list user group %s: %s", group, exc.response.get("error"))
         return set()
     users = [str(u) for u in response.get("users") or []]
-    async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.sadd(key, "", *users)  # "" marks a cached empty group
-        pipe.expire(key, GROUP_CACHE_SECONDS)
-        await pipe.execute()
+    await store.cache_group_members(group, users, GROUP_CACHE_SECONDS)
     return set(users)

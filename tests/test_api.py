@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestServer
 
 from bot.config import Settings
 from bot.engine.events import EventKind
-from bot.engine.gates import GateResult, GateStatus
-from bot.engine.service import DeployOptions
 from bot.errors import UserError
+from bot.release.gates import GateResult, GateStatus
 from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
 from bot.render.blocks import ACTION_ADVANCE
 from handlers.api import RELEASES, ROLLOUTS, RolloutApi, TokenRing, parse_tokens

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.engine.service import DeployOptions
 from bot.errors import CommandError, UserError
 from bot.release.commands import USAGE, Command, parse
+from bot.release.request import DeployOptions
 
 DEPLOY_USAGE = USAGE["deploy"]
 

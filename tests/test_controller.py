@@ -17,11 +17,12 @@ import redis.asyncio as aioredis
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller, RoundStats
 from bot.engine.events import EventBus, EventKind
-from bot.engine.service import DeployOptions, ReleaseService
-from bot.flags import FlagClient, FlagState
+from bot.engine.service import ReleaseService
+from bot.flags import FlagClient, FlagState, FlagWriter
 from bot.metrics.base import MetricSource
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import Policy, parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
 from bot.store.store import AuditEntry, Store
@@ -113,7 +114,7 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     store = Store(redis_client)
     recorder = Recorder()
     events = EventBus([recorder])
-    flags = FlagsBackend(redis_client)
+    flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
     service = ReleaseService(store, lambda: policy, actuator, events)
     source = SyntheticSource(seed=1)

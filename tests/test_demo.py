@@ -28,7 +28,7 @@ from bot.demo.load import LoadGenerator
 from bot.demo.rig import SCRIPT, DemoRig, demo_policy, for_real_metrics, scripted_input
 from bot.demo.service import Behaviour, DemoService
 from bot.errors import MetricsError, UserError
-from bot.flags import FlagClient, in_canary, normalized_number
+from bot.flags import FlagClient, FlagWriter, in_canary, normalized_number
 from bot.release.policy import embedded_policy
 from bot.traffic.base import TrafficAction, TrafficChange
 from bot.traffic.flags import FlagsBackend
@@ -396,7 +396,7 @@ async def test_traffic_follows_the_canary_flag(
     svc = DemoService("checkout", "v1", Behaviour(latency=0.001), flags=flags)
     await svc.start()
     load = LoadGenerator([svc.url], per_second=200, users=users, max_seconds=60)
-    backend = FlagsBackend(redis_client)
+    backend = FlagsBackend(FlagWriter(redis_client))
 
     def canary(user: str, pct: int) -> bool:
         return in_canary(pct, normalized_number(user, "checkout"))

@@ -30,8 +30,8 @@ import yaml
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.engine.events import EventKind
-from bot.engine.service import DeployOptions
 from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from tests.support.prometheus import instant_query, prometheus_server, wait_for_data
 from tests.support.recorder import Recorder

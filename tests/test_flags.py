@@ -19,7 +19,15 @@ from UnleashClient.clients.unleash_client import UnleashClient
 from UnleashClient.utils import normalized_hash
 
 from bot.errors import TrafficError
-from bot.flags import CLIENT_NAME, FlagClient, FlagState, in_canary, normalized_number
+from bot.flags import (
+    CLIENT_NAME,
+    FlagClient,
+    FlagState,
+    FlagStoreError,
+    FlagWriter,
+    in_canary,
+    normalized_number,
+)
 from bot.store import keys
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 from bot.traffic.flags import FlagsBackend
@@ -116,7 +124,7 @@ async def make_client(
 
 @pytest.fixture
 def backend(redis_client: aioredis.Redis) -> FlagsBackend:
-    return FlagsBackend(redis_client)
+    return FlagsBackend(FlagWriter(redis_client))
 
 
 # -- bucketing ---------------------------------------------------------------------------------
@@ -293,7 +301,7 @@ async def test_concurrent_writers_never_reorder(
     client = await make_client(on_change=lambda _s, st: seen.append(st) if st else None)
     writers = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(5)]
     try:
-        backends = [FlagsBackend(w) for w in writers]
+        backends = [FlagsBackend(FlagWriter(w)) for w in writers]
         await asyncio.gather(
             *(backends[i % 5].apply(change(i % 101)) for i in range(50))
         )
@@ -319,7 +327,9 @@ async def test_backend_refuses_to_overwrite_a_corrupt_flag(
     await redis_client.hset(keys.flags(), SERVICE, "{garbage")
     with pytest.raises(TrafficError, match="not valid JSON") as info:
         await backend.apply(change(10))
-    assert isinstance(info.value.__cause__, RedisError)
+    # Through the SDK's writer, which names Redis's own error as its cause.
+    assert isinstance(info.value.__cause__, FlagStoreError)
+    assert isinstance(info.value.__cause__.__cause__, RedisError)
     with pytest.raises(TrafficError, match="malformed"):
         await backend.current(SERVICE)
 
@@ -329,10 +339,11 @@ async def test_backend_translates_connection_errors() -> None:
         f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1
     )
     try:
-        backend = FlagsBackend(dead)
+        backend = FlagsBackend(FlagWriter(dead))
         with pytest.raises(TrafficError, match="could not set the canary flag") as info:
             await backend.apply(change(10))
-        assert isinstance(info.value.__cause__, RedisError)
+        assert isinstance(info.value.__cause__, FlagStoreError)
+        assert isinstance(info.value.__cause__.__cause__, RedisError)
         with pytest.raises(TrafficError, match="could not read"):
             await backend.current(SERVICE)
     finally:

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.engine.gates import GateChecker, GateResult, GateStatus, GateVerdict, Source, fill_url
+from bot.engine.gates import GateChecker, GateVerdict, Source, fill_url
 from bot.errors import UserError
+from bot.release.gates import GateResult, GateStatus
 from bot.release.policy import parse_policy
 from bot.release.rollout import Release
 from handlers.api import ROLLOUTS

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from slack_sdk.models.views import View
 
 from bot.engine.events import EventKind, ReleaseEvent
+from bot.flags import FlagWriter
 from bot.judging.thresholds import fmt
 from bot.redact import redact
 from bot.release.policy import Policy
@@ -460,7 +461,7 @@ async def test_rollback_time_is_the_same_with_a_hanging_llm(
     await deploy(rig)
     rig.start_controller()
     await event_of(rig, EventKind.STEP_ADVANCED)
-    flags = FlagsBackend(rig.core.app.redis)
+    flags = FlagsBackend(FlagWriter(rig.core.app.store.redis))
     before = await flags.current("checkout")
     assert before is not None and before.pct > 0
 

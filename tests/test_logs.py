@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 
 from bot.app import build_app
 from bot.config import Settings
-from bot.engine.service import DeployOptions
 from bot.observe.logs import (
     ContextFilter,
     JsonFormatter,
@@ -31,6 +30,7 @@ from bot.observe.logs import (
     request_id_from,
 )
 from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
 from handlers.api import ROLLOUTS
 from handlers.server import REQUEST_ID

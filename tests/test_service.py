@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from bot.engine.actuator import TrafficActuator
 from bot.engine.events import EventBus, EventKind
-from bot.engine.service import DeployOptions, Outcome, ReleaseService, Result
+from bot.engine.service import Outcome, ReleaseService, Result
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -22,7 +22,9 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
+from bot.flags import FlagWriter
 from bot.release.policy import Policy, parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store.store import AuditEntry, Store
 from bot.traffic.flags import FlagsBackend
@@ -93,7 +95,7 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     store = Store(redis_client)
     recorder = Recorder()
     events = EventBus([recorder])
-    flags = FlagsBackend(redis_client)
+    flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
     service = ReleaseService(store, lambda: policy, actuator, events)
     events.start()

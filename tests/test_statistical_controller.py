@@ -13,9 +13,11 @@ import redis.asyncio as aioredis
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus, EventKind
-from bot.engine.service import DeployOptions, ReleaseService
+from bot.engine.service import ReleaseService
+from bot.flags import FlagWriter
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
@@ -72,7 +74,7 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     store = Store(redis_client)
     recorder = Recorder()
     events = EventBus([recorder])
-    flags = FlagsBackend(redis_client)
+    flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _s: flags, events)
     service = ReleaseService(store, lambda: policy, actuator, events)
     source = SyntheticSource(seed=5)

@@ -21,6 +21,7 @@ from bot.engine.controller import Controller
 from bot.engine.events import EventBus
 from bot.engine.service import ReleaseService
 from bot.errors import UnknownServiceError
+from bot.flags import FlagWriter
 from bot.metrics.synthetic import SyntheticSource
 from bot.observe import telemetry
 from bot.observe.release_metrics import ReleaseMetrics, ReleaseSeries
@@ -415,7 +416,7 @@ async def test_rollout_stats_shows_a_success_and_an_automatic_rollback(
     policy = parse_policy(POLICY, "test")
     store = Store(redis_client)
     events = EventBus([])
-    flags = FlagsBackend(redis_client)
+    flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
     service = ReleaseService(store, lambda: policy, actuator, events)
     source = SyntheticSource(seed=3)

@@ -74,7 +74,7 @@ async def test_create_and_get_round_trip(store: Store, redis_client: aioredis.Re
     assert await store.get("rel-1") == release
     stored = await redis_client.get(keys.release("rel-1"))
     assert stored is not None
-    assert json.loads(stored)["schema_version"] == keys.SCHEMA_VERSION
+    assert json.loads(stored)["schema_version"] == rollout.SCHEMA_VERSION
     assert await store.active_index() == {"checkout": "rel-1"}
     assert await store.active_for("checkout") == release
     assert [r.id for r in await store.history("checkout")] == ["rel-1"]

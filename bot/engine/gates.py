@@ -43,17 +43,15 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
-    Field,
     StringConstraints,
     ValidationError,
 )
 
 from bot.errors import DependencyError, UserError
-from bot.release.policy import GATE_NAME
+from bot.redact import redact_url
+from bot.release.gates import GateResult, GateStatus, ReportedGate
 from bot.release.rollout import GateRecord
-from bot.traffic.webhook import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +63,6 @@ CONFIGURE_HINT = (
     "https://ci.example.com/gates/{service}/{version}), or start the release through the API "
     "with the results in `gates`"
 )
-
-
-class GateStatus(StrEnum):
-    PASSED = "passed"
-    FAILED = "failed"
-    PENDING = "pending"
-
-
-class GateResult(BaseModel):
-    """One gate's reported result, and where its run can be seen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    status: GateStatus
-    url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://\S+$")
-
-
-def _shorthand(value: Any) -> Any:
-    # "tests": "passed" is the common form; the object form adds the link to the run.
-    if isinstance(value, str):
-        return {"status": value}
-    if isinstance(value, dict | GateResult):
-        return value
-    raise ValueError(
-        'a gate\'s result is its status ("passed", "failed" or "pending") or an object '
-        '{"status": ..., "url": ...}'
-    )
-
-
-ReportedGate = Annotated[GateResult, BeforeValidator(_shorthand)]
-# What a pipeline sends in the API body: names as the policy spells them.
-GateName = Annotated[str, StringConstraints(pattern=GATE_NAME.pattern)]
-GateReport = dict[GateName, ReportedGate]
 
 
 class _StatusAnswer(BaseModel):
@@ -342,13 +307,9 @@ class _Unreadable(Exception):
 
 __all__ = [
     "GateChecker",
-    "GateReport",
-    "GateResult",
-    "GateStatus",
     "GateVerdict",
     "GatesNotPassed",
     "GatesUnavailable",
-    "ReportedGate",
     "Source",
     "fill_url",
 ]

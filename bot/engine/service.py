@@ -11,14 +11,14 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from bot.engine.actuator import TrafficActuator
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.engine.gates import GateChecker, GateResult
+from bot.engine.gates import GateChecker
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -29,7 +29,8 @@ from bot.errors import (
 )
 from bot.release import rollout
 from bot.release.policy import Policy, ServicePolicy, Step
-from bot.release.rollout import Action, Actor, GateRecord, Release, State
+from bot.release.request import DeployOptions
+from bot.release.rollout import Actor, GateRecord, Release, State
 from bot.store.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,6 @@ class Result:
     outcome: Outcome
     release: Release
     message: str
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    risk: str | None = None
-    strategy: str | None = None
-    steps: list[int] | None = None
-    hold: float | None = None
-    notes: str = ""
-    stable: str = ""  # the control version, when history does not know it (first release)
-    changes: tuple[dict[str, Any], ...] = ()  # the change list from CI: {title, pr, ...}
-    # Start even though required gates have not passed (an approver's decision, audited).
-    force: bool = False
-    # Gate results the caller reports (the API); None: read them from the gates status URL.
-    gates: Mapping[str, GateResult] | None = None
 
 
 class ReleaseService:
@@ -598,4 +584,4 @@ def _started_text(release: Release) -> str:
     )
 
 
-__all__ = ["Action", "DeployOptions", "Outcome", "ReleaseService", "Result"]
+__all__ = ["Outcome", "ReleaseService", "Result"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from bot.engine.service import DeployOptions
 from bot.errors import CommandError
 from bot.release.durations import parse_duration
+from bot.release.request import DeployOptions
 
 USAGE = {
     "deploy": "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "

@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import ConflictError
 from bot.release.durations import format_duration
-from bot.store.keys import SCHEMA_VERSION
+
+# The version of the release record's JSON shape; bump it with a migration when a field changes
+# meaning, so a record written by an older bot is read as what it is.
+SCHEMA_VERSION = 1
 
 
 class State(StrEnum):

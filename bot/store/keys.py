@@ -6,7 +6,6 @@ All keys live under one prefix so a shared Redis can be inspected (and cleaned) 
 from __future__ import annotations
 
 PREFIX = "shipwatch:"
-SCHEMA_VERSION = 1
 
 
 def release(release_id: str) -> str:

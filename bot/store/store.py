@@ -300,6 +300,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# A member no user id can be: it keeps an empty group cached (Redis drops empty sets).
+_EMPTY_GROUP = ""
+
+
 class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
@@ -308,6 +312,31 @@ class Store:
         self._leases = redis.register_script(_LEASES)
         self._drop_leases = redis.register_script(_DROP_LEASES)
 
+    @classmethod
+    async def connect(cls, url: str) -> Store:
+        """A store on a new connection pool to ``url``, checked with a PING (StoreError if not)."""
+        # A blocking pool: a burst of commands waits briefly for a connection instead of failing
+        # with "too many connections" (the default pool raises at its limit).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=64,
+            timeout=5,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        store = cls(aioredis.Redis.from_pool(pool))  # the client owns the pool
+        try:
+            await store.ping()
+        except StoreError:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
     async def ping(self) -> None:
         async with _translated("ping"):
             await self.redis.ping()
@@ -315,6 +344,27 @@ class Store:
     async def next_number(self) -> int:
         async with _translated("numbering a release"):
             return int(await self.redis.incr(keys.release_seq()))
+
+    # --- chat user groups, cached for every bot process -------------------------------------
+
+    async def cached_group_members(self, group: str) -> set[str] | None:
+        """The members cached for a chat user group, or None when nothing is cached."""
+        async with _translated("reading a cached user group"):
+            cached = await self.redis.smembers(keys.group_members(group))
+        if not cached:
+            return None
+        return {str(m) for m in cached} - {_EMPTY_GROUP}
+
+    async def cache_group_members(self, group: str, users: Sequence[str], ttl: int) -> None:
+        key = keys.group_members(group)
+        async with (
+            _translated("caching a user group"),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.delete(key)
+            pipe.sadd(key, _EMPTY_GROUP, *users)  # the marker caches an empty group too
+            pipe.expire(key, ttl)
+            await pipe.execute()
 
     # --- releases ---------------------------------------------------------------------------
 

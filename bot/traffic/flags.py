@@ -10,22 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from bot.errors import TrafficError
-from bot.flags import FlagState, publish_flag
-from bot.store import keys
+from bot.flags import FlagState, FlagStoreError, FlagWriter
 from bot.traffic.base import TrafficAction, TrafficChange
 
 
 class FlagsBackend:
-    """TrafficBackend over ``bot.flags``. Does not own the Redis client it is given."""
+    """TrafficBackend over ``bot.flags``'s writer (which talks to Redis for it)."""
 
     name = "flags"
 
-    def __init__(self, redis: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
-        self._redis = redis
+    def __init__(self, writer: FlagWriter, *, clock: Callable[[], float] = time.time) -> None:
+        self._writer = writer
         self._clock = clock
 
     async def apply(self, change: TrafficChange) -> None:
@@ -53,8 +49,8 @@ class FlagsBackend:
                 f"cannot set the canary flag of `{change.service}` ({change.action}): {exc}"
             ) from exc
         try:
-            await publish_flag(self._redis, state)
-        except RedisError as exc:
+            await self._writer.publish(state)
+        except FlagStoreError as exc:
             raise TrafficError(
                 f"could not set the canary flag of `{change.service}` to {pct}% "
                 f"({change.action} of release {change.release_id}) in Redis: {exc}"
@@ -63,20 +59,16 @@ class FlagsBackend:
     async def current(self, service: str) -> FlagState | None:
         """The flag state Redis holds for ``service``, or None if it has none."""
         try:
-            raw = await self._redis.hget(keys.flags(), service)
-        except RedisError as exc:
+            return await self._writer.read(service)
+        except FlagStoreError as exc:
             raise TrafficError(
                 f"could not read the canary flag of `{service}` from Redis: {exc}"
             ) from exc
-        if raw is None:
-            return None
-        try:
-            return FlagState.from_json(raw)
         except ValueError as exc:
             raise TrafficError(
                 f"the canary flag of `{service}` in Redis is malformed ({exc}); "
-                f"fix or delete field `{service}` of hash `{keys.flags()}`"
+                f"fix or delete field `{service}` of hash `{self._writer.key}`"
             ) from exc
 
     async def close(self) -> None:
-        """Nothing to release: the Redis client belongs to the caller."""
+        """Nothing to release: the writer's Redis client belongs to the caller."""

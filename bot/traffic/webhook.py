@@ -19,11 +19,12 @@ Headers on every attempt::
 
 The signature header is only sent when a secret is configured. To check a delivery, pass the
 raw request body bytes (exactly as received, never the re-serialised JSON) together with the two
-header values to :func:`verify_signature`. It recomputes the HMAC, compares in constant time and
-rejects a timestamp more than ``tolerance`` seconds (default five minutes) away from the
-receiver's clock, so a captured request cannot be replayed later. Every retry is signed afresh
-with a new timestamp, which is why a delivery retried for a long time never goes stale, and why
-receivers must dedupe on the delivery id rather than on the signature.
+header values to :func:`bot.signing.verify_signature` (also importable from here). It recomputes
+the HMAC, compares in constant time and rejects a timestamp more than ``tolerance`` seconds
+(default five minutes) away from the receiver's clock, so a captured request cannot be replayed
+later. Every retry is signed afresh with a new timestamp, which is why a delivery retried for a
+long time never goes stale, and why receivers must dedupe on the delivery id rather than on the
+signature.
 
 What the receiver's answer means:
 
@@ -43,8 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -58,16 +57,14 @@ import aiohttp
 from yarl import URL
 
 from bot.errors import TrafficError
+from bot.redact import redact_url
+from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
 from bot.traffic.base import TrafficAction, TrafficChange
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Shipwatch-Signature"
-TIMESTAMP_HEADER = "X-Shipwatch-Timestamp"
 DELIVERY_HEADER = "X-Shipwatch-Delivery"
 USER_AGENT = "shipwatch"
-SIGNATURE_VERSION = "v1"
-DEFAULT_TOLERANCE = 300.0
 
 # The headers that make up the protocol. Extra static headers may not replace them: a
 # configured "Content-Type" or "X-Shipwatch-Signature" would silently break every receiver.
@@ -81,9 +78,6 @@ _RETRYABLE_4XX = frozenset({408, 429})
 # not so much that an HTML error page floods the log or the Slack message.
 _SNIPPET_BYTES = 512
 _SNIPPET_CHARS = 200
-# Unix seconds fit in 11 digits for millennia; longer strings are junk and `int()` on very long
-# digit strings is slow or refused outright.
-_MAX_TIMESTAMP_DIGITS = 15
 # Keeps `2 ** n` finite during a rollback that is retried for days.
 _MAX_BACKOFF_EXPONENT = 30
 
@@ -101,49 +95,6 @@ def encode_change(change: TrafficChange) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode(
         "utf-8"
     )
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The ``X-Shipwatch-Signature`` value for ``body`` sent at ``timestamp``."""
-    message = f"{SIGNATURE_VERSION}:{timestamp}:".encode("ascii") + body
-    digest = hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
-    return f"{SIGNATURE_VERSION}={digest}"
-
-
-def verify_signature(
-    secret: str,
-    timestamp: str,
-    body: bytes,
-    signature: str,
-    *,
-    now: float | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-) -> bool:
-    """True when ``signature`` is ours for ``body`` and ``timestamp`` is fresh.
-
-    ``timestamp`` and ``signature`` are the ``X-Shipwatch-Timestamp`` and
-    ``X-Shipwatch-Signature`` header values, ``body`` the raw request body. ``now`` defaults to
-    the current time; timestamps further than ``tolerance`` seconds from it, in either
-    direction, are rejected.
-    """
-    if not secret:
-        # An empty key is known to everyone, so nothing signed with it proves anything.
-        return False
-    ts = timestamp.strip()
-    if not (ts.isascii() and ts.isdigit()) or len(ts) > _MAX_TIMESTAMP_DIGITS:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - int(ts)) > tolerance:
-        return False
-    expected = sign(secret, ts, body).encode("ascii")
-    # Compare bytes: compare_digest refuses non-ASCII str, and the header is attacker-chosen.
-    return hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace"))
-
-
-def redact_url(url: str | URL) -> str:
-    """``url`` without userinfo, query or fragment: safe for logs, errors and Slack."""
-    parsed = url if isinstance(url, URL) else URL(url)
-    return str(parsed.with_user(None).with_query(None).with_fragment(None))
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
@@ -421,3 +372,17 @@ class WebhookBackend:
         if url.raw_query_string:
             fragments.append(f"?{url.raw_query_string}")
         return [f for f in fragments if f and f != "@"]
+
+
+# What a receiver written against this module imports; the signing itself lives in bot.signing,
+# shared with the incident-ticket webhook.
+__all__ = [
+    "DELIVERY_HEADER",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "USER_AGENT",
+    "WebhookBackend",
+    "encode_change",
+    "sign",
+    "verify_signature",
+]

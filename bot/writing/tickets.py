@@ -28,8 +28,9 @@ import aiohttp
 
 from bot.errors import DependencyError
 from bot.observe import telemetry
+from bot.redact import redact_url
 from bot.release.policy import GitHubTickets, TicketSettings, WebhookTickets
-from bot.traffic.webhook import redact_url, sign
+from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,14 @@ class TicketSinks:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "shipwatch",
-            "X-Shipwatch-Timestamp": ts,
+            TIMESTAMP_HEADER: ts,
         }
         secret = self._env.get(cfg.secret_env, "") if cfg.secret_env else ""
         if cfg.secret_env and not secret:
             # A receiver that expects a signature would reject (or, worse, accept) it unsigned.
             raise TicketError(f"${cfg.secret_env} is empty: the ticket payload cannot be signed")
         if secret:
-            headers["X-Shipwatch-Signature"] = sign(secret, ts, body)
+            headers[SIGNATURE_HEADER] = sign(secret, ts, body)
         try:
             async with session.post(
                 cfg.url,
