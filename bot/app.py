@@ -7,9 +7,8 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bot.config import Settings
+from bot.config import DEFAULT_POLICY, Settings
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus, Notifier
@@ -30,9 +29,6 @@ from bot.writing.llm import LLM
 from bot.writing.narrator import Narrator
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLICY = Path("shipwatch.yaml")
-
 
 def resolve_policy(settings: Settings) -> Policy:
     """The policy file, or the embedded demo policy when the default path does not exist.
@@ -71,9 +67,6 @@ class App:
     narrator: Narrator | None = None
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
-
-    def current_policy(self) -> Policy:
-        return self.policy
 
     async def drain(self, timeout: float) -> bool:
         """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic
@@ -150,15 +143,10 @@ async def build_app(
         return backends.get(service, flags)
 
     actuator = TrafficActuator(store, backend_for, events)
-    app_policy = policy
-
-    def current() -> Policy:
-        return app_policy
-
-    service = ReleaseService(store, current, actuator, events, gates=gates)
+    service = ReleaseService(store, policy, actuator, events, gates=gates)
     controller = Controller(
         store,
-        current,
+        policy,
         source,
         actuator,
         events,
@@ -172,7 +160,7 @@ async def build_app(
         model=settings.llm_model,
         timeout=settings.llm_timeout,
     )
-    narrator = Narrator(store, llm, events, current)
+    narrator = Narrator(store, llm, events, policy)
     events.notifiers.append(narrator)
     return App(
         settings=settings,

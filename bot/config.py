@@ -11,6 +11,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The policy file read when SHIPWATCH_POLICY is unset; when it does not exist either, the
+# embedded demo policy is used (bot.app.resolve_policy).
+DEFAULT_POLICY = Path("shipwatch.yaml")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
@@ -31,7 +35,7 @@ class Settings(BaseSettings):
     llm_model: str = Field(default="gpt-4o-mini", alias="SHIPWATCH_LLM_MODEL")
     llm_timeout: float = Field(default=20.0, alias="SHIPWATCH_LLM_TIMEOUT")
 
-    policy_path: Path = Field(default=Path("shipwatch.yaml"), alias="SHIPWATCH_POLICY")
+    policy_path: Path = Field(default=DEFAULT_POLICY, alias="SHIPWATCH_POLICY")
     data_dir: Path = Field(default=Path(".shipwatch"), alias="SHIPWATCH_DATA_DIR")
     api_tokens: SecretStr | None = Field(default=None, alias="SHIPWATCH_API_TOKENS")
     # Where /deploy reads pre-release gate results (bot.engine.gates): a URL template with {service}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -33,7 +32,7 @@ class SlackNotifier:
         self,
         client: AsyncWebClient,
         store: Store,
-        policy: Callable[[], Policy],
+        policy: Policy,
         retry_interval: float = 15.0,
     ) -> None:
         self.client = client
@@ -83,7 +82,7 @@ class SlackNotifier:
             self._failed("files.upload", event.release, exc)
 
     async def _announce(self, event: ReleaseEvent) -> None:
-        sp = self._policy().services.get(event.release.service)
+        sp = self._policy.services.get(event.release.service)
         channel = (sp.announce_channel or sp.channel) if sp else "#releases"
         message = event_message(event)
         try:
@@ -135,7 +134,7 @@ class SlackNotifier:
             )
 
     async def _post_status(self, release: Release) -> dict[str, str]:
-        sp = self._policy().services.get(release.service)
+        sp = self._policy.services.get(release.service)
         channel = sp.channel if sp else "#releases"
         message = self._status(release)
         try:
@@ -154,7 +153,7 @@ class SlackNotifier:
         return refs
 
     async def _reply(self, event: ReleaseEvent, refs: dict[str, str]) -> None:
-        sp = self._policy().services.get(event.release.service)
+        sp = self._policy.services.get(event.release.service)
         message: Message = (
             event_message(event, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
             if sp
@@ -172,7 +171,7 @@ class SlackNotifier:
             self._failed("chat.postMessage", event.release, exc)
 
     def _status(self, release: Release) -> Message:
-        sp = self._policy().services.get(release.service)
+        sp = self._policy.services.get(release.service)
         if sp is None:
             return status_message(release)
         return status_message(release, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)

@@ -83,7 +83,7 @@ class Rig:
         actuator = TrafficActuator(self.store, lambda _s: self.flags, events)
         self.cleanups += [actuator.close, events.close]
         metrics = source if source is not None else SyntheticSource(seed=2)
-        return Controller(self.store, lambda: self.policy, metrics, actuator, events, tick=TICK,
+        return Controller(self.store, self.policy, metrics, actuator, events, tick=TICK,
                           lease_ttl=LEASE_TTL, owner=owner)
 
     async def get(self, release_id: str) -> Release:
@@ -116,9 +116,9 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     events = EventBus([recorder])
     flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
-    service = ReleaseService(store, lambda: policy, actuator, events)
+    service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=1)
-    controller = Controller(store, lambda: policy, source, actuator, events, tick=TICK,
+    controller = Controller(store, policy, source, actuator, events, tick=TICK,
                             lease_ttl=LEASE_TTL, owner="a")
     events.start()
     rig = Rig(policy, store, flags, events, recorder, actuator, service, source, controller, [])

@@ -18,13 +18,13 @@ from bot.release import rollout
 from bot.release.rollout import CONTROLLER, Actor, MetricCounters, Release, State
 from bot.store.store import AuditEntry, CreateStatus, Store
 from bot.writing.evidence import (
-    LLM_UNAVAILABLE_LABEL,
     NO_LLM_LABEL,
     TIMELINE_LIMIT,
     Change,
     Evidence,
     build_evidence,
     facts_sentence,
+    llm_down_label,
     template_answer,
     template_diagnosis,
     template_release_notes,
@@ -531,8 +531,8 @@ async def test_template_diagnosis_states_facts_and_is_labelled(evidence: Evidenc
     assert lines[3].startswith("Suggested next step: compare latency_p99")
     assert lines[-1] == NO_LLM_LABEL
 
-    unavailable = template_diagnosis(evidence, LLM_UNAVAILABLE_LABEL)
-    assert unavailable.endswith(LLM_UNAVAILABLE_LABEL)
+    unavailable = template_diagnosis(evidence, llm_down_label("timeout"))
+    assert unavailable.endswith(llm_down_label("timeout"))
     assert NO_LLM_LABEL not in unavailable
 
 
@@ -579,10 +579,10 @@ async def test_template_answer_summarises_the_record_and_is_labelled(evidence: E
     assert "Previous release: v1 (#1), succeeded" in text
     assert lines[-1] == NO_LLM_LABEL
 
-    timing = template_answer("how long did the rollback take?", evidence, LLM_UNAVAILABLE_LABEL)
+    timing = template_answer("how long did the rollback take?", evidence, llm_down_label("timeout"))
     assert timing.splitlines()[1].startswith("• Started 2023-11-14 22:13:20 UTC")
     assert "(2.5s from decision to 0%)" in timing
-    assert timing.endswith(LLM_UNAVAILABLE_LABEL)
+    assert timing.endswith(llm_down_label("timeout"))
 
 
 async def test_fallback_texts_keep_numbers_from_the_record_only(evidence: Evidence) -> None:

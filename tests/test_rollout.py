@@ -472,3 +472,11 @@ def test_hold_elapsed_uses_each_steps_own_hold(step: int, elapsed: float,
     release = at_step(step)
 
     assert hold_elapsed(release, release.step_started_at + elapsed) is expected
+
+
+def test_a_record_written_by_an_older_bot_still_loads() -> None:
+    # Records once carried a `messages` map that nothing read; Redis may still hold some.
+    stored = fresh().model_dump(mode="json") | {"messages": {"channel": "C1", "ts": "1.2"}}
+    loaded = Release.model_validate(stored)
+    assert loaded == fresh()
+    assert "messages" not in loaded.model_dump()

@@ -97,7 +97,7 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     events = EventBus([recorder])
     flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
-    service = ReleaseService(store, lambda: policy, actuator, events)
+    service = ReleaseService(store, policy, actuator, events)
     events.start()
     yield Rig(policy, store, flags, events, recorder, actuator, service)
     await actuator.close()

@@ -76,9 +76,9 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     events = EventBus([recorder])
     flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _s: flags, events)
-    service = ReleaseService(store, lambda: policy, actuator, events)
+    service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=5)
-    controller = Controller(store, lambda: policy, source, actuator, events, tick=0.05,
+    controller = Controller(store, policy, source, actuator, events, tick=0.05,
                             lease_ttl=1.0, owner="a")
     events.start()
     yield Rig(store, service, source, controller, recorder, events)

@@ -418,9 +418,9 @@ async def test_rollout_stats_shows_a_success_and_an_automatic_rollback(
     events = EventBus([])
     flags = FlagsBackend(FlagWriter(redis_client))
     actuator = TrafficActuator(store, lambda _service: flags, events)
-    service = ReleaseService(store, lambda: policy, actuator, events)
+    service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=3)
-    controller = Controller(store, lambda: policy, source, actuator, events, tick=0.05,
+    controller = Controller(store, policy, source, actuator, events, tick=0.05,
                             lease_ttl=0.5, owner="stats")
     events.start()
     try:

@@ -49,7 +49,7 @@ class Controller:
     def __init__(
         self,
         store: Store,
-        policy: Callable[[], Policy],
+        policy: Policy,
         source: MetricSource,
         actuator: TrafficActuator,
         events: EventBus,
@@ -62,7 +62,7 @@ class Controller:
         concurrency: int = 64,
     ) -> None:
         self.store = store
-        self._policy = policy
+        self.policy = policy
         self.source = source
         self.actuator = actuator
         self.events = events
@@ -137,7 +137,7 @@ class Controller:
         self._owned = set(tokens)
         stats.owned = len(tokens)
         now = self.clock()
-        policy = self._policy()
+        policy = self.policy
         plans: list[analysis.Plan] = []
         for release in releases:
             if release.id not in tokens or self.actuator.busy(release.id):

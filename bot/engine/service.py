@@ -54,23 +54,19 @@ class ReleaseService:
     def __init__(
         self,
         store: Store,
-        policy: Callable[[], Policy],
+        policy: Policy,
         actuator: TrafficActuator,
         events: EventBus,
         clock: Callable[[], float] = time.time,
         gates: GateChecker | None = None,
     ) -> None:
         self.store = store
-        self._policy = policy
+        self.policy = policy
         self.actuator = actuator
         self.events = events
         self.clock = clock
         # Without a checker, gates can only come from the caller (no status URL is known).
         self.gates = gates or GateChecker()
-
-    @property
-    def policy(self) -> Policy:
-        return self._policy()
 
     # --- permissions ------------------------------------------------------------------------
 

@@ -185,8 +185,6 @@ class Release(BaseModel):
     baseline: dict[str, float] = Field(default_factory=dict)
     rollback_started_at: float | None = None
 
-    # Where adapters render this release (Slack channel/ts/thread_ts), kept across restarts.
-    messages: dict[str, str] = Field(default_factory=dict)
     rev: int = 0
 
     @property

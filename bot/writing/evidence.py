@@ -21,8 +21,17 @@ from bot.release.durations import format_duration
 from bot.release.rollout import MetricCounters, Release, State
 from bot.store.store import AuditEntry, Store
 
+# The labels under what the bot writes, so a reader knows who wrote it: template text (and why)
+# or a model (and which).
 NO_LLM_LABEL = "_(template text: no LLM configured)_"
-LLM_UNAVAILABLE_LABEL = "_(template text: LLM unavailable)_"
+
+
+def llm_down_label(reason: str) -> str:
+    return f"_(template text: the LLM did not answer: {reason})_"
+
+
+def llm_label(model: str) -> str:
+    return f"_(written by {model} from the release record)_"
 
 TIMELINE_LIMIT = 40
 # audit_tail scans 20x this many stream entries to find the service's; a release holding for

@@ -24,9 +24,12 @@ from bot.release.rollout import Release
 from bot.store.store import Store
 from bot.writing.chart import render_png
 from bot.writing.evidence import (
+    NO_LLM_LABEL,
     Evidence,
     build_evidence,
     facts_sentence,
+    llm_down_label,
+    llm_label,
     template_answer,
     template_diagnosis,
     template_release_notes,
@@ -37,8 +40,6 @@ from bot.writing.tickets import Incident, TicketSinks
 
 log = logging.getLogger(__name__)
 
-NO_LLM = "_(template text: no LLM configured)_"
-LLM_DOWN = "_(template text: the LLM did not answer: {reason})_"
 MAX_THREAD_MESSAGES = 30
 
 LinkFor = Callable[[Release], Awaitable[str]]
@@ -54,7 +55,7 @@ class Narrator:
         store: Store,
         llm: LLM,
         events: EventBus,
-        policy: Callable[[], Policy],
+        policy: Policy,
         *,
         link_for: LinkFor = _no_link,
         tickets_for: Callable[[str], TicketSinks | None] | None = None,
@@ -128,7 +129,7 @@ class Narrator:
             points = await self.store.points(release.id)
         except ShipwatchError:
             return []
-        sp = self._policy().services.get(release.service)
+        sp = self._policy.services.get(release.service)
         unit = next((m.unit for m in sp.metrics if m.name == metric), "") if sp else ""
         png = await asyncio.to_thread(
             render_png,
@@ -241,7 +242,7 @@ class Narrator:
     async def _write(self, template: str, **context: Any) -> tuple[str, str]:
         """(text, label): the LLM's text and its label, or ("", why-not label)."""
         if not self.llm.enabled:
-            return "", NO_LLM
+            return "", NO_LLM_LABEL
         system, user = render_pair(template, **context)
         try:
             text = await self.llm.complete(system, user)
@@ -249,13 +250,13 @@ class Narrator:
             log.warning(
                 "LLM unavailable for %s (%s): using the template text", template, exc.reason
             )
-            return "", LLM_DOWN.format(reason=exc.reason)
-        return text.strip(), f"_(written by {self.llm.model} from the release record)_"
+            return "", llm_down_label(exc.reason)
+        return text.strip(), llm_label(self.llm.model)
 
     def _units(self, service: str) -> dict[str, str]:
-        sp = self._policy().services.get(service)
+        sp = self._policy.services.get(service)
         return {m.name: m.unit for m in sp.metrics} if sp else {}
 
     def _tickets_from_policy(self, service: str) -> TicketSinks | None:
-        sp = self._policy().services.get(service)
+        sp = self._policy.services.get(service)
         return TicketSinks(sp.tickets) if sp is not None else None

@@ -34,9 +34,16 @@ import redis.asyncio as aioredis
 from bot.config import Settings
 from bot.redact import redact, redact_obj
 from bot.store.store import Store
-from bot.writing.evidence import Evidence, build_evidence, facts_sentence, template_diagnosis
+from bot.writing.evidence import (
+    NO_LLM_LABEL,
+    Evidence,
+    build_evidence,
+    facts_sentence,
+    llm_down_label,
+    llm_label,
+    template_diagnosis,
+)
 from bot.writing.llm import LLM, LLMError
-from bot.writing.narrator import LLM_DOWN, NO_LLM
 from bot.writing.prompts import render_pair
 from tests.llm_eval.cases import CASES_DIR, Case, CaseError, load_cases, record_case
 from tests.llm_eval.scoring import CRITERIA, Expectations, KnownNumbers, Score, score
@@ -65,11 +72,6 @@ class Outcome:
     @property
     def total(self) -> float:
         return self.score.total if self.score is not None else 0.0
-
-
-def written_label(model: str) -> str:
-    # Narrator._write labels the model's text so.
-    return f"_(written by {model} from the release record)_"
 
 
 def compose(evidence: Evidence, written: str, label: str) -> str:
@@ -107,13 +109,13 @@ async def run_case(store: Store, case: Case, llm: LLM | None) -> Outcome:
     evidence = await build_evidence(store, release, units=case.units)
     system, user = render_pair("diagnosis", evidence=redact_obj(evidence.to_dict()))
 
-    written, label, error = "", NO_LLM, ""
+    written, label, error = "", NO_LLM_LABEL, ""
     if llm is not None:
         try:
             written = (await llm.complete(system, user)).strip()
-            label = written_label(llm.model)
+            label = llm_label(llm.model)
         except LLMError as exc:
-            label, error = LLM_DOWN.format(reason=exc.reason), str(exc)
+            label, error = llm_down_label(exc.reason), str(exc)
     text = compose(evidence, written, label)
     part = written_part(text, facts_sentence(evidence), label)
     if error:
