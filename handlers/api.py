@@ -386,7 +386,7 @@ def record(release: Release) -> Json:
             }
             for a in release.approvals
         ],
-        "last_checks": release.last_checks,
+        "last_checks": [c.to_dict() for c in release.last_checks],
         "last_score": release.last_score,
     }
 
@@ -534,7 +534,7 @@ class RolloutApi:
             {
                 "release": summary(release),
                 "active": release.is_active,
-                "last_checks": release.last_checks,
+                "last_checks": [c.to_dict() for c in release.last_checks],
                 "last_score": release.last_score,
             }
         )

@@ -97,7 +97,7 @@ def _round(release: Release, sp: ServicePolicy, now: float) -> tuple[Release, De
     booked = release.model_copy(
         update={
             "counters": decision.counters,
-            "last_checks": [c.to_dict() for c in result.checks],
+            "last_checks": list(result.checks),
             "last_score": score_record(result.score),
             "last_eval_at": now,
             "evaluations": release.evaluations + 1,

@@ -7,6 +7,7 @@ import ast
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.engine.events import EventKind, ReleaseEvent
+from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Metric, parse_policy
 from bot.release.rollout import (
     CONTROLLER,
@@ -86,29 +88,23 @@ services:
 """
 METRICS: list[Metric] = list(parse_policy(POLICY, "test").services["checkout"].metrics)
 
-PASSING = {
-    "metric": "error_rate",
-    "outcome": "pass",
-    "canary": 0.0041,
-    "control": 0.0038,
-    "reason": "error_rate: 0.0041 within limits (control 0.0038)",
-    "limit": "",
-    "warning": "",
-    "critical": False,
-    "dry_run": False,
-    "query": "",
-    "verdict": None,
-}
-FAILING = {
-    **PASSING,
-    "metric": "latency_p99",
-    "outcome": "fail",
-    "canary": 1.9,
-    "control": 0.25,
-    "reason": "latency_p99: 1.9 s is 7.60x control (limit 2x)",
-    "limit": "ratio 2x",
-    "critical": True,
-}
+PASSING = CheckResult(
+    metric="error_rate",
+    outcome=Outcome.PASS,
+    canary=0.0041,
+    control=0.0038,
+    reason="error_rate: 0.0041 within limits (control 0.0038)",
+)
+FAILING = replace(
+    PASSING,
+    metric="latency_p99",
+    outcome=Outcome.FAIL,
+    canary=1.9,
+    control=0.25,
+    reason="latency_p99: 1.9 s is 7.60x control (limit 2x)",
+    limit="ratio 2x",
+    critical=True,
+)
 CHECKS = [PASSING, FAILING]
 
 
@@ -657,9 +653,9 @@ def test_ephemeral_reply_is_truncated() -> None:
 # --- limits: huge content is cut, never rejected -----------------------------------------------
 
 
-def many_checks(count: int) -> list[dict[str, Any]]:
+def many_checks(count: int) -> list[CheckResult]:
     return [
-        {**FAILING, "metric": f"metric_with_a_long_name_{i:03d}", "reason": "r" * 400}
+        replace(FAILING, metric=f"metric_with_a_long_name_{i:03d}", reason="r" * 400)
         for i in range(count)
     ]
 

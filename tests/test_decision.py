@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from bot.judging.decision import Decision, Verdict, decide
-from bot.judging.thresholds import CheckResult, Outcome
+from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Metric, NoDataPolicy
 from bot.release.rollout import (
     Actor,

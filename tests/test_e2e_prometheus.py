@@ -30,6 +30,7 @@ import yaml
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.engine.events import EventKind
+from bot.release.checks import CheckResult
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
@@ -233,8 +234,8 @@ def assert_stable_only_after(stats: LoadStats, zero_at: float) -> None:
     assert stats.by_pct.get(0, {}).get("v1", 0) > 0
 
 
-def checks_of(checks: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    return [c for c in checks if c.get("metric") == metric]
+def checks_of(checks: Sequence[CheckResult], metric: str) -> list[CheckResult]:
+    return [c for c in checks if c.metric == metric]
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -264,8 +265,8 @@ async def test_healthy_canary_walks_every_step_with_real_traffic(
     # The decisions end with success; the written announcement may follow it.
     decided = [k for k in kinds if k is not EventKind.NOTES_FINAL]
     assert EventKind.BAKING in kinds and decided[-1] is EventKind.SUCCEEDED
-    assert all(c["outcome"] == "pass" for c in done.last_checks), done.last_checks
-    assert {c["metric"] for c in done.last_checks} == {"error_rate", "latency_p99"}
+    assert all(c.outcome == "pass" for c in done.last_checks), done.last_checks
+    assert {c.metric for c in done.last_checks} == {"error_rate", "latency_p99"}
 
     # The flag client saw every step, in order, and nothing else.
     assert rig.pct_history() == STEPS
@@ -332,9 +333,9 @@ async def test_faulty_canary_is_rolled_back_mid_release(
     decisions = [e for e in audit if e.action == "decision:rollback"]
     assert [e.actor for e in decisions] == ["shipwatch"], decisions
     assert metric in done.reason, done.reason
-    failed = [c for c in done.last_checks if c["outcome"] == "fail"]
-    assert [c["metric"] for c in failed] == [metric], done.last_checks
-    assert failed[0]["canary"] is not None and failed[0]["control"] is not None
+    failed = [c for c in done.last_checks if c.outcome == "fail"]
+    assert [c.metric for c in failed] == [metric], done.last_checks
+    assert failed[0].canary is not None and failed[0].control is not None
     kinds = shipwatch.recorder.kinds(service)
     assert EventKind.ROLLBACK_STARTED in kinds and EventKind.ROLLED_BACK in kinds
     assert EventKind.SUCCEEDED not in kinds
@@ -347,9 +348,9 @@ async def test_faulty_canary_is_rolled_back_mid_release(
     if fault is FaultKind.ERRORS:
         assert stats.server_errors.get("v2", 0) > 0
         assert stats.server_errors.get("v1", 0) == 0
-        assert float(failed[0]["canary"]) > float(failed[0]["control"]) + 0.02
+        assert float(failed[0].canary) > float(failed[0].control) + 0.02
     else:
-        assert float(failed[0]["canary"]) > 0.15
+        assert float(failed[0].canary) > 0.15
 
 
 async def test_failing_dry_run_metric_is_reported_but_never_rolls_back(
@@ -379,10 +380,10 @@ async def test_failing_dry_run_metric_is_reported_but_never_rolls_back(
 
     # Reported: the last checks (judged against the baseline while baking) ...
     (latency,) = checks_of(done.last_checks, "latency_p99")
-    assert latency["dry_run"] is True and latency["outcome"] == "fail", latency
-    assert float(latency["canary"]) > 0.15
+    assert latency.dry_run is True and latency.outcome == "fail", latency
+    assert latency.canary is not None and latency.canary > 0.15
     (errors,) = checks_of(done.last_checks, "error_rate")
-    assert errors["outcome"] == "pass" and errors["dry_run"] is False
+    assert errors.outcome == "pass" and errors.dry_run is False
     # ... and the events every step carried.
     reported = [
         c
@@ -390,8 +391,8 @@ async def test_failing_dry_run_metric_is_reported_but_never_rolls_back(
         if e.release.service == DRY_RUN
         for c in checks_of(e.checks, "latency_p99")
     ]
-    assert reported and all(c["dry_run"] is True for c in reported)
-    assert sum(c["outcome"] == "fail" for c in reported) >= len(STEPS) - 1
+    assert reported and all(c.dry_run is True for c in reported)
+    assert sum(c.outcome == "fail" for c in reported) >= len(STEPS) - 1
     # Never counted against the release.
     assert "latency_p99" not in done.counters or done.counters["latency_p99"].total_failures == 0
 
@@ -427,11 +428,12 @@ async def test_statistical_judge_rolls_back_a_canary_slower_than_the_control_und
     assert zero_at is not None
     report(record_property, f"{SLOWER} (+10 ms on 20 ms)", zero_at - onset)
     (mean,) = checks_of(done.last_checks, "latency_mean")
-    assert mean["outcome"] == "fail"
-    verdict = mean["verdict"]
+    assert mean.outcome == "fail"
+    verdict = mean.verdict
+    assert verdict is not None
     assert verdict["classification"] == "high" and verdict["ci_low"] > 0
     assert verdict["mean_ratio"] >= 1.2
     # The thresholds saw nothing wrong: it was the statistical judge alone.
     (p99,) = checks_of(done.last_checks, "latency_p99")
-    assert p99["outcome"] == "pass", p99
+    assert p99.outcome == "pass", p99
     assert done.last_score is not None and done.last_score["verdict"] == "fail"

@@ -25,6 +25,7 @@ from bot.engine.events import EventKind, ReleaseEvent
 from bot.flags import FlagWriter
 from bot.judging.thresholds import fmt
 from bot.redact import redact
+from bot.release.checks import CheckResult
 from bot.release.policy import Policy
 from bot.release.rollout import Release, State
 from bot.render.blocks import (
@@ -224,10 +225,10 @@ def sections(message: Json) -> list[str]:
     ]
 
 
-def latency_check(release: Release) -> Json:
+def latency_check(release: Release) -> CheckResult:
     """The release's one failing check (latency_p99, the injected fault)."""
-    failing = [c for c in release.last_checks if c["outcome"] == "fail"]
-    assert [c["metric"] for c in failing] == ["latency_p99"], failing
+    failing = [c for c in release.last_checks if c.outcome == "fail"]
+    assert [c.metric for c in failing] == ["latency_p99"], failing
     return failing[0]
 
 
@@ -237,7 +238,7 @@ def facts_for(release: Release) -> str:
     weight = release.weights[release.step]
     return (
         f"Rolled back at the {weight}% step because latency_p99 was "
-        f"{fmt(check['canary'], 's')} against {fmt(check['control'], 's')} on the control "
+        f"{fmt(check.canary, 's')} against {fmt(check.control, 's')} on the control "
         "(limit ratio 2x), a critical metric that rolls back on a single failed check."
     )
 
@@ -336,8 +337,8 @@ async def test_automatic_rollback_diagnosis_is_our_facts_then_the_llm_cause_and_
     check = latency_check(release)
     assert facts in user
     assert (
-        f"- latency_p99: canary {fmt(check['canary'], 's')}, control "
-        f"{fmt(check['control'], 's')}, limit ratio 2x, critical metric"
+        f"- latency_p99: canary {fmt(check.canary, 's')}, control "
+        f"{fmt(check.control, 's')}, limit ratio 2x, critical metric"
     ) in user
     assert f"plan: {'% → '.join(str(w) for w in release.weights)}%" in user
     assert f"stopped at: step {release.step + 1} of {len(release.weights)}" in user

@@ -8,6 +8,7 @@ import pytest
 
 from bot.errors import ConflictError
 from bot.judging.decision import Verdict, decide
+from bot.release.checks import CheckResult, Outcome
 from bot.release.rollout import (
     ACTIVE,
     CONTROLLER,
@@ -53,6 +54,11 @@ def fresh(*, risk: str = "normal", weights: list[int] | None = None,
         interval=30.0, bake=3600.0, strategy="canary", risk=risk, notes="fixes #12",
         actor=ALICE, now=NOW,
     )
+
+
+def check(metric: str, outcome: Outcome, canary: float | None, control: float | None
+          ) -> CheckResult:
+    return CheckResult(metric=metric, outcome=outcome, canary=canary, control=control, reason="")
 
 
 def at_step(step: int) -> Release:
@@ -287,9 +293,9 @@ def test_advance_walks_the_steps_and_restarts_the_hold() -> None:
 
 def test_the_last_step_enters_baking_with_the_control_frozen_as_baseline() -> None:
     release = at_step(3).model_copy(update={"last_checks": [
-        {"metric": "error_rate", "outcome": "pass", "canary": 0.011, "control": 0.01},
-        {"metric": "latency_p99", "outcome": "pass", "canary": 0.3, "control": 1},
-        {"metric": "conversions", "outcome": "no_data", "canary": None, "control": None},
+        check("error_rate", Outcome.PASS, 0.011, 0.01),
+        check("latency_p99", Outcome.PASS, 0.3, 1),
+        check("conversions", Outcome.NO_DATA, None, None),
     ]})
 
     baking = advance(release, CAROL, NOW + 9_000)
@@ -303,14 +309,14 @@ def test_the_last_step_enters_baking_with_the_control_frozen_as_baseline() -> No
 def test_an_existing_baseline_is_not_overwritten() -> None:
     release = at_step(3).model_copy(update={
         "baseline": {"error_rate": 0.002},
-        "last_checks": [{"metric": "error_rate", "control": 0.5}],
+        "last_checks": [check("error_rate", Outcome.PASS, 0.6, 0.5)],
     })
 
     assert advance(release, CAROL, NOW + 9_000).baseline == {"error_rate": 0.002}
 
 
 def test_intermediate_steps_do_not_freeze_a_baseline() -> None:
-    release = fresh().model_copy(update={"last_checks": [{"metric": "e", "control": 0.5}]})
+    release = fresh().model_copy(update={"last_checks": [check("e", Outcome.PASS, 0.6, 0.5)]})
 
     assert advance(release, CAROL, NOW + 10).baseline == {}
 
@@ -358,7 +364,7 @@ def test_approving_a_high_risk_release_starts_its_first_step() -> None:
 
 def test_approvals_accumulate_and_the_last_one_enters_baking() -> None:
     release = fresh(risk="high").model_copy(update={"last_checks": [
-        {"metric": "latency", "control": 0.25}]})
+        check("latency", Outcome.PASS, 0.26, 0.25)]})
     t = NOW
     release = approve(release, DAVE, t)
     while release.state is State.PROGRESSING:

@@ -110,9 +110,10 @@ async def test_a_canary_slower_than_the_control_but_under_the_limits_is_rolled_b
 
     assert done.state is State.ROLLED_BACK
     assert "latency_p99 is high" in done.reason
-    latency = next(c for c in done.last_checks if c["metric"] == "latency_p99")
-    assert latency["outcome"] == "fail"
-    verdict = latency["verdict"]
+    latency = next(c for c in done.last_checks if c.metric == "latency_p99")
+    assert latency.outcome == "fail"
+    verdict = latency.verdict
+    assert verdict is not None
     assert verdict["classification"] == "high"
     assert verdict["critical"] is False  # 1.3x is under the critical effect size (1.5)
     assert verdict["ci_low"] > 0 and verdict["mean_ratio"] > 1.1
@@ -147,8 +148,8 @@ async def test_a_healthy_canary_scores_100_and_succeeds(rig: Rig) -> None:
     assert advanced and advanced[0].release.last_score is not None
     assert advanced[0].release.last_score["value"] == 100
     # While baking there is no control series: the statistical judge says so and stays idle.
-    latency = next(c for c in done.last_checks if c["metric"] == "latency_p99")
-    assert "idle while baking" in latency["reason"]
+    latency = next(c for c in done.last_checks if c.metric == "latency_p99")
+    assert "idle while baking" in latency.reason
 
 
 async def test_a_failing_dry_run_metric_is_reported_but_never_rolls_back(rig: Rig) -> None:
@@ -160,8 +161,8 @@ async def test_a_failing_dry_run_metric_is_reported_but_never_rolls_back(rig: Ri
         current = await rig.store.get(release.id)
         assert current is not None
         for check in current.last_checks:
-            if check["metric"] == "latency_p99" and check["outcome"] == "fail":
-                assert check["dry_run"] is True
+            if check.metric == "latency_p99" and check.outcome == "fail":
+                assert check.dry_run is True
                 seen_fail = True
         if not current.is_active:
             break

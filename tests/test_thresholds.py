@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.judging.thresholds import CheckResult, Outcome, fmt, judge
+from bot.judging.thresholds import fmt, judge
 from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, Side
+from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Direction, Metric
 
 CANARY_PROMQL = 'sum(rate(errors{version="v2"}[60s]))'

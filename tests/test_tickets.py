@@ -456,11 +456,11 @@ async def test_an_automatic_rollback_files_tickets_and_says_where_in_the_thread(
     )
     [metric] = payload["metrics"]
     assert set(metric) == METRIC_FIELDS
-    [latency] = [c for c in release.last_checks if c["metric"] == "latency_p99"]
+    [latency] = [c for c in release.last_checks if c.metric == "latency_p99"]
     assert (metric["metric"], metric["canary"], metric["control"], metric["limit"]) == (
         "latency_p99",
-        latency["canary"],
-        latency["control"],
+        latency.canary,
+        latency.control,
         "ratio 2x",
     )
     assert (payload["decided_at"], payload["rolled_back_at"]) == (

@@ -23,11 +23,11 @@ from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import StoreError
 from bot.judging import analysis
 from bot.judging.decision import Decision, Verdict, decide
-from bot.judging.thresholds import CheckResult
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
 from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release import rollout
+from bot.release.checks import CheckResult
 from bot.release.policy import Policy
 from bot.release.rollout import CONTROLLER, Release, State
 from bot.store.store import AuditEntry, CommitStatus, Store
@@ -230,7 +230,7 @@ class Controller:
                 booked = release.model_copy(
                     update={
                         "counters": decision.counters,
-                        "last_checks": [c.to_dict() for c in checks],
+                        "last_checks": list(checks),
                         "last_score": score,
                         "last_eval_at": now,
                         "evaluations": release.evaluations + 1,

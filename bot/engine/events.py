@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot.observe.logs import log_context
+from bot.release.checks import CheckResult
 from bot.release.rollout import Release
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ReleaseEvent:
     release: Release
     message: str
     actor: str = "shipwatch"
-    checks: Sequence[dict[str, Any]] = ()
+    checks: Sequence[CheckResult] = ()
     at: float = field(default_factory=time.time)
     files: Sequence[tuple[str, bytes]] = ()  # (file name, content) to attach, e.g. a chart
 

@@ -21,7 +21,7 @@ from bot.judging.statistical import (
     classify_score,
     score,
 )
-from bot.judging.thresholds import CheckResult, Outcome, judge, too_little_traffic
+from bot.judging.thresholds import judge, too_little_traffic
 from bot.metrics.base import (
     REQUESTS_METRIC,
     MetricQuery,
@@ -30,6 +30,7 @@ from bot.metrics.base import (
     SeriesResult,
     Side,
 )
+from bot.release.checks import CheckResult, Outcome
 from bot.release.durations import prometheus_range
 from bot.release.policy import Metric, ServicePolicy, render_template
 from bot.release.rollout import Release, State

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from bot.judging.analysis import ScoreResult
 from bot.judging.statistical import ScoreClass
-from bot.judging.thresholds import CheckResult, Outcome
+from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Metric, NoDataPolicy
 from bot.release.rollout import MetricCounters, Release, State, hold_elapsed
 

@@ -8,39 +8,10 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
-from enum import StrEnum
-from typing import Any
 
 from bot.metrics.base import QueryResult, QueryStatus
+from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Direction, Metric
-
-
-class Outcome(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    NO_DATA = "no_data"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    metric: str
-    outcome: Outcome
-    canary: float | None
-    control: float | None
-    reason: str
-    limit: str = ""  # the rule that decided, e.g. "max 0.05" or "max_ratio 2x"
-    warning: str = ""  # a warn_* level crossed (never fails the check)
-    critical: bool = False
-    dry_run: bool = False
-    query: str = ""  # the exact query, for errors and no-data
-    verdict: dict[str, Any] | None = None  # the statistical judge's verdict, when it ran
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["outcome"] = self.outcome.value
-        return out
 
 
 def fmt(value: float | None, unit: str = "") -> str:

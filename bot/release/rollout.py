@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import ConflictError
+from bot.release.checks import CheckResult
 from bot.release.durations import format_duration
 
 # The version of the release record's JSON shape; bump it with a migration when a field changes
@@ -177,7 +178,7 @@ class Release(BaseModel):
 
     # Analysis bookkeeping.
     counters: dict[str, MetricCounters] = Field(default_factory=dict)
-    last_checks: list[dict[str, Any]] = Field(default_factory=list)
+    last_checks: list[CheckResult] = Field(default_factory=list)
     last_score: dict[str, Any] | None = None  # the statistical judge's canary score
     last_eval_at: float | None = None
     evaluations: int = 0
@@ -274,12 +275,7 @@ def _enter_step(
 
 
 def _control_values(release: Release) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for check in release.last_checks:
-        value = check.get("control")
-        if isinstance(value, int | float):
-            out[str(check["metric"])] = float(value)
-    return out
+    return {c.metric: float(c.control) for c in release.last_checks if c.control is not None}
 
 
 def advance(release: Release, actor: Actor, now: float, reason: str = "") -> Release:

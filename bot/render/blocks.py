@@ -24,6 +24,7 @@ from typing import Any
 
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.judging.thresholds import fmt
+from bot.release.checks import CheckResult, Outcome
 from bot.release.durations import format_duration
 from bot.release.policy import Direction, Metric
 from bot.release.rollout import CONTROLLER, GateRecord, Release, State
@@ -443,7 +444,7 @@ def _number(value: Any, unit: str) -> str:
 
 
 def checks_table(
-    checks: Sequence[Mapping[str, Any]],
+    checks: Sequence[CheckResult],
     metrics: Sequence[Metric] = (),
     *,
     control_label: str = "control",
@@ -454,24 +455,23 @@ def checks_table(
     Rows that do not fit ``budget`` are counted in a last row instead of being cut mid-row.
     """
     by_name = {m.name: m for m in metrics}
-    names = [str(c.get("metric", "?")) for c in checks]
+    names = [c.metric for c in checks]
     width = min(max([len(n) for n in names] + [6]), 22)
     head = f"{'':<4} {'metric':<{width}} {'canary':>9} {control_label:>9}  limit"
     rows = []
     for check, name in zip(checks, names, strict=True):
         metric = by_name.get(name)
         unit = metric.unit if metric else ""
-        outcome = str(check.get("outcome", ""))
-        flag = _FLAGS.get(outcome, "?")
-        if outcome == "pass" and check.get("warning"):
+        flag = _FLAGS.get(check.outcome, "?")
+        if check.outcome is Outcome.PASS and check.warning:
             flag = "warn"
-        limit = limit_text(metric) if metric else str(check.get("limit") or "")
-        if check.get("dry_run") and "dry run" not in limit:
+        limit = limit_text(metric) if metric else check.limit
+        if check.dry_run and "dry run" not in limit:
             limit = f"{limit}, dry run" if limit else "dry run"
         short = name if len(name) <= width else name[: width - 1] + "…"
         rows.append(
-            f"{flag:<4} {short:<{width}} {_number(check.get('canary'), unit):>9} "
-            f"{_number(check.get('control'), unit):>9}  {limit}"
+            f"{flag:<4} {short:<{width}} {_number(check.canary, unit):>9} "
+            f"{_number(check.control, unit):>9}  {limit}"
         )
     lines = [esc(head)]
     used = _units(head) + 8  # the fences
@@ -486,38 +486,36 @@ def checks_table(
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-def _problems(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+def _problems(checks: Sequence[CheckResult]) -> list[str]:
     """One line per check that did not pass cleanly: its reason, or its warning."""
     out = []
     for check in checks:
-        outcome = check.get("outcome")
-        if outcome != "pass":
-            mark = "🔴" if outcome == "fail" else "⚪"
-            dry = " (dry run, not acted on)" if check.get("dry_run") else ""
-            out.append(f"{mark} {esc(str(check.get('reason', '')))}{dry}")
-        elif check.get("warning"):
-            out.append(f"🟡 {esc(str(check['warning']))}")
+        if check.outcome is not Outcome.PASS:
+            mark = "🔴" if check.outcome is Outcome.FAIL else "⚪"
+            dry = " (dry run, not acted on)" if check.dry_run else ""
+            out.append(f"{mark} {esc(check.reason)}{dry}")
+        elif check.warning:
+            out.append(f"🟡 {esc(check.warning)}")
     return out
 
 
 def _failing(
-    checks: Sequence[Mapping[str, Any]], metrics: Sequence[Metric], control_label: str
+    checks: Sequence[CheckResult], metrics: Sequence[Metric], control_label: str
 ) -> list[str]:
     """'latency_p99: canary 1.9 s, limit ratio 2x, control 0.25 s' for each acted-on failure."""
     units = {m.name: m.unit for m in metrics}
     out = []
     for check in checks:
-        if check.get("outcome") != "fail" or check.get("dry_run"):
+        if check.outcome is not Outcome.FAIL or check.dry_run:
             continue
-        name = str(check.get("metric", "?"))
-        unit = units.get(name, "")
-        limit = str(check.get("limit") or "see reason")
+        unit = units.get(check.metric, "")
+        limit = check.limit or "see reason"
         out.append(
-            f"• *{esc(name)}*: canary *{_number(check.get('canary'), unit)}*, "
-            f"limit `{esc(limit)}`, {control_label} {_number(check.get('control'), unit)}"
-            f"{' (critical)' if check.get('critical') else ''}\n"
+            f"• *{esc(check.metric)}*: canary *{_number(check.canary, unit)}*, "
+            f"limit `{esc(limit)}`, {control_label} {_number(check.control, unit)}"
+            f"{' (critical)' if check.critical else ''}\n"
             # No _italics_: metric names are full of underscores and would break them.
-            f"   ↳ {esc(str(check.get('reason', '')))}"
+            f"   ↳ {esc(check.reason)}"
         )
     return out
 
@@ -536,7 +534,7 @@ def _control_label(release: Release) -> str:
 
 def _checks_blocks(
     release: Release,
-    checks: Sequence[Mapping[str, Any]],
+    checks: Sequence[CheckResult],
     metrics: Sequence[Metric],
     title: str,
 ) -> list[dict[str, Any]]:

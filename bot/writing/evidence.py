@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 
 from bot.judging.decision import SCORE_COUNTER
 from bot.judging.thresholds import fmt
+from bot.release.checks import CheckResult
 from bot.release.durations import format_duration
 from bot.release.rollout import MetricCounters, Release, State
 from bot.store.store import AuditEntry, Store
@@ -310,26 +311,23 @@ def _number(value: Any) -> float | None:
 
 
 def _check(
-    raw: Mapping[str, Any], counters: Mapping[str, MetricCounters], units: Mapping[str, str]
+    check: CheckResult, counters: Mapping[str, MetricCounters], units: Mapping[str, str]
 ) -> CheckFact:
-    metric = str(raw.get("metric", "?"))
-    unit = str(raw.get("unit") or units.get(metric, ""))
-    canary = _number(raw.get("canary"))
-    control = _number(raw.get("control"))
-    counter = counters.get(metric, MetricCounters())
+    unit = units.get(check.metric, "")
+    counter = counters.get(check.metric, MetricCounters())
     return CheckFact(
-        metric=metric,
-        outcome=str(raw.get("outcome", "")),
-        canary=canary,
-        control=control,
+        metric=check.metric,
+        outcome=check.outcome.value,
+        canary=check.canary,
+        control=check.control,
         unit=unit,
-        canary_text=fmt(canary, unit),
-        control_text=fmt(control, unit),
-        limit=str(raw.get("limit") or ""),
-        reason=_short(str(raw.get("reason") or "")),
-        warning=_short(str(raw.get("warning") or "")),
-        critical=bool(raw.get("critical")),
-        dry_run=bool(raw.get("dry_run")),
+        canary_text=fmt(check.canary, unit),
+        control_text=fmt(check.control, unit),
+        limit=check.limit,
+        reason=_short(check.reason),
+        warning=_short(check.warning),
+        critical=check.critical,
+        dry_run=check.dry_run,
         consecutive_failures=counter.consecutive_failures,
         total_failures=counter.total_failures,
     )

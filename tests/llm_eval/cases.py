@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.release.checks import CheckResult
 from bot.release.rollout import (
     CONTROLLER,
     Action,
@@ -123,7 +124,7 @@ class ReleaseSpec(_Strict):
     finished_at: float | None = None  # None while still rolling back
     approvals: list[ApprovalSpec] = Field(default_factory=list)
 
-    last_checks: list[dict[str, Any]] = Field(default_factory=list)
+    last_checks: list[CheckResult] = Field(default_factory=list)
     counters: dict[str, MetricCounters] = Field(default_factory=dict)
     last_score: dict[str, Any] | None = None
     evaluations: int = 0
@@ -137,10 +138,6 @@ class ReleaseSpec(_Strict):
             raise ValueError(f"step {self.step} is outside weights {self.weights}")
         if self.state == "rolled_back" and self.finished_at is None:
             raise ValueError("a rolled_back release needs finished_at")
-        for i, check in enumerate(self.last_checks):
-            missing = {"metric", "outcome"} - check.keys()
-            if missing:
-                raise ValueError(f"last_checks[{i}] lacks {sorted(missing)}")
         for i, change in enumerate(self.changes):
             if not str(change.get("title") or "").strip():
                 raise ValueError(f"changes[{i}] has no title")
