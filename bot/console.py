@@ -23,7 +23,7 @@ from bot.engine.events import EventKind, ReleaseEvent
 from bot.engine.service import Result
 from bot.errors import ConflictError, DependencyError, UserError
 from bot.metrics.synthetic import SyntheticSource
-from bot.release.commands import parse
+from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Actor, Release
@@ -226,17 +226,17 @@ class Console:
             self.say(CONSOLE_HELP)
             return
         cmd = parse(line)
-        if cmd.verb == "help":
+        if cmd.verb is Verb.HELP:
             self.say(CONSOLE_HELP)
             return
-        if cmd.verb == "status":
+        if cmd.verb is Verb.STATUS:
             if not await self._show_status(cmd.service):
                 self.say(f"no releases of {cmd.service} yet")
             return
         actor = Actor(user=self.user, surface="console")
         # The same dispatcher as the Slack commands: the console is another face of the core.
         reply = await dispatch.run(self.app.service, cmd, actor)
-        if cmd.verb == "deploy" and not reply.duplicate:
+        if cmd.verb is Verb.DEPLOY and not reply.duplicate:
             # The "started" event first, then the status message with its buttons, in the
             # order Slack shows them (the message, then the thread).
             await self.app.events.drain()

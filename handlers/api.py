@@ -68,7 +68,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -88,7 +88,7 @@ from bot.errors import (
 )
 from bot.observe.logs import log_context
 from bot.release.gates import GateReport
-from bot.release.policy import Policy
+from bot.release.policy import Policy, Risk
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store.store import Lock
@@ -249,7 +249,7 @@ class RolloutRequest(BaseModel):
     service: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=128)
     changes: list[ChangeIn] = Field(max_length=500)
-    risk: Literal["normal", "high"] | None = None
+    risk: Risk | None = None
     # Shown in Slack as "<requested_by> (via <token name>)": no parentheses, so nobody can
     # append a "(via ...)" of their own, and no angle brackets or control characters.
     requested_by: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f()<>]+$")

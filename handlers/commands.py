@@ -11,7 +11,7 @@ from bot.engine import dispatch
 from bot.errors import CommandError, UnknownServiceError
 from bot.observe import telemetry
 from bot.observe.logs import log_context
-from bot.release.commands import USAGE, parse
+from bot.release.commands import USAGE, Verb, parse
 from bot.render.blocks import ephemeral
 from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
@@ -54,7 +54,7 @@ async def on_command(core: Core, command: dict[str, Any]) -> None:
     except Exception as exc:
         message = error_message(exc, what=line)
     else:
-        if reply.release is not None and cmd.verb == "status":
+        if reply.release is not None and cmd.verb is Verb.STATUS:
             message = status_of(core, reply.release)
         else:
             message = ephemeral(reply.text)

@@ -24,7 +24,7 @@ from slack_sdk.models.blocks import (
 
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.release.checks import CheckResult, Outcome
-from bot.release.policy import Metric, parse_policy
+from bot.release.policy import Metric, Risk, Strategy, parse_policy
 from bot.release.rollout import (
     CONTROLLER,
     Actor,
@@ -122,8 +122,8 @@ def fresh(risk: str = "normal", **changes: Any) -> Release:
         holds=[900.0] * 5,
         interval=30.0,
         bake=3600.0,
-        strategy="canary",
-        risk=risk,
+        strategy=Strategy.CANARY,
+        risk=Risk(risk),
         notes="",
         actor=ALICE,
         now=NOW - 600,

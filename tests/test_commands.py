@@ -5,65 +5,68 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import CommandError, UserError
-from bot.release.commands import USAGE, Command, parse
+from bot.release.commands import USAGE, Command, Verb, parse
+from bot.release.policy import Risk, Strategy
 from bot.release.request import DeployOptions
 
-DEPLOY_USAGE = USAGE["deploy"]
+DEPLOY_USAGE = USAGE[Verb.DEPLOY]
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("deploy checkout v2.4.1", Command("deploy", "checkout", "v2.4.1")),
-        ("/deploy Checkout v2.4.1-RC1", Command("deploy", "checkout", "v2.4.1-RC1")),
-        ("/rollout deploy search v9", Command("deploy", "search", "v9")),
-        ("/DEPLOY checkout v1", Command("deploy", "checkout", "v1")),
+        ("deploy checkout v2.4.1", Command(Verb.DEPLOY, "checkout", "v2.4.1")),
+        ("/deploy Checkout v2.4.1-RC1", Command(Verb.DEPLOY, "checkout", "v2.4.1-RC1")),
+        ("/rollout deploy search v9", Command(Verb.DEPLOY, "search", "v9")),
+        ("/DEPLOY checkout v1", Command(Verb.DEPLOY, "checkout", "v1")),
         (
             "deploy checkout v2 --hold=5m --risk=high --notes=fix the cart",
-            Command("deploy", "checkout", "v2", "fix the cart",
-                    DeployOptions(risk="high", hold=300.0, notes="fix the cart")),
+            Command(Verb.DEPLOY, "checkout", "v2", "fix the cart",
+                    DeployOptions(risk=Risk.HIGH, hold=300.0, notes="fix the cart")),
         ),
         (
             "/deploy checkout v2.4.1 --risk high --strategy canary --steps 1,10,50,100 "
             "--hold 15m --stable v2.4.0 --notes fixes the cart total",
-            Command("deploy", "checkout", "v2.4.1", "fixes the cart total",
-                    DeployOptions(risk="high", strategy="canary", steps=[1, 10, 50, 100],
+            Command(Verb.DEPLOY, "checkout", "v2.4.1", "fixes the cart total",
+                    DeployOptions(risk=Risk.HIGH, strategy=Strategy.CANARY, steps=[1, 10, 50, 100],
                                   hold=900.0, notes="fixes the cart total", stable="v2.4.0")),
         ),
         (
             "deploy --risk normal checkout --hold 90s v3",
-            Command("deploy", "checkout", "v3",
-                    options=DeployOptions(risk="normal", hold=90.0)),
+            Command(Verb.DEPLOY, "checkout", "v3",
+                    options=DeployOptions(risk=Risk.NORMAL, hold=90.0)),
         ),
         (
             "deploy checkout v3 --strategy blue-green",
-            Command("deploy", "checkout", "v3", options=DeployOptions(strategy="blue_green")),
+            Command(
+                Verb.DEPLOY, "checkout", "v3", options=DeployOptions(strategy=Strategy.BLUE_GREEN)
+            ),
         ),
         (
             "deploy checkout v3 --steps 5%,50%,100%",
-            Command("deploy", "checkout", "v3", options=DeployOptions(steps=[5, 50, 100])),
+            Command(Verb.DEPLOY, "checkout", "v3", options=DeployOptions(steps=[5, 50, 100])),
         ),
         (
             "deploy checkout v3 --hold 1h30m",
-            Command("deploy", "checkout", "v3", options=DeployOptions(hold=5400.0)),
+            Command(Verb.DEPLOY, "checkout", "v3", options=DeployOptions(hold=5400.0)),
         ),
         (
             'deploy checkout v3 --notes "quoted  notes" --risk high tail',
-            Command("deploy", "checkout", "v3", "quoted  notes --risk high tail",
+            Command(Verb.DEPLOY, "checkout", "v3", "quoted  notes --risk high tail",
                     DeployOptions(notes="quoted  notes --risk high tail")),
         ),
         (
             "deploy checkout v3 --notes",
-            Command("deploy", "checkout", "v3"),
+            Command(Verb.DEPLOY, "checkout", "v3"),
         ),
         (
             "/deploy checkout v3 --force --stable v2",
-            Command("deploy", "checkout", "v3",
+            Command(Verb.DEPLOY, "checkout", "v3",
                     options=DeployOptions(stable="v2", force=True)),
         ),
         (
             "/deploy --force checkout v3 --notes past a flaky scan",
-            Command("deploy", "checkout", "v3", "past a flaky scan",
+            Command(Verb.DEPLOY, "checkout", "v3", "past a flaky scan",
                     DeployOptions(notes="past a flaky scan", force=True)),
         ),
     ],
@@ -84,29 +87,29 @@ def test_notes_swallow_the_rest_of_the_line_even_options() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("/rollout status checkout", Command("status", "checkout")),
-        ("/rollout status Checkout", Command("status", "checkout")),
-        ("/rollout STATUS x", Command("status", "x")),
-        ("/rollout", Command("help")),
-        ("/rollout help", Command("help")),
-        ("/rollout list", Command("list")),
-        ("/rollout stats", Command("stats", days=7)),
-        ("/rollout stats Search", Command("stats", "search", days=7)),
-        ("/rollout stats search --days 30", Command("stats", "search", days=30)),
-        ("/rollout stats --days=1 search", Command("stats", "search", days=1)),
-        ("/rollout stats --days 365", Command("stats", days=365)),
-        ("/rollout history checkout 5", Command("history", "checkout", text="5")),
-        ("/rollout approve payments", Command("approve", "payments")),
-        ("/rollout pause checkout waiting for QA", Command("pause", "checkout",
+        ("/rollout status checkout", Command(Verb.STATUS, "checkout")),
+        ("/rollout status Checkout", Command(Verb.STATUS, "checkout")),
+        ("/rollout STATUS x", Command(Verb.STATUS, "x")),
+        ("/rollout", Command(Verb.HELP)),
+        ("/rollout help", Command(Verb.HELP)),
+        ("/rollout list", Command(Verb.LIST)),
+        ("/rollout stats", Command(Verb.STATS, days=7)),
+        ("/rollout stats Search", Command(Verb.STATS, "search", days=7)),
+        ("/rollout stats search --days 30", Command(Verb.STATS, "search", days=30)),
+        ("/rollout stats --days=1 search", Command(Verb.STATS, "search", days=1)),
+        ("/rollout stats --days 365", Command(Verb.STATS, days=365)),
+        ("/rollout history checkout 5", Command(Verb.HISTORY, "checkout", text="5")),
+        ("/rollout approve payments", Command(Verb.APPROVE, "payments")),
+        ("/rollout pause checkout waiting for QA", Command(Verb.PAUSE, "checkout",
                                                            text="waiting for QA")),
-        ("/rollout resume checkout", Command("resume", "checkout")),
-        ("/rollout lock checkout code freeze", Command("lock", "checkout", text="code freeze")),
-        ("/rollout unlock checkout", Command("unlock", "checkout")),
-        ("/advance checkout", Command("advance", "checkout")),
-        ("/rollback checkout p99 doubled", Command("rollback", "checkout",
+        ("/rollout resume checkout", Command(Verb.RESUME, "checkout")),
+        ("/rollout lock checkout code freeze", Command(Verb.LOCK, "checkout", text="code freeze")),
+        ("/rollout unlock checkout", Command(Verb.UNLOCK, "checkout")),
+        ("/advance checkout", Command(Verb.ADVANCE, "checkout")),
+        ("/rollback checkout p99 doubled", Command(Verb.ROLLBACK, "checkout",
                                                    text="p99 doubled")),
-        ('/rollback checkout "errors up"', Command("rollback", "checkout", text="errors up")),
-        ("rollback checkout", Command("rollback", "checkout")),
+        ('/rollback checkout "errors up"', Command(Verb.ROLLBACK, "checkout", text="errors up")),
+        ("rollback checkout", Command(Verb.ROLLBACK, "checkout")),
     ],
 )
 def test_other_commands(line: str, expected: Command) -> None:
@@ -116,15 +119,15 @@ def test_other_commands(line: str, expected: Command) -> None:
 @pytest.mark.parametrize(
     ("line", "message", "usage"),
     [
-        ("", "empty command", USAGE["help"]),
-        ("   ", "empty command", USAGE["help"]),
+        ("", "empty command", USAGE[Verb.HELP]),
+        ("   ", "empty command", USAGE[Verb.HELP]),
         ("/ship checkout v1", "unknown command `ship`", "advance | approve | deploy"),
         ("/rollout launch checkout", "unknown command `launch`", "history | list | lock"),
         ("/deploy", "`deploy` needs a service", DEPLOY_USAGE),
-        ("/rollout status", "`status` needs a service", USAGE["status"]),
-        ("/rollback", "`rollback` needs a service", USAGE["rollback"]),
-        ("/rollout approve", "`approve` needs a service", USAGE["approve"]),
-        ("/rollout lock", "`lock` needs a service", USAGE["lock"]),
+        ("/rollout status", "`status` needs a service", USAGE[Verb.STATUS]),
+        ("/rollback", "`rollback` needs a service", USAGE[Verb.ROLLBACK]),
+        ("/rollout approve", "`approve` needs a service", USAGE[Verb.APPROVE]),
+        ("/rollout lock", "`lock` needs a service", USAGE[Verb.LOCK]),
         ("/deploy checkout", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy checkout v1 v2", "deploy takes a service and a version", DEPLOY_USAGE),
         ("/deploy --notes checkout v1", "deploy takes a service and a version", DEPLOY_USAGE),
@@ -142,14 +145,14 @@ def test_other_commands(line: str, expected: Command) -> None:
         ("/deploy checkout v1 --risk HIGH", "bad --risk `HIGH`", DEPLOY_USAGE),
         ("/deploy checkout v1 --strategy linear", "bad --strategy `linear`", DEPLOY_USAGE),
         ("/rollout stats --days 0", "bad --days `0`: use a whole number of days from 1 to 365",
-         USAGE["stats"]),
-        ("/rollout stats --days 366", "bad --days `366`", USAGE["stats"]),
-        ("/rollout stats --days=week", "bad --days `week`", USAGE["stats"]),
-        ("/rollout stats --days -3", "bad --days `-3`", USAGE["stats"]),
-        ("/rollout stats checkout --days", "`--days` needs a value", USAGE["stats"]),
-        ("/rollout stats --weeks 2", "unknown option `--weeks`", USAGE["stats"]),
+         USAGE[Verb.STATS]),
+        ("/rollout stats --days 366", "bad --days `366`", USAGE[Verb.STATS]),
+        ("/rollout stats --days=week", "bad --days `week`", USAGE[Verb.STATS]),
+        ("/rollout stats --days -3", "bad --days `-3`", USAGE[Verb.STATS]),
+        ("/rollout stats checkout --days", "`--days` needs a value", USAGE[Verb.STATS]),
+        ("/rollout stats --weeks 2", "unknown option `--weeks`", USAGE[Verb.STATS]),
         ("/rollout stats checkout payments", "stats takes at most one service",
-         USAGE["stats"]),
+         USAGE[Verb.STATS]),
     ],
 )
 def test_errors_carry_the_usage(line: str, message: str, usage: str) -> None:

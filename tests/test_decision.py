@@ -8,7 +8,7 @@ import pytest
 
 from bot.judging.decision import Decision, Verdict, decide
 from bot.release.checks import CheckResult, Outcome
-from bot.release.policy import Metric, NoDataPolicy
+from bot.release.policy import Metric, NoDataPolicy, Risk, Strategy
 from bot.release.rollout import (
     Actor,
     MetricCounters,
@@ -37,7 +37,7 @@ def release(*, risk: str = "normal") -> Release:
     return new_release(
         release_id="rel-1", number=3, service="checkout", version="v2", stable_version="v1",
         weights=[1, 10, 50, 100], holds=[HOLD, HOLD, 2 * HOLD, HOLD], interval=30.0,
-        bake=BAKE, strategy="canary", risk=risk, notes="", actor=ALICE, now=NOW,
+        bake=BAKE, strategy=Strategy.CANARY, risk=Risk(risk), notes="", actor=ALICE, now=NOW,
     )
 
 
@@ -328,7 +328,7 @@ def test_a_release_without_checks_advances_after_its_hold() -> None:
 
 
 def test_a_high_risk_release_requests_approval_instead_of_advancing() -> None:
-    high = approve(release(risk="high"), ALICE, NOW)
+    high = approve(release(risk=Risk.HIGH), ALICE, NOW)
 
     decision = decide(high, [metric()], [check(P)], NOW + HOLD)
 
@@ -338,7 +338,7 @@ def test_a_high_risk_release_requests_approval_instead_of_advancing() -> None:
 
 
 def test_pending_approval_just_holds() -> None:
-    pending = release(risk="high")
+    pending = release(risk=Risk.HIGH)
 
     decision = decide(pending, [metric()], [check(P)], NOW + 10 * HOLD)
 

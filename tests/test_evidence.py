@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from bot.release import rollout
 from bot.release.checks import CheckResult
+from bot.release.policy import Risk, Strategy
 from bot.release.rollout import CONTROLLER, Actor, MetricCounters, Release, State
 from bot.store.store import AuditEntry, CreateStatus, Store
 from bot.writing.evidence import (
@@ -99,8 +100,8 @@ def at_ten_percent(
         holds=[300.0, 600.0, 600.0, 600.0],
         interval=30.0,
         bake=900.0,
-        strategy="canary",
-        risk="normal",
+        strategy=Strategy.CANARY,
+        risk=Risk.NORMAL,
         notes=NOTES,
         actor=ALICE,
         now=T0,
@@ -182,8 +183,8 @@ async def record_release(store: Store) -> None:
         holds=[300.0] * 4,
         interval=30.0,
         bake=900.0,
-        strategy="canary",
-        risk="normal",
+        strategy=Strategy.CANARY,
+        risk=Risk.NORMAL,
         notes="",
         actor=BOB,
         now=T0 - 86_400,
@@ -492,8 +493,8 @@ async def test_facts_for_a_high_risk_release_that_never_moved_anyone(store: Stor
         holds=[60.0] * 3,
         interval=30.0,
         bake=60.0,
-        strategy="canary",
-        risk="high",
+        strategy=Strategy.CANARY,
+        risk=Risk.HIGH,
         notes="",
         actor=ALICE,
         now=T0,

@@ -9,6 +9,7 @@ import pytest
 from bot.errors import ConflictError
 from bot.judging.decision import Verdict, decide
 from bot.release.checks import CheckResult, Outcome
+from bot.release.policy import Risk, Strategy
 from bot.release.rollout import (
     ACTIVE,
     CONTROLLER,
@@ -51,7 +52,7 @@ def fresh(*, risk: str = "normal", weights: list[int] | None = None,
         release_id="rel-1", number=7, service="checkout", version="v2.0.0",
         stable_version="v1.9.0", weights=weights,
         holds=list(holds if holds is not None else HOLDS[: len(weights)]),
-        interval=30.0, bake=3600.0, strategy="canary", risk=risk, notes="fixes #12",
+        interval=30.0, bake=3600.0, strategy=Strategy.CANARY, risk=Risk(risk), notes="fixes #12",
         actor=ALICE, now=NOW,
     )
 
@@ -246,7 +247,7 @@ def test_a_normal_release_starts_progressing_at_the_first_step() -> None:
 
 
 def test_a_high_risk_release_waits_for_approval_at_weight_zero() -> None:
-    release = fresh(risk="high")
+    release = fresh(risk=Risk.HIGH)
 
     assert release.state is State.PENDING_APPROVAL
     assert (release.step, release.weight, release.awaiting_step) == (0, 0, 0)
@@ -255,7 +256,7 @@ def test_a_high_risk_release_waits_for_approval_at_weight_zero() -> None:
 
 
 def test_a_high_risk_release_starting_at_zero_needs_no_approval_to_start() -> None:
-    release = fresh(risk="high", weights=[0, 100], holds=[60.0, 60.0])
+    release = fresh(risk=Risk.HIGH, weights=[0, 100], holds=[60.0, 60.0])
 
     assert release.state is State.PROGRESSING
     assert release.weight == 0
@@ -355,7 +356,7 @@ def test_approve_moves_to_the_awaited_step_and_records_the_approval() -> None:
 
 
 def test_approving_a_high_risk_release_starts_its_first_step() -> None:
-    approved = approve(fresh(risk="high"), DAVE, NOW + 60)
+    approved = approve(fresh(risk=Risk.HIGH), DAVE, NOW + 60)
 
     assert approved.state is State.PROGRESSING
     assert (approved.step, approved.weight) == (0, 1)
@@ -363,7 +364,7 @@ def test_approving_a_high_risk_release_starts_its_first_step() -> None:
 
 
 def test_approvals_accumulate_and_the_last_one_enters_baking() -> None:
-    release = fresh(risk="high").model_copy(update={"last_checks": [
+    release = fresh(risk=Risk.HIGH).model_copy(update={"last_checks": [
         check("latency", Outcome.PASS, 0.26, 0.25)]})
     t = NOW
     release = approve(release, DAVE, t)

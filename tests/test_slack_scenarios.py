@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from bot.engine.events import EventKind
 from bot.judging.thresholds import fmt
-from bot.release.commands import USAGE
+from bot.release.commands import USAGE, Verb
 from bot.release.rollout import State
 from bot.render.blocks import (
     ACTION_ADVANCE,
@@ -499,7 +499,7 @@ async def test_a_misspelt_service_reply_shows_the_usage(rig: SlackRig) -> None:
     answer = await rig.reply(delivery)
     rig.validate_blocks()
     assert "did you mean `checkout`?" in answer["text"]
-    assert USAGE["deploy"] in text_of(answer)
+    assert USAGE[Verb.DEPLOY] in text_of(answer)
 
 
 # --- 10. a restart in the middle of a release ---------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.release import rollout
+from bot.release.policy import Risk, Strategy
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
 from bot.store.store import (
@@ -35,7 +36,8 @@ def make_release(release_id: str, service: str = "checkout", version: str = "v2"
     return rollout.new_release(
         release_id=release_id, number=1, service=service, version=version,
         stable_version="v1", weights=[1, 10, 100], holds=[1.0, 1.0, 1.0], interval=0.1,
-        bake=1.0, strategy="canary", risk="normal", notes="", actor=actor, now=time.time())
+        bake=1.0, strategy=Strategy.CANARY, risk=Risk.NORMAL, notes="", actor=actor,
+        now=time.time())
 
 
 def deploy_audit(release: Release, actor: Actor = ALICE) -> AuditEntry:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.engine.service import Outcome, ReleaseService
 from bot.observe import stats
-from bot.release.commands import STATS_DAYS, USAGE, Command
+from bot.release.commands import STATS_DAYS, USAGE, Command, Verb
 from bot.release.durations import format_duration
 from bot.release.rollout import Actor, Release, State
 from bot.store.store import AuditStream
@@ -29,17 +29,17 @@ class Reply:
 
 async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: str = "") -> Reply:
     verb = cmd.verb
-    if verb == "deploy":
+    if verb is Verb.DEPLOY:
         result = await service.deploy(actor, cmd.service, cmd.version, cmd.options, request_id)
-    elif verb == "advance":
+    elif verb is Verb.ADVANCE:
         result = await service.advance(actor, cmd.service, request_id=request_id)
-    elif verb == "approve":
+    elif verb is Verb.APPROVE:
         result = await service.approve(actor, cmd.service, request_id=request_id)
-    elif verb == "rollback":
+    elif verb is Verb.ROLLBACK:
         result = await service.rollback(actor, cmd.service, cmd.text, request_id)
-    elif verb == "pause":
+    elif verb is Verb.PAUSE:
         result = await service.pause(actor, cmd.service, cmd.text, request_id)
-    elif verb == "resume":
+    elif verb is Verb.RESUME:
         result = await service.resume(actor, cmd.service, request_id)
     else:
         return await _read(service, cmd, actor)
@@ -50,31 +50,31 @@ async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: s
 
 async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
     verb = cmd.verb
-    if verb == "status":
+    if verb is Verb.STATUS:
         release = await service.status(cmd.service)
         if release is None:
             return Reply(f"no releases of `{cmd.service}` yet")
         return Reply(release.describe_state(), release)
-    if verb == "list":
+    if verb is Verb.LIST:
         active = await service.list_active()
         if not active:
             return Reply("no active releases")
         return Reply("\n".join(f"• {r.describe_state()}" for r in active))
-    if verb == "history":
+    if verb is Verb.HISTORY:
         count = int(cmd.text) if cmd.text.strip().isdigit() else 10
         rows = await service.history(cmd.service, min(count, 50))
         if not rows:
             return Reply(f"no releases of `{cmd.service}` yet")
         return Reply("\n".join(_history_line(r) for r in rows))
-    if verb == "stats":
+    if verb is Verb.STATS:
         return Reply(await _stats(service, cmd.service or None, cmd.days or STATS_DAYS))
-    if verb == "lock":
+    if verb is Verb.LOCK:
         lock = await service.lock(actor, cmd.service, cmd.text)
         return Reply(
             f"🔒 {lock.describe()}. Releases of `{cmd.service}` are refused until "
             f"`/rollout unlock {cmd.service}`; a release already running continues."
         )
-    if verb == "unlock":
+    if verb is Verb.UNLOCK:
         lock = await service.unlock(actor, cmd.service)
         return Reply(f"🔓 `{cmd.service}` unlocked (was locked by {lock.by}: {lock.reason})")
     return Reply(HELP)

@@ -28,7 +28,7 @@ from bot.errors import (
     UserError,
 )
 from bot.release import rollout
-from bot.release.policy import Policy, ServicePolicy, Step
+from bot.release.policy import Policy, Risk, ServicePolicy, Step, Strategy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, GateRecord, Release, State
 from bot.store.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
@@ -132,15 +132,8 @@ class ReleaseService:
         version = version.strip()
         if not version or len(version) > 128 or any(c.isspace() for c in version):
             raise UserError(f"`{version}` is not a version", hint="give a tag like v2.4.1")
-        risk = opts.risk or sp.risk.value
-        if risk not in ("normal", "high"):
-            raise UserError(f"unknown risk `{risk}`", hint="use --risk normal or --risk high")
-        strategy = opts.strategy or sp.strategy.value
-        if strategy not in ("canary", "blue_green"):
-            raise UserError(
-                f"unknown strategy `{strategy}`",
-                hint="use --strategy canary or --strategy blue_green",
-            )
+        risk = opts.risk or sp.risk
+        strategy = opts.strategy or sp.strategy
         steps = _plan_steps(sp, strategy, opts)
         hold = sp.hold if opts.hold is None else opts.hold
 
@@ -323,7 +316,7 @@ class ReleaseService:
         if replay := await self._replayed(request_id):
             return replay
         current = await self._active(service)
-        if current.state is State.PENDING_APPROVAL or current.risk == "high":
+        if current.state is State.PENDING_APPROVAL or current.risk is Risk.HIGH:
             return await self.approve(
                 actor, service, expected_step=expected_step, request_id=request_id
             )
@@ -547,8 +540,8 @@ class ReleaseService:
         return await self.store.history(service, limit)
 
 
-def _plan_steps(sp: ServicePolicy, strategy: str, opts: DeployOptions) -> list[Step]:
-    if strategy == "blue_green":
+def _plan_steps(sp: ServicePolicy, strategy: Strategy, opts: DeployOptions) -> list[Step]:
+    if strategy is Strategy.BLUE_GREEN:
         # Pre-switch checks on the new version at 0%, then one switch to 100%.
         return [Step(weight=0), Step(weight=100)]
     if opts.steps is None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from bot.judging.analysis import ScoreResult
 from bot.judging.statistical import ScoreClass
 from bot.release.checks import CheckResult, Outcome
-from bot.release.policy import Metric, NoDataPolicy
+from bot.release.policy import Metric, NoDataPolicy, Risk
 from bot.release.rollout import MetricCounters, Release, State, hold_elapsed
 
 
@@ -120,7 +120,7 @@ def decide(
     if release.state is State.PROGRESSING and hold_elapsed(release, now):
         if release.is_last_step:
             return Decision(Verdict.HOLD, "at the last step", counters, clean)
-        if release.risk == "high":
+        if release.risk is Risk.HIGH:
             return Decision(
                 Verdict.REQUEST_APPROVAL,
                 "hold passed; the next step needs approval",

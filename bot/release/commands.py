@@ -8,44 +8,65 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from bot.errors import CommandError
 from bot.release.durations import parse_duration
+from bot.release.policy import Risk, Strategy
 from bot.release.request import DeployOptions
 
-USAGE = {
-    "deploy": "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "
+
+class Verb(StrEnum):
+    DEPLOY = "deploy"
+    ADVANCE = "advance"
+    APPROVE = "approve"
+    ROLLBACK = "rollback"
+    STATUS = "status"
+    LIST = "list"
+    PAUSE = "pause"
+    RESUME = "resume"
+    HISTORY = "history"
+    STATS = "stats"
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    HELP = "help"
+
+
+USAGE: dict[Verb, str] = {
+    Verb.DEPLOY: "/deploy <service> <version> [--risk normal|high] [--strategy canary|blue_green] "
     "[--steps 1,10,25,50,100] [--hold 15m] [--stable <version>] [--force] [--notes TEXT]",
-    "advance": "/advance <service>",
-    "approve": "/rollout approve <service>",
-    "rollback": "/rollback <service> [reason]",
-    "status": "/rollout status <service>",
-    "list": "/rollout list",
-    "pause": "/rollout pause <service> [reason]",
-    "resume": "/rollout resume <service>",
-    "history": "/rollout history <service> [count]",
-    "stats": "/rollout stats [service] [--days N]",
-    "lock": "/rollout lock <service> <reason>",
-    "unlock": "/rollout unlock <service>",
-    "help": "/rollout help",
+    Verb.ADVANCE: "/advance <service>",
+    Verb.APPROVE: "/rollout approve <service>",
+    Verb.ROLLBACK: "/rollback <service> [reason]",
+    Verb.STATUS: "/rollout status <service>",
+    Verb.LIST: "/rollout list",
+    Verb.PAUSE: "/rollout pause <service> [reason]",
+    Verb.RESUME: "/rollout resume <service>",
+    Verb.HISTORY: "/rollout history <service> [count]",
+    Verb.STATS: "/rollout stats [service] [--days N]",
+    Verb.LOCK: "/rollout lock <service> <reason>",
+    Verb.UNLOCK: "/rollout unlock <service>",
+    Verb.HELP: "/rollout help",
 }
-NEEDS_SERVICE = {
-    "deploy",
-    "advance",
-    "approve",
-    "rollback",
-    "status",
-    "pause",
-    "resume",
-    "history",
-    "lock",
-    "unlock",
-}
+NEEDS_SERVICE = frozenset(
+    {
+        Verb.DEPLOY,
+        Verb.ADVANCE,
+        Verb.APPROVE,
+        Verb.ROLLBACK,
+        Verb.STATUS,
+        Verb.PAUSE,
+        Verb.RESUME,
+        Verb.HISTORY,
+        Verb.LOCK,
+        Verb.UNLOCK,
+    }
+)
 
 
 @dataclass(frozen=True)
 class Command:
-    verb: str
+    verb: Verb
     service: str = ""
     version: str = ""
     text: str = ""  # reason / notes / count, the rest of the line
@@ -61,20 +82,24 @@ def parse(line: str) -> Command:
         # read the line word by word instead of refusing it.
         words = line.split()
     if not words:
-        raise CommandError("empty command", usage=USAGE["help"])
-    verb = words[0].lstrip("/").lower()
-    if verb == "rollout":
+        raise CommandError("empty command", usage=USAGE[Verb.HELP])
+    word = words[0].lstrip("/").lower()
+    if word == "rollout":
         if len(words) == 1:
-            return Command("help")
-        verb, words = words[1].lower(), words[1:]
-    if verb not in USAGE:
-        raise CommandError(f"unknown command `{verb}`", usage=" | ".join(sorted(USAGE)))
+            return Command(Verb.HELP)
+        word, words = words[1].lower(), words[1:]
+    try:
+        verb = Verb(word)
+    except ValueError:
+        raise CommandError(
+            f"unknown command `{word}`", usage=" | ".join(sorted(USAGE))
+        ) from None
     args = words[1:]
     if verb in NEEDS_SERVICE and not args:
         raise CommandError(f"`{verb}` needs a service", usage=USAGE[verb])
-    if verb == "deploy":
+    if verb is Verb.DEPLOY:
         return _deploy(args)
-    if verb == "stats":
+    if verb is Verb.STATS:
         return _stats(args)
     service = args[0].lower() if args else ""
     return Command(verb, service=service, text=" ".join(args[1:]))
@@ -85,7 +110,7 @@ STATS_MAX_DAYS = 365
 
 
 def _stats(args: list[str]) -> Command:
-    usage = USAGE["stats"]
+    usage = USAGE[Verb.STATS]
     positional: list[str] = []
     days = STATS_DAYS
     i = 0
@@ -109,11 +134,11 @@ def _stats(args: list[str]) -> Command:
         days = int(value)
     if len(positional) > 1:
         raise CommandError("stats takes at most one service", usage=usage)
-    return Command("stats", service=positional[0].lower() if positional else "", days=days)
+    return Command(Verb.STATS, service=positional[0].lower() if positional else "", days=days)
 
 
 def _deploy(args: list[str]) -> Command:
-    usage = USAGE["deploy"]
+    usage = USAGE[Verb.DEPLOY]
     positional: list[str] = []
     opts: dict[str, str] = {}
     i = 0
@@ -159,18 +184,24 @@ def _deploy(args: list[str]) -> Command:
             hold = parse_duration(opts["hold"])
         except ValueError as exc:
             raise CommandError(str(exc), usage=usage) from exc
-    risk = opts.get("risk")
-    if risk is not None and risk not in ("normal", "high"):
-        raise CommandError(f"bad --risk `{risk}`: use normal or high", usage=usage)
-    strategy = opts.get("strategy")
-    if strategy is not None:
-        strategy = strategy.replace("-", "_")
-        if strategy not in ("canary", "blue_green"):
+    risk = None
+    if "risk" in opts:
+        try:
+            risk = Risk(opts["risk"])
+        except ValueError as exc:
             raise CommandError(
-                f"bad --strategy `{strategy}`: use canary or blue_green", usage=usage
-            )
+                f"bad --risk `{opts['risk']}`: use normal or high", usage=usage
+            ) from exc
+    strategy = None
+    if "strategy" in opts:
+        try:
+            strategy = Strategy(opts["strategy"].replace("-", "_"))
+        except ValueError as exc:
+            raise CommandError(
+                f"bad --strategy `{opts['strategy']}`: use canary or blue_green", usage=usage
+            ) from exc
     return Command(
-        "deploy",
+        Verb.DEPLOY,
         service=positional[0].lower(),
         version=positional[1],
         text=opts.get("notes", ""),

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.release.gates import GateResult
+from bot.release.policy import Risk, Strategy
 
 
 @dataclass(frozen=True)
 class DeployOptions:
-    risk: str | None = None
-    strategy: str | None = None
+    risk: Risk | None = None
+    strategy: Strategy | None = None
     steps: list[int] | None = None
     hold: float | None = None
     notes: str = ""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot.errors import ConflictError
 from bot.release.checks import CheckResult
 from bot.release.durations import format_duration
+from bot.release.policy import Risk, Strategy
 
 # The version of the release record's JSON shape; bump it with a migration when a field changes
 # meaning, so a record written by an older bot is read as what it is.
@@ -79,21 +80,30 @@ TRANSITIONS: dict[State, dict[Action, frozenset[State]]] = {
 }
 
 
+class Surface(StrEnum):
+    """Where a request came from."""
+
+    SLACK = "slack"
+    CONSOLE = "console"
+    API = "api"
+    CONTROLLER = "controller"  # shipwatch itself, deciding from the metrics
+
+
 class Actor(BaseModel):
     """Who asks, from where. ``groups`` are the user-group ids the adapter resolved."""
 
     model_config = ConfigDict(frozen=True)
 
     user: str
-    surface: str = "console"  # slack | console | api | controller
+    surface: Surface = Surface.CONSOLE
     groups: frozenset[str] = frozenset()
 
     @property
     def is_controller(self) -> bool:
-        return self.surface == "controller"
+        return self.surface is Surface.CONTROLLER
 
 
-CONTROLLER = Actor(user="shipwatch", surface="controller")
+CONTROLLER = Actor(user="shipwatch", surface=Surface.CONTROLLER)
 
 
 class Transition(BaseModel):
@@ -102,7 +112,7 @@ class Transition(BaseModel):
     action: Action
     state: State
     by: str
-    surface: str
+    surface: Surface
     at: float
     reason: str = ""
 
@@ -149,8 +159,8 @@ class Release(BaseModel):
     service: str
     version: str
     stable_version: str = ""
-    strategy: str = "canary"
-    risk: str = "normal"
+    strategy: Strategy = Strategy.CANARY
+    risk: Risk = Risk.NORMAL
     weights: list[int]
     holds: list[float]
     interval: float
@@ -168,7 +178,7 @@ class Release(BaseModel):
     reason: str = ""  # why it paused / rolled back
 
     requested_by: str
-    surface: str
+    surface: Surface
     created_at: float
     step_started_at: float
     updated_at: float
@@ -398,14 +408,14 @@ def new_release(
     holds: list[float],
     interval: float,
     bake: float,
-    strategy: str,
-    risk: str,
+    strategy: Strategy,
+    risk: Risk,
     notes: str,
     actor: Actor,
     now: float,
 ) -> Release:
     """A fresh release. High risk waits for approval before any step that moves users."""
-    needs_approval = risk == "high" and weights[0] > 0
+    needs_approval = risk is Risk.HIGH and weights[0] > 0
     # A single-step plan ([100]) has nothing to hold at: it goes straight to the bake.
     first = State.BAKING if weights[0] >= 100 else State.PROGRESSING
     state = State.PENDING_APPROVAL if needs_approval else first

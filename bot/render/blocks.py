@@ -26,7 +26,7 @@ from bot.engine.events import EventKind, ReleaseEvent
 from bot.judging.thresholds import fmt
 from bot.release.checks import CheckResult, Outcome
 from bot.release.durations import format_duration
-from bot.release.policy import Direction, Metric
+from bot.release.policy import Direction, Metric, Risk
 from bot.release.rollout import CONTROLLER, GateRecord, Release, State
 
 ACTION_ADVANCE = "shipwatch_advance"
@@ -616,7 +616,7 @@ def _weight_text(release: Release) -> str:
 def _context_line(release: Release, now: float) -> str:
     ago = format_duration(max(0.0, now - release.created_at))
     stable = esc(release.stable_version or "stable")
-    risk = f"risk *{esc(release.risk)}*" + (" ⚠️" if release.risk == "high" else "")
+    risk = f"risk *{esc(release.risk)}*" + (" ⚠️" if release.risk is Risk.HIGH else "")
     return (
         f"#{release.number} started by {mention(release.requested_by)} via "
         f"{esc(release.surface)} {ago} ago · {risk} · {esc(release.strategy)} · "
@@ -650,7 +650,7 @@ def _buttons(release: Release) -> list[dict[str, Any]]:
         # High risk: the same "next step" click is an approval. The service's advance hands
         # high-risk releases to approve, so one action id covers both and the approve id stays
         # bound to the pending state (a late second click cannot approve a step twice).
-        label = "Approve next step" if release.risk == "high" else "Advance"
+        label = "Approve next step" if release.risk is Risk.HIGH else "Advance"
         return [_button(label, ACTION_ADVANCE, value, style="primary"), pause, rollback]
     if state is State.PENDING_APPROVAL:
         return [_button("Approve", ACTION_APPROVE, value, style="primary"), pause, rollback]
@@ -701,7 +701,7 @@ def status_message(
         blocks.append(_section(f"{badge} *{what}*{by}: {esc(release.reason)}"))
     if release.state is State.PENDING_APPROVAL:
         blocks.append(_section(_approval_text(release, approvers)))
-    elif release.state is State.PROGRESSING and release.risk == "high":
+    elif release.state is State.PROGRESSING and release.risk is Risk.HIGH:
         blocks.append(
             _context(
                 f"High risk: every step waits for an approver ({mentions(approvers) or 'anyone'}"

@@ -19,7 +19,8 @@ from bot.judging.decision import SCORE_COUNTER
 from bot.judging.thresholds import fmt
 from bot.release.checks import CheckResult
 from bot.release.durations import format_duration
-from bot.release.rollout import MetricCounters, Release, State
+from bot.release.policy import Risk
+from bot.release.rollout import MetricCounters, Release, State, Surface
 from bot.store.store import AuditEntry, Store
 
 # The labels under what the bot writes, so a reader knows who wrote it: template text (and why)
@@ -247,7 +248,7 @@ async def build_evidence(
         ),
         decided_by=release.last.by,
         decided_via=release.last.surface,
-        manual=release.last.surface != "controller",
+        manual=release.last.surface is not Surface.CONTROLLER,
         reason=release.reason,
         failing=tuple(c for c in counted if c.outcome == "fail"),
         passing=tuple(c for c in counted if c.outcome == "pass"),
@@ -291,7 +292,7 @@ def _stopped_at(release: Release) -> tuple[int, bool]:
     approval: it never moved anyone.
     """
     never_moved = (
-        release.risk == "high"
+        release.risk is Risk.HIGH
         and release.step == 0
         and release.weights[0] > 0
         and not any(a.step == 0 for a in release.approvals)

@@ -20,7 +20,7 @@ from bot.errors import ShipwatchError
 from bot.observe.logs import log_context
 from bot.redact import redact, redact_obj
 from bot.release.policy import Policy
-from bot.release.rollout import Release
+from bot.release.rollout import Release, Surface
 from bot.store.store import Store
 from bot.writing.chart import render_png
 from bot.writing.evidence import (
@@ -117,7 +117,7 @@ class Narrator:
         )
         files = await self._chart(release, evidence)
         self.events.emit(ReleaseEvent(EventKind.DIAGNOSIS, release, text, files=files))
-        if release.last.surface == "controller":
+        if release.last.surface is Surface.CONTROLLER:
             await self._file_tickets(release, evidence, text)
         return text
 

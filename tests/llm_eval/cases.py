@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bot.release.checks import CheckResult
+from bot.release.policy import Risk, Strategy
 from bot.release.rollout import (
     CONTROLLER,
     Action,
@@ -106,7 +107,7 @@ class ReleaseSpec(_Strict):
     version: str
     stable_version: str
     strategy: str = "canary"
-    risk: Literal["low", "normal", "high"] = "normal"
+    risk: Risk = Risk.NORMAL
     weights: list[int]
     holds: list[float]
     interval: float = 30.0
@@ -249,7 +250,7 @@ def build_release(case: Case) -> Release:
         holds=spec.holds,
         interval=spec.interval,
         bake=spec.bake,
-        strategy=spec.strategy,
+        strategy=Strategy(spec.strategy),
         risk=spec.risk,
         notes=spec.notes,
         actor=_actor(spec.requested_by),
@@ -308,7 +309,7 @@ def build_previous(case: Case) -> Release | None:
         holds=spec.holds,
         interval=spec.interval,
         bake=spec.bake,
-        strategy=spec.strategy,
+        strategy=Strategy(spec.strategy),
         risk=spec.risk,
         notes="",
         actor=_actor(prev.requested_by),
