@@ -21,7 +21,7 @@ from bot.app import App
 from bot.engine import dispatch
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.engine.service import Result
-from bot.errors import ConflictError, DependencyError, UserError
+from bot.errors import Failure
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
@@ -40,6 +40,7 @@ from bot.render.blocks import (
     stale_reason,
     status_message,
 )
+from bot.render.errors import report
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +193,13 @@ class Console:
     async def handle(self, line: str) -> None:
         try:
             await self._handle(line)
-        except UserError as exc:
-            log.info("bad input from %s: %s (%s)", self.user, line, exc)
-            self.say(f"✗ {exc}")
-        except ConflictError as exc:
-            self.say(f"✗ {exc}")
-        except DependencyError as exc:
-            self.say(f"✗ {exc}")
+        except Exception as exc:
+            # The same table as Slack's replies (bot.render.errors), in the console's words.
+            failed = report(exc, what=f"console, {self.user}: {line}", log=log)
+            if failed.kind is Failure.BUG:
+                self.say(f"✗ something went wrong (ref {failed.ref}); the log has the details")
+            else:
+                self.say(f"✗ {exc}")
 
     async def _handle(self, line: str) -> None:
         word, _, rest = line.partition(" ")

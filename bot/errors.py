@@ -21,19 +21,45 @@
     PromptError                a prompt template is missing or lacks a variable (writing.prompts)
 
 Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.
+Each class names its ``failure`` kind; what a kind looks like on each surface (a chat reply, the
+console, an HTTP status, the log level) is one table, ``bot.render.errors``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+
+class Failure(StrEnum):
+    """What went wrong, as every surface's one error handler tells it apart."""
+
+    USAGE = "usage"  # a command that did not parse: show how to write it
+    PERMISSION = "permission"  # not allowed: name who is
+    UNKNOWN_SERVICE = "unknown_service"
+    GATES = "gates"  # required pre-release gates have not passed
+    INVALID = "invalid"  # any other bad input
+    CONFLICT = "conflict"  # the release is not in a state that allows the request
+    DEPENDENCY = "dependency"  # a dependency failed; nothing changed, try again later
+    BUG = "bug"  # not raised on purpose: a reference to find it in the log
 
 
 class ShipwatchError(Exception):
     """Base of every error shipwatch raises on purpose."""
 
+    failure: ClassVar[Failure] = Failure.BUG
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The kind of ``exc``: the one its class declares, or a bug for anything else."""
+    return exc.failure if isinstance(exc, ShipwatchError) else Failure.BUG
+
 
 class UserError(ShipwatchError):
     """The request is wrong; the message tells the user how to fix it. Nothing was changed."""
+
+    failure = Failure.INVALID
 
     def __init__(self, message: str, *, hint: str = "") -> None:
         super().__init__(message)
@@ -66,12 +92,16 @@ class PolicyError(UserError):
 class CommandError(UserError):
     """A command could not be parsed; ``usage`` holds the right form."""
 
+    failure = Failure.USAGE
+
     def __init__(self, message: str, *, usage: str = "") -> None:
         super().__init__(message, hint=f"usage: {usage}" if usage else "")
         self.usage = usage
 
 
 class UnknownServiceError(UserError):
+    failure = Failure.UNKNOWN_SERVICE
+
     def __init__(self, service: str, suggestion: str | None, known: list[str]) -> None:
         self.service = service
         self.suggestion = suggestion
@@ -84,6 +114,8 @@ class UnknownServiceError(UserError):
 
 
 class PermissionDenied(UserError):
+    failure = Failure.PERMISSION
+
     def __init__(self, action: str, service: str, allowed: list[str]) -> None:
         self.action = action
         self.service = service
@@ -101,6 +133,8 @@ class ConflictError(ShipwatchError):
     The message says what state it is in and who put it there.
     """
 
+    failure = Failure.CONFLICT
+
 
 class AlreadyActiveError(ConflictError):
     pass
@@ -116,6 +150,8 @@ class LostRaceError(ConflictError):
 
 class DependencyError(ShipwatchError):
     """A dependency failed; the release was left in a safe state."""
+
+    failure = Failure.DEPENDENCY
 
 
 class StoreError(DependencyError):

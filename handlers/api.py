@@ -64,7 +64,6 @@ import hashlib
 import hmac
 import logging
 import re
-import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,10 +77,8 @@ from bot.config import Settings
 from bot.engine.gates import GatesNotPassed, GatesUnavailable
 from bot.engine.service import Outcome
 from bot.errors import (
-    ConflictError,
-    DependencyError,
+    Failure,
     LockedError,
-    PermissionDenied,
     ShipwatchError,
     UnknownServiceError,
     UserError,
@@ -91,6 +88,7 @@ from bot.release.gates import GateReport
 from bot.release.policy import Policy, Risk
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
+from bot.render.errors import report
 from bot.store.store import Lock
 from handlers.context import Core
 
@@ -562,41 +560,43 @@ class RolloutApi:
         )
 
     async def _failure(self, exc: Exception, service: str, caller: ApiToken) -> web.Response:
-        """The API's counterpart of handlers.context.error_message: exception -> HTTP answer."""
-        if isinstance(exc, GatesNotPassed):
-            log.info("API refused (%s for %s): %s", caller.name, service, exc)
-            return _error(
-                409, str(exc.args[0]), hint=exc.hint, gates=exc.verdict.as_json(), release=None
-            )
-        if isinstance(exc, GatesUnavailable):
-            log.error("API request for %s: %s", service, exc)
-            return web.json_response(
-                {"error": str(exc), "gates": exc.verdict.as_json()},
-                status=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        if isinstance(exc, UnknownServiceError):
-            return _error(
-                404, str(exc.args[0]), hint=exc.hint, suggestion=exc.suggestion, service=service
-            )
-        if isinstance(exc, PermissionDenied):
-            log.info("API refused (%s for %s): %s", caller.name, service, exc)
-            return _error(403, str(exc.args[0]), hint=exc.hint, service=service)
-        if isinstance(exc, UserError):
-            return _error(422, str(exc.args[0]), hint=exc.hint)
-        if isinstance(exc, ConflictError):
-            blocking = await self._blocking(service, locked=isinstance(exc, LockedError))
-            return _error(409, str(exc), **blocking)
-        if isinstance(exc, DependencyError):
-            log.error("API request for %s failed on a dependency: %s", service, exc)
-            return web.json_response(
-                {"error": str(exc)}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-            )
-        ref = uuid.uuid4().hex[:8]
-        log.exception("unexpected API error %s (%s, %s)", ref, caller.name, service)
-        return _error(
-            500, f"something went wrong on our side (ref {ref}); give the ref to the bot's owners"
-        )
+        """The API's face of the failure table (bot.render.errors): its row's status, plus the
+        fields a pipeline acts on."""
+        failed = report(exc, what=f"API, {caller.name} for {service}", log=log)
+        status = failed.shown.http_status
+        message = str(exc.args[0]) if exc.args else str(exc)
+        hint = getattr(exc, "hint", "")
+        match failed.kind:
+            case Failure.GATES:
+                assert isinstance(exc, GatesNotPassed)
+                verdict = exc.verdict.as_json()
+                return _error(status, message, hint=hint, gates=verdict, release=None)
+            case Failure.UNKNOWN_SERVICE:
+                assert isinstance(exc, UnknownServiceError)
+                suggestion = exc.suggestion
+                return _error(status, message, hint=hint, suggestion=suggestion, service=service)
+            case Failure.PERMISSION:
+                return _error(status, message, hint=hint, service=service)
+            case Failure.USAGE | Failure.INVALID:
+                return _error(status, message, hint=hint)
+            case Failure.CONFLICT:
+                blocking = await self._blocking(service, locked=isinstance(exc, LockedError))
+                return _error(status, str(exc), **blocking)
+            case Failure.DEPENDENCY:
+                extra = {}
+                if isinstance(exc, GatesUnavailable):
+                    extra["gates"] = exc.verdict.as_json()
+                return web.json_response(
+                    {"error": str(exc), **extra},
+                    status=status,
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            case Failure.BUG:
+                return _error(
+                    status,
+                    f"something went wrong on our side (ref {failed.ref}); give the ref to the "
+                    "bot's owners",
+                )
 
     async def _blocking(self, service: str, *, locked: bool) -> Json:
         """What stands in the way of a release: the active release and, if any, the lock.

@@ -48,7 +48,7 @@ from pydantic import (
     ValidationError,
 )
 
-from bot.errors import DependencyError, UserError
+from bot.errors import DependencyError, Failure, UserError
 from bot.redact import redact_url
 from bot.release.gates import GateResult, GateStatus, ReportedGate
 from bot.release.rollout import GateRecord
@@ -176,6 +176,8 @@ class GateVerdict:
 
 class GatesNotPassed(UserError):
     """A required gate failed, is pending or missing, or no results can be had at all."""
+
+    failure = Failure.GATES
 
     def __init__(self, message: str, verdict: GateVerdict, *, hint: str = "") -> None:
         super().__init__(message, hint=hint)

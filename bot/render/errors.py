@@ -1,0 +1,75 @@
+"""What a failure looks like on each surface: one table, one row per kind of failure.
+
+Each exception class names its kind (``bot.errors.Failure``); the row says how a chat reply
+starts, what the HTTP API answers and how loud the log line is. Slack and the console render the
+same reply; the API adds its machine-readable fields to the row's status.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from bot.errors import CommandError, Failure, PermissionDenied, failure_of
+from bot.render.blocks import Message, ephemeral, mention
+
+
+@dataclass(frozen=True)
+class Shown:
+    mark: str  # how a chat reply starts
+    http_status: int  # what the API answers
+    log_level: int  # how loud the log line is; a bug also logs its traceback
+    logged_as: str  # how the log line starts
+
+
+SHOWN: dict[Failure, Shown] = {
+    Failure.USAGE: Shown(":warning:", 422, logging.INFO, "bad command"),
+    Failure.PERMISSION: Shown(":lock:", 403, logging.INFO, "refused, not allowed"),
+    Failure.UNKNOWN_SERVICE: Shown(":warning:", 404, logging.INFO, "refused, unknown service"),
+    Failure.GATES: Shown(":warning:", 409, logging.INFO, "refused, gates not passed"),
+    Failure.INVALID: Shown(":warning:", 422, logging.INFO, "refused"),
+    Failure.CONFLICT: Shown(":no_entry:", 409, logging.INFO, "conflict"),
+    Failure.DEPENDENCY: Shown(":rotating_light:", 503, logging.ERROR, "dependency failed"),
+    Failure.BUG: Shown(":boom:", 500, logging.ERROR, "unexpected error"),
+}
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A failure as reported: its kind, its row, and for a bug the reference in the log."""
+
+    kind: Failure
+    shown: Shown
+    ref: str = ""
+
+
+def report(exc: BaseException, *, what: str, log: logging.Logger) -> Failed:
+    """Log ``exc`` as loud as its kind deserves (``what`` says which request it ended)."""
+    kind = failure_of(exc)
+    shown = SHOWN[kind]
+    if kind is Failure.BUG:
+        ref = uuid.uuid4().hex[:8]
+        log.error("%s %s (%s)", shown.logged_as, ref, what, exc_info=exc)
+        return Failed(kind, shown, ref)
+    log.log(shown.log_level, "%s (%s): %s", shown.logged_as, what, exc)
+    return Failed(kind, shown)
+
+
+def chat_error(exc: BaseException, failed: Failed) -> Message:
+    """The reply only the person who asked sees, in Slack and in the console."""
+    mark = failed.shown.mark
+    if failed.kind is Failure.BUG:
+        return ephemeral(
+            f"{mark} something went wrong on our side (ref `{failed.ref}`); nothing was "
+            "changed by this request. Try again, or give the ref to the bot's owners."
+        )
+    if isinstance(exc, CommandError):
+        return ephemeral(f"{mark} {exc.args[0]}", usage=exc.usage)
+    if isinstance(exc, PermissionDenied):
+        who = ", ".join(mention(a) for a in exc.allowed) or "nobody is configured"
+        return ephemeral(
+            f"{mark} you may not {exc.action} `{exc.service}`. Who may: {who} "
+            "(the service's policy says so)."
+        )
+    return ephemeral(f"{mark} {exc}")
