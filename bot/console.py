@@ -19,27 +19,16 @@ from typing import Protocol, TextIO
 
 from bot.app import App
 from bot.engine import dispatch
+from bot.engine.clicks import ClickStatus, click
 from bot.engine.events import EventKind, ReleaseEvent
-from bot.engine.service import Result
+from bot.engine.service import Outcome
 from bot.errors import Failure
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
 from bot.release.policy import Metric, Policy
-from bot.release.rollout import Actor, Release
-from bot.render.blocks import (
-    ACTION_ADVANCE,
-    ACTION_APPROVE,
-    ACTION_PAUSE,
-    ACTION_RESUME,
-    ACTION_ROLLBACK,
-    Choice,
-    event_message,
-    parse_button_value,
-    render_text,
-    stale_reason,
-    status_message,
-)
+from bot.release.rollout import Actor, Release, Surface
+from bot.render.blocks import Choice, event_message, render_text, status_message
 from bot.render.errors import report
 
 log = logging.getLogger(__name__)
@@ -274,48 +263,31 @@ class Console:
         if choice is None:
             self.say(f"✗ there is no button {number}: the last ones were {self._choice_list()}")
             return
+        actor = Actor(user=self.user, surface=Surface.CONSOLE)
+
+        async def clicker(_: Release) -> Actor:
+            return actor
+
         try:
-            ref = parse_button_value(choice.value)
+            # The same click flow as a Slack button (bot.engine.clicks).
+            done = await click(self.app.service, choice.action_id, choice.value, clicker)
         except ValueError:
             self.say(f"✗ button [{number}] {choice.label} is not a shipwatch button")
             return
-        release = await self.app.store.get(ref.release_id)
-        if release is None:
+        if done.status is ClickStatus.UNKNOWN_RELEASE or done.release is None:
             self.say(f"✗ [{number}] {choice.label}: that release no longer exists")
             self.choices = []
             return
-        if stale := stale_reason(release, ref, choice.action_id):
-            self.say(f"✗ [{number}] {choice.label} is out of date: {stale}")
+        if done.status is ClickStatus.STALE:
+            self.say(f"✗ [{number}] {choice.label} is out of date: {done.stale}")
             # Show what is true now, with the buttons that apply to it.
-            await self._show_status(release.service)
+            await self._show_status(done.release.service)
             return
-        await self._press(choice, release, ref.step)
+        if done.result is not None and done.result.message:
+            duplicate = done.result.outcome is Outcome.DUPLICATE
+            self.say(("(already applied) " if duplicate else "") + done.result.message)
         await self.app.events.drain()
-        await self._show_status(release.service)
-
-    async def _press(self, choice: Choice, release: Release, step: int) -> None:
-        svc = self.app.service
-        actor = Actor(user=self.user, surface="console")
-        service = release.service
-        result: Result
-        if choice.action_id == ACTION_ADVANCE:
-            result = await svc.advance(actor, service, expected_step=step)
-        elif choice.action_id == ACTION_APPROVE:
-            result = await svc.approve(actor, service, expected_step=step)
-        elif choice.action_id == ACTION_PAUSE:
-            result = await svc.pause(actor, service)
-        elif choice.action_id == ACTION_RESUME:
-            result = await svc.resume(actor, service)
-        elif choice.action_id == ACTION_ROLLBACK:
-            result = await svc.rollback(actor, service)
-        else:
-            self.say(f"✗ [{choice.number}] {choice.label}: unknown button")
-            return
-        if result.message:
-            self.say(
-                ("(already applied) " if result.outcome.value == "duplicate" else "")
-                + result.message
-            )
+        await self._show_status(done.release.service)
 
     async def _await_release(self, service: str, timeout: float = 600.0) -> None:
         """Let the controller run until the service's release has finished (or timeout)."""

@@ -10,24 +10,20 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 
+from bot.engine.clicks import Click, ClickStatus, click
 from bot.engine.events import EventKind, ReleaseEvent
-from bot.engine.service import Outcome, Result
+from bot.engine.service import Outcome
 from bot.observe.logs import log_context
-from bot.release.rollout import Release
+from bot.release.buttons import ButtonAction
+from bot.release.rollout import Actor, Release
 from bot.render.blocks import (
-    ACTION_ADVANCE,
-    ACTION_APPROVE,
     ACTION_EDIT_NOTES,
-    ACTION_PAUSE,
-    ACTION_RESUME,
-    ACTION_ROLLBACK,
     NOTES_INPUT_ACTION,
     NOTES_INPUT_BLOCK,
     NOTES_MODAL,
+    Message,
     ephemeral,
     notes_modal,
-    parse_button_value,
-    stale_reason,
 )
 from handlers.commands import ack_only
 from handlers.context import Core, error_message
@@ -35,17 +31,14 @@ from handlers.people import actor_for
 
 log = logging.getLogger(__name__)
 
-ACTIONS = (ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK)
-
-
 def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers Slack; the click is handled right after, as a lazy listener.
     async def work(body: dict[str, Any], action: dict[str, Any]) -> None:
         with log_context(trigger_id=body.get("trigger_id"), action_ts=action.get("action_ts")):
             await on_button(core, body, action)
 
-    for action_id in ACTIONS:
-        app.action(action_id)(ack=ack_only, lazy=[work])
+    for action_id in ButtonAction:
+        app.action(action_id.value)(ack=ack_only, lazy=[work])
 
     async def edit(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -59,29 +52,33 @@ def register(app: AsyncApp, core: Core) -> None:
 async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
     action_id = str(action.get("action_id", ""))
     user = str(body.get("user", {}).get("id", ""))
+
+    async def clicker(release: Release) -> Actor:
+        sp = core.app.policy.services.get(release.service)
+        return await actor_for(user, sp, core.client, core.app.store)
+
     try:
-        ref = parse_button_value(str(action.get("value", "")))
-        release = await core.app.store.get(ref.release_id)
-        if release is None:
-            message = ephemeral(":grey_question: this release is not known any more")
-        elif stale := stale_reason(release, ref, action_id):
-            # The same staleness rule as the console's numbered buttons.
-            message = ephemeral(f":hourglass: this button is out of date: {stale}")
-        else:
-            with log_context(release_id=release.id, service=release.service):
-                result = await _click(
-                    core,
-                    action_id,
-                    release,
-                    ref.step,
-                    user,
-                    request_id=f"slack:{body.get('trigger_id', '')}",
-                )
-            prefix = "(already applied) " if result.outcome is Outcome.DUPLICATE else ""
-            message = ephemeral(prefix + (result.message or result.release.describe_state()))
+        done = await click(
+            core.app.service,
+            action_id,
+            str(action.get("value", "")),
+            clicker,
+            request_id=f"slack:{body.get('trigger_id', '')}",
+        )
+        message = _clicked(done)
     except Exception as exc:
         message = error_message(exc, what=f"button {action_id} by {user}")
     await core.responses.send(str(body.get("response_url", "")), message)
+
+
+def _clicked(done: Click) -> Message:
+    if done.status is ClickStatus.UNKNOWN_RELEASE:
+        return ephemeral(":grey_question: this release is not known any more")
+    if done.status is ClickStatus.STALE:
+        return ephemeral(f":hourglass: this button is out of date: {done.stale}")
+    assert done.result is not None
+    prefix = "(already applied) " if done.result.outcome is Outcome.DUPLICATE else ""
+    return ephemeral(prefix + (done.result.message or done.result.release.describe_state()))
 
 
 async def on_edit_notes(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -123,22 +120,3 @@ def _saver(core: Core) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[N
         )
 
     return save
-
-
-async def _click(
-    core: Core, action_id: str, release: Release, step: int, user: str, request_id: str
-) -> Result:
-    service = core.app.service
-    sp = core.app.policy.services.get(release.service)
-    actor = await actor_for(user, sp, core.client, core.app.store)
-    name = release.service
-    if action_id == ACTION_ADVANCE:
-        return await service.advance(actor, name, expected_step=step, request_id=request_id)
-    if action_id == ACTION_APPROVE:
-        return await service.approve(actor, name, expected_step=step, request_id=request_id)
-    if action_id == ACTION_PAUSE:
-        # Reasons are plain text; the status message names the clicker from the record.
-        return await service.pause(actor, name, "paused from Slack", request_id)
-    if action_id == ACTION_RESUME:
-        return await service.resume(actor, name, request_id)
-    return await service.rollback(actor, name, "rolled back from Slack", request_id)

@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestServer
 from bot.config import Settings
 from bot.engine.events import EventKind
 from bot.errors import UserError
+from bot.release.buttons import ButtonAction
 from bot.release.gates import GateResult, GateStatus
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
-from bot.render.blocks import ACTION_ADVANCE
 from handlers.api import RELEASES, ROLLOUTS, RolloutApi, TokenRing, parse_tokens
 from handlers.context import status_of
 from handlers.server import build_core, web_app
@@ -165,7 +165,7 @@ async def test_start_posts_the_status_message_deploy_would(rig: SlackRig) -> Non
     # The very message /deploy gets: the notifier renders every release with status_of.
     assert without_times(message["blocks"]) == without_times(status_of(rig.core, stored).blocks)
     assert "started by octocat (via github) via api" in json.dumps(message["blocks"])
-    assert rig.button(CHECKOUT_CHANNEL, str(message["ts"]), ACTION_ADVANCE)
+    assert rig.button(CHECKOUT_CHANNEL, str(message["ts"]), ButtonAction.ADVANCE)
     thread = rig.slack.thread(CHECKOUT_CHANNEL, str(message["ts"]))
     assert thread[0]["text"] == "octocat (via github) started checkout v2"
     assert any("Round totals half-even" in json.dumps(r) for r in thread[1:])

@@ -23,6 +23,13 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.engine.events import EventKind, ReleaseEvent
+from bot.release.buttons import (
+    ButtonAction,
+    ButtonRef,
+    button_value,
+    parse_button_value,
+    stale_reason,
+)
 from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Metric, Risk, Strategy, parse_policy
 from bot.release.rollout import (
@@ -42,25 +49,16 @@ from bot.release.rollout import (
 )
 from bot.render import blocks as bk
 from bot.render.blocks import (
-    ACTION_ADVANCE,
-    ACTION_APPROVE,
     ACTION_EDIT_NOTES,
-    ACTION_PAUSE,
-    ACTION_RESUME,
-    ACTION_ROLLBACK,
-    ButtonRef,
     Choice,
     Message,
-    button_value,
     clip,
     ephemeral,
     event_message,
     fit,
     mention,
     notes_modal,
-    parse_button_value,
     render_text,
-    stale_reason,
     status_message,
 )
 
@@ -283,29 +281,22 @@ def test_status_message_validates_in_every_state(state: str, oncall: str) -> Non
     assert ("<!subteam^S0ONCALL12>" in all_text(message)) is bool(oncall)
 
 
+PAUSE = ("Pause", ButtonAction.PAUSE)
+ROLL_BACK = ("Roll back", ButtonAction.ROLLBACK)
 BUTTONS_BY_STATE = [
-    (
-        "progressing",
-        [("Advance", ACTION_ADVANCE), ("Pause", ACTION_PAUSE), ("Roll back", ACTION_ROLLBACK)],
-    ),
+    ("progressing", [("Advance", ButtonAction.ADVANCE), PAUSE, ROLL_BACK]),
     (
         "progressing_high",
         [
-            ("Approve next step", ACTION_ADVANCE),
-            ("Pause", ACTION_PAUSE),
-            ("Roll back", ACTION_ROLLBACK),
+            ("Approve next step", ButtonAction.ADVANCE),
+            ("Pause", ButtonAction.PAUSE),
+            ("Roll back", ButtonAction.ROLLBACK),
         ],
     ),
-    (
-        "pending_first",
-        [("Approve", ACTION_APPROVE), ("Pause", ACTION_PAUSE), ("Roll back", ACTION_ROLLBACK)],
-    ),
-    (
-        "pending_later",
-        [("Approve", ACTION_APPROVE), ("Pause", ACTION_PAUSE), ("Roll back", ACTION_ROLLBACK)],
-    ),
-    ("paused", [("Resume", ACTION_RESUME), ("Roll back", ACTION_ROLLBACK)]),
-    ("baking", [("Pause", ACTION_PAUSE), ("Roll back", ACTION_ROLLBACK)]),
+    ("pending_first", [("Approve", ButtonAction.APPROVE), PAUSE, ROLL_BACK]),
+    ("pending_later", [("Approve", ButtonAction.APPROVE), PAUSE, ROLL_BACK]),
+    ("paused", [("Resume", ButtonAction.RESUME), ("Roll back", ButtonAction.ROLLBACK)]),
+    ("baking", [("Pause", ButtonAction.PAUSE), ("Roll back", ButtonAction.ROLLBACK)]),
     ("rolling_back", []),
     ("succeeded", []),
     ("rolled_back", []),
@@ -319,10 +310,11 @@ def test_buttons_by_state(state: str, expected: list[tuple[str, str]]) -> None:
     assert [(b["text"]["text"], b["action_id"]) for b in found] == expected
     for button in found:
         assert parse_button_value(button["value"]) == ButtonRef(release.id, release.step, 3)
-    if found and found[0]["action_id"] in (ACTION_ADVANCE, ACTION_APPROVE, ACTION_RESUME):
+    forward = (ButtonAction.ADVANCE, ButtonAction.APPROVE, ButtonAction.RESUME)
+    if found and found[0]["action_id"] in forward:
         assert found[0]["style"] == "primary"
     assert not [
-        b for b in found if b.get("style") == "danger" and b["action_id"] != ACTION_ROLLBACK
+        b for b in found if b.get("style") == "danger" and b["action_id"] != ButtonAction.ROLLBACK
     ]
 
 
@@ -330,7 +322,7 @@ def test_roll_back_is_dangerous_and_asks_for_confirmation() -> None:
     (rollback,) = [
         b
         for b in buttons(status_message(progressing(), now=NOW))
-        if b["action_id"] == ACTION_ROLLBACK
+        if b["action_id"] == ButtonAction.ROLLBACK
     ]
     assert rollback["style"] == "danger"
     confirm = rollback["confirm"]
@@ -458,11 +450,11 @@ def test_a_stale_value_parses_but_carries_the_old_step() -> None:
     ref = parse_button_value(button_value(shown))
     moved = advance(shown, CONTROLLER, NOW, "hold passed")
     assert ref.step == 1 and moved.step == 2
-    assert stale_reason(shown, ref, ACTION_ADVANCE) == ""
-    assert "step 3/5" in stale_reason(moved, ref, ACTION_ADVANCE)
+    assert stale_reason(shown, ref, ButtonAction.ADVANCE) == ""
+    assert "step 3/5" in stale_reason(moved, ref, ButtonAction.ADVANCE)
     # Stopping stays possible while the release moves on; moving forward does not.
-    assert stale_reason(moved, ref, ACTION_PAUSE) == ""
-    assert stale_reason(moved, ref, ACTION_ROLLBACK) == ""
+    assert stale_reason(moved, ref, ButtonAction.PAUSE) == ""
+    assert stale_reason(moved, ref, ButtonAction.ROLLBACK) == ""
 
 
 def test_a_second_click_on_approve_cannot_approve_again() -> None:
@@ -470,24 +462,24 @@ def test_a_second_click_on_approve_cannot_approve_again() -> None:
     ref = parse_button_value(button_value(shown))
     approved = approve(shown, BOB, NOW)
     assert approved.step == shown.step  # the same step: only the state tells them apart
-    assert stale_reason(shown, ref, ACTION_APPROVE) == ""
-    assert "progressing" in stale_reason(approved, ref, ACTION_APPROVE)
+    assert stale_reason(shown, ref, ButtonAction.APPROVE) == ""
+    assert "progressing" in stale_reason(approved, ref, ButtonAction.APPROVE)
 
 
 def test_clicks_on_a_finished_or_other_release_are_stale() -> None:
     release = rolled_back()
     ref = parse_button_value(button_value(release))
-    assert "rolled_back" in stale_reason(release, ref, ACTION_ROLLBACK)
+    assert "rolled_back" in stale_reason(release, ref, ButtonAction.ROLLBACK)
     other = ButtonRef("ffffffffffff", release.step, release.rev)
-    assert "another release" in stale_reason(progressing(), other, ACTION_PAUSE)
+    assert "another release" in stale_reason(progressing(), other, ButtonAction.PAUSE)
     assert "unknown button" in stale_reason(progressing(), ref, "something_else")
 
 
 def test_resume_is_stale_once_resumed() -> None:
     shown = paused()
     ref = parse_button_value(button_value(shown))
-    assert stale_reason(shown, ref, ACTION_RESUME) == ""
-    assert "progressing" in stale_reason(resume(shown, ALICE, NOW), ref, ACTION_RESUME)
+    assert stale_reason(shown, ref, ButtonAction.RESUME) == ""
+    assert "progressing" in stale_reason(resume(shown, ALICE, NOW), ref, ButtonAction.RESUME)
 
 
 # --- mentions --------------------------------------------------------------------------------
@@ -715,7 +707,7 @@ def test_fit_caps_fields_and_confirm_dialogs() -> None:
     button = {
         "type": "button",
         "text": {"type": "plain_text", "text": "Roll back"},
-        "action_id": ACTION_ROLLBACK,
+        "action_id": ButtonAction.ROLLBACK,
         "value": "x:1:2",
         "style": "danger",
         "confirm": {
@@ -754,9 +746,9 @@ def test_render_text_numbers_the_buttons() -> None:
     assert "[1] Advance  [2] Pause  [3] Roll back" in text
     value = button_value(release)
     assert choices == [
-        Choice(1, "Advance", ACTION_ADVANCE, value),
-        Choice(2, "Pause", ACTION_PAUSE, value),
-        Choice(3, "Roll back", ACTION_ROLLBACK, value),
+        Choice(1, "Advance", ButtonAction.ADVANCE, value),
+        Choice(2, "Pause", ButtonAction.PAUSE, value),
+        Choice(3, "Roll back", ButtonAction.ROLLBACK, value),
     ]
     assert "checkout v2.4.1" in text.splitlines()[0]  # the header
     assert "started by @U012AB3CD" in text and "On-call: @S0ONCALL12" in text

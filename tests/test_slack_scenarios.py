@@ -15,15 +15,11 @@ import redis.asyncio as aioredis
 
 from bot.engine.events import EventKind
 from bot.judging.thresholds import fmt
+from bot.release.buttons import ButtonAction, parse_button_value
 from bot.release.commands import USAGE, Verb
 from bot.release.rollout import State
 from bot.render.blocks import (
-    ACTION_ADVANCE,
-    ACTION_APPROVE,
-    ACTION_PAUSE,
-    ACTION_ROLLBACK,
     event_message,
-    parse_button_value,
 )
 from tests.support.slack_rig import (
     ALICE,
@@ -104,12 +100,12 @@ async def test_release_driven_by_command_and_button_runs_to_success(rig: SlackRi
     await rig.settle()
     first = rig.slack.message(CHECKOUT_CHANNEL, ts)
     assert "checkout v2 is progressing at 1% (step 1/4)" in first["text"]
-    assert actions_of(first)[0] == ACTION_ADVANCE
+    assert actions_of(first)[0] == ButtonAction.ADVANCE
 
-    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)
     release = await rig.release("checkout")
     assert parse_button_value(value).release_id == release.id
-    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    click = await rig.click(ButtonAction.ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
 
     assert click.status == 200
     assert click.seconds < ACK_WITHIN
@@ -206,9 +202,9 @@ async def test_rollback_command_rolls_back_and_pages_the_oncall(rig: SlackRig) -
 
 async def test_rollback_button_rolls_back_attributed_to_the_clicker(rig: SlackRig) -> None:
     ts = await deploy_checkout(rig)
-    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ROLLBACK)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ROLLBACK)
 
-    click = await rig.click(ACTION_ROLLBACK, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    click = await rig.click(ButtonAction.ROLLBACK, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
 
     assert click.status == 200
     assert "rolled back" in (await rig.reply(click))["text"]
@@ -239,8 +235,8 @@ async def test_pause_and_rollback_buttons_name_the_clicker_as_one_working_mentio
 ) -> None:
     ts = await deploy_checkout(rig)
     pause = await rig.click(
-        ACTION_PAUSE,
-        rig.button(CHECKOUT_CHANNEL, ts, ACTION_PAUSE),
+        ButtonAction.PAUSE,
+        rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.PAUSE),
         ALICE,
         channel=CHECKOUT_CHANNEL,
         ts=ts,
@@ -248,8 +244,8 @@ async def test_pause_and_rollback_buttons_name_the_clicker_as_one_working_mentio
     paused = await rig.reply(pause)
     await rig.settle()
     rollback = await rig.click(
-        ACTION_ROLLBACK,
-        rig.button(CHECKOUT_CHANNEL, ts, ACTION_ROLLBACK),
+        ButtonAction.ROLLBACK,
+        rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ROLLBACK),
         ALICE,
         channel=CHECKOUT_CHANNEL,
         ts=ts,
@@ -323,11 +319,11 @@ async def test_requester_cannot_approve_and_the_approver_can(rig: SlackRig) -> N
     await rig.settle()
     waiting = await rig.release("payments")
     assert waiting.state is State.PENDING_APPROVAL
-    value = rig.button(PAYMENTS_CHANNEL, ts, ACTION_APPROVE)
+    value = rig.button(PAYMENTS_CHANNEL, ts, ButtonAction.APPROVE)
     versions_before = len(rig.slack.versions(PAYMENTS_CHANNEL, ts))
     replies_before = len(rig.slack.thread(PAYMENTS_CHANNEL, ts))
 
-    own = await rig.click(ACTION_APPROVE, value, ALICE, channel=PAYMENTS_CHANNEL, ts=ts)
+    own = await rig.click(ButtonAction.APPROVE, value, ALICE, channel=PAYMENTS_CHANNEL, ts=ts)
 
     refusal = await rig.reply(own)
     assert refusal["response_type"] == "ephemeral"
@@ -342,7 +338,7 @@ async def test_requester_cannot_approve_and_the_approver_can(rig: SlackRig) -> N
     assert (refused.actor, refused.outcome) == (ALICE, "refused")
     assert refused.reason == "requester cannot approve"
 
-    theirs = await rig.click(ACTION_APPROVE, value, CAROL, channel=PAYMENTS_CHANNEL, ts=ts)
+    theirs = await rig.click(ButtonAction.APPROVE, value, CAROL, channel=PAYMENTS_CHANNEL, ts=ts)
 
     approved = await rig.reply(theirs)
     assert "advanced to 1% (step 1/4)" in approved["text"]
@@ -366,19 +362,19 @@ async def test_requester_cannot_approve_and_the_approver_can(rig: SlackRig) -> N
 
 async def test_a_button_from_an_earlier_step_is_refused_as_out_of_date(rig: SlackRig) -> None:
     ts = await deploy_checkout(rig)
-    old = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
-    first = await rig.click(ACTION_ADVANCE, old, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    old = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)
+    first = await rig.click(ButtonAction.ADVANCE, old, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
     await rig.reply(first)
     await rig.settle()
     moved = await rig.release("checkout")
     assert (moved.step, moved.weight) == (1, 10)
-    assert parse_button_value(rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)).step == 1
+    assert parse_button_value(rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)).step == 1
     versions = len(rig.slack.versions(CHECKOUT_CHANNEL, ts))
     replies = len(rig.slack.thread(CHECKOUT_CHANNEL, ts))
 
     # Bob still has the first version of the message on screen: its button says step 0.
-    assert rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE, version=0) == old
-    stale = await rig.click(ACTION_ADVANCE, old, BOB, channel=CHECKOUT_CHANNEL, ts=ts)
+    assert rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE, version=0) == old
+    stale = await rig.click(ButtonAction.ADVANCE, old, BOB, channel=CHECKOUT_CHANNEL, ts=ts)
 
     answer = await rig.reply(stale)
     assert answer["response_type"] == "ephemeral"
@@ -507,11 +503,11 @@ async def test_a_misspelt_service_reply_shows_the_usage(rig: SlackRig) -> None:
 
 async def test_after_a_restart_the_same_status_message_is_updated(rig: SlackRig) -> None:
     ts = await deploy_checkout(rig)
-    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)
     posts_before = len(rig.slack.calls_to("chat.postMessage"))
 
     await rig.restart()  # a new process: new core, notifier, bolt app and HTTP server
-    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    click = await rig.click(ButtonAction.ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
 
     assert click.status == 200
     assert "advanced to 10% (step 2/4)" in (await rig.reply(click))["text"]
@@ -542,12 +538,12 @@ async def test_a_failed_status_update_is_retried_until_the_message_is_current(
 ) -> None:
     ts = await deploy_checkout(rig)
     release = await rig.release("checkout")
-    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)
     updates_before = len(rig.slack.calls_to("chat.update"))
     # More failures than one call's retries (1 + 2 for a 5xx) can absorb, several times over.
     rig.slack.fail_next("chat.update", status=500, count=10)
 
-    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    click = await rig.click(ButtonAction.ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
     await rig.reply(click)
 
     async def stale() -> list[str]:
@@ -569,7 +565,7 @@ async def test_a_failed_status_update_is_retried_until_the_message_is_current(
     [status] = rig.slack.messages(CHECKOUT_CHANNEL)
     assert status["ts"] == ts
     assert "checkout v2 is progressing at 10% (step 2/4)" in status["text"]
-    assert rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE).startswith(f"{release.id}:1:")
+    assert rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE).startswith(f"{release.id}:1:")
     updates = rig.slack.calls_to("chat.update")[updates_before:]
     assert [c.status for c in updates] == [500] * 10 + [200]
     assert all(c.args["ts"] == ts for c in updates)
@@ -665,10 +661,10 @@ async def test_a_stale_status_message_is_brought_up_to_date_after_a_restart(
 ) -> None:
     ts = await deploy_checkout(rig)
     release = await rig.release("checkout")
-    value = rig.button(CHECKOUT_CHANNEL, ts, ACTION_ADVANCE)
+    value = rig.button(CHECKOUT_CHANNEL, ts, ButtonAction.ADVANCE)
     # Slack keeps failing the update for longer than this process lives.
     rig.slack.fail_next("chat.update", status=500, count=1000)
-    click = await rig.click(ACTION_ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
+    click = await rig.click(ButtonAction.ADVANCE, value, ALICE, channel=CHECKOUT_CHANNEL, ts=ts)
     await rig.reply(click)
     await wait_until(
         lambda: _contains(rig.core.app.store.stale_messages(), release.id),

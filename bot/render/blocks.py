@@ -9,8 +9,9 @@ Every builder ends in ``fit``, which enforces Slack's size limits on the finishe
 message that breaks one is rejected by Slack as a whole, and a rejected "rolling back" message
 is far worse than a shortened one, so content is cut, with a pointer, never left to fail.
 
-Buttons carry only an opaque ``release_id:step:rev`` value; whoever handles a click re-reads
-the release and asks ``stale_reason`` whether the click still means what it meant on screen.
+Buttons carry only an opaque ``release_id:step:rev`` value (``bot.release.buttons``); a click
+is carried out by ``bot.engine.clicks``, which re-reads the release and acts only while the
+click still means what it meant on screen.
 """
 
 from __future__ import annotations
@@ -24,21 +25,16 @@ from typing import Any
 
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.judging.thresholds import fmt
+from bot.release.buttons import ButtonAction, button_value
 from bot.release.checks import CheckResult, Outcome
 from bot.release.durations import format_duration
 from bot.release.policy import Direction, Metric, Risk
 from bot.release.rollout import CONTROLLER, GateRecord, Release, State
 
-ACTION_ADVANCE = "shipwatch_advance"
-ACTION_APPROVE = "shipwatch_approve"
-ACTION_PAUSE = "shipwatch_pause"
-ACTION_RESUME = "shipwatch_resume"
-ACTION_ROLLBACK = "shipwatch_rollback"
 ACTION_EDIT_NOTES = "shipwatch_edit_notes"
 NOTES_MODAL = "shipwatch_notes_modal"  # callback_id of the release-notes edit modal
 NOTES_INPUT_BLOCK = "notes"
 NOTES_INPUT_ACTION = "notes_text"
-ACTIONS = frozenset({ACTION_ADVANCE, ACTION_APPROVE, ACTION_PAUSE, ACTION_RESUME, ACTION_ROLLBACK})
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit).
 MAX_BLOCKS = 50
@@ -79,23 +75,6 @@ _CURRENT_STEP = {
 }
 _FLAGS = {"pass": "ok", "fail": "FAIL", "no_data": "n/a", "error": "ERR"}
 
-# Which state each button is offered in. A click is only acted on while the release is still
-# in such a state (see stale_reason).
-_OFFERED_IN: dict[str, frozenset[State]] = {
-    # Shown while progressing; still right once the controller asks for approval of that
-    # same next step (high risk), since the click then approves exactly that step.
-    ACTION_ADVANCE: frozenset({State.PROGRESSING, State.PENDING_APPROVAL}),
-    ACTION_APPROVE: frozenset({State.PENDING_APPROVAL}),
-    ACTION_PAUSE: frozenset({State.PROGRESSING, State.PENDING_APPROVAL, State.BAKING}),
-    ACTION_RESUME: frozenset({State.PAUSED}),
-    ACTION_ROLLBACK: frozenset(
-        {State.PROGRESSING, State.PENDING_APPROVAL, State.PAUSED, State.BAKING}
-    ),
-}
-# Clicks that move the release forward are tied to the step they were shown at; pausing and
-# rolling back stay valid while the release moves on (they are the safe direction, and a
-# rollback lost to a race with the controller's next advance is the costliest miss).
-_STEP_BOUND = frozenset({ACTION_ADVANCE, ACTION_APPROVE, ACTION_RESUME})
 
 
 # --- messages and button values ------------------------------------------------------------
@@ -108,13 +87,6 @@ class Message:
 
 
 @dataclass(frozen=True)
-class ButtonRef:
-    release_id: str
-    step: int
-    rev: int
-
-
-@dataclass(frozen=True)
 class Choice:
     """A button as the console shows it: "[number] label"."""
 
@@ -122,41 +94,6 @@ class Choice:
     label: str
     action_id: str
     value: str
-
-
-_VALUE = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,9}):([0-9]{1,15})")
-
-
-def button_value(release: Release) -> str:
-    return f"{release.id}:{release.step}:{release.rev}"
-
-
-def parse_button_value(value: str) -> ButtonRef:
-    """The reference a button carries; ValueError for anything we did not produce."""
-    match = _VALUE.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"not a shipwatch button value: {str(value)[:80]!r}")
-    return ButtonRef(match.group(1), int(match.group(2)), int(match.group(3)))
-
-
-def stale_reason(release: Release, ref: ButtonRef, action_id: str) -> str:
-    """Why a click no longer applies to ``release`` as it is now, or "" when it still does.
-
-    The rev is not compared: the controller bumps it on every analysis round, so it would
-    make every button older than one interval stale. The step and the state say whether the
-    release moved on in a way that changes what the button means.
-    """
-    if action_id not in _OFFERED_IN:
-        return f"unknown button `{action_id[:40]}`"
-    if ref.release_id != release.id:
-        return f"that button belongs to another release than {release.label}"
-    if not release.is_active:
-        return release.describe_state()
-    if release.state not in _OFFERED_IN[action_id]:
-        return release.describe_state()
-    if action_id in _STEP_BOUND and release.step != ref.step:
-        return release.describe_state()
-    return ""
 
 
 # --- text helpers --------------------------------------------------------------------------
@@ -626,10 +563,10 @@ def _context_line(release: Release, now: float) -> str:
 
 def _buttons(release: Release) -> list[dict[str, Any]]:
     value = button_value(release)
-    pause = _button("Pause", ACTION_PAUSE, value)
+    pause = _button("Pause", ButtonAction.PAUSE, value)
     rollback = _button(
         "Roll back",
-        ACTION_ROLLBACK,
+        ButtonAction.ROLLBACK,
         value,
         style="danger",
         confirm={
@@ -651,11 +588,11 @@ def _buttons(release: Release) -> list[dict[str, Any]]:
         # high-risk releases to approve, so one action id covers both and the approve id stays
         # bound to the pending state (a late second click cannot approve a step twice).
         label = "Approve next step" if release.risk is Risk.HIGH else "Advance"
-        return [_button(label, ACTION_ADVANCE, value, style="primary"), pause, rollback]
+        return [_button(label, ButtonAction.ADVANCE, value, style="primary"), pause, rollback]
     if state is State.PENDING_APPROVAL:
-        return [_button("Approve", ACTION_APPROVE, value, style="primary"), pause, rollback]
+        return [_button("Approve", ButtonAction.APPROVE, value, style="primary"), pause, rollback]
     if state is State.PAUSED:
-        return [_button("Resume", ACTION_RESUME, value, style="primary"), rollback]
+        return [_button("Resume", ButtonAction.RESUME, value, style="primary"), rollback]
     if state is State.BAKING:
         return [pause, rollback]
     return []
