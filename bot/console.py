@@ -2,7 +2,7 @@
 
 Reads commands from stdin (a prompt when it is a TTY, plain lines otherwise), runs the
 controller in the same process, and prints every event as it happens. Messages are the Block
-Kit messages Slack gets (bot/render/blocks.py) rendered as text; their buttons become numbered
+Kit messages Slack gets (bot/render/) rendered as text; their buttons become numbered
 choices, and typing a number clicks one through the same service calls as a Slack click.
 """
 
@@ -28,8 +28,11 @@ from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Actor, Release, Surface
-from bot.render.blocks import Choice, event_message, render_text, status_message
 from bot.render.errors import report
+from bot.render.kit import Choice
+from bot.render.status import status_message
+from bot.render.terminal import render_text
+from bot.render.thread import event_message
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,12 @@ from bot.engine.service import Outcome
 from bot.observe.logs import log_context
 from bot.release.buttons import ButtonAction
 from bot.release.rollout import Actor, Release
-from bot.render.blocks import (
+from bot.render.kit import Message, ephemeral
+from bot.render.thread import (
     ACTION_EDIT_NOTES,
     NOTES_INPUT_ACTION,
     NOTES_INPUT_BLOCK,
     NOTES_MODAL,
-    Message,
-    ephemeral,
     notes_modal,
 )
 from handlers.commands import ack_only

@@ -12,7 +12,7 @@ from bot.errors import CommandError, UnknownServiceError
 from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release.commands import USAGE, Verb, parse
-from bot.render.blocks import ephemeral
+from bot.render.kit import ephemeral
 from handlers.context import Core, error_message, status_of
 from handlers.people import actor_for
 

@@ -9,8 +9,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import App
 from bot.release.rollout import Release
-from bot.render.blocks import Message, status_message
 from bot.render.errors import chat_error, report
+from bot.render.kit import Message
+from bot.render.status import status_message
 from handlers.responses import ResponseUrls
 
 log = logging.getLogger(__name__)

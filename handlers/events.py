@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.observe.logs import log_context
 from bot.release.rollout import Release
-from bot.render.blocks import split_text
+from bot.render.kit import split_text
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
 

@@ -21,7 +21,9 @@ from bot.errors import StoreError
 from bot.observe import telemetry
 from bot.release.policy import Policy
 from bot.release.rollout import Release
-from bot.render.blocks import Message, event_message, status_message
+from bot.render.kit import Message
+from bot.render.status import status_message
+from bot.render.thread import event_message
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)

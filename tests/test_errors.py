@@ -21,8 +21,8 @@ from bot.errors import (
     UserError,
     failure_of,
 )
-from bot.render.blocks import render_text
 from bot.render.errors import SHOWN, chat_error, report
+from bot.render.terminal import render_text
 from bot.writing.prompts import UnknownPromptError
 
 log = logging.getLogger("tests.errors")

@@ -28,13 +28,8 @@ from bot.redact import redact
 from bot.release.checks import CheckResult
 from bot.release.policy import Policy
 from bot.release.rollout import Release, State
-from bot.render.blocks import (
-    ACTION_EDIT_NOTES,
-    NOTES_INPUT_ACTION,
-    NOTES_INPUT_BLOCK,
-    NOTES_MODAL,
-    esc,
-)
+from bot.render.mrkdwn import esc
+from bot.render.thread import ACTION_EDIT_NOTES, NOTES_INPUT_ACTION, NOTES_INPUT_BLOCK, NOTES_MODAL
 from bot.traffic.flags import FlagsBackend
 from bot.writing.prompts import render
 from tests.support.openai_api import OpenAIStandIn

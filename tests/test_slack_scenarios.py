@@ -18,9 +18,7 @@ from bot.judging.thresholds import fmt
 from bot.release.buttons import ButtonAction, parse_button_value
 from bot.release.commands import USAGE, Verb
 from bot.release.rollout import State
-from bot.render.blocks import (
-    event_message,
-)
+from bot.render.thread import event_message
 from tests.support.slack_rig import (
     ALICE,
     BOB,

@@ -1,5 +1,5 @@
 """The README's picture of the Slack status message: the script runs, draws well-formed SVG
-from the blocks bot.render.blocks really builds, and the committed picture is what it draws now."""
+from the blocks bot.render really builds, and the committed picture is what it draws now."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bot.render.blocks import Message
+from bot.render.kit import Message
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "status_picture.py"
@@ -175,7 +175,7 @@ def test_the_thread_has_the_real_replies(generated: str, script: ModuleType) -> 
 
 def test_the_committed_picture_is_what_the_script_draws_now(generated: str) -> None:
     fix = (
-        f"docs/status-message.svg no longer matches the messages bot/render/blocks.py builds; "
+        f"docs/status-message.svg no longer matches the messages bot/render/ builds; "
         f"regenerate it with `{REGENERATE}` (from the repository root) and commit it"
     )
     if not PICTURE.exists() or PICTURE.read_text(encoding="utf-8") != generated:

@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 
 from bot.errors import CommandError, Failure, PermissionDenied, failure_of
-from bot.render.blocks import Message, ephemeral, mention
+from bot.render.kit import Message, ephemeral
+from bot.render.mrkdwn import mention
 
 
 @dataclass(frozen=True)
