@@ -24,7 +24,8 @@ from bot.observe import telemetry
 from bot.observe.logs import log_context, request_id_from
 from bot.observe.release_metrics import ReleaseMetrics
 from bot.release.policy import Policy
-from handlers.api import api_routes, load_tokens
+from handlers.api.routes import api_routes
+from handlers.api.tokens import load_tokens
 from handlers.app import build_bolt
 from handlers.client import web_client
 from handlers.context import Core

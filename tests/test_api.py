@@ -25,7 +25,9 @@ from bot.release.gates import GateResult, GateStatus
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
-from handlers.api import RELEASES, ROLLOUTS, RolloutApi, TokenRing, parse_tokens
+from handlers.api.records import RELEASES, ROLLOUTS
+from handlers.api.routes import RolloutApi
+from handlers.api.tokens import TokenRing, parse_tokens
 from handlers.context import status_of
 from handlers.server import build_core, web_app
 from tests.support.slack_api import SlackStandIn

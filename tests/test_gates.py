@@ -21,7 +21,7 @@ from bot.errors import UserError
 from bot.release.gates import GateResult, GateStatus
 from bot.release.policy import parse_policy
 from bot.release.rollout import Release
-from handlers.api import ROLLOUTS
+from handlers.api.records import ROLLOUTS
 from tests.support.gates_api import Fault, GatesStandIn
 from tests.support.slack_rig import (
     ALICE,

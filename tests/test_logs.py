@@ -32,7 +32,7 @@ from bot.observe.logs import (
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
-from handlers.api import ROLLOUTS
+from handlers.api.records import ROLLOUTS
 from handlers.server import REQUEST_ID
 from tests.support.gated_source import GatedSource
 from tests.support.slack_rig import SECRET, SlackRig, running_rig, wait_until

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.store import keys
 from bot.store.store import Store
-from handlers.api import ROLLOUTS
+from handlers.api.records import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
 from tests.support.procs import free_port
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
