@@ -7,7 +7,6 @@ request still makes sense (an advance of step k does not become an advance of st
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -28,10 +27,11 @@ from bot.errors import (
     UserError,
 )
 from bot.release import rollout
-from bot.release.policy import Policy, Risk, ServicePolicy, Step, Strategy
+from bot.release.plan import plan_release
+from bot.release.policy import Policy, Risk, ServicePolicy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, GateRecord, Release, State
-from bot.store.store import AuditEntry, CommitStatus, CreateStatus, Lock, Store
+from bot.store.store import AuditEntry, CommitStatus, CreateResult, CreateStatus, Lock, Store
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class ReleaseService:
         options: DeployOptions | None = None,
         request_id: str = "",
     ) -> Result:
+        """Start a release: permission, the plan, the gates, then one atomic create."""
         if replay := await self._replayed(request_id):
             return replay
         opts = options or DeployOptions()
@@ -129,89 +130,59 @@ class ReleaseService:
             # Forcing past the gates is the approvers' call; with none configured, nobody's.
             await self._refuse(actor, service, "deploy", "--force by someone not an approver")
             raise PermissionDenied("force a release past the gates of", service, sp.approvers)
-        version = version.strip()
-        if not version or len(version) > 128 or any(c.isspace() for c in version):
-            raise UserError(f"`{version}` is not a version", hint="give a tag like v2.4.1")
-        risk = opts.risk or sp.risk
-        strategy = opts.strategy or sp.strategy
-        steps = _plan_steps(sp, strategy, opts)
-        hold = sp.hold if opts.hold is None else opts.hold
-
         previous = await self.store.history(service, limit=20)
-        stable = opts.stable or next(
-            (r.version for r in previous if r.state is State.SUCCEEDED), ""
-        )
-        if not stable and any(m.max_ratio or m.max_diff is not None for m in sp.metrics):
-            # Without a control, the rules against the control could not judge anything; a
-            # silent pass would let a slow canary through, so ask for the control version.
-            raise UserError(
-                f"no earlier release of `{service}` is known: nothing to compare the canary with",
-                hint=f"name the version running now: /deploy {service} {version} --stable <v>",
-            )
-        if stable == version:
-            raise UserError(
-                f"`{service}` already runs {version}",
-                hint="deploy a different version, or /rollout status to see it",
-            )
-        gates = await self._check_gates(actor, sp, service, version, opts)
-        now = self.clock()
+        plan = plan_release(sp, service, version, opts, previous)
+        gates = await self._check_gates(actor, sp, service, plan.version, opts)
         release = rollout.new_release(
             release_id=uuid.uuid4().hex[:12],
             number=await self.store.next_number(),
             service=service,
-            version=version,
-            stable_version=stable,
-            weights=[s.weight for s in steps],
-            holds=[hold if s.hold is None else s.hold for s in steps],
+            version=plan.version,
+            stable_version=plan.stable,
+            weights=plan.weights,
+            holds=plan.holds,
             interval=sp.interval,
             bake=sp.bake,
-            strategy=strategy,
-            risk=risk,
+            strategy=plan.strategy,
+            risk=plan.risk,
             notes=opts.notes,
             actor=actor,
-            now=now,
+            now=self.clock(),
         ).model_copy(update={"changes": [dict(c) for c in opts.changes], "gates": gates})
-        audit = AuditEntry(
-            action="deploy",
-            actor=actor.user,
-            surface=actor.surface,
-            service=service,
-            release_id=release.id,
-            to_state=release.state,
-            request_id=request_id,
-            detail={
-                "version": version,
-                "risk": risk,
-                "strategy": strategy,
-                "steps": release.weights,
-                "stable": stable,
-                **({"gates": gates.model_dump()} if gates else {}),
-                "forced": bool(gates and gates.forced),
-            },
-        )
-        created = await self.store.create(release, audit, request_id)
-        if created.status is CreateStatus.LOCKED and created.lock:
-            await self._refuse(actor, service, "deploy", created.lock.describe())
-            raise LockedError(
-                f"cannot deploy: {created.lock.describe()}. `/rollout unlock {service}` lifts it."
-            )
-        if created.status is CreateStatus.ACTIVE:
-            other = await self.store.get(created.release_id)
-            await self._refuse(
-                actor, service, "deploy", "another release is active", created.release_id
-            )
-            when = time.strftime("%H:%M UTC", time.gmtime(other.created_at)) if other else "?"
-            who = other.requested_by if other else "?"
-            what = other.version if other else "?"
-            raise AlreadyActiveError(
-                f"cannot deploy {version}: {service} {what} is already being released, started "
-                f"by {who} at {when} ({other.describe_state() if other else 'unknown state'}). "
-                f"Wait for it, or `/rollback {service}` first."
-            )
+        created = await self.store.create(release, _deploy_audit(release, request_id), request_id)
         if created.status is CreateStatus.DUPLICATE:
             existing = await self.store.get(created.release_id)
             assert existing is not None
             return Result(Outcome.DUPLICATE, existing, "this request was already applied")
+        if created.status is not CreateStatus.OK:
+            raise await self._not_created(actor, release, created)
+        return Result(Outcome.DONE, await self._start(release, actor), _started_text(release))
+
+    async def _not_created(
+        self, actor: Actor, release: Release, created: CreateResult
+    ) -> ConflictError:
+        """Why the store refused to create ``release`` (a lock, another active release),
+        audited as a refusal."""
+        service, version = release.service, release.version
+        if created.status is CreateStatus.LOCKED:
+            lock = created.lock.describe() if created.lock else f"`{service}` is locked"
+            await self._refuse(actor, service, "deploy", lock)
+            return LockedError(f"cannot deploy: {lock}. `/rollout unlock {service}` lifts it.")
+        other = await self.store.get(created.release_id)
+        await self._refuse(
+            actor, service, "deploy", "another release is active", created.release_id
+        )
+        when = time.strftime("%H:%M UTC", time.gmtime(other.created_at)) if other else "?"
+        who = other.requested_by if other else "?"
+        what = other.version if other else "?"
+        return AlreadyActiveError(
+            f"cannot deploy {version}: {service} {what} is already being released, started "
+            f"by {who} at {when} ({other.describe_state() if other else 'unknown state'}). "
+            f"Wait for it, or `/rollback {service}` first."
+        )
+
+    async def _start(self, release: Release, actor: Actor) -> Release:
+        """Announce a created release and move its first traffic (or ask for approval)."""
         self.events.emit(
             ReleaseEvent(EventKind.STARTED, release, _started_text(release), actor=actor.user)
         )
@@ -224,9 +195,8 @@ class ReleaseService:
                     actor=actor.user,
                 )
             )
-        else:
-            release = await self.actuator.sync(release)
-        return Result(Outcome.DONE, release, _started_text(release))
+            return release
+        return await self.actuator.sync(release)
 
     async def _check_gates(
         self, actor: Actor, sp: ServicePolicy, service: str, version: str, opts: DeployOptions
@@ -540,24 +510,26 @@ class ReleaseService:
         return await self.store.history(service, limit)
 
 
-def _plan_steps(sp: ServicePolicy, strategy: Strategy, opts: DeployOptions) -> list[Step]:
-    if strategy is Strategy.BLUE_GREEN:
-        # Pre-switch checks on the new version at 0%, then one switch to 100%.
-        return [Step(weight=0), Step(weight=100)]
-    if opts.steps is None:
-        return list(sp.steps)
-    weights = opts.steps
-    if (
-        not weights
-        or any(not 0 < w <= 100 for w in weights)
-        or weights[-1] != 100
-        or any(b <= a for a, b in itertools.pairwise(weights))
-    ):
-        raise UserError(
-            f"bad --steps {','.join(map(str, weights))}",
-            hint="rising percentages ending at 100, e.g. --steps 1,10,25,50,100",
-        )
-    return [Step(weight=w) for w in weights]
+def _deploy_audit(release: Release, request_id: str) -> AuditEntry:
+    gates = release.gates
+    return AuditEntry(
+        action="deploy",
+        actor=release.requested_by,
+        surface=release.surface,
+        service=release.service,
+        release_id=release.id,
+        to_state=release.state,
+        request_id=request_id,
+        detail={
+            "version": release.version,
+            "risk": release.risk,
+            "strategy": release.strategy,
+            "steps": release.weights,
+            "stable": release.stable_version,
+            **({"gates": gates.model_dump()} if gates else {}),
+            "forced": bool(gates and gates.forced),
+        },
+    )
 
 
 def _started_text(release: Release) -> str:
