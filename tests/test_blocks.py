@@ -533,10 +533,18 @@ def test_started_event_gives_the_plan_and_short_notes() -> None:
 
 
 def test_step_advanced_event_gives_weight_and_step() -> None:
-    event = ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "advanced to 10% (step 2/5)")
+    event = ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "held 15m, every check green")
     text = all_text(event_message(event))
     assert "*10%* (step 2/5)" in text
     assert " by " not in text.split("\n")[0]  # the controller is not named as a person
+    assert text.endswith("held 15m, every check green")  # why the controller advanced
+
+
+def test_a_persons_advance_says_who_and_no_why() -> None:
+    event = ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), actor="U045EF6GH")
+    message = event_message(event)
+    assert len(message.blocks) == 1
+    assert "*10%* (step 2/5) by <@U045EF6GH>" in all_text(message)
 
 
 def test_approval_needed_event_mentions_the_approvers() -> None:
@@ -587,13 +595,13 @@ def test_rollback_names_the_failing_value_limit_and_control_and_pages(kind: Even
 
 def test_traffic_failure_is_loud() -> None:
     event = ReleaseEvent(
-        EventKind.TRAFFIC_FAILED, rolling_back(), "rollback is NOT applied yet, retrying: 503"
+        EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503"
     )
     message = event_message(event, oncall=ONCALL)
     assert message.blocks[0]["type"] == "header"
     assert "FAILED" in message.blocks[0]["text"]["text"]
     text = all_text(message)
-    assert "*rollback is NOT applied yet, retrying: 503*" in text
+    assert "*rollback is NOT applied yet, retrying: the webhook answered 503*" in text
     assert "<!subteam^S0ONCALL12>" in text
     assert message.text.startswith("TRAFFIC CHANGE FAILED")
 

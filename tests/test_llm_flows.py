@@ -313,14 +313,14 @@ async def test_automatic_rollback_diagnosis_is_our_facts_then_the_llm_cause_and_
     assert release.notes == NOTES
     facts = facts_for(release)
     # Our sentence first, the model's two labelled parts after it, then who wrote them.
-    lines = diagnosis.message.splitlines()
+    lines = diagnosis.detail.splitlines()
     assert lines[0] == facts
     assert "\n".join(lines[1:-1]) == DIAGNOSIS_REPLY
     assert lines[-1] == f"_(written by {MODEL} from the release record)_"
     reply = only_reply(rig, ts, "diagnosis for checkout v2:")
     head, body = sections(reply)
     assert head == "🩺 *Why *checkout* `v2` was rolled back*"
-    assert body == esc(diagnosis.message)
+    assert body == esc(diagnosis.detail)
     assert body.startswith(f"{facts}\nLikely cause: the faster cart totals change")
     kinds = rig.recorder.kinds("checkout")
     assert kinds.index(EventKind.DIAGNOSIS) > kinds.index(EventKind.ROLLED_BACK)
@@ -384,14 +384,14 @@ async def test_without_an_api_key_the_diagnosis_is_labelled_template_text(
     diagnosis = await event_of(rig, EventKind.DIAGNOSIS)
     draft = await event_of(rig, EventKind.NOTES_DRAFT)
     await rig.settle()
-    lines = diagnosis.message.splitlines()
+    lines = diagnosis.detail.splitlines()
     assert lines[0] == facts_for(release)
     assert (
         "Likely cause: not analysed; latency_p99 and the changes in v2 are the place to start."
     ) in lines
     assert lines[-1] == "_(template text: no LLM configured)_"
-    assert "written by" not in diagnosis.message
-    assert draft.message.splitlines() == [
+    assert "written by" not in diagnosis.detail
+    assert draft.detail.splitlines() == [
         "*checkout v2*",
         "• faster cart totals",
         "_(template text: no LLM configured)_",
@@ -422,13 +422,13 @@ async def test_an_llm_that_does_not_answer_gives_the_template_saying_why(
     rolled = await event_of(rig, EventKind.ROLLED_BACK)
     diagnosis = await event_of(rig, EventKind.DIAGNOSIS)
     await rig.settle()
-    lines = diagnosis.message.splitlines()
+    lines = diagnosis.detail.splitlines()
     assert lines[0] == facts_for(release)
     assert lines[-1] == f"_(template text: the LLM did not answer: {failure})_"
     assert any(line.startswith("Likely cause: not analysed;") for line in lines)
     assert any(line.startswith("Suggested next step: compare latency_p99") for line in lines)
     reply = only_reply(rig, ts, "diagnosis for checkout v2:")
-    assert sections(reply)[1] == esc(diagnosis.message)
+    assert sections(reply)[1] == esc(diagnosis.detail)
     # One attempt, no retries, and the fallback as soon as the bound is reached.
     assert len(openai_api.completion_requests()) == 1
     waited = diagnosis.at - rolled.at
@@ -488,16 +488,16 @@ async def test_rollback_time_is_the_same_with_a_hanging_llm(
         # 20 s bound: whatever the model did, the diagnosis then follows the rollback.
         await openai_api.close()
     diagnosis = await event_of(rig, EventKind.DIAGNOSIS)
-    assert diagnosis.message.startswith(facts_for(release))
+    assert diagnosis.detail.startswith(facts_for(release))
     if llm == "hanging":
         # The late answer, or the error of an endpoint that went away: either way, written
         # after the rollback and labelled as what it is.
-        assert diagnosis.message.splitlines()[-1] in (
+        assert diagnosis.detail.splitlines()[-1] in (
             f"_(written by {MODEL} from the release record)_",
             "_(template text: the LLM did not answer: error)_",
         )
     else:
-        assert diagnosis.message.endswith("_(template text: no LLM configured)_")
+        assert diagnosis.detail.endswith("_(template text: no LLM configured)_")
     kinds = rig.recorder.kinds("checkout")
     assert kinds.index(EventKind.DIAGNOSIS) > kinds.index(EventKind.ROLLED_BACK)
     assert release.finished_at is not None and diagnosis.at >= release.finished_at
@@ -620,14 +620,14 @@ async def test_release_notes_are_drafted_edited_in_a_modal_and_announced(
     await rig.settle()
     release = await rig.release("checkout")
     assert release.notes == "faster cart totals"
-    assert draft.message == f"{NOTES_REPLY}\n_(written by {MODEL} from the release record)_"
+    assert draft.detail == f"{NOTES_REPLY}\n_(written by {MODEL} from the release record)_"
     [request] = requests_for(openai_api, "release_notes")
     _, user = prompt_pair(request)
     assert user.startswith("Service: checkout\nVersion: v2\n")
     assert between(user, "<<<NOTES", "NOTES>>>") == "faster cart totals"
     assert between(user, "<<<CHANGES", "CHANGES>>>") == "(none given)"
     reply = only_reply(rig, ts, "draft release notes for checkout v2")
-    assert sections(reply) == ["📝 *Draft release notes for *checkout* `v2`*", esc(draft.message)]
+    assert sections(reply) == ["📝 *Draft release notes for *checkout* `v2`*", esc(draft.detail)]
     value = rig.button(CHECKOUT_CHANNEL, reply["ts"], ACTION_EDIT_NOTES)
     assert value == release.id
 
@@ -667,7 +667,7 @@ async def test_release_notes_are_drafted_edited_in_a_modal_and_announced(
     assert saved.notes == edited
     [audit] = await rig.audit("edit_notes")
     assert (audit.actor, audit.release_id) == (ALICE, release.id)
-    assert second.message == edited and second.actor == ALICE
+    assert second.detail == edited and second.actor == ALICE
     assert second.actor == ALICE
     drafts = [
         r
@@ -684,11 +684,11 @@ async def test_release_notes_are_drafted_edited_in_a_modal_and_announced(
     final = await event_of(rig, EventKind.NOTES_FINAL)
     await wait_until(lambda: bool(rig.slack.messages("#releases")), "the announcement")
     [announcement] = rig.slack.messages("#releases")
-    assert final.message.startswith("checkout v2 shipped to 100% of users in ")
-    assert "minute(s). All metrics nominal.\n" in final.message
-    assert final.message.endswith(f"\n{edited}")
-    assert sections(announcement) == ["📣 *checkout v2 shipped to 100%.*", esc(final.message)]
-    assert announcement["text"] == f"checkout v2 shipped: {final.message}"
+    assert final.detail.startswith("checkout v2 shipped to 100% of users in ")
+    assert "minute(s). All metrics nominal.\n" in final.detail
+    assert final.detail.endswith(f"\n{edited}")
+    assert sections(announcement) == ["📣 *checkout v2 shipped to 100%.*", esc(final.detail)]
+    assert announcement["text"] == f"checkout v2 shipped: {final.detail}"
     assert "thread_ts" not in announcement
     assert (await rig.release("checkout")).state is State.SUCCEEDED
     rig.validate_blocks()
@@ -754,7 +754,7 @@ async def test_long_llm_output_is_split_into_messages_and_sections_slack_accepts
     parts = sections(reply)[1:]
     assert len(parts) >= 4
     assert all(len(p) <= 3000 for p in parts)
-    assert "\n".join(parts) == esc(diagnosis.message)
+    assert "\n".join(parts) == esc(diagnosis.detail)
     assert "truncated" not in "".join(parts)
     assert len(reply["text"]) <= 3000  # the notification text is cut, with a pointer
 

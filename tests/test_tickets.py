@@ -415,9 +415,7 @@ async def test_an_automatic_rollback_files_tickets_and_says_where_in_the_thread(
             channel = rig.slack.channel_id(CHECKOUT_CHANNEL)
 
             issue_url = "https://github.com/acme/checkout/issues/1"
-            assert filed.message == (
-                f"Incident ticket filed: webhook: {TICKET_URL}; github: {issue_url}"
-            )
+            assert filed.link == f"webhook: {TICKET_URL}; github: {issue_url}"
             kinds = rig.recorder.kinds("checkout")
             assert kinds.index(EventKind.ROLLED_BACK) < kinds.index(EventKind.DIAGNOSIS)
             assert kinds.index(EventKind.DIAGNOSIS) < kinds.index(EventKind.TICKET_FILED)
@@ -426,7 +424,7 @@ async def test_an_automatic_rollback_files_tickets_and_says_where_in_the_thread(
                 for r in rig.slack.thread(CHECKOUT_CHANNEL, ts)
                 if r["text"].startswith("incident ticket for checkout v2:")
             ]
-            assert reply["blocks"][0]["text"]["text"] == f"🎫 {filed.message}"
+            assert reply["blocks"][0]["text"]["text"] == f"🎫 Incident ticket filed: {filed.link}"
             rig.validate_blocks()
 
     assert release.state is State.ROLLED_BACK
@@ -449,7 +447,7 @@ async def test_an_automatic_rollback_files_tickets_and_says_where_in_the_thread(
         "v2",
         "v1",
     )
-    assert payload["diagnosis"] == diagnosis.message
+    assert payload["diagnosis"] == diagnosis.detail
     # The link to the thread is Slack's permalink of the release's status message.
     assert payload["thread_url"] == (
         f"https://shipwatch.slack.com/archives/{channel}/p{ts.replace('.', '')}"
@@ -470,7 +468,7 @@ async def test_an_automatic_rollback_files_tickets_and_says_where_in_the_thread(
     assert payload["decided_at"] <= payload["rolled_back_at"]
     [issue] = gh.issues
     assert issue.title == payload["title"]
-    assert issue.body.startswith(diagnosis.message)
+    assert issue.body.startswith(diagnosis.detail)
     assert f"Slack thread: {payload['thread_url']}" in issue.body
 
 
@@ -486,9 +484,10 @@ async def test_a_failing_sink_is_reported_in_the_thread(
             filed = await event_of(rig, EventKind.TICKET_FILED)
             await rig.settle()
 
-            assert filed.message == "Filing the incident ticket failed; see the bot's log."
+            assert filed.link == ""  # nothing was filed
             texts = [r["text"] for r in rig.slack.thread(CHECKOUT_CHANNEL, ts)]
-            assert f"incident ticket for checkout v2: {filed.message}" in texts
+            failed = "Filing the incident ticket failed; see the bot's log."
+            assert f"incident ticket for checkout v2: {failed}" in texts
             rig.validate_blocks()
     assert len(hook.received) == 1
 

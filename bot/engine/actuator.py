@@ -138,10 +138,7 @@ class TrafficActuator:
                     took = now - (current.rollback_started_at or now)
                     self.events.emit(
                         ReleaseEvent(
-                            EventKind.ROLLED_BACK,
-                            result.current,
-                            f"traffic is back on {current.stable_version or 'stable'} "
-                            f"(0% canary) {took:.1f}s after the decision. Reason: {current.reason}",
+                            EventKind.ROLLED_BACK, result.current, current.reason, seconds=took
                         )
                     )
                 return result.current
@@ -154,13 +151,7 @@ class TrafficActuator:
         if release.state is State.ROLLING_BACK:
             # Never give up on a rollback: the next round tries again; shout meanwhile.
             log.error("ROLLBACK NOT APPLIED for %s: %s", release.label, exc)
-            self.events.emit(
-                ReleaseEvent(
-                    EventKind.TRAFFIC_FAILED,
-                    release,
-                    f"rollback is NOT applied yet, retrying: {exc}",
-                )
-            )
+            self.events.emit(ReleaseEvent(EventKind.TRAFFIC_FAILED, release, str(exc)))
             return release
         reason = f"traffic backend failed to set {release.weight}%: {exc}"
         log.warning("%s: %s", release.label, reason)

@@ -297,33 +297,25 @@ def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]
 
 
 def carry_out(r: Release, d: Decision, now: float) -> tuple[Release, tuple[EventKind, str] | None]:
-    """The release after a decision, and the event that tells the thread about it (pure)."""
+    """The release after a decision, and the event (its kind and detail) that tells the
+    thread about it (pure)."""
     if d.verdict is Verdict.ROLLBACK:
-        return (
-            rollout.start_rollback(r, CONTROLLER, now, d.reason),
-            (EventKind.ROLLBACK_STARTED, f"rolling back automatically: {d.reason}"),
+        return rollout.start_rollback(r, CONTROLLER, now, d.reason), (
+            EventKind.ROLLBACK_STARTED,
+            d.reason,
         )
     if d.verdict is Verdict.PAUSE:
         return rollout.pause(r, CONTROLLER, now, d.reason), (EventKind.PAUSED, d.reason)
     if d.verdict is Verdict.ADVANCE:
         new = rollout.advance(r, CONTROLLER, now, d.reason)
         if new.state is State.BAKING:
-            return new, (
-                EventKind.BAKING,
-                f"at 100%; baking for {new.bake:.0f}s against the pre-release baseline",
-            )
-        return new, (
-            EventKind.STEP_ADVANCED,
-            f"advanced to {new.weight}% (step {new.step + 1}/{len(new.weights)}): {d.reason}",
-        )
+            return new, (EventKind.BAKING, d.reason)
+        return new, (EventKind.STEP_ADVANCED, d.reason)
     if d.verdict is Verdict.REQUEST_APPROVAL:
         new = rollout.request_approval(r, CONTROLLER, now, d.reason)
-        nxt = new.weights[new.awaiting_step or 0]
-        return new, (EventKind.APPROVAL_NEEDED, f"hold passed at {r.weight}%; approve {nxt}%")
+        return new, (EventKind.APPROVAL_NEEDED, "")
     if d.verdict is Verdict.SUCCEED:
-        new = rollout.succeed(r, CONTROLLER, now)
-        total = now - r.created_at
-        return new, (EventKind.SUCCEEDED, f"{r.version} is live for everyone; took {total:.0f}s")
+        return rollout.succeed(r, CONTROLLER, now), (EventKind.SUCCEEDED, "")
     return r, None
 
 

@@ -44,13 +44,23 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True)
 class ReleaseEvent:
+    """Something that happened to a release, as data; ``bot.render.thread`` says it in words.
+
+    ``detail`` is what the event carries beyond the release record: the reason a decision or a
+    person gave (a pause, a rollback, an automatic advance, a metrics summary), the error of a
+    traffic change that failed, or the text written for a diagnosis or release notes. It is
+    never a sentence built for display, and nothing parses it back.
+    """
+
     kind: EventKind
     release: Release
-    message: str
+    detail: str = ""
     actor: str = "shipwatch"
     checks: Sequence[CheckResult] = ()
     at: float = field(default_factory=time.time)
     files: Sequence[tuple[str, bytes]] = ()  # (file name, content) to attach, e.g. a chart
+    seconds: float | None = None  # ROLLED_BACK: from the decision to traffic back on stable
+    link: str = ""  # TICKET_FILED: where the ticket is; "" when filing it failed
 
 
 class Notifier(Protocol):
@@ -65,7 +75,7 @@ class LogNotifier:
             "%s %s: %s",
             event.release.label,
             event.kind.value,
-            event.message,
+            event.detail,
             extra={"release_id": event.release.id, "event": event.kind.value},
         )
 

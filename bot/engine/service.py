@@ -183,18 +183,9 @@ class ReleaseService:
 
     async def _start(self, release: Release, actor: Actor) -> Release:
         """Announce a created release and move its first traffic (or ask for approval)."""
-        self.events.emit(
-            ReleaseEvent(EventKind.STARTED, release, _started_text(release), actor=actor.user)
-        )
+        self.events.emit(ReleaseEvent(EventKind.STARTED, release, actor=actor.user))
         if release.state is State.PENDING_APPROVAL:
-            self.events.emit(
-                ReleaseEvent(
-                    EventKind.APPROVAL_NEEDED,
-                    release,
-                    "approval needed before the first step",
-                    actor=actor.user,
-                )
-            )
+            self.events.emit(ReleaseEvent(EventKind.APPROVAL_NEEDED, release, actor=actor.user))
             return release
         return await self.actuator.sync(release)
 
@@ -336,14 +327,7 @@ class ReleaseService:
             expected_step=current.step if expected_step is None else expected_step,
         )
         if res.outcome is Outcome.DONE:
-            self.events.emit(
-                ReleaseEvent(
-                    EventKind.APPROVED,
-                    res.release,
-                    f"{actor.user} approved {res.release.weight}%",
-                    actor=actor.user,
-                )
-            )
+            self.events.emit(ReleaseEvent(EventKind.APPROVED, res.release, actor=actor.user))
             res = await self._after_move(res, actor)
         return res
 
@@ -355,7 +339,7 @@ class ReleaseService:
             if kind is EventKind.BAKING
             else f"advanced to {release.weight}% (step {release.step + 1}/{len(release.weights)})"
         )
-        self.events.emit(ReleaseEvent(kind, release, text, actor=actor.user))
+        self.events.emit(ReleaseEvent(kind, release, actor=actor.user))
         release = await self.actuator.sync(release)
         return Result(res.outcome, release, text)
 
@@ -378,12 +362,7 @@ class ReleaseService:
         )
         if res.outcome is Outcome.DONE:
             self.events.emit(
-                ReleaseEvent(
-                    EventKind.ROLLBACK_STARTED,
-                    res.release,
-                    f"rolling back: {why}",
-                    actor=actor.user,
-                )
+                ReleaseEvent(EventKind.ROLLBACK_STARTED, res.release, why, actor=actor.user)
             )
             release = await self.actuator.sync(res.release)
             return Result(res.outcome, release, f"rolled back: {why}")
@@ -421,12 +400,7 @@ class ReleaseService:
         )
         if res.outcome is Outcome.DONE:
             self.events.emit(
-                ReleaseEvent(
-                    EventKind.RESUMED,
-                    res.release,
-                    f"resumed by {actor.user}; the hold restarts",
-                    actor=actor.user,
-                )
+                ReleaseEvent(EventKind.RESUMED, res.release, actor=actor.user)
             )
         return res
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.release.durations import format_duration
 from bot.release.policy import Metric
-from bot.release.rollout import Release
+from bot.release.rollout import CONTROLLER, Release
 from bot.render.checks import (
     checks_blocks,
     control_label_of,
@@ -45,6 +46,23 @@ NOTES_INPUT_ACTION = "notes_text"
 EVENT_NOTES = 500
 
 
+@dataclass(frozen=True)
+class _Said:
+    """What one event says: its blocks, the notification text, and who to page."""
+
+    event: ReleaseEvent
+    approvers: Sequence[str]
+    metrics: Sequence[Metric]
+    page: str  # the on-call mention line, "" when nobody is on call
+
+    @property
+    def release(self) -> Release:
+        return self.event.release
+
+
+_Reply = tuple[list[dict[str, Any]], str]
+
+
 def event_message(
     event: ReleaseEvent,
     *,
@@ -52,133 +70,211 @@ def event_message(
     approvers: Sequence[str] = (),
     metrics: Sequence[Metric] = (),
 ) -> Message:
-    r = event.release
-    kind = event.kind
-    title = release_title(r)
-    detail = esc(event.message)
-    blocks: list[dict[str, Any]] = []
-    text = f"{r.service} {r.version}: {event.message}"
+    """The thread reply for ``event``: every sentence is composed here, from the event's data."""
     page = f"🔔 On-call: {mention(oncall)}" if oncall.strip() else ""
+    said = _Said(event, approvers, metrics, page)
+    build = _REPLIES.get(event.kind)
+    if build is None:  # a kind added later still gets a readable line
+        r = event.release
+        blocks, text = [section_block(f"{release_title(r)}: {esc(event.detail)}")], event.detail
+    else:
+        blocks, text = build(said)
+    return fit(blocks, text, more=more_pointer(event.release))
 
-    if kind is EventKind.STARTED:
-        plan = " → ".join(f"{w}%" for w in r.weights)
-        stable = esc(r.stable_version or "the current version")
+
+def _started(s: _Said) -> _Reply:
+    r, actor = s.release, s.event.actor
+    plan = " → ".join(f"{w}%" for w in r.weights)
+    stable = esc(r.stable_version or "the current version")
+    blocks = [
+        section_block(
+            f"🚀 {mention(actor)} started {release_title(r)} (replacing `{stable}`) · "
+            f"{esc(r.strategy)} · risk *{esc(r.risk)}*\nPlan: {plan}"
+        )
+    ]
+    if r.notes.strip():
         blocks.append(
-            section_block(
-                f"🚀 {mention(event.actor)} started {title} (replacing `{stable}`) · "
-                f"{esc(r.strategy)} · risk *{esc(r.risk)}*\nPlan: {plan}"
-            )
+            context_block(f"📝 {clip(esc(r.notes.strip()), EVENT_NOTES, more_pointer(r))}")
         )
-        if r.notes.strip():
-            blocks.append(
-                context_block(f"📝 {clip(esc(r.notes.strip()), EVENT_NOTES, more_pointer(r))}")
-            )
-        if r.gates is not None and r.gates.forced:
-            blocks.append(section_block(forced_text(r.gates)))
-        text = f"{event.actor} started {r.service} {r.version}"
-    elif kind is EventKind.STEP_ADVANCED:
-        blocks.append(
-            section_block(f"⏩ {title} is at *{r.weight}%* ({step_text(r)}){by_whom(event.actor)}")
+    if r.gates is not None and r.gates.forced:
+        blocks.append(section_block(forced_text(r.gates)))
+    return blocks, f"{actor} started {r.service} {r.version}"
+
+
+def _step_advanced(s: _Said) -> _Reply:
+    r = s.release
+    blocks = [
+        section_block(
+            f"⏩ {release_title(r)} is at *{r.weight}%* ({step_text(r)}){by_whom(s.event.actor)}"
         )
-        # The controller's message adds why it advanced; a person's only repeats the line.
-        if event.message != f"advanced to {r.weight}% ({step_text(r)})":
-            blocks.append(context_block(detail))
-        text = f"{r.service} {r.version} is at {r.weight}% ({step_text(r)})"
-    elif kind is EventKind.APPROVAL_NEEDED:
-        blocks.append(section_block(f"{title}: {approval_text(r, approvers)}"))
-        blocks.append(context_block(detail))
-        text = f"approval needed: {r.service} {r.version}"
-    elif kind is EventKind.APPROVED:
-        blocks.append(
-            section_block(
-                f"✅ {mention(event.actor)} approved *{r.weight}%* for {title} ({step_text(r)})"
-            )
-        )
-        text = f"{event.actor} approved {r.weight}% for {r.service} {r.version}"
-    elif kind is EventKind.METRICS_SUMMARY:
-        blocks.append(section_block(f"📊 {title} at {r.weight}%: {detail}"))
-        blocks += checks_blocks(r, event.checks, metrics, f"*Canary vs {control_label_of(r)}*")
-        text = f"{r.service} {r.version} at {r.weight}%: {event.message}"
-    elif kind is EventKind.PAUSED:
-        by = by_whom(event.actor, event.message)
-        blocks.append(section_block(f"⏸️ {title} paused at *{r.weight}%*{by}: {detail}"))
-        blocks.append(
-            context_block(
-                f"Resume or roll back from the status message, or `/rollout resume {r.service}`."
-            )
-        )
-        if event.checks:
-            blocks += checks_blocks(r, event.checks, metrics, "*Last checks*")
-        text = f"{r.service} {r.version} paused at {r.weight}%: {event.message}"
-    elif kind is EventKind.RESUMED:
-        blocks.append(
-            section_block(
-                f"▶️ {title} resumed at *{r.weight}%*{by_whom(event.actor)}; the hold restarts."
-            )
-        )
-        text = f"{r.service} {r.version} resumed"
-    elif kind is EventKind.BAKING:
-        blocks.append(
-            section_block(
-                f"🔥 {title} is at *100%*{by_whom(event.actor)}, baking for "
-                f"{format_duration(r.bake)} against the pre-release baseline."
-            )
-        )
-        text = f"{r.service} {r.version} is at 100%, baking"
-    elif kind is EventKind.SUCCEEDED:
-        took = format_duration(max(0.0, (r.finished_at or event.at) - r.created_at))
-        blocks.append(section_block(f"🎉 {title} is live for everyone. Took {took}."))
-        text = f"{r.service} {r.version} succeeded in {took}"
-    elif kind in (EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK):
-        blocks += _rollback_blocks(event, metrics, page)
-        verb = "rolling back" if kind is EventKind.ROLLBACK_STARTED else "rolled back"
-        text = f"{r.service} {r.version} {verb}: {r.reason or event.message}"
-    elif kind is EventKind.DIAGNOSIS:
-        blocks.append(section_block(f"🩺 *Why {title} was rolled back*"))
-        blocks += [section_block(esc(part)) for part in paragraphs(event.message)]
-        if page:
-            blocks.append(context_block(page))
-        text = f"diagnosis for {r.service} {r.version}: {event.message}"
-    elif kind in (EventKind.NOTES_DRAFT, EventKind.NOTES_FINAL):
-        final = kind is EventKind.NOTES_FINAL
-        head = (
-            f"📣 *{esc(r.service)} {esc(r.version)} shipped to 100%.*"
-            if final
-            else f"📝 *Draft release notes for {title}*"
-        )
-        blocks.append(section_block(head))
-        blocks += [section_block(esc(part)) for part in paragraphs(event.message)]
-        if not final and event.actor != "shipwatch":
-            blocks.append(context_block(f"_edited by {mention(event.actor)}_"))
-        if not final:
-            blocks.append(
-                {
-                    "type": "actions",
-                    "elements": [button_element("Edit notes", ACTION_EDIT_NOTES, r.id)],
-                }
-            )
-        text = (
-            f"{r.service} {r.version} shipped: {event.message}"
-            if final
-            else f"draft release notes for {r.service} {r.version}"
-        )
-    elif kind is EventKind.TICKET_FILED:
-        blocks.append(section_block(f"🎫 {detail}"))
-        text = f"incident ticket for {r.service} {r.version}: {event.message}"
-    elif kind is EventKind.TRAFFIC_FAILED:
-        blocks.append(header_block(f"🚨 Traffic change FAILED: {r.service} {r.version}"))
-        blocks.append(section_block(f"*{detail}*"))
-        blocks.append(
-            section_block(
-                f"{page or '🔔 No on-call is configured for this service.'}\n"
-                "The traffic backend did not confirm the change; shipwatch keeps retrying. "
-                "Check the backend now."
-            )
-        )
-        text = f"TRAFFIC CHANGE FAILED for {r.service} {r.version}: {event.message}"
-    if not blocks:  # a kind added later still gets a readable line
-        blocks.append(section_block(f"{title}: {detail}"))
-    return fit(blocks, text, more=more_pointer(r))
+    ]
+    if s.event.detail:  # why the controller advanced; a person's advance needs no why
+        blocks.append(context_block(esc(s.event.detail)))
+    return blocks, f"{r.service} {r.version} is at {r.weight}% ({step_text(r)})"
+
+
+def _approval_needed(s: _Said) -> _Reply:
+    r = s.release
+    if r.weight == 0 and not r.awaiting_step:
+        why = "approval needed before the first step"
+    else:
+        why = f"hold passed at {r.weight}%; approve {r.weights[r.awaiting_step or 0]}%"
+    blocks = [
+        section_block(f"{release_title(r)}: {approval_text(r, s.approvers)}"),
+        context_block(why),
+    ]
+    return blocks, f"approval needed: {r.service} {r.version}"
+
+
+def _approved(s: _Said) -> _Reply:
+    r, actor = s.release, s.event.actor
+    line = f"✅ {mention(actor)} approved *{r.weight}%* for {release_title(r)} ({step_text(r)})"
+    return [section_block(line)], f"{actor} approved {r.weight}% for {r.service} {r.version}"
+
+
+def _metrics_summary(s: _Said) -> _Reply:
+    r, detail = s.release, s.event.detail
+    blocks = [section_block(f"📊 {release_title(r)} at {r.weight}%: {esc(detail)}")]
+    label = f"*Canary vs {control_label_of(r)}*"
+    blocks += checks_blocks(r, s.event.checks, s.metrics, label)
+    return blocks, f"{r.service} {r.version} at {r.weight}%: {detail}"
+
+
+def _paused(s: _Said) -> _Reply:
+    r, detail = s.release, s.event.detail
+    by = by_whom(s.event.actor, detail)
+    blocks = [
+        section_block(f"⏸️ {release_title(r)} paused at *{r.weight}%*{by}: {esc(detail)}"),
+        context_block(
+            f"Resume or roll back from the status message, or `/rollout resume {r.service}`."
+        ),
+    ]
+    if s.event.checks:
+        blocks += checks_blocks(r, s.event.checks, s.metrics, "*Last checks*")
+    return blocks, f"{r.service} {r.version} paused at {r.weight}%: {detail}"
+
+
+def _resumed(s: _Said) -> _Reply:
+    r = s.release
+    line = (
+        f"▶️ {release_title(r)} resumed at *{r.weight}%*{by_whom(s.event.actor)}; the hold restarts."
+    )
+    return [section_block(line)], f"{r.service} {r.version} resumed"
+
+
+def _baking(s: _Said) -> _Reply:
+    r = s.release
+    line = (
+        f"🔥 {release_title(r)} is at *100%*{by_whom(s.event.actor)}, baking for "
+        f"{format_duration(r.bake)} against the pre-release baseline."
+    )
+    return [section_block(line)], f"{r.service} {r.version} is at 100%, baking"
+
+
+def _succeeded(s: _Said) -> _Reply:
+    r = s.release
+    took = format_duration(max(0.0, (r.finished_at or s.event.at) - r.created_at))
+    line = f"🎉 {release_title(r)} is live for everyone. Took {took}."
+    return [section_block(line)], f"{r.service} {r.version} succeeded in {took}"
+
+
+def _rollback(s: _Said) -> _Reply:
+    r, event = s.release, s.event
+    title = release_title(r)
+    stable = r.stable_version or "stable"
+    if event.kind is EventKind.ROLLBACK_STARTED:
+        by = by_whom(event.actor, r.reason)
+        head = f"⏪ *Rolling back* {title} to `{esc(stable)}`{by}: {esc(r.reason)}"
+        verb = "rolling back"
+    else:
+        took = f" {event.seconds:.1f}s after the decision" if event.seconds is not None else ""
+        back = f"traffic is back on {stable} (0% canary){took}. Reason: {r.reason or event.detail}"
+        # The record keeps the rollback attributed to whoever decided it.
+        head = f"↩️ {title} *rolled back*{by_whom(r.last.by)}: {esc(back)}"
+        verb = "rolled back"
+    blocks = [section_block(head)]
+    # The rolled-back event carries no checks; the release still holds the last ones.
+    checks = list(event.checks) or list(r.last_checks)
+    # A rollback from the last step (the bake) was judged against the frozen baseline.
+    label = "baseline" if r.baseline and r.step == len(r.weights) - 1 else "control"
+    if failing := failing_lines(checks, s.metrics, label):
+        blocks.append(section_block("*What failed*\n" + "\n".join(failing)))
+    if score := score_line(r):
+        blocks.append(context_block(score))
+    if s.page:
+        blocks.append(section_block(s.page))
+    return blocks, f"{r.service} {r.version} {verb}: {r.reason or event.detail}"
+
+
+def _diagnosis(s: _Said) -> _Reply:
+    r, written = s.release, s.event.detail
+    blocks = [section_block(f"🩺 *Why {release_title(r)} was rolled back*")]
+    blocks += [section_block(esc(part)) for part in paragraphs(written)]
+    if s.page:
+        blocks.append(context_block(s.page))
+    return blocks, f"diagnosis for {r.service} {r.version}: {written}"
+
+
+def _notes(s: _Said) -> _Reply:
+    r, event = s.release, s.event
+    if event.kind is EventKind.NOTES_FINAL:
+        blocks = [section_block(f"📣 *{esc(r.service)} {esc(r.version)} shipped to 100%.*")]
+        blocks += [section_block(esc(part)) for part in paragraphs(event.detail)]
+        return blocks, f"{r.service} {r.version} shipped: {event.detail}"
+    blocks = [section_block(f"📝 *Draft release notes for {release_title(r)}*")]
+    blocks += [section_block(esc(part)) for part in paragraphs(event.detail)]
+    if event.actor != CONTROLLER.user:
+        blocks.append(context_block(f"_edited by {mention(event.actor)}_"))
+    edit = button_element("Edit notes", ACTION_EDIT_NOTES, r.id)
+    blocks.append({"type": "actions", "elements": [edit]})
+    return blocks, f"draft release notes for {r.service} {r.version}"
+
+
+def _ticket_filed(s: _Said) -> _Reply:
+    r, link = s.release, s.event.link
+    what = (
+        f"Incident ticket filed: {link}"
+        if link
+        else ("Filing the incident ticket failed; see the bot's log.")
+    )
+    return [
+        section_block(f"🎫 {esc(what)}")
+    ], f"incident ticket for {r.service} {r.version}: {what}"
+
+
+def _traffic_failed(s: _Said) -> _Reply:
+    r = s.release
+    what = f"rollback is NOT applied yet, retrying: {s.event.detail}"
+    blocks = [
+        header_block(f"🚨 Traffic change FAILED: {r.service} {r.version}"),
+        section_block(f"*{esc(what)}*"),
+        section_block(
+            f"{s.page or '🔔 No on-call is configured for this service.'}\n"
+            "The traffic backend did not confirm the change; shipwatch keeps retrying. "
+            "Check the backend now."
+        ),
+    ]
+    return blocks, f"TRAFFIC CHANGE FAILED for {r.service} {r.version}: {what}"
+
+
+_REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
+    EventKind.STARTED: _started,
+    EventKind.STEP_ADVANCED: _step_advanced,
+    EventKind.APPROVAL_NEEDED: _approval_needed,
+    EventKind.APPROVED: _approved,
+    EventKind.METRICS_SUMMARY: _metrics_summary,
+    EventKind.PAUSED: _paused,
+    EventKind.RESUMED: _resumed,
+    EventKind.BAKING: _baking,
+    EventKind.SUCCEEDED: _succeeded,
+    EventKind.ROLLBACK_STARTED: _rollback,
+    EventKind.ROLLED_BACK: _rollback,
+    EventKind.DIAGNOSIS: _diagnosis,
+    EventKind.NOTES_DRAFT: _notes,
+    EventKind.NOTES_FINAL: _notes,
+    EventKind.TICKET_FILED: _ticket_filed,
+    EventKind.TRAFFIC_FAILED: _traffic_failed,
+}
 
 
 def notes_modal(release: Release) -> dict[str, Any]:
@@ -206,29 +302,3 @@ def notes_modal(release: Release) -> dict[str, Any]:
             },
         ],
     }
-
-
-def _rollback_blocks(
-    event: ReleaseEvent, metrics: Sequence[Metric], page: str
-) -> list[dict[str, Any]]:
-    r = event.release
-    title = release_title(r)
-    stable = esc(r.stable_version or "stable")
-    if event.kind is EventKind.ROLLBACK_STARTED:
-        by = by_whom(event.actor, r.reason)
-        head = f"⏪ *Rolling back* {title} to `{stable}`{by}: {esc(r.reason)}"
-    else:
-        # The record keeps the rollback attributed to whoever decided it.
-        head = f"↩️ {title} *rolled back*{by_whom(r.last.by)}: {esc(event.message)}"
-    blocks = [section_block(head)]
-    # The rolled-back event carries no checks; the release still holds the last ones.
-    checks = list(event.checks) or list(r.last_checks)
-    # A rollback from the last step (the bake) was judged against the frozen baseline.
-    label = "baseline" if r.baseline and r.step == len(r.weights) - 1 else "control"
-    if failing := failing_lines(checks, metrics, label):
-        blocks.append(section_block("*What failed*\n" + "\n".join(failing)))
-    if score := score_line(r):
-        blocks.append(context_block(score))
-    if page:
-        blocks.append(section_block(page))
-    return blocks

@@ -172,15 +172,11 @@ class Narrator:
                 f"{t.where}: {t.url}" if t.url else f"{t.where} (no link given)" for t in tickets
             )
             self.events.emit(
-                ReleaseEvent(EventKind.TICKET_FILED, release, f"Incident ticket filed: {where}")
+                ReleaseEvent(EventKind.TICKET_FILED, release, link=where)
             )
         else:
             self.events.emit(
-                ReleaseEvent(
-                    EventKind.TICKET_FILED,
-                    release,
-                    "Filing the incident ticket failed; see the bot's log.",
-                )
+                ReleaseEvent(EventKind.TICKET_FILED, release)
             )
 
     # --- release notes ----------------------------------------------------------------------
