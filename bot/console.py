@@ -193,7 +193,9 @@ class Console:
             else:
                 self.say(f"✗ {exc}")
 
-    async def _handle(self, line: str) -> None:
+    # The console's own words (a number, as, wait, await, fault, help) before the shared grammar:
+    # one flat dispatch.
+    async def _handle(self, line: str) -> None:  # noqa: C901
         word, _, rest = line.partition(" ")
         if word.isdecimal() and not rest.strip():
             await self._click(int(word))

@@ -37,7 +37,9 @@ class Decision:
 SCORE_COUNTER = "canary score"
 
 
-def decide(
+# One ladder, in order of precedence (roll back > pause > advance or approval > hold): the order
+# is the rule, so it stays in one place.
+def decide(  # noqa: C901, PLR0912, PLR0915
     release: Release,
     metrics: Sequence[Metric],
     checks: Sequence[CheckResult],

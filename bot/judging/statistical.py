@@ -151,7 +151,9 @@ def _sign(value: float) -> float:
     return (value > 0) - (value < 0)
 
 
-def _zeroin(
+# Brent's root finder as R's zeroin.c has it, step for step, so the two can be compared line by
+# line.
+def _zeroin(  # noqa: C901, PLR0912
     f: Callable[[float], float],
     ax: float,
     bx: float,
@@ -221,7 +223,9 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if math.isfinite(v)]
 
 
-def mann_whitney_ci(
+# R's wilcox.test confidence interval, case for case (ties, exact and normal approximations, end
+# points).
+def mann_whitney_ci(  # noqa: C901
     experiment: Sequence[float],
     control: Sequence[float],
     confidence: float = 0.98,
@@ -467,7 +471,9 @@ def _few_samples_text(n_experiment: int, n_control: int) -> str:
     )
 
 
-def classify(
+# Kayenta's classification in its order: data checks, the interval, the effect size, the critical
+# bound.
+def classify(  # noqa: C901, PLR0912, PLR0915
     control: Sequence[float],
     experiment: Sequence[float],
     config: JudgeConfig,

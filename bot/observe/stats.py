@@ -240,7 +240,9 @@ def compute(
     return ReleaseStats(start, end, service, overall, by_service, audit_from)
 
 
-def _walk(e: AuditEntry, r: _Release, tally: _Tally, inside: Callable[[float], bool]) -> None:
+# One pass over the lifecycle stream, each entry kind updating its release: a state machine reads
+# best whole.
+def _walk(e: AuditEntry, r: _Release, tally: _Tally, inside: Callable[[float], bool]) -> None:  # noqa: C901, PLR0912
     """Apply one ``ok`` entry of a release to its timeline and to the service's tally."""
     at = e.at
     if e.action == "deploy":

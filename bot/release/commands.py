@@ -137,7 +137,8 @@ def _stats(args: list[str]) -> Command:
     return Command(Verb.STATS, service=positional[0].lower() if positional else "", days=days)
 
 
-def _deploy(args: list[str]) -> Command:
+# One pass over the words, each option's rule and error next to it.
+def _deploy(args: list[str]) -> Command:  # noqa: C901, PLR0912, PLR0915
     usage = USAGE[Verb.DEPLOY]
     positional: list[str] = []
     opts: dict[str, str] = {}

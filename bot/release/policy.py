@@ -339,7 +339,8 @@ def embedded_policy() -> Policy:
     return parse_policy(text, "(embedded defaults)")
 
 
-def parse_policy(text: str, source: str) -> Policy:
+# Every problem in the file is collected, in file order, before anything is applied.
+def parse_policy(text: str, source: str) -> Policy:  # noqa: C901, PLR0912
     try:
         raw = yaml.safe_load(text)
         lines = _line_index(text)
@@ -442,7 +443,8 @@ def _metric_origin(
     return origin
 
 
-def _merge(
+# Defaults, then the service's overrides, metric by metric: one merge rule per field kind.
+def _merge(  # noqa: C901
     defaults: dict[str, Any],
     override: dict[str, Any],
     service: str,

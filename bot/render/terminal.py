@@ -50,7 +50,8 @@ def _text_of(obj: Mapping[str, Any]) -> str:
     return mrkdwn_to_text(raw) if obj.get("type") == "mrkdwn" else raw
 
 
-def render_text(message: Message) -> tuple[str, list[Choice]]:
+# One case per Block Kit block type the bot sends.
+def render_text(message: Message) -> tuple[str, list[Choice]]:  # noqa: C901, PLR0912
     """The message as compact terminal text; its buttons become numbered choices."""
     lines: list[str] = []
     choices: list[Choice] = []

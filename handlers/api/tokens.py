@@ -50,7 +50,8 @@ def _format_error(message: str) -> UserError:
     return UserError(f"{ENV}: {message}", hint=f"the format is {FORMAT}")
 
 
-def parse_tokens(text: str, known_services: Collection[str] | None = None) -> tuple[ApiToken, ...]:
+# Each malformed entry gets its own message naming the entry and how to fix it.
+def parse_tokens(text: str, known_services: Collection[str] | None = None) -> tuple[ApiToken, ...]:  # noqa: C901
     """Parse ``SHIPWATCH_API_TOKENS``; raise UserError naming the bad entry (never its secret).
 
     ``known_services``, when given, must hold every service a token is limited to: a typo
