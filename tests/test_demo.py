@@ -438,12 +438,14 @@ async def test_traffic_follows_the_canary_flag(
         await asyncio.to_thread(flags.close)
 
 
-def test_demo_service_entry_point_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+# The compose file's module, and the name it had before (older compose files still use it).
+@pytest.mark.parametrize("module", ["bot.demo.service", "bot.demo_service"])
+def test_demo_service_entry_point_serves_and_stops_on_sigterm(tmp_path: Path, module: str) -> None:
     """`python -m bot.demo.service`, as docker compose runs it (here without Redis)."""
     port = free_port()
     env = {**_env(tmp_path), "PORT": str(port), "DEMO_VERSION": "v7", "DEMO_LOAD_RPS": "20"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.demo.service"],
+        [sys.executable, "-m", module],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
