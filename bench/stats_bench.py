@@ -37,7 +37,8 @@ from redis.typing import EncodableT
 from bot.observe import stats
 from bot.observe.release_metrics import ReleaseMetrics, ReleaseSeries
 from bot.store import keys
-from bot.store.store import AUDIT_MAXLEN, ROUTINE_ACTIONS, AuditEntry, AuditStream, Store
+from bot.store.audit import AUDIT_MAXLEN, ROUTINE_ACTIONS, AuditEntry, AuditStream
+from bot.store.store import Store
 from tests.support.procs import redis_server
 
 WEIGHTS = (1, 10, 25, 50, 100)

@@ -25,7 +25,8 @@ from bot.release.policy import Policy, parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
-from bot.store.store import AuditEntry, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.gated_source import GatedSource
 from tests.support.recorder import Recorder

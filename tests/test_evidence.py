@@ -19,7 +19,8 @@ from bot.release import rollout
 from bot.release.checks import CheckResult
 from bot.release.policy import Risk, Strategy
 from bot.release.rollout import CONTROLLER, Actor, MetricCounters, Release, State
-from bot.store.store import AuditEntry, CreateStatus, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import CreateStatus, Store
 from bot.writing.evidence import (
     NO_LLM_LABEL,
     TIMELINE_LIMIT,

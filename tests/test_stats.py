@@ -30,7 +30,8 @@ from bot.release.commands import parse
 from bot.release.policy import parse_policy
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
-from bot.store.store import AuditEntry, AuditReach, AuditStream, Store
+from bot.store.audit import AuditEntry, AuditReach, AuditStream
+from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import redis_server
 from tests.support.slack_rig import SlackRig, running_rig

@@ -14,13 +14,8 @@ from bot.release import rollout
 from bot.release.policy import Risk, Strategy
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
-from bot.store.store import (
-    AuditEntry,
-    CommitStatus,
-    CreateStatus,
-    Lock,
-    Store,
-)
+from bot.store.audit import AuditEntry
+from bot.store.store import CommitStatus, CreateStatus, Lock, Store
 
 ALICE = Actor(user="alice", surface="slack")
 BOB = Actor(user="bob", surface="api")

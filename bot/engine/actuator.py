@@ -19,7 +19,8 @@ from bot.errors import TrafficError
 from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
-from bot.store.store import AuditEntry, CommitStatus, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import CommitStatus, Store
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from bot.release import rollout
 from bot.release.checks import CheckResult
 from bot.release.policy import Policy
 from bot.release.rollout import CONTROLLER, Release, State
-from bot.store.store import AuditEntry, CommitStatus, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import CommitStatus, Store
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from bot.observe import stats
 from bot.release.commands import STATS_DAYS, USAGE, Command, Verb
 from bot.release.durations import format_duration
 from bot.release.rollout import Actor, Release, State
-from bot.store.store import AuditStream
+from bot.store.audit import AuditStream
 
 HELP = "\n".join(f"• `{usage}`" for usage in USAGE.values())
 

@@ -31,7 +31,8 @@ from bot.release.plan import plan_release
 from bot.release.policy import Policy, Risk, ServicePolicy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, GateRecord, Release, State
-from bot.store.store import AuditEntry, CommitStatus, CreateResult, CreateStatus, Lock, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import CommitStatus, CreateResult, CreateStatus, Lock, Store
 
 log = logging.getLogger(__name__)
 

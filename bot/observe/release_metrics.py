@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from bot.errors import StoreError
 from bot.observe import stats, telemetry
 from bot.observe.stats import ReleaseStats, ServiceStats, Spread
-from bot.store.store import AuditEntry, AuditReach, AuditStream, Store
+from bot.store.audit import AuditEntry, AuditReach, AuditStream
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bot.release.durations import format_duration
-from bot.store.store import AuditEntry
+from bot.store.audit import AuditEntry
 
 DAY_S = 86400.0
 # How far before a window the audit stream is read, so that a release started shortly before

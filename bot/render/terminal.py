@@ -10,7 +10,6 @@ from bot.render.kit import Choice, Message
 
 _ANGLE = re.compile(r"<([^<>]+)>")
 
-
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
 

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -20,104 +20,24 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT
 
 from bot.errors import StoreError
-from bot.release.rollout import Actor, Release
-from bot.store import keys
+from bot.release.rollout import Release
+from bot.store import keys, scripts
+from bot.store.audit import (
+    AUDIT_MAXLEN,
+    AUDIT_PAGE,
+    LIFECYCLE_MAXLEN,
+    ROUTINE_ACTIONS,
+    AuditEntry,
+    AuditPage,
+    AuditReach,
+    AuditStream,
+    stream_id_time,
+)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
-AUDIT_MAXLEN = 200_000
-# The lifecycle stream gets ~15 entries per release: 100,000 is months of releases.
-LIFECYCLE_MAXLEN = 100_000
-# Audit actions that only say "judged, nothing changed": in the audit stream, not the lifecycle.
-ROUTINE_ACTIONS = frozenset({"decision:hold"})
-AUDIT_PAGE = 1000  # entries per XRANGE when reading the audit stream by time
 HISTORY_LEN = 500
 SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
 SERIES_TTL_S = 30 * 86400
-
-_CREATE = """
--- KEYS: release, active hash, history, lock, audit, idem, lifecycle
--- ARGV: service, release id, record, idem result ('' = none), idem ttl, history len,
---       audit maxlen, lifecycle maxlen, audit fields...
-if ARGV[4] ~= '' then
-  local prev = redis.call('GET', KEYS[6])
-  if prev then return {'duplicate', prev} end
-end
-local lock = redis.call('GET', KEYS[4])
-if lock then return {'locked', lock} end
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if cur then return {'active', cur} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('SET', KEYS[1], ARGV[3])
-redis.call('LPUSH', KEYS[3], ARGV[2])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 9))
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
-if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
-return {'ok', ARGV[2]}
-"""
-
-_COMMIT = """
--- KEYS: release, active hash, audit, idem, lease, lifecycle
--- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
---       idem result ('' = none), idem ttl, audit maxlen, lifecycle maxlen ('0' = routine
---       entry, audit stream only), audit fields...
-if ARGV[7] ~= '' then
-  local prev = redis.call('GET', KEYS[4])
-  if prev then return {'duplicate', prev} end
-end
-local cur = redis.call('GET', KEYS[1])
-if not cur then return {'missing', ''} end
-if tostring(cjson.decode(cur)['rev']) ~= ARGV[1] then return {'conflict', cur} end
-if ARGV[6] ~= '' then
-  local lease = redis.call('GET', KEYS[5])
-  local token = lease and string.match(lease, '|(%d+)$')
-  if token ~= ARGV[6] then return {'fenced', lease or ''} end
-end
-redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[5] == '1' and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
-  redis.call('HDEL', KEYS[2], ARGV[3])
-end
-if #ARGV >= 11 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 11))
-  if ARGV[10] ~= '0' then
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', unpack(ARGV, 11))
-  end
-end
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
-return {'ok', ''}
-"""
-
-_LEASES = """
--- KEYS: lease1, fence1, lease2, fence2, ...   ARGV: owner, ttl ms
--- Returns one fencing token per release: >0 held by us (new or renewed), 0 held by another.
-local out = {}
-for i = 1, #KEYS, 2 do
-  local cur = redis.call('GET', KEYS[i])
-  if not cur then
-    local token = redis.call('INCR', KEYS[i + 1])
-    redis.call('SET', KEYS[i], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-    out[#out + 1] = token
-  else
-    local owner, token = string.match(cur, '^(.*)|(%d+)$')
-    if owner == ARGV[1] then
-      redis.call('PEXPIRE', KEYS[i], ARGV[2])
-      out[#out + 1] = tonumber(token)
-    else
-      out[#out + 1] = 0
-    end
-  end
-end
-return out
-"""
-
-_DROP_LEASES = """
-local n = 0
-for i = 1, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  if cur and string.match(cur, '^(.*)|') == ARGV[1] then redis.call('DEL', KEYS[i]); n = n + 1 end
-end
-return n
-"""
 
 
 class CommitStatus(StrEnum):
@@ -133,120 +53,6 @@ class CommitResult:
     status: CommitStatus
     current: Release | None = None  # the record that won, on conflict
     previous_result: dict[str, Any] | None = None  # on duplicate
-
-
-class AuditStream(StrEnum):
-    """The two audit streams: every entry, or the release lifecycle (no routine holds)."""
-
-    FULL = "full"
-    LIFECYCLE = "lifecycle"
-
-    @property
-    def key(self) -> str:
-        return keys.audit() if self is AuditStream.FULL else keys.lifecycle()
-
-    @property
-    def maxlen(self) -> int:
-        return AUDIT_MAXLEN if self is AuditStream.FULL else LIFECYCLE_MAXLEN
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One line of the audit stream: who did what, from where, and the numbers behind it."""
-
-    action: str
-    actor: str
-    surface: str
-    service: str = ""
-    release_id: str = ""
-    from_state: str = ""
-    to_state: str = ""
-    outcome: str = "ok"  # ok | refused | duplicate | failed
-    reason: str = ""
-    request_id: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.time)
-
-    def fields(self) -> list[str]:
-        flat: list[str] = []
-        for name in (
-            "action",
-            "actor",
-            "surface",
-            "service",
-            "release_id",
-            "from_state",
-            "to_state",
-            "outcome",
-            "reason",
-            "request_id",
-        ):
-            flat += [name, str(getattr(self, name))]
-        flat += ["at", f"{self.at:.3f}", "detail", json.dumps(self.detail, default=str)]
-        return flat
-
-    @classmethod
-    def transition(
-        cls,
-        action: str,
-        actor: Actor,
-        old: Release,
-        new: Release,
-        *,
-        reason: str = "",
-        request_id: str = "",
-        detail: dict[str, Any] | None = None,
-    ) -> AuditEntry:
-        """The entry for a change of one release, from ``old`` to ``new``."""
-        return cls(
-            action=action,
-            actor=actor.user,
-            surface=actor.surface,
-            service=old.service,
-            release_id=old.id,
-            from_state=old.state,
-            to_state=new.state,
-            reason=reason,
-            request_id=request_id,
-            detail=detail if detail is not None else {"step": new.step, "weight": new.weight},
-        )
-
-    @classmethod
-    def from_fields(cls, data: dict[str, str]) -> AuditEntry:
-        return cls(
-            action=data.get("action", ""),
-            actor=data.get("actor", ""),
-            surface=data.get("surface", ""),
-            service=data.get("service", ""),
-            release_id=data.get("release_id", ""),
-            from_state=data.get("from_state", ""),
-            to_state=data.get("to_state", ""),
-            outcome=data.get("outcome", ""),
-            reason=data.get("reason", ""),
-            request_id=data.get("request_id", ""),
-            detail=json.loads(data.get("detail") or "{}"),
-            at=float(data.get("at") or 0),
-        )
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    """One read of the audit stream: its entries, and where the next read continues."""
-
-    entries: list[AuditEntry]
-    last_id: str  # the stream id of the last entry read ("" when nothing was read)
-    complete: bool  # the range held no more entries when it was read
-
-
-@dataclass(frozen=True)
-class AuditReach:
-    oldest: float | None  # when the oldest entry still held was added (None: the log is empty)
-    trimmed: bool  # older entries were dropped to keep the stream capped
-
-
-def stream_id_time(stream_id: str) -> float:
-    """Seconds since the epoch of a stream id ("<ms>-<seq>": Redis's clock when it was added)."""
-    return int(stream_id.split("-", 1)[0]) / 1000
 
 
 @dataclass(frozen=True)
@@ -307,10 +113,10 @@ _EMPTY_GROUP = ""
 class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._create = redis.register_script(_CREATE)
-        self._commit = redis.register_script(_COMMIT)
-        self._leases = redis.register_script(_LEASES)
-        self._drop_leases = redis.register_script(_DROP_LEASES)
+        self._create = redis.register_script(scripts.CREATE)
+        self._commit = redis.register_script(scripts.COMMIT)
+        self._leases = redis.register_script(scripts.LEASES)
+        self._drop_leases = redis.register_script(scripts.DROP_LEASES)
 
     @classmethod
     async def connect(cls, url: str) -> Store:

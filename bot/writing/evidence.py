@@ -21,7 +21,8 @@ from bot.release.checks import CheckResult
 from bot.release.durations import format_duration
 from bot.release.policy import Risk
 from bot.release.rollout import MetricCounters, Release, State, Surface
-from bot.store.store import AuditEntry, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import Store
 
 # The labels under what the bot writes, so a reader knows who wrote it: template text (and why)
 # or a model (and which).

@@ -17,7 +17,6 @@ DEFAULT_RECORDS = 20
 
 Json = dict[str, Any]
 
-
 MAX_RECORDS = 100
 
 

@@ -30,7 +30,8 @@ from bot.release.rollout import (
     State,
     new_release,
 )
-from bot.store.store import AuditEntry, CreateStatus, Store
+from bot.store.audit import AuditEntry
+from bot.store.store import CreateStatus, Store
 
 CASES_DIR = Path(__file__).with_name("cases")
 

@@ -30,7 +30,7 @@ from bot.config import Settings
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import Policy, parse_policy
 from bot.release.rollout import Release
-from bot.store.store import AuditEntry
+from bot.store.audit import AuditEntry
 from handlers.app import build_bolt
 from handlers.context import Core
 from handlers.notifier import SlackNotifier

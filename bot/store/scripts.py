@@ -1,0 +1,94 @@
+"""The Lua scripts that make each multi-key change atomic: a transition, its audit entry
+and its idempotency marker land together or not at all, and a commit that finds the record
+changed since it was read reports that someone else won instead of overwriting.
+"""
+
+from __future__ import annotations
+
+CREATE = """
+-- KEYS: release, active hash, history, lock, audit, idem, lifecycle
+-- ARGV: service, release id, record, idem result ('' = none), idem ttl, history len,
+--       audit maxlen, lifecycle maxlen, audit fields...
+if ARGV[4] ~= '' then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {'duplicate', prev} end
+end
+local lock = redis.call('GET', KEYS[4])
+if lock then return {'locked', lock} end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur then return {'active', cur} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 9))
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
+return {'ok', ARGV[2]}
+"""
+
+
+COMMIT = """
+-- KEYS: release, active hash, audit, idem, lease, lifecycle
+-- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
+--       idem result ('' = none), idem ttl, audit maxlen, lifecycle maxlen ('0' = routine
+--       entry, audit stream only), audit fields...
+if ARGV[7] ~= '' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {'duplicate', prev} end
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'missing', ''} end
+if tostring(cjson.decode(cur)['rev']) ~= ARGV[1] then return {'conflict', cur} end
+if ARGV[6] ~= '' then
+  local lease = redis.call('GET', KEYS[5])
+  local token = lease and string.match(lease, '|(%d+)$')
+  if token ~= ARGV[6] then return {'fenced', lease or ''} end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] == '1' and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+if #ARGV >= 11 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 11))
+  if ARGV[10] ~= '0' then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', unpack(ARGV, 11))
+  end
+end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
+return {'ok', ''}
+"""
+
+
+LEASES = """
+-- KEYS: lease1, fence1, lease2, fence2, ...   ARGV: owner, ttl ms
+-- Returns one fencing token per release: >0 held by us (new or renewed), 0 held by another.
+local out = {}
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('GET', KEYS[i])
+  if not cur then
+    local token = redis.call('INCR', KEYS[i + 1])
+    redis.call('SET', KEYS[i], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+    out[#out + 1] = token
+  else
+    local owner, token = string.match(cur, '^(.*)|(%d+)$')
+    if owner == ARGV[1] then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+      out[#out + 1] = tonumber(token)
+    else
+      out[#out + 1] = 0
+    end
+  end
+end
+return out
+"""
+
+
+DROP_LEASES = """
+local n = 0
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur and string.match(cur, '^(.*)|') == ARGV[1] then redis.call('DEL', KEYS[i]); n = n + 1 end
+end
+return n
+"""
