@@ -9,11 +9,14 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from bot.errors import CommandError
 from bot.release.durations import parse_duration
 from bot.release.policy import Risk, Strategy
 from bot.release.request import DeployOptions
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class Verb(StrEnum):
@@ -137,8 +140,20 @@ def _stats(args: list[str]) -> Command:
     return Command(Verb.STATS, service=positional[0].lower() if positional else "", days=days)
 
 
+def _choice(kind: type[_E], name: str, value: str | None, usage: str) -> _E | None:
+    """The member of ``kind`` that ``--name value`` names (``blue-green`` reads as
+    ``blue_green``), None when the option is absent."""
+    if value is None:
+        return None
+    try:
+        return kind(value.replace("-", "_"))
+    except ValueError:
+        choices = " or ".join(m.value for m in kind)
+        raise CommandError(f"bad --{name} `{value}`: use {choices}", usage=usage) from None
+
+
 # One pass over the words, each option's rule and error next to it.
-def _deploy(args: list[str]) -> Command:  # noqa: C901, PLR0912, PLR0915
+def _deploy(args: list[str]) -> Command:  # noqa: C901, PLR0912
     usage = USAGE[Verb.DEPLOY]
     positional: list[str] = []
     opts: dict[str, str] = {}
@@ -185,22 +200,8 @@ def _deploy(args: list[str]) -> Command:  # noqa: C901, PLR0912, PLR0915
             hold = parse_duration(opts["hold"])
         except ValueError as exc:
             raise CommandError(str(exc), usage=usage) from exc
-    risk = None
-    if "risk" in opts:
-        try:
-            risk = Risk(opts["risk"])
-        except ValueError as exc:
-            raise CommandError(
-                f"bad --risk `{opts['risk']}`: use normal or high", usage=usage
-            ) from exc
-    strategy = None
-    if "strategy" in opts:
-        try:
-            strategy = Strategy(opts["strategy"].replace("-", "_"))
-        except ValueError as exc:
-            raise CommandError(
-                f"bad --strategy `{opts['strategy']}`: use canary or blue_green", usage=usage
-            ) from exc
+    risk = _choice(Risk, "risk", opts.get("risk"), usage)
+    strategy = _choice(Strategy, "strategy", opts.get("strategy"), usage)
     return Command(
         Verb.DEPLOY,
         service=positional[0].lower(),
