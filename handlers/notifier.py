@@ -42,13 +42,16 @@ class SlackNotifier:
         self._policy = policy
         self.retry_interval = retry_interval
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
+            self._stop.clear()
             self._task = asyncio.create_task(self._retry_loop(), name="slack-status-retry")
 
     async def close(self) -> None:
         if self._task is not None:
+            self._stop.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -195,8 +198,15 @@ class SlackNotifier:
         return left
 
     async def _retry_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.retry_interval)
+        # Ends on the stop event, not on the cancel alone. On Python 3.11, asyncio.wait_for,
+        # which redis-py puts around every command it sends, swallows a cancel that lands just
+        # as the command completes (CPython gh-86296, fixed in 3.12): the loop would run on, and
+        # close would wait for it forever.
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.retry_interval)
+            if self._stop.is_set():
+                return
             try:
                 await self.retry_stale()
             except StoreError as exc:

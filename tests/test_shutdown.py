@@ -29,7 +29,7 @@ from handlers.api.records import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
 from tests.support.procs import free_port
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
-from tests.support.slack_rig import SlackRig, running_rig
+from tests.support.slack_rig import NOTIFIER_RETRY_INTERVAL, SlackRig, running_rig
 from tests.support.standin import LocalServer
 
 SIGNING_SECRET = "5d41402abc4b2a76b9719d911017c592"
@@ -37,6 +37,7 @@ API_TOKEN = "shutdown-test-token-0123456789"
 LEASE_TTL = 60.0  # far beyond the test: a lease that is gone was dropped, not expired
 EXIT_BOUND = 10.0  # seconds from SIGTERM to exit; a healthy drain takes well under one
 START_BOUND = 30.0
+CLOSE_BOUND = 2.0  # seconds for the Slack notifier to close; it takes milliseconds
 
 POLICY = """
 defaults:
@@ -276,3 +277,32 @@ async def test_a_draining_app_is_not_ready_and_turns_new_work_away(rig: SlackRig
     finally:
         await server.close()
     assert await rig.releases("checkout") == []  # nothing was started
+
+
+# The thread method ends the whole run with every thread's stack if this test ever hangs again:
+# a loop that lost its cancel spins on the event loop, where a signal cannot reach it.
+@pytest.mark.timeout(60, method="thread")
+async def test_the_status_retry_loop_ends_on_close_wherever_its_redis_command_is(
+    rig: SlackRig,
+) -> None:
+    # On Python 3.11, asyncio.wait_for (redis-py sends every command under one) swallows a
+    # cancel that lands just as the command completes (CPython gh-86296, fixed in 3.12). Back to
+    # back, the loop is always inside a Redis command: closing it one more loop turn later each
+    # time walks the cancel across whole round trips. A loop ended by the cancel alone ran on
+    # after about one close in six, and close waited for it forever.
+    notifier = rig.notifier
+    await notifier.close()
+    notifier.retry_interval = 0.0
+    try:
+        for turns in range(40):
+            notifier.start()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            # Not asyncio.timeout: close suppresses the CancelledError of the task it awaits,
+            # and the timeout's own cancel would be swallowed with it.
+            closing = asyncio.create_task(notifier.close())
+            done, _ = await asyncio.wait({closing}, timeout=CLOSE_BOUND)
+            assert done, f"close still waits for the retry loop, {turns} loop turns in"
+    finally:
+        # A loop left running back to back would spin; paced, the rig's close can still end it.
+        notifier.retry_interval = NOTIFIER_RETRY_INTERVAL

@@ -90,6 +90,7 @@ class EventBus:
         self.timeout = timeout
         self._queue: asyncio.Queue[ReleaseEvent] = asyncio.Queue(maxsize=maxsize)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.dropped = 0
 
     def emit(self, event: ReleaseEvent) -> None:
@@ -101,10 +102,14 @@ class EventBus:
 
     def start(self) -> None:
         if self._task is None:
+            self._closing = False
             self._task = asyncio.create_task(self._run(), name="shipwatch-events")
 
     async def _run(self) -> None:
-        while True:
+        # Ends on the flag as well as the cancel: a cancel that lands as a notifier's call
+        # completes can be swallowed by asyncio.wait_for on Python 3.11 (CPython gh-86296), and
+        # the loop would then wait on an empty queue with close waiting for it.
+        while not self._closing:
             event = await self._queue.get()
             try:
                 await self._deliver(event)
@@ -139,6 +144,7 @@ class EventBus:
         if self._task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._queue.join(), self.timeout)
+            self._closing = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
