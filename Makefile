@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench lint lock
 setup:
 	./scripts/setup.sh
 demo:
@@ -10,4 +10,6 @@ lint:
 bench:
 	.venv/bin/python -m bench.flags_bench && .venv/bin/python -m bench.controller_bench && \
 	.venv/bin/python -m bench.judge_bench && .venv/bin/python -m bench.rollback_bench && \
-	.venv/bin/python -m bench.ack_bench
+	.venv/bin/python -m bench.ack_bench && .venv/bin/python -m bench.stats_bench
+lock:
+	./scripts/lock.sh
