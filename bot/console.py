@@ -19,7 +19,7 @@ from typing import Protocol, TextIO
 
 from bot.app import App
 from bot.engine import dispatch
-from bot.engine.clicks import ClickStatus, click
+from bot.engine.clicks import ClickStatus, NotAButton, click
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.engine.service import Outcome
 from bot.errors import Failure
@@ -276,7 +276,7 @@ class Console:
         try:
             # The same click flow as a Slack button (bot.engine.clicks).
             done = await click(self.app.service, choice.action_id, choice.value, clicker)
-        except ValueError:
+        except NotAButton:
             self.say(f"✗ button [{number}] {choice.label} is not a shipwatch button")
             return
         if done.status is ClickStatus.UNKNOWN_RELEASE or done.release is None:

@@ -30,6 +30,7 @@ from handlers.people import actor_for
 
 log = logging.getLogger(__name__)
 
+
 def register(app: AsyncApp, core: Core) -> None:
     # Ack alone answers Slack; the click is handled right after, as a lazy listener.
     async def work(body: dict[str, Any], action: dict[str, Any]) -> None:

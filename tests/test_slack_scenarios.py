@@ -387,6 +387,23 @@ async def test_a_button_from_an_earlier_step_is_refused_as_out_of_date(rig: Slac
     rig.validate_blocks()
 
 
+@pytest.mark.parametrize("value", ["not-ours", "a1b2:0", "x" * 3000, "<!channel>:1:2"])
+async def test_a_forged_button_value_is_refused_plainly_and_changes_nothing(
+    rig: SlackRig, value: str
+) -> None:
+    ts = await deploy_checkout(rig)
+    before = await rig.release("checkout")
+    forged = await rig.click(ButtonAction.ROLLBACK, value, BOB, channel=CHECKOUT_CHANNEL, ts=ts)
+
+    answer = await rig.reply(forged)
+    assert answer["response_type"] == "ephemeral"
+    assert "that is not a shipwatch button" in answer["text"]
+    assert "something went wrong" not in answer["text"]  # a bad request, not a bug
+    await rig.settle()
+    after = await rig.release("checkout")
+    assert (after.state, after.rev) == (before.state, before.rev)
+
+
 # --- 6. Slack's redelivery of a slash command ------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.engine.service import ReleaseService, Result
+from bot.errors import UserError
 from bot.release.buttons import ButtonAction, parse_button_value, stale_reason
 from bot.release.rollout import Actor, Release, Surface
 
@@ -25,6 +26,15 @@ _FROM_SLACK = {
     ButtonAction.PAUSE: "paused from Slack",
     ButtonAction.ROLLBACK: "rolled back from Slack",
 }
+
+
+class NotAButton(UserError):
+    """The click carries a value no status message of ours produced (forged or garbled)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "that is not a shipwatch button", hint="use the buttons on a release's status message"
+        )
 
 
 class ClickStatus(StrEnum):
@@ -49,8 +59,11 @@ async def click(
     *,
     request_id: str = "",
 ) -> Click:
-    """Carry out a click; ValueError when ``value`` is not a reference we produced."""
-    ref = parse_button_value(value)
+    """Carry out a click; NotAButton when ``value`` is not a reference we produced."""
+    try:
+        ref = parse_button_value(value)
+    except ValueError:
+        raise NotAButton() from None
     release = await service.store.get(ref.release_id)
     if release is None:
         return Click(ClickStatus.UNKNOWN_RELEASE)
