@@ -25,6 +25,7 @@ from bot.render.kit import Message
 from bot.render.status import status_message
 from bot.render.thread import event_message
 from bot.store.store import Store
+from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,7 @@ class SlackNotifier:
     async def close(self) -> None:
         if self._task is not None:
             self._stop.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], CLOSE_TIMEOUT_S)
             self._task = None
 
     async def notify(self, event: ReleaseEvent) -> None:

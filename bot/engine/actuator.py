@@ -9,7 +9,6 @@ applied twice, because applying the same weight again is a no-op for every backe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from bot.observe.logs import log_context
 from bot.release.rollout import CONTROLLER, Actor, Release, State, finish_rollback, pause
 from bot.store.audit import AuditEntry
 from bot.store.store import CommitStatus, Store
+from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,9 @@ class TrafficActuator:
             await asyncio.wait(pending)
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # A rollback still retrying is cut off here; the next process to hold the release's
+        # lease finishes it from the record.
+        await cancel_and_wait(list(self._inflight.values()), CLOSE_TIMEOUT_S)
 
     async def _apply(self, release: Release, fence: int | None) -> Release:
         # A task of its own, started by the controller or a person's command: name the release.

@@ -18,6 +18,7 @@ from typing import Protocol
 from bot.observe.logs import log_context
 from bot.release.checks import CheckResult
 from bot.release.rollout import Release
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,5 @@ class EventBus:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._queue.join(), self.timeout)
             self._closing = True
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], self.timeout)
             self._task = None

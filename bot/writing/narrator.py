@@ -22,6 +22,7 @@ from bot.redact import redact, redact_obj
 from bot.release.policy import Policy
 from bot.release.rollout import Release, Surface
 from bot.store.store import Store
+from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
 from bot.writing.chart import render_png
 from bot.writing.evidence import (
     NO_LLM_LABEL,
@@ -99,9 +100,7 @@ class Narrator:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await cancel_and_wait(list(self._tasks), CLOSE_TIMEOUT_S)
         await self.llm.close()
 
     # --- diagnosis --------------------------------------------------------------------------
