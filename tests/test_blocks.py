@@ -28,7 +28,7 @@ from bot.release.buttons import (
     parse_button_value,
     stale_reason,
 )
-from bot.release.checks import CheckResult, Outcome
+from bot.release.checks import CheckResult, Outcome, ScoreRecord
 from bot.release.policy import Metric, Risk, Strategy, parse_policy
 from bot.release.rollout import (
     CONTROLLER,
@@ -343,7 +343,7 @@ def test_paused_and_rolled_back_say_why() -> None:
 
 
 def test_score_line_is_shown_when_present() -> None:
-    score = {"value": 97.0, "verdict": "pass", "text": "canary score 97 (pass; pass ≥ 95)"}
+    score = ScoreRecord(value=97.0, verdict="pass", text="canary score 97 (pass; pass ≥ 95)")
     release = progressing().model_copy(update={"last_score": score})
     assert "🟢 canary score 97 (pass; pass ≥ 95)" in all_text(status_message(release, now=NOW))
 

@@ -436,4 +436,4 @@ async def test_statistical_judge_rolls_back_a_canary_slower_than_the_control_und
     # The thresholds saw nothing wrong: it was the statistical judge alone.
     (p99,) = checks_of(done.last_checks, "latency_p99")
     assert p99.outcome == "pass", p99
-    assert done.last_score is not None and done.last_score["verdict"] == "fail"
+    assert done.last_score is not None and done.last_score.verdict == "fail"

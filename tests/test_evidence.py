@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
 from bot.release import rollout
-from bot.release.checks import CheckResult
+from bot.release.checks import CheckResult, ScoreRecord
 from bot.release.policy import Risk, Strategy
 from bot.release.rollout import CONTROLLER, Actor, MetricCounters, Release, State
 from bot.store.audit import AuditEntry
@@ -125,7 +125,7 @@ def at_ten_percent(
                 "latency_p99": MetricCounters(consecutive_failures=3, total_failures=3),
                 "error_rate": MetricCounters(),
             },
-            "last_score": score,
+            "last_score": None if score is None else ScoreRecord(**score),
             "evaluations": 14,
         }
     )

@@ -117,7 +117,7 @@ async def test_a_canary_slower_than_the_control_but_under_the_limits_is_rolled_b
     assert verdict["classification"] == "high"
     assert verdict["critical"] is False  # 1.3x is under the critical effect size (1.5)
     assert verdict["ci_low"] > 0 and verdict["mean_ratio"] > 1.1
-    assert done.last_score is not None and done.last_score["verdict"] == "fail"
+    assert done.last_score is not None and done.last_score.verdict == "fail"
     # Not critical: it took the failure limit (2 consecutive checks), not the first one.
     decisions = [e for e in reversed(await rig.store.audit_tail(500))
                  if e.action.startswith("decision:") and e.detail.get("weight") == 10]
@@ -146,7 +146,7 @@ async def test_a_healthy_canary_scores_100_and_succeeds(rig: Rig) -> None:
     await rig.events.drain()
     advanced = [e for e in rig.recorder.events if e.kind is EventKind.STEP_ADVANCED]
     assert advanced and advanced[0].release.last_score is not None
-    assert advanced[0].release.last_score["value"] == 100
+    assert advanced[0].release.last_score.value == 100
     # While baking there is no control series: the statistical judge says so and stays idle.
     latency = next(c for c in done.last_checks if c.metric == "latency_p99")
     assert "idle while baking" in latency.reason

@@ -27,7 +27,7 @@ from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResul
 from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release import rollout
-from bot.release.checks import CheckResult
+from bot.release.checks import CheckResult, ScoreRecord
 from bot.release.policy import Policy
 from bot.release.rollout import CONTROLLER, Release, State
 from bot.store.audit import AuditEntry
@@ -255,7 +255,7 @@ class Controller:
                     detail={
                         "weight": release.weight,
                         "checks": [_compact(c) for c in checks],
-                        "score": score,
+                        "score": score.to_dict() if score else None,
                     },
                 )
                 committed = await self.store.commit(
@@ -320,11 +320,11 @@ def carry_out(r: Release, d: Decision, now: float) -> tuple[Release, tuple[Event
     return r, None
 
 
-def score_record(score: analysis.ScoreResult | None) -> dict[str, Any] | None:
+def score_record(score: analysis.ScoreResult | None) -> ScoreRecord | None:
     """The canary score as kept on the release (``last_score``) and in the audit."""
     if score is None:
         return None
-    return {"value": round(score.value, 2), "verdict": score.verdict.value, "text": score.text}
+    return ScoreRecord(value=round(score.value, 2), verdict=score.verdict.value, text=score.text)
 
 
 def _compact(check: CheckResult) -> dict[str, object]:

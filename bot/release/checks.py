@@ -35,3 +35,15 @@ class CheckResult:
         out = asdict(self)
         out["outcome"] = self.outcome.value
         return out
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """The statistical judge's canary score for a round, as the record keeps it."""
+
+    value: float  # 0 to 100
+    verdict: str  # pass | marginal | fail
+    text: str  # the score in words, e.g. "canary score 97 (pass; pass ≥ 95)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import ConflictError
-from bot.release.checks import CheckResult
+from bot.release.checks import CheckResult, ScoreRecord
 from bot.release.durations import format_duration
 from bot.release.policy import Risk, Strategy
 
@@ -189,7 +189,7 @@ class Release(BaseModel):
     # Analysis bookkeeping.
     counters: dict[str, MetricCounters] = Field(default_factory=dict)
     last_checks: list[CheckResult] = Field(default_factory=list)
-    last_score: dict[str, Any] | None = None  # the statistical judge's canary score
+    last_score: ScoreRecord | None = None  # the statistical judge's canary score
     last_eval_at: float | None = None
     evaluations: int = 0
     clean_checks_in_step: int = 0

@@ -122,10 +122,10 @@ def failing_lines(
 
 def score_line(release: Release) -> str:
     score = release.last_score
-    if not score or not score.get("text"):
+    if score is None or not score.text:
         return ""
-    mark = {"pass": "🟢", "marginal": "🟡", "fail": "🔴"}.get(str(score.get("verdict")), "📊")
-    return f"{mark} {esc(str(score['text']))}"
+    mark = {"pass": "🟢", "marginal": "🟡", "fail": "🔴"}.get(score.verdict, "📊")
+    return f"{mark} {esc(score.text)}"
 
 
 def control_label_of(release: Release) -> str:

@@ -336,14 +336,14 @@ def _check(
 
 
 def _score(release: Release) -> ScoreFact | None:
-    raw = release.last_score
-    if not raw:
+    score = release.last_score
+    if score is None:
         return None
     counter = release.counters.get(SCORE_COUNTER, MetricCounters())
     return ScoreFact(
-        value=_number(raw.get("value")),
-        verdict=str(raw.get("verdict", "")),
-        text=_short(str(raw.get("text", ""))),
+        value=score.value,
+        verdict=score.verdict,
+        text=_short(score.text),
         consecutive_failures=counter.consecutive_failures,
     )
 

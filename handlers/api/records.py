@@ -70,7 +70,7 @@ def record(release: Release) -> Json:
             for a in release.approvals
         ],
         "last_checks": [c.to_dict() for c in release.last_checks],
-        "last_score": release.last_score,
+        "last_score": release.last_score.to_dict() if release.last_score else None,
     }
 
 

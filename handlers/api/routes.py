@@ -136,7 +136,7 @@ class RolloutApi:
                 "release": summary(release),
                 "active": release.is_active,
                 "last_checks": [c.to_dict() for c in release.last_checks],
-                "last_score": release.last_score,
+                "last_score": release.last_score.to_dict() if release.last_score else None,
             }
         )
 
