@@ -14,29 +14,17 @@ from bot.render.mrkdwn import clip, esc
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit).
 MAX_BLOCKS = 50
-
 MAX_TEXT = 3000  # section text, a context element's text, the fallback text
-
 MAX_HEADER = 150
-
 MAX_FIELDS = 10
-
 MAX_FIELD = 2000
-
 MAX_CONTEXT_ELEMENTS = 10
-
 MAX_ACTION_ELEMENTS = 25
-
 MAX_BUTTON_TEXT = 75
-
 MAX_ACTION_ID = 255
-
 MAX_VALUE = 2000
-
 MAX_CONFIRM_TITLE = 100
-
 MAX_CONFIRM_TEXT = 300
-
 MAX_CONFIRM_BUTTON = 30
 
 

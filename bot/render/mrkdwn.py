@@ -14,7 +14,6 @@ def esc(text: str) -> str:
 
 
 _USER_ID = re.compile(r"[UW][A-Z0-9]{6,20}")
-
 _GROUP_ID = re.compile(r"S[A-Z0-9]{6,20}")
 
 

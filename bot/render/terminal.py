@@ -9,7 +9,6 @@ from typing import Any
 from bot.render.kit import Choice, Message
 
 _ANGLE = re.compile(r"<([^<>]+)>")
-
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
 

@@ -31,13 +31,9 @@ from bot.render.mrkdwn import clip, esc, mention
 from bot.render.status import approval_text, by_whom, more_pointer, release_title, step_text
 
 ACTION_EDIT_NOTES = "shipwatch_edit_notes"
-
 NOTES_MODAL = "shipwatch_notes_modal"  # callback_id of the release-notes edit modal
-
 NOTES_INPUT_BLOCK = "notes"
-
 NOTES_INPUT_ACTION = "notes_text"
-
 # Notes and reasons in a thread reply are kept short; the status message has room for more.
 EVENT_NOTES = 500
 

@@ -14,13 +14,10 @@ from bot.release.rollout import Actor, Release
 from bot.store import keys
 
 AUDIT_MAXLEN = 200_000
-
 # The lifecycle stream gets ~15 entries per release: 100,000 is months of releases.
 LIFECYCLE_MAXLEN = 100_000
-
 # Audit actions that only say "judged, nothing changed": in the audit stream, not the lifecycle.
 ROUTINE_ACTIONS = frozenset({"decision:hold"})
-
 AUDIT_PAGE = 1000  # entries per XRANGE when reading the audit stream by time
 
 

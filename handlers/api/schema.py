@@ -14,9 +14,7 @@ from bot.release.gates import GateReport
 from bot.release.policy import Risk
 
 DEFAULT_RECORDS = 20
-
 Json = dict[str, Any]
-
 MAX_RECORDS = 100
 
 

@@ -16,11 +16,8 @@ from bot.errors import UserError
 from bot.release.policy import Policy
 
 ENV = "SHIPWATCH_API_TOKENS"
-
 FORMAT = "name:token[:service1|service2], entries separated by commas"
-
 MIN_TOKEN_LENGTH = 16
-
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
