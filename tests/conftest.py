@@ -8,6 +8,9 @@ import redis.asyncio as aioredis
 
 from tests.support.procs import redis_server
 
+# On a timeout, the asyncio tasks are dumped too (a hung async test waits in a task).
+pytest_plugins = ["tests.support.timeouts"]
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
