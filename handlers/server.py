@@ -12,7 +12,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -29,6 +28,7 @@ from handlers.api.tokens import load_tokens
 from handlers.app import build_bolt
 from handlers.client import web_client
 from handlers.context import Core
+from handlers.inbound import MAX_BODY, events_endpoint
 from handlers.notifier import SlackNotifier
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,16 @@ class AccessLog(AbstractAccessLogger):
 
 
 def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
-    app = web.Application(middlewares=[correlate, refuse_while_draining])
+    # A little over the events limit, so an oversized event is answered by our 413 (with its
+    # log line) rather than aiohttp's bare one.
+    app = web.Application(
+        middlewares=[correlate, refuse_while_draining], client_max_size=MAX_BODY + 1024
+    )
     app[DRAINING] = asyncio.Event()
     release_metrics = ReleaseMetrics(core.app.store)
 
-    async def slack_events(request: web.Request) -> web.Response:
-        if bolt is None:
-            return web.json_response({"error": "Slack runs over Socket Mode here"}, status=404)
-        response = await bolt.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(response)
+    secret = core.app.settings.slack_signing_secret
+    slack_events = events_endpoint(bolt, secret.get_secret_value() if secret else None)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
