@@ -24,6 +24,7 @@ from bot.render.thread import (
     NOTES_MODAL,
     notes_modal,
 )
+from handlers.client import slack_error
 from handlers.commands import ack_only
 from handlers.context import Core, error_message
 from handlers.people import actor_for
@@ -90,7 +91,7 @@ async def on_edit_notes(core: Core, body: dict[str, Any], action: dict[str, Any]
             trigger_id=str(body.get("trigger_id", "")), view=notes_modal(release)
         )
     except SlackApiError as exc:
-        log.warning("cannot open the notes editor: %s", exc.response.get("error"))
+        log.warning("cannot open the notes editor: %s", slack_error(exc))
 
 
 def _saver(core: Core) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]:

@@ -6,6 +6,7 @@ waited out; a 5xx is worth a few tries with backoff. Every call has a timeout.
 
 from __future__ import annotations
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -27,3 +28,12 @@ def web_client(token: str, base_url: str, timeout: int = DEFAULT_TIMEOUT) -> Asy
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+def slack_error(exc: SlackApiError) -> str:
+    """Slack's error code from a refused call, whatever its body was: a proxy or an outage can
+    answer HTML or plain text, where reading ``error`` off the body would raise."""
+    data = exc.response.data
+    if isinstance(data, dict):
+        return str(data.get("error") or f"HTTP {exc.response.status_code}")
+    return f"HTTP {exc.response.status_code} with a body that is not Slack's JSON"

@@ -12,6 +12,7 @@ from slack_sdk.errors import SlackApiError
 from bot.observe.logs import log_context
 from bot.release.rollout import Release
 from bot.render.kit import split_text
+from handlers.client import slack_error
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
 
@@ -80,7 +81,7 @@ async def _answer(
         replies = await core.client.conversations_replies(channel=channel, ts=thread_ts, limit=50)
         thread = [m for m in replies.get("messages") or [] if isinstance(m, dict)]
     except SlackApiError as exc:
-        log.warning("cannot read thread %s: %s", thread_ts, exc.response.get("error"))
+        log.warning("cannot read thread %s: %s", thread_ts, slack_error(exc))
     question = re.sub(r"<@[A-Z0-9]+>", "", question).strip()
     if narrator is None or not question:
         message = status_of(core, release)

@@ -26,6 +26,7 @@ from bot.render.status import status_message
 from bot.render.thread import event_message
 from bot.store.store import Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
+from handlers.client import slack_error
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class SlackNotifier:
 
     def _failed(self, method: str, release: Release, exc: Exception) -> None:
         telemetry.CHAT_ERRORS.labels(method).inc()
-        error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
+        error = slack_error(exc) if isinstance(exc, SlackApiError) else exc
         log.error("%s failed for %s: %s", method, release.label, error)
 
     async def retry_stale(self) -> int:

@@ -14,6 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.release.policy import ServicePolicy
 from bot.release.rollout import Actor
 from bot.store.store import Store
+from handlers.client import slack_error
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ async def members(group: str, client: AsyncWebClient, store: Store) -> set[str]:
         response = await client.usergroups_users_list(usergroup=group)
     except SlackApiError as exc:
         # Unknown group or missing scope: nobody is in it, and the refusal names the group.
-        log.warning("cannot list user group %s: %s", group, exc.response.get("error"))
+        log.warning("cannot list user group %s: %s", group, slack_error(exc))
         return set()
     users = [str(u) for u in response.get("users") or []]
     await store.cache_group_members(group, users, GROUP_CACHE_SECONDS)

@@ -26,7 +26,7 @@ from bot.release.policy import Policy
 from handlers.api.routes import api_routes
 from handlers.api.tokens import load_tokens
 from handlers.app import build_bolt
-from handlers.client import web_client
+from handlers.client import slack_error, web_client
 from handlers.context import Core
 from handlers.inbound import MAX_BODY, events_endpoint
 from handlers.notifier import SlackNotifier
@@ -158,7 +158,7 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
     except SlackApiError as exc:
         await app.close()
         raise ShipwatchError(
-            f"Slack refused the bot token ({exc.response.get('error')}): check SLACK_BOT_TOKEN"
+            f"Slack refused the bot token ({slack_error(exc)}): check SLACK_BOT_TOKEN"
         ) from exc
     app.events.notifiers.append(notifier)
     if app.narrator is not None:

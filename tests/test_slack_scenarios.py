@@ -404,6 +404,26 @@ async def test_a_forged_button_value_is_refused_plainly_and_changes_nothing(
     assert (after.state, after.rev) == (before.state, before.rev)
 
 
+async def test_a_thread_slack_cannot_read_is_still_answered(
+    rig: SlackRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    ts = await deploy_checkout(rig)
+    # A proxy in front of Slack answers an HTML page, past the client's retries.
+    rig.slack.fail_next("conversations.replies", status=502, html=True, count=3)
+    before = len(rig.slack.thread(CHECKOUT_CHANNEL, ts))
+
+    status = await rig.mention(
+        "how is it going?", BOB, channel=CHECKOUT_CHANNEL, thread_ts=ts, event_id="Ev0HTML502"
+    )
+
+    assert status == 200
+    await wait_until(lambda: len(rig.slack.thread(CHECKOUT_CHANNEL, ts)) == before + 1, "answer")
+    assert any(
+        "cannot read thread" in r.getMessage() and "HTTP 502" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 # --- 6. Slack's redelivery of a slash command ------------------------------------------------
 
 

@@ -125,6 +125,7 @@ class _Failure:
     status: int
     retry_after: int
     error: str | None
+    html: bool = False  # a 5xx page from a proxy in front of Slack, not Slack's JSON
 
 
 @dataclass
@@ -171,6 +172,9 @@ def _flag(value: Any) -> bool:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+PROXY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 
 
 def _answer(status: int, body: Json, headers: dict[str, str] | None = None) -> web.Response:
@@ -315,20 +319,22 @@ class SlackStandIn(LocalServer):
         retry_after: int = 1,
         count: int = 1,
         error: str | None = None,
+        html: bool = False,
     ) -> None:
         """Make the next ``count`` calls of ``method`` fail.
 
         With ``error``, they answer HTTP 200 ``{"ok": false, "error": error}`` (``status`` is then
         ignored); otherwise HTTP ``status``: 429 comes with ``Retry-After: retry_after`` and
-        ``{"ok": false, "error": "ratelimited"}``, a 5xx with an error body. Failures scripted
-        for the same method queue up in order.
+        ``{"ok": false, "error": "ratelimited"}``, a 5xx with an error body, or with ``html`` an
+        HTML error page such as a proxy in front of Slack answers. Failures scripted for the same
+        method queue up in order.
         """
         if count < 1:
             raise ValueError("count must be at least 1")
         if error is None and not (status == 429 or 500 <= status <= 599):
             raise ValueError(f"status must be 429 or 5xx, got {status}")
         queue = self._failures.setdefault(method, deque())
-        queue.extend(_Failure(status, retry_after, error) for _ in range(count))
+        queue.extend(_Failure(status, retry_after, error, html) for _ in range(count))
 
     def clear_failures(self, method: str) -> None:
         """Drop the failures still scripted for ``method``: the outage is over."""
@@ -413,6 +419,9 @@ class SlackStandIn(LocalServer):
         if pause:
             await asyncio.sleep(pause)
         failure = self._take_failure(method)
+        if failure is not None and failure.html:
+            call.status = failure.status
+            return web.Response(status=failure.status, text=PROXY_PAGE, content_type="text/html")
         if failure is not None:
             status, body, headers = self._failure_answer(failure)
         else:
