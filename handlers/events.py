@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.observe.logs import log_context
 from bot.release.rollout import Release
-from bot.render.kit import split_text
+from bot.render.kit import paragraphs, plain_message
 from handlers.client import slack_error
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
@@ -43,7 +43,10 @@ async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) ->
             "Mention me in a release's thread and I will answer about that release; "
             "`/rollout help` lists the commands."
         )
-        await core.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
+        message = plain_message(text)
+        await core.client.chat_postMessage(
+            channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
+        )
         return
     with log_context(release_id=release.id, service=release.service):
         await _answer(core, release, channel, thread_ts, str(event.get("text", "")))
@@ -90,7 +93,13 @@ async def _answer(
         )
         return
     answer = await narrator.answer(release, question, thread)
-    for part in split_text(answer):
+    # The answer carries model and record text: escaped like everything else we post.
+    for part in paragraphs(answer):
+        message = plain_message(part)
         await core.client.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, text=part, unfurl_links=False
+            channel=channel,
+            thread_ts=thread_ts,
+            text=message.text,
+            blocks=message.blocks,
+            unfurl_links=False,
         )

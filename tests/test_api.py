@@ -682,3 +682,46 @@ async def test_the_readme_github_actions_step_starts_a_release(rig: SlackRig) ->
     status, record = await get_releases(rig, "service=gated")
     assert status == 200
     assert record["releases"][0]["gates"]["results"] == {"ci_build": "passed", "tests": "passed"}
+
+
+# Pieces of text that Slack would turn into a live ping or a disguised link if they reached a
+# post as they are.
+LIVE = ("<!channel>", "<!here>", "<!everyone>", "<@U0EVIL01>", "<!subteam^S0EVIL01>", "<http")
+
+
+async def test_hostile_text_from_a_pipeline_pings_nobody_in_any_post(rig: SlackRig) -> None:
+    hostile = "<!channel> <!here> <@U0EVIL01> <!subteam^S0EVIL01> <http://evil.example|docs>"
+    status, answer, _ = await post(
+        rig,
+        body(
+            version="v2-<!channel>",
+            notes=f"fixes {hostile}",
+            requested_by="mallory",
+            changes=[{"title": f"PR {hostile}", "pr": 7}],
+        ),
+    )
+    assert status == 201, answer
+    await wait_until(lambda: EventKind.NOTES_DRAFT in rig.recorder.kinds(), "the notes draft")
+    await rig.settle()
+
+    posts = rig.slack.calls_to("chat.postMessage") + rig.slack.calls_to("chat.update")
+    assert len(posts) >= 3  # the status message, the started reply, the notes draft
+    for call in posts:
+        blocks = call.args.get("blocks") or []
+        if isinstance(blocks, str):
+            blocks = json.loads(blocks)
+        # What Slack reads as markup: the fallback text and every mrkdwn text object (plain_text
+        # is shown as written and pings nobody).
+        marked = [str(call.args.get("text", "")), *mrkdwn_texts(blocks)]
+        found = [(piece, text) for text in marked for piece in LIVE if piece in text]
+        assert not found, (call.method, found[:2])
+    rig.validate_blocks()
+
+
+def mrkdwn_texts(node: object) -> list[str]:
+    if isinstance(node, list):
+        return [t for item in node for t in mrkdwn_texts(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [str(node["text"])] if node.get("type") == "mrkdwn" and "text" in node else []
+    return own + [t for value in node.values() for t in mrkdwn_texts(value)]

@@ -18,6 +18,7 @@ from bot.judging.thresholds import fmt
 from bot.release.buttons import ButtonAction, parse_button_value
 from bot.release.commands import USAGE, Verb
 from bot.release.rollout import State
+from bot.render.mrkdwn import esc
 from bot.render.thread import event_message
 from tests.support.slack_rig import (
     ALICE,
@@ -530,7 +531,7 @@ async def test_a_misspelt_service_reply_shows_the_usage(rig: SlackRig) -> None:
     answer = await rig.reply(delivery)
     rig.validate_blocks()
     assert "did you mean `checkout`?" in answer["text"]
-    assert USAGE[Verb.DEPLOY] in text_of(answer)
+    assert esc(USAGE[Verb.DEPLOY]) in text_of(answer)  # as Slack shows it: <service>
 
 
 # --- 10. a restart in the middle of a release ---------------------------------------------

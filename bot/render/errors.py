@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 
 from bot.errors import CommandError, Failure, PermissionDenied, failure_of
-from bot.render.kit import Message, ephemeral
-from bot.render.mrkdwn import mention
+from bot.render.kit import Message, ephemeral, mrkdwn_message
+from bot.render.mrkdwn import esc, mention
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,8 @@ def chat_error(exc: BaseException, failed: Failed) -> Message:
     if isinstance(exc, CommandError):
         return ephemeral(f"{mark} {exc.args[0]}", usage=exc.usage)
     if isinstance(exc, PermissionDenied):
+        # The people who may are mentions made from their ids; the rest is escaped text.
         who = ", ".join(mention(a) for a in exc.allowed) or "nobody is configured"
-        return ephemeral(
-            f"{mark} you may not {exc.action} `{exc.service}`. Who may: {who} "
-            "(the service's policy says so)."
-        )
+        head = esc(f"you may not {exc.action} `{exc.service}`. Who may: ")
+        return mrkdwn_message(f"{mark} {head}{who} (the service's policy says so).")
     return ephemeral(f"{mark} {exc}")

@@ -85,9 +85,13 @@ def button_element(
     return button
 
 
-def fit(blocks: Sequence[Mapping[str, Any]], text: str, *, more: str = "") -> Message:
+def fit(
+    blocks: Sequence[Mapping[str, Any]], text: str, *, more: str = "", text_is_mrkdwn: bool = False
+) -> Message:
     """The message within every Slack limit (see the module docstring). ``more`` says where
-    the rest can be read; it ends every truncation note."""
+    the rest can be read; it ends every truncation note. ``text`` is plain words unless
+    ``text_is_mrkdwn`` says the caller composed it as safe mrkdwn (escaped pieces, mentions
+    made from ids)."""
     fitted = [b for b in (_fit_block(copy.deepcopy(dict(b)), more) for b in blocks) if b]
     if len(fitted) > MAX_BLOCKS:
         # Keep the buttons: they are what the message is for while a release is live.
@@ -97,7 +101,10 @@ def fit(blocks: Sequence[Mapping[str, Any]], text: str, *, more: str = "") -> Me
         note = f"… {len(body) - room} more block(s) left out"
         note += f" (truncated: {more})" if more else " (truncated)"
         fitted = [*body[:room], context_block(esc(note)), *actions]
-    fallback = clip(text.strip() or "shipwatch", MAX_TEXT, more, markup=False)
+    # The fallback is what notifications show, and Slack reads mrkdwn there too: it is composed
+    # from the same untrusted pieces as the blocks, so it is escaped the same way.
+    fallback = text.strip() if text_is_mrkdwn else esc(text.strip())
+    fallback = clip(fallback or "shipwatch", MAX_TEXT, more)
     return Message(text=fallback, blocks=fitted)
 
 
@@ -177,11 +184,6 @@ def _fit_element(element: dict[str, Any]) -> dict[str, Any]:
     return element
 
 
-def split_text(text: str, size: int = 3900) -> list[str]:
-    """Plain message text in pieces Slack accepts (it truncates text past 4,000 chars)."""
-    return paragraphs(text, size)
-
-
 def _short_lines(text: str, size: int) -> list[str]:
     """The text's lines, a line longer than ``size`` cut at its last space before it (or
     hard, when it has none): a model may answer in one long paragraph."""
@@ -209,6 +211,17 @@ def paragraphs(text: str, size: int = 2900) -> list[str]:
     if current.strip():
         parts.append(current.rstrip())
     return parts or [""]
+
+
+def mrkdwn_message(mrkdwn: str) -> Message:
+    """A post whose mrkdwn the caller composed: every untrusted piece already escaped, mentions
+    made from ids (``mention``); the fallback says the same, mentions included."""
+    return fit([section_block(mrkdwn)], mrkdwn, text_is_mrkdwn=True)
+
+
+def plain_message(text: str) -> Message:
+    """A post that is one piece of text, escaped in its block and its fallback alike."""
+    return fit([section_block(esc(text))], text)
 
 
 def ephemeral(text: str, *, usage: str = "") -> Message:
