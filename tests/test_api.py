@@ -694,7 +694,6 @@ async def test_hostile_text_from_a_pipeline_pings_nobody_in_any_post(rig: SlackR
     status, answer, _ = await post(
         rig,
         body(
-            version="v2-<!channel>",
             notes=f"fixes {hostile}",
             requested_by="mallory",
             changes=[{"title": f"PR {hostile}", "pr": 7}],
@@ -703,6 +702,10 @@ async def test_hostile_text_from_a_pipeline_pings_nobody_in_any_post(rig: SlackR
     assert status == 201, answer
     await wait_until(lambda: EventKind.NOTES_DRAFT in rig.recorder.kinds(), "the notes draft")
     await rig.settle()
+    # A version is a tag: markup there is refused outright, with what a version may hold.
+    refused, why, _ = await post(rig, body(service="payments", version="v3-<!channel>"))
+    assert refused == 422 and "is not a version" in why["error"]
+    assert "letters, digits" in why["hint"]
 
     posts = rig.slack.calls_to("chat.postMessage") + rig.slack.calls_to("chat.update")
     assert len(posts) >= 3  # the status message, the started reply, the notes draft

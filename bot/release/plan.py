@@ -5,6 +5,7 @@ bad request is refused here with how to fix it, and nothing has changed yet."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,14 @@ from bot.release.policy import Risk, ServicePolicy, Step, Strategy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Release, State
 
-MAX_VERSION = 128
+# A version is a tag or a build id: letters, digits and . _ - + : / @ ~, starting with a letter
+# or a digit, at most 128 characters. Nothing else, because it is written into PromQL label
+# matchers and shown in chat, where a quote, a brace or an angle bracket would be code.
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:/@~-]{0,127}")
+VERSION_HINT = (
+    "give a tag like v2.4.1: letters, digits and . _ - + : / @ ~, starting with a letter or a "
+    "digit, at most 128 characters"
+)
 
 
 @dataclass(frozen=True)
@@ -34,12 +42,11 @@ def plan_release(
     previous: Sequence[Release],
 ) -> Plan:
     """The plan for ``version`` of ``service``; ``previous`` is its history, newest first."""
-    version = version.strip()
-    if not version or len(version) > MAX_VERSION or any(c.isspace() for c in version):
-        raise UserError(f"`{version}` is not a version", hint="give a tag like v2.4.1")
+    version = checked_version(version)
     strategy = opts.strategy or sp.strategy
     steps = _steps(sp, strategy, opts)
-    stable = opts.stable or next((r.version for r in previous if r.state is State.SUCCEEDED), "")
+    stable = checked_version(opts.stable) if opts.stable else ""
+    stable = stable or next((r.version for r in previous if r.state is State.SUCCEEDED), "")
     if not stable and any(m.max_ratio or m.max_diff is not None for m in sp.metrics):
         # Without a control, the rules against the control could not judge anything; a
         # silent pass would let a slow canary through, so ask for the control version.
@@ -61,6 +68,15 @@ def plan_release(
         weights=[s.weight for s in steps],
         holds=[hold if s.hold is None else s.hold for s in steps],
     )
+
+
+def checked_version(version: str) -> str:
+    """``version`` without surrounding blanks; UserError naming what a version may hold."""
+    version = version.strip()
+    if not VERSION.fullmatch(version):
+        shown = version if len(version) <= 40 else version[:40] + "…"
+        raise UserError(f"`{shown}` is not a version", hint=VERSION_HINT)
+    return version
 
 
 def _steps(sp: ServicePolicy, strategy: Strategy, opts: DeployOptions) -> list[Step]:
