@@ -14,6 +14,7 @@ from bot.observe.logs import log_context
 from bot.release.commands import USAGE, Verb, parse
 from bot.render.kit import ephemeral
 from handlers.context import Core, error_message, status_of
+from handlers.inbound import unescaped
 from handlers.people import actor_for
 
 COMMANDS = ("/deploy", "/advance", "/rollback", "/rollout")
@@ -37,7 +38,7 @@ async def ack_only(ack: AsyncAck) -> None:
 async def on_command(core: Core, command: dict[str, Any]) -> None:
     started = time.perf_counter()
     name = str(command.get("command", "")).lstrip("/")
-    line = f"{name} {command.get('text', '')}".strip()
+    line = f"{name} {unescaped(str(command.get('text', '')))}".strip()
     try:
         cmd = parse(line)
         try:

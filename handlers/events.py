@@ -15,6 +15,7 @@ from bot.render.kit import paragraphs, plain_message
 from handlers.client import slack_error
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
+from handlers.inbound import unescaped
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ async def _answer(
         thread = [m for m in replies.get("messages") or [] if isinstance(m, dict)]
     except SlackApiError as exc:
         log.warning("cannot read thread %s: %s", thread_ts, slack_error(exc))
-    question = re.sub(r"<@[A-Z0-9]+>", "", question).strip()
+    # Mentions arrive as markup, what the person typed as entities: drop the first, undo the
+    # second.
+    question = unescaped(re.sub(r"<@[A-Z0-9]+>", "", question)).strip()
     if narrator is None or not question:
         message = status_of(core, release)
         await core.client.chat_postMessage(

@@ -61,6 +61,12 @@ def refusal(
     return None
 
 
+def unescaped(text: str) -> str:
+    """Text a person typed, as they typed it. Slack sends ``&``, ``<`` and ``>`` as entities;
+    undone once here, at the boundary, and escaped again wherever it is shown."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def _is_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)

@@ -425,6 +425,19 @@ async def test_a_thread_slack_cannot_read_is_still_answered(
     )
 
 
+async def test_what_a_person_typed_is_kept_as_typed_and_shown_escaped_once(
+    rig: SlackRig,
+) -> None:
+    # Slack sends `a < b & c` as entities; a broadcast typed as text comes the same way.
+    typed = "a &lt; b &amp; c &lt;!channel&gt;"
+    answer = await rig.reply(await rig.command("/rollout", f"lock checkout {typed}", ALICE))
+
+    lock = await rig.core.app.store.get_lock("checkout")
+    assert lock is not None and lock.reason == "a < b & c <!channel>"
+    assert "a &lt; b &amp; c &lt;!channel&gt;" in text_of(answer)  # escaped once, shown right
+    assert "&amp;lt;" not in text_of(answer) and "<!channel>" not in text_of(answer)
+
+
 # --- 6. Slack's redelivery of a slash command ------------------------------------------------
 
 
