@@ -462,6 +462,22 @@ async def test_a_retried_slash_command_starts_one_release(rig: SlackRig) -> None
     rig.validate_blocks()
 
 
+async def test_a_replayed_lock_after_an_unlock_does_not_lock_again(rig: SlackRig) -> None:
+    url = rig.new_response_url("C0RELEASES", ALICE)
+    lock = slash_command("/rollout", "lock checkout incident 42", user_id=ALICE, response_url=url)
+    assert (await rig.deliver(lock, sign(SECRET, lock)))[0] == 200
+    await wait_until(lambda: len(rig.slack.responses(url)) == 1, "the lock's answer")
+    unlocked = await rig.reply(await rig.command("/rollout", "unlock checkout", ALICE))
+    assert "unlocked" in unlocked["text"]
+
+    # The same signed request again (Slack's retry of it, or a replay within five minutes).
+    assert (await rig.deliver(lock, sign(SECRET, lock) | retry_headers(1)))[0] == 200
+    await wait_until(lambda: len(rig.slack.responses(url)) == 2, "the replay's answer")
+    await rig.settle()
+    assert await rig.core.app.store.get_lock("checkout") is None
+    assert len(await rig.audit("lock")) == 1
+
+
 # --- 7. requests not from Slack -------------------------------------------------------------
 
 

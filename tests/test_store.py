@@ -15,7 +15,7 @@ from bot.release.policy import Risk, Strategy
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
 from bot.store.audit import AuditEntry
-from bot.store.store import CommitStatus, CreateStatus, Lock, Store
+from bot.store.store import CommitStatus, CreateStatus, Lock, LockStatus, Store
 
 ALICE = Actor(user="alice", surface="slack")
 BOB = Actor(user="bob", surface="api")
@@ -103,8 +103,9 @@ async def test_create_for_another_service_is_independent(store: Store) -> None:
 async def test_create_on_a_locked_service_is_refused(store: Store) -> None:
     lock = Lock(service="checkout", by="carol", reason="freeze for black friday",
                 at=time.time(), surface="api")
-    assert await store.lock(lock, AuditEntry(action="lock", actor="carol", surface="api",
-                                             service="checkout")) is None
+    status, _ = await store.lock(lock, AuditEntry(action="lock", actor="carol", surface="api",
+                                                  service="checkout"))
+    assert status is LockStatus.OK
     release = make_release("rel-1")
 
     result = await store.create(release, deploy_audit(release))
@@ -131,20 +132,41 @@ async def test_create_with_a_seen_request_id_is_a_duplicate(store: Store) -> Non
     assert len(await store.audit_tail()) == 1
 
 
+async def test_a_retried_lock_or_unlock_changes_nothing(store: Store) -> None:
+    lock = Lock(service="checkout", by="carol", reason="incident", at=time.time())
+    audit = AuditEntry(action="lock", actor="carol", surface="slack", service="checkout")
+    unlock = AuditEntry(action="unlock", actor="carol", surface="slack", service="checkout")
+
+    assert (await store.lock(lock, audit, "slack:t1"))[0] is LockStatus.OK
+    assert (await store.unlock("checkout", unlock, "slack:t2"))[0] is LockStatus.OK
+    # Slack delivers the lock again (same trigger): it does not lock the service again.
+    status, again = await store.lock(lock, audit, "slack:t1")
+    assert status is LockStatus.DUPLICATE and again.reason == "incident"
+    assert await store.get_lock("checkout") is None
+    # And a retried unlock does not lift a lock someone took since.
+    other = Lock(service="checkout", by="dave", reason="release freeze", at=time.time())
+    assert (await store.lock(other, audit, "slack:t3"))[0] is LockStatus.OK
+    status, removed = await store.unlock("checkout", unlock, "slack:t2")
+    assert status is LockStatus.DUPLICATE and removed is not None and removed.by == "carol"
+    held = await store.get_lock("checkout")
+    assert held is not None and held.by == "dave"
+    assert [e.action for e in await store.audit_tail()].count("lock") == 2
+
+
 async def test_lock_twice_returns_the_holder_and_unlock_lifts_it(store: Store) -> None:
     first = Lock(service="checkout", by="carol", reason="incident", at=time.time())
     other = Lock(service="checkout", by="dave", reason="mine", at=time.time())
     audit = AuditEntry(action="lock", actor="x", surface="api", service="checkout")
 
-    assert await store.lock(first, audit) is None
-    holder = await store.lock(other, audit)
-    assert holder is not None and (holder.by, holder.reason) == ("carol", "incident")
+    assert (await store.lock(first, audit))[0] is LockStatus.OK
+    status, holder = await store.lock(other, audit)
+    assert status is LockStatus.LOCKED and (holder.by, holder.reason) == ("carol", "incident")
 
-    removed = await store.unlock("checkout", AuditEntry(action="unlock", actor="carol",
-                                                        surface="api", service="checkout"))
-    assert removed is not None and removed.by == "carol"
+    status, removed = await store.unlock("checkout", AuditEntry(action="unlock", actor="carol",
+                                                                surface="api", service="checkout"))
+    assert status is LockStatus.OK and removed is not None and removed.by == "carol"
     assert await store.get_lock("checkout") is None
-    assert await store.unlock("checkout", audit) is None
+    assert await store.unlock("checkout", audit) == (LockStatus.NONE, None)
     release = make_release("rel-1")
     assert (await store.create(release, deploy_audit(release))).status is CreateStatus.OK
     # lock, unlock and the deploy are audited; the refused lock and the no-op unlock are not

@@ -42,13 +42,15 @@ async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: s
     elif verb is Verb.RESUME:
         result = await service.resume(actor, cmd.service, request_id)
     else:
-        return await _read(service, cmd, actor)
+        return await _read(service, cmd, actor, request_id)
     duplicate = result.outcome is Outcome.DUPLICATE
     text = result.message or result.release.describe_state()
     return Reply(("(already applied) " if duplicate else "") + text, result.release, duplicate)
 
 
-async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
+async def _read(
+    service: ReleaseService, cmd: Command, actor: Actor, request_id: str = ""
+) -> Reply:
     verb = cmd.verb
     if verb is Verb.STATUS:
         release = await service.status(cmd.service)
@@ -69,13 +71,13 @@ async def _read(service: ReleaseService, cmd: Command, actor: Actor) -> Reply:
     if verb is Verb.STATS:
         return Reply(await _stats(service, cmd.service or None, cmd.days or STATS_DAYS))
     if verb is Verb.LOCK:
-        lock = await service.lock(actor, cmd.service, cmd.text)
+        lock = await service.lock(actor, cmd.service, cmd.text, request_id)
         return Reply(
             f"🔒 {lock.describe()}. Releases of `{cmd.service}` are refused until "
             f"`/rollout unlock {cmd.service}`; a release already running continues."
         )
     if verb is Verb.UNLOCK:
-        lock = await service.unlock(actor, cmd.service)
+        lock = await service.unlock(actor, cmd.service, request_id)
         return Reply(f"🔓 `{cmd.service}` unlocked (was locked by {lock.by}: {lock.reason})")
     return Reply(HELP)
 

@@ -32,7 +32,7 @@ from bot.release.policy import Policy, Risk, ServicePolicy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, GateRecord, Release, State
 from bot.store.audit import AuditEntry
-from bot.store.store import CommitStatus, CreateResult, CreateStatus, Lock, Store
+from bot.store.store import CommitStatus, CreateResult, CreateStatus, Lock, LockStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class ReleaseService:
 
     # --- locks ------------------------------------------------------------------------------
 
-    async def lock(self, actor: Actor, service: str, reason: str) -> Lock:
+    async def lock(self, actor: Actor, service: str, reason: str, request_id: str = "") -> Lock:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "lock")
         if not reason.strip():
@@ -442,7 +442,7 @@ class ReleaseService:
             at=self.clock(),
             surface=actor.surface,
         )
-        existing = await self.store.lock(
+        status, existing = await self.store.lock(
             lock,
             AuditEntry(
                 action="lock",
@@ -451,17 +451,19 @@ class ReleaseService:
                 service=service,
                 reason=lock.reason,
             ),
+            request_id,
         )
-        if existing is not None:
+        if status is LockStatus.LOCKED:
             raise LockedError(f"already locked: {existing.describe()}")
-        return lock
+        return existing  # the lock as stored (a retried request: as it took it)
 
-    async def unlock(self, actor: Actor, service: str) -> Lock:
+    async def unlock(self, actor: Actor, service: str, request_id: str = "") -> Lock:
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "unlock")
-        removed = await self.store.unlock(
+        _, removed = await self.store.unlock(
             service,
             AuditEntry(action="unlock", actor=actor.user, surface=actor.surface, service=service),
+            request_id,
         )
         if removed is None:
             raise ConflictError(f"`{service}` is not locked")

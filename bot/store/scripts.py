@@ -92,3 +92,31 @@ for i = 1, #KEYS do
 end
 return n
 """
+
+
+LOCK = """
+-- KEYS: lock, idem. ARGV: lock record, idem result ('' = none), idem ttl
+if ARGV[2] ~= '' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then return {'duplicate', prev} end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+  return {'ok', ARGV[1]}
+end
+return {'locked', redis.call('GET', KEYS[1])}
+"""
+
+
+UNLOCK = """
+-- KEYS: lock, idem. ARGV: request id ('' = none), idem ttl
+if ARGV[1] ~= '' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then return {'duplicate', prev} end
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'none', ''} end
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then redis.call('SET', KEYS[2], cur, 'EX', ARGV[2]) end
+return {'ok', cur}
+"""

@@ -68,6 +68,13 @@ class Lock:
         return f"`{self.service}` is locked by {self.by} since {when}: {self.reason}"
 
 
+class LockStatus(StrEnum):
+    OK = "ok"
+    LOCKED = "locked"  # someone else's lock was there
+    NONE = "none"  # nothing to unlock
+    DUPLICATE = "duplicate"  # this request id was applied before
+
+
 class CreateStatus(StrEnum):
     OK = "ok"
     DUPLICATE = "duplicate"
@@ -117,6 +124,8 @@ class Store:
         self._commit = redis.register_script(scripts.COMMIT)
         self._leases = redis.register_script(scripts.LEASES)
         self._drop_leases = redis.register_script(scripts.DROP_LEASES)
+        self._lock = redis.register_script(scripts.LOCK)
+        self._unlock = redis.register_script(scripts.UNLOCK)
 
     @classmethod
     async def connect(cls, url: str) -> Store:
@@ -296,31 +305,36 @@ class Store:
 
     # --- locks ------------------------------------------------------------------------------
 
-    async def lock(self, lock: Lock, audit: AuditEntry) -> Lock | None:
-        """Take the lock; returns the existing lock if the service was already locked."""
+    async def lock(
+        self, lock: Lock, audit: AuditEntry, request_id: str = ""
+    ) -> tuple[LockStatus, Lock]:
+        """Take the lock. LOCKED with the lock that was there; DUPLICATE with the lock this
+        request id took before (a retry changes nothing)."""
         data = json.dumps(
             {"by": lock.by, "reason": lock.reason, "at": lock.at, "surface": lock.surface}
         )
         async with _translated("locking"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(keys.lock(lock.service), data, nx=True)
-                pipe.get(keys.lock(lock.service))
-                ok, raw = await pipe.execute()
-            if not ok:
-                return _lock_from(lock.service, raw)
-            await self.append_audit(audit)
-        return None
-
-    async def unlock(self, service: str, audit: AuditEntry) -> Lock | None:
-        """Drop the lock; returns the lock that was removed (None if there was none)."""
-        async with _translated("unlocking"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.get(keys.lock(service))
-                pipe.delete(keys.lock(service))
-                raw, _ = await pipe.execute()
-            if raw:
+            status, raw = await self._lock(
+                keys=[keys.lock(lock.service), keys.idempotency(request_id or "-")],
+                args=[data, data if request_id else "", IDEMPOTENCY_TTL_S],
+            )
+            if _text(status) == "ok":
                 await self.append_audit(audit)
-        return _lock_from(service, _text(raw)) if raw else None
+        return LockStatus(_text(status)), _lock_from(lock.service, _text(raw))
+
+    async def unlock(
+        self, service: str, audit: AuditEntry, request_id: str = ""
+    ) -> tuple[LockStatus, Lock | None]:
+        """Drop the lock: OK with the lock removed, NONE when there was none, DUPLICATE with the
+        lock this request id removed before."""
+        async with _translated("unlocking"):
+            status, raw = await self._unlock(
+                keys=[keys.lock(service), keys.idempotency(request_id or "-")],
+                args=[request_id, IDEMPOTENCY_TTL_S],
+            )
+            if _text(status) == "ok":
+                await self.append_audit(audit)
+        return LockStatus(_text(status)), _lock_from(service, _text(raw)) if raw else None
 
     async def get_lock(self, service: str) -> Lock | None:
         async with _translated("reading a lock"):
