@@ -17,8 +17,11 @@ from typing import Any
 
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import ShipwatchError
+from bot.judging.decision import SCORE_COUNTER
 from bot.observe.logs import log_context
 from bot.redact import redact, redact_obj
+from bot.release.checks import Outcome
+from bot.release.durations import format_duration
 from bot.release.policy import Policy
 from bot.release.rollout import Release, Surface
 from bot.store.store import Store
@@ -200,14 +203,13 @@ class Narrator:
 
     async def final_notes(self, release: Release) -> str:
         took = (release.finished_at or release.updated_at) - release.created_at
-        minutes = max(1, round(took / 60))
         what = release.notes.strip() or (
             "\n".join(f"• {c.get('title', '')}" for c in release.changes)
             or "(no release notes were given)"
         )
         text = (
-            f"{release.service} {release.version} shipped to 100% of users in {minutes} "
-            f"minute(s). All metrics nominal.\n{what}"
+            f"{release.service} {release.version} shipped to 100% of users in "
+            f"{format_duration(max(0.0, took))}. {how_it_went(release)}\n{what}"
         )
         self.events.emit(ReleaseEvent(EventKind.NOTES_FINAL, release, text))
         return text
@@ -255,3 +257,22 @@ class Narrator:
     def _tickets_from_policy(self, service: str) -> TicketSinks | None:
         sp = self._policy.services.get(service)
         return TicketSinks(sp.tickets) if sp is not None else None
+
+
+def how_it_went(release: Release) -> str:
+    """What the record says of the release's metrics, for the completion announcement: never
+    "all nominal" unless the checks said so."""
+    judged = [c for c in release.last_checks if not c.dry_run]
+    if not judged:
+        return "No metrics were judged."
+    failed_on_the_way = sorted(
+        name for name, c in release.counters.items() if c.total_failures and name != SCORE_COUNTER
+    )
+    warned = sorted(c.metric for c in judged if c.warning)
+    passed = sum(c.outcome is Outcome.PASS for c in judged)
+    said = f"{passed} of {len(judged)} metric(s) passed at the last check."
+    if warned:
+        said += f" Warnings: {', '.join(warned)}."
+    if failed_on_the_way:
+        said += f" Failed checks on the way: {', '.join(failed_on_the_way)}."
+    return said
