@@ -164,6 +164,20 @@ async def test_second_deploy_of_an_active_service_names_who_what_and_when(rig: R
     assert await rig.flag_pct("checkout") == 1
 
 
+async def test_a_deploy_while_another_runs_is_refused_for_that_before_anything_else(
+    rig: Rig,
+) -> None:
+    # The first release of the service: nothing succeeded before it, so a deploy without
+    # --stable would also lack a control. The release in the way is the reason to give.
+    first = await deployed(rig)
+
+    with pytest.raises(AlreadyActiveError, match="already being released"):
+        await rig.service.deploy(BOB, "checkout", "v3")
+    with pytest.raises(AlreadyActiveError):
+        await rig.service.deploy(BOB, "checkout", "v3 with a space")
+    assert await rig.store.active_for("checkout") == await stored(rig, first.id)
+
+
 async def test_deploy_with_the_same_request_id_twice_starts_one_release(rig: Rig) -> None:
     first = await rig.service.deploy(ALICE, "checkout", "v2", STABLE, request_id="slack-1")
     again = await rig.service.deploy(ALICE, "checkout", "v2", STABLE, request_id="slack-1")

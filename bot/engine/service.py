@@ -131,6 +131,10 @@ class ReleaseService:
             # Forcing past the gates is the approvers' call; with none configured, nobody's.
             await self._refuse(actor, service, "deploy", "--force by someone not an approver")
             raise PermissionDenied("force a release past the gates of", service, sp.approvers)
+        # The real reason first: a release already running is why this one cannot start, however
+        # its plan would have been judged. (The create below refuses it atomically as well.)
+        if (active := await self.store.active_for(service)) is not None:
+            raise await self._already_active(actor, service, version, active)
         previous = await self.store.history(service, limit=20)
         plan = plan_release(sp, service, version, opts, previous)
         gates = await self._check_gates(actor, sp, service, plan.version, opts)
@@ -164,22 +168,28 @@ class ReleaseService:
     ) -> ConflictError:
         """Why the store refused to create ``release`` (a lock, another active release),
         audited as a refusal."""
-        service, version = release.service, release.version
+        service = release.service
         if created.status is CreateStatus.LOCKED:
             lock = created.lock.describe() if created.lock else f"`{service}` is locked"
             await self._refuse(actor, service, "deploy", lock)
             return LockedError(f"cannot deploy: {lock}. `/rollout unlock {service}` lifts it.")
         other = await self.store.get(created.release_id)
+        return await self._already_active(actor, service, release.version, other)
+
+    async def _already_active(
+        self, actor: Actor, service: str, version: str, other: Release | None
+    ) -> AlreadyActiveError:
+        """The refusal of a deploy while ``other`` is being released: who, what, since when."""
         await self._refuse(
-            actor, service, "deploy", "another release is active", created.release_id
+            actor, service, "deploy", "another release is active", other.id if other else ""
         )
         when = time.strftime("%H:%M UTC", time.gmtime(other.created_at)) if other else "?"
         who = other.requested_by if other else "?"
         what = other.version if other else "?"
         return AlreadyActiveError(
-            f"cannot deploy {version}: {service} {what} is already being released, started "
-            f"by {who} at {when} ({other.describe_state() if other else 'unknown state'}). "
-            f"Wait for it, or `/rollback {service}` first."
+            f"cannot deploy {version.strip()}: {service} {what} is already being released, "
+            f"started by {who} at {when} ({other.describe_state() if other else 'unknown state'}"
+            f"). Wait for it, or `/rollback {service}` first."
         )
 
     async def _start(self, release: Release, actor: Actor) -> Release:
