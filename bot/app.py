@@ -68,6 +68,11 @@ class App:
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
 
+    @property
+    def demo_metrics(self) -> bool:
+        """Judging on the synthetic demo source, not a real Prometheus."""
+        return isinstance(self.source, SyntheticSource)
+
     async def drain(self, timeout: float) -> bool:
         """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic
         changes, the events they emit, the writing those start (a rollback's diagnosis) and

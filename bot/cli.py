@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-controller", action="store_true", help="do not drive releases in this process"
     )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="allow the demo parts: synthetic metrics without PROMETHEUS_URL and the embedded "
+        "demo policy without a policy file (every status message then says DEMO METRICS)",
+    )
     return parser
 
 
@@ -126,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             interactive = args.interactive and sys.stdin.isatty()
             return asyncio.run(_demo(settings, policy, interactive, args.metrics))
         if args.command == "serve":
+            if refused := _demo_parts(settings, policy, allowed=args.demo):
+                print(f"refusing to start: {refused}", file=sys.stderr)
+                return 2
             serve = _slack_server()
             return asyncio.run(
                 serve(settings, policy, controller=not args.no_controller, socket=args.socket)
@@ -136,6 +145,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _demo_parts(settings: Settings, policy: Policy, *, allowed: bool) -> str:
+    """Why `serve` would run real releases on demo parts, or "" when it would not (or the
+    operator said --demo)."""
+    if allowed:
+        return ""
+    if not settings.prometheus_url:
+        return (
+            "PROMETHEUS_URL is not set, so releases would be judged on made-up numbers. Set it "
+            "to your Prometheus, or run `shipwatch serve --demo` to try the bot on synthetic "
+            "metrics."
+        )
+    if policy.source.startswith("("):  # the embedded policy names itself "(embedded …)"
+        return (
+            f"no policy file: {settings.policy_path} does not exist, so the embedded demo "
+            "policy would decide. Write one (see the README's policy section), point "
+            "SHIPWATCH_POLICY at it, or run `shipwatch serve --demo`."
+        )
+    return ""
 
 
 def _check_config(path: Path) -> int:

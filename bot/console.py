@@ -30,7 +30,7 @@ from bot.release.policy import Metric, Policy
 from bot.release.rollout import Actor, Release, Surface
 from bot.render.errors import report
 from bot.render.kit import Choice
-from bot.render.status import status_message
+from bot.render.status import status_for
 from bot.render.terminal import render_text
 from bot.render.thread import event_message
 
@@ -246,9 +246,8 @@ class Console:
         release = await self.app.service.status(service) or fallback
         if release is None:
             return False
-        oncall, approvers, metrics = _people(self.app.policy, release.service)
         text, self.choices = render_text(
-            status_message(release, oncall=oncall, approvers=approvers, metrics=metrics)
+            status_for(release, self.app.policy, demo_metrics=self.app.demo_metrics)
         )
         self.say(text)
         return True

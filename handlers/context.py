@@ -11,7 +11,7 @@ from bot.app import App
 from bot.release.rollout import Release
 from bot.render.errors import chat_error, report
 from bot.render.kit import Message
-from bot.render.status import status_message
+from bot.render.status import status_for
 from handlers.responses import ResponseUrls
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,7 @@ class Core:
 
 def status_of(core: Core, release: Release) -> Message:
     """The release's status message with what its service's policy adds (on-call, limits)."""
-    sp = core.app.policy.services.get(release.service)
-    if sp is None:
-        return status_message(release)
-    return status_message(release, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
+    return status_for(release, core.app.policy, demo_metrics=core.app.demo_metrics)
 
 
 def error_message(exc: Exception, *, what: str) -> Message:

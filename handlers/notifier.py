@@ -22,7 +22,7 @@ from bot.observe import telemetry
 from bot.release.policy import Policy
 from bot.release.rollout import Release
 from bot.render.kit import Message
-from bot.render.status import status_message
+from bot.render.status import status_for
 from bot.render.thread import event_message
 from bot.store.store import Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
@@ -38,11 +38,14 @@ class SlackNotifier:
         store: Store,
         policy: Policy,
         retry_interval: float = 15.0,
+        *,
+        demo_metrics: bool = False,
     ) -> None:
         self.client = client
         self.store = store
         self._policy = policy
         self.retry_interval = retry_interval
+        self.demo_metrics = demo_metrics  # every status message says so
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -176,10 +179,7 @@ class SlackNotifier:
             self._failed("chat.postMessage", event.release, exc)
 
     def _status(self, release: Release) -> Message:
-        sp = self._policy.services.get(release.service)
-        if sp is None:
-            return status_message(release)
-        return status_message(release, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
+        return status_for(release, self._policy, demo_metrics=self.demo_metrics)
 
     def _failed(self, method: str, release: Release, exc: Exception) -> None:
         telemetry.CHAT_ERRORS.labels(method).inc()

@@ -152,7 +152,7 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
     load_tokens(settings, policy)  # a malformed SHIPWATCH_API_TOKENS stops us before anything runs
     app: App = await build_app(settings, policy=policy)
     client = web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
-    notifier = SlackNotifier(client, app.store, app.policy)
+    notifier = SlackNotifier(client, app.store, app.policy, demo_metrics=app.demo_metrics)
     try:
         bot_user_id = str((await client.auth_test()).get("user_id", ""))
     except SlackApiError as exc:

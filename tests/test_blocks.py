@@ -803,3 +803,9 @@ def test_the_notes_draft_has_an_edit_button_and_the_modal_fits_slack() -> None:
     assert len(modal["title"]["text"]) <= 24
     assert len(modal["blocks"][1]["element"]["initial_value"]) <= 3000
     assert modal["private_metadata"] == release.id
+
+
+def test_a_status_judged_on_demo_metrics_says_so_on_the_message() -> None:
+    release = progressing()
+    assert "DEMO METRICS" in all_text(status_message(release, now=NOW, demo_metrics=True))
+    assert "DEMO METRICS" not in all_text(status_message(release, now=NOW))

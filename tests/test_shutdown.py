@@ -150,6 +150,8 @@ async def serving(
         with log_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", "--policy", str(policy),
+                # Synthetic metrics are a demo part: serve needs it said, unless given Prometheus.
+                *([] if "PROMETHEUS_URL" in env else ["--demo"]),
                 cwd=tmp_path, env=inherited | settings | env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
             )

@@ -388,6 +388,14 @@ async def test_a_button_from_an_earlier_step_is_refused_as_out_of_date(rig: Slac
     rig.validate_blocks()
 
 
+async def test_a_bot_on_the_synthetic_source_says_demo_metrics_on_every_status(
+    rig: SlackRig,
+) -> None:
+    ts = await deploy_checkout(rig)  # the rig has no PROMETHEUS_URL: synthetic metrics
+    versions = rig.slack.versions(CHECKOUT_CHANNEL, ts)
+    assert versions and all("DEMO METRICS" in text_of(v) for v in versions)
+
+
 @pytest.mark.parametrize("value", ["not-ours", "a1b2:0", "x" * 3000, "<!channel>:1:2"])
 async def test_a_forged_button_value_is_refused_plainly_and_changes_nothing(
     rig: SlackRig, value: str

@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.release.buttons import ButtonAction, button_value
 from bot.release.durations import format_duration
-from bot.release.policy import Metric, Risk
+from bot.release.policy import Metric, Policy, Risk
 from bot.release.rollout import CONTROLLER, Release, State
 from bot.render.checks import checks_blocks, control_label_of, gate_blocks
 from bot.render.kit import (
@@ -174,6 +174,27 @@ def _buttons(release: Release) -> list[dict[str, Any]]:
     return []
 
 
+DEMO_METRICS = (
+    "⚠️ *DEMO METRICS*: judged on synthetic numbers, not on your Prometheus "
+    "(this bot runs with `--demo`; set PROMETHEUS_URL for real releases)"
+)
+
+
+def status_for(release: Release, policy: Policy, *, demo_metrics: bool = False) -> Message:
+    """The status message with what the release's service policy adds (on-call, approvers,
+    limits); the same for Slack and the console."""
+    sp = policy.services.get(release.service)
+    if sp is None:
+        return status_message(release, demo_metrics=demo_metrics)
+    return status_message(
+        release,
+        oncall=sp.oncall,
+        approvers=sp.approvers,
+        metrics=sp.metrics,
+        demo_metrics=demo_metrics,
+    )
+
+
 def status_message(
     release: Release,
     *,
@@ -181,11 +202,13 @@ def status_message(
     approvers: Sequence[str] = (),
     now: float | None = None,
     metrics: Sequence[Metric] = (),
+    demo_metrics: bool = False,
 ) -> Message:
     """The one message per release, updated in place as it moves.
 
     ``metrics`` (the service policy's) adds every metric's limits and units to the table;
-    without it the table shows the limit a failing check names.
+    without it the table shows the limit a failing check names. ``demo_metrics`` says, on the
+    message itself, that the judging ran on the synthetic demo source.
     """
     now = time.time() if now is None else now
     badge, words = STATE_BADGE[release.state]
@@ -193,6 +216,8 @@ def status_message(
         header_block(f"{badge} {release.service} {release.version}"),
         context_block(_context_line(release, now)),
     ]
+    if demo_metrics:
+        blocks.append(context_block(DEMO_METRICS))
     if release.notes.strip():
         blocks.append(context_block(f"📝 {esc(release.notes.strip())}"))
     blocks += gate_blocks(release)
@@ -206,25 +231,7 @@ def status_message(
         fields.append(f"*On-call*\n{mention(oncall)}")
     blocks.append(fields_block(fields))
 
-    if release.reason and release.state in (State.PAUSED, State.ROLLING_BACK, State.ROLLED_BACK):
-        what = {State.PAUSED: "Paused", State.ROLLING_BACK: "Rolling back"}.get(
-            release.state, "Rolled back"
-        )
-        by = (
-            by_whom(release.last.by, release.reason)
-            if release.state is not State.ROLLED_BACK
-            else ""
-        )
-        blocks.append(section_block(f"{badge} *{what}*{by}: {esc(release.reason)}"))
-    if release.state is State.PENDING_APPROVAL:
-        blocks.append(section_block(approval_text(release, approvers)))
-    elif release.state is State.PROGRESSING and release.risk is Risk.HIGH:
-        blocks.append(
-            context_block(
-                f"High risk: every step waits for an approver ({mentions(approvers) or 'anyone'}"
-                f" but {mention(release.requested_by)})."
-            )
-        )
+    blocks += _why_blocks(release, badge, approvers)
 
     if release.last_checks:
         seen = ""
@@ -251,6 +258,32 @@ def status_message(
     if release.reason and release.state is not State.SUCCEEDED:
         text += f": {release.reason}"
     return fit(blocks, text)
+
+
+def _why_blocks(release: Release, badge: str, approvers: Sequence[str]) -> list[dict[str, Any]]:
+    """Why the release stands where it does: paused or rolled back and why, or whose approval
+    it waits for."""
+    blocks = []
+    if release.reason and release.state in (State.PAUSED, State.ROLLING_BACK, State.ROLLED_BACK):
+        what = {State.PAUSED: "Paused", State.ROLLING_BACK: "Rolling back"}.get(
+            release.state, "Rolled back"
+        )
+        by = (
+            by_whom(release.last.by, release.reason)
+            if release.state is not State.ROLLED_BACK
+            else ""
+        )
+        blocks.append(section_block(f"{badge} *{what}*{by}: {esc(release.reason)}"))
+    if release.state is State.PENDING_APPROVAL:
+        blocks.append(section_block(approval_text(release, approvers)))
+    elif release.state is State.PROGRESSING and release.risk is Risk.HIGH:
+        blocks.append(
+            context_block(
+                f"High risk: every step waits for an approver ({mentions(approvers) or 'anyone'}"
+                f" but {mention(release.requested_by)})."
+            )
+        )
+    return blocks
 
 
 def approval_text(release: Release, approvers: Sequence[str]) -> str:
