@@ -34,9 +34,7 @@ class Refusal:
     error: str
 
 
-def refusal(
-    body: bytes, headers: Mapping[str, str], verifier: SignatureVerifier
-) -> Refusal | None:
+def refusal(body: bytes, headers: Mapping[str, str], verifier: SignatureVerifier) -> Refusal | None:
     """Why this request must not reach bolt, or None when it may."""
     if len(body) > MAX_BODY:
         return _refused(413, f"body over {MAX_BODY} bytes")

@@ -410,9 +410,7 @@ class ReleaseService:
             actor, service, "resume", request_id, lambda r: rollout.resume(r, actor, now)
         )
         if res.outcome is Outcome.DONE:
-            self.events.emit(
-                ReleaseEvent(EventKind.RESUMED, res.release, actor=actor.user)
-            )
+            self.events.emit(ReleaseEvent(EventKind.RESUMED, res.release, actor=actor.user))
         return res
 
     async def edit_notes(self, actor: Actor, release_id: str, notes: str) -> Release:
@@ -424,12 +422,15 @@ class ReleaseService:
         await self._require_deployer(actor, sp, release.service, "edit the notes of")
         text = notes.strip()
         if len(text) > 3000:
-            raise UserError("release notes are limited to 3,000 characters",
-                            hint="shorten them, or link to a longer document")
+            raise UserError(
+                "release notes are limited to 3,000 characters",
+                hint="shorten them, or link to a longer document",
+            )
         for _ in range(MAX_RACE_RETRIES):
             new = release.model_copy(update={"notes": text, "updated_at": self.clock()})
-            audit = AuditEntry.transition("edit_notes", actor, release, new,
-                                          detail={"chars": len(text)})
+            audit = AuditEntry.transition(
+                "edit_notes", actor, release, new, detail={"chars": len(text)}
+            )
             result = await self.store.commit(new, expected_rev=release.rev, audit=audit)
             if result.status is CommitStatus.OK and result.current is not None:
                 return result.current

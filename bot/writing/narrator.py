@@ -173,13 +173,9 @@ class Narrator:
             where = "; ".join(
                 f"{t.where}: {t.url}" if t.url else f"{t.where} (no link given)" for t in tickets
             )
-            self.events.emit(
-                ReleaseEvent(EventKind.TICKET_FILED, release, link=where)
-            )
+            self.events.emit(ReleaseEvent(EventKind.TICKET_FILED, release, link=where))
         else:
-            self.events.emit(
-                ReleaseEvent(EventKind.TICKET_FILED, release)
-            )
+            self.events.emit(ReleaseEvent(EventKind.TICKET_FILED, release))
 
     # --- release notes ----------------------------------------------------------------------
 
