@@ -71,7 +71,7 @@ class App:
     @property
     def demo_metrics(self) -> bool:
         """Judging on the synthetic demo source, not a real Prometheus."""
-        return isinstance(self.source, SyntheticSource)
+        return self.source.is_demo
 
     async def drain(self, timeout: float) -> bool:
         """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic

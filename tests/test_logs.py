@@ -122,13 +122,21 @@ def test_a_line_is_one_json_object_with_the_fields(captured: Captured) -> None:
     assert len(text.splitlines()) == 2  # the message's newline stays inside its line
     first, second = captured.lines()
     assert list(first)[:7] == [
-        "ts", "level", "logger", "msg", "request_id", "release_id", "service",
+        "ts",
+        "level",
+        "logger",
+        "msg",
+        "request_id",
+        "release_id",
+        "service",
     ]
     assert TS.match(first["ts"]), first["ts"]
     assert first["level"] == "WARNING" and first["logger"] == "tests.logs"
     assert first["msg"] == "step 2 of checkout\nsecond line"
     assert (first["request_id"], first["release_id"], first["service"]) == (
-        "req-1", "rel-1", "checkout",
+        "req-1",
+        "rel-1",
+        "checkout",
     )
     assert first["weight"] == 10
     assert "exc" not in first
@@ -192,7 +200,9 @@ def test_nested_contexts_merge_and_unwind() -> None:
             assert dict(inner) == {"request_id": "r1", "service": "checkout", "release_id": "rel-1"}
             with log_context(service="search", release_id=""):
                 assert dict(current_context()) == {
-                    "request_id": "r1", "service": "search", "release_id": "rel-1",
+                    "request_id": "r1",
+                    "service": "search",
+                    "release_id": "rel-1",
                 }
             assert current_context()["service"] == "checkout"
         assert dict(current_context()) == {"request_id": "r1", "service": "checkout"}
@@ -271,8 +281,14 @@ def test_configured_secrets_never_reach_the_log(root_logging: None) -> None:
 
     log.info("token %s, app %s, signing %s", BOT_TOKEN, APP_TOKEN, SIGNING_SECRET)
     log.info(f"openai {OPENAI_KEY} and api tokens {API_TOKEN} / {OTHER_API_TOKEN}")
-    log.info("a request", extra={"headers": {"Authorization": f"Bearer {API_TOKEN}"},
-                                 "sent": [SIGNING_SECRET], "password": "hunter2hunter2"})
+    log.info(
+        "a request",
+        extra={
+            "headers": {"Authorization": f"Bearer {API_TOKEN}"},
+            "sent": [SIGNING_SECRET],
+            "password": "hunter2hunter2",
+        },
+    )
     with log_context(request_id="r1"):
         try:
             raise RuntimeError(f"Slack said no to {BOT_TOKEN}")
@@ -298,8 +314,9 @@ def test_configured_secrets_never_reach_the_log(root_logging: None) -> None:
 def test_short_configured_values_are_not_matched_literally(root_logging: None) -> None:
     # A 4-character "secret" would erase ordinary text from every line; it is left alone.
     stream = io.StringIO()
-    configure_logging(Settings.model_validate({"SLACK_SIGNING_SECRET": "beta"}), "serve",
-                      stream=stream)
+    configure_logging(
+        Settings.model_validate({"SLACK_SIGNING_SECRET": "beta"}), "serve", stream=stream
+    )
     logging.getLogger("t").warning("the beta channel")
     assert json.loads(stream.getvalue())["msg"] == "the beta channel"
 
@@ -324,8 +341,14 @@ async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[Sla
 async def test_an_api_request_logs_with_its_request_id_and_release_id(
     rig: SlackRig, captured: Captured
 ) -> None:
-    body = {"service": "checkout", "version": "v2", "stable": "v1", "changes": [],
-            "requested_by": "octocat", "request_id": "run-4711"}
+    body = {
+        "service": "checkout",
+        "version": "v2",
+        "stable": "v1",
+        "changes": [],
+        "requested_by": "octocat",
+        "request_id": "run-4711",
+    }
     headers = {"Authorization": f"Bearer {API_TOKEN}", REQUEST_ID: "ci-run-4711.1"}
     async with rig.http.post(rig.url(ROLLOUTS), json=body, headers=headers) as resp:
         assert resp.status == 201, await resp.text()
@@ -351,8 +374,9 @@ async def test_a_slash_command_logs_with_the_request_and_slack_ids(
     rig: SlackRig, captured: Captured
 ) -> None:
     url = rig.new_response_url("C0RELEASES", "U0BOB")
-    body = slash_command("/deploy", "chekout v2", user_id="U0BOB", response_url=url,
-                         trigger_id="1337.42.abcdef")
+    body = slash_command(
+        "/deploy", "chekout v2", user_id="U0BOB", response_url=url, trigger_id="1337.42.abcdef"
+    )
     headers = sign(SECRET, body) | {REQUEST_ID: "edge-77"}
     async with rig.http.post(rig.url("/slack/events"), data=body, headers=headers) as resp:
         assert resp.status == 200
@@ -412,3 +436,23 @@ async def test_a_controller_round_logs_each_release_with_its_id(
         [line] = [x for x in lines if x["msg"].startswith(release.label)]
         assert (line["release_id"], line["service"]) == (release.id, release.service)
         assert line["logger"] == "bot.engine.controller"
+
+
+async def test_every_committed_decision_is_one_info_line_with_the_release_id(
+    redis_url: str, redis_client: aioredis.Redis, captured: Captured
+) -> None:
+    settings = Settings.model_validate({"REDIS_URL": redis_url, "PROMETHEUS_URL": None})
+    app = await build_app(settings, policy=parse_policy(POLICY, "logs"), source=GatedSource(seed=5))
+    try:
+        alice = Actor(user="alice", surface="slack")
+        release = (
+            await app.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+        ).release
+        stats = await asyncio.wait_for(app.controller.run_once(), 5)
+        assert stats.evaluated == 1
+    finally:
+        await app.close()
+
+    [line] = [x for x in captured.lines() if x.get("decision")]
+    assert line["level"] == "INFO" and line["msg"].startswith(f"{release.label}: ")
+    assert (line["release_id"], line["service"]) == (release.id, "checkout")

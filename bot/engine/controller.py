@@ -271,6 +271,16 @@ class Controller:
                     )
                     return
                 current = committed.current
+                # One line per decision, tied to the release by the log context: with the
+                # transitions, a release's whole story in the log.
+                log.info(
+                    "%s: %s at %d%%: %s",
+                    release.label,
+                    verdict.value,
+                    release.weight,
+                    decision.reason,
+                    extra={"decision": verdict.value},
+                )
                 await self._record_point(current, checks, now)
                 if event is not None:
                     self.events.emit(
