@@ -215,3 +215,15 @@ async def test_llm_error_message_is_bounded(api: OpenAIStandIn, llm: LLM) -> Non
     with pytest.raises(LLMError) as caught:
         await llm.complete(SYSTEM, USER)
     assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("body", ["{not json", "", "<html>502 Bad Gateway</html>", "[1, 2]"])
+async def test_an_answer_that_is_not_the_apis_json_is_an_error(
+    api: OpenAIStandIn, llm: LLM, body: str
+) -> None:
+    api.garble_next(body)
+    with pytest.raises(LLMError) as info:
+        await llm.complete("system", "user")
+    assert info.value.reason in ("error", "empty")
+    api.reply("fine again")
+    assert await llm.complete("system", "user") == "fine again"

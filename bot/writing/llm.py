@@ -143,6 +143,11 @@ class LLM:
             # APIStatusError (4xx/5xx), APIConnectionError (refused, reset, DNS) and the SDK's
             # own response errors: all mean "no answer from the model this time".
             raise self._failed("error", self._describe(exc), started) from exc
+        except ValueError as exc:
+            # A 200 whose body is not the API's JSON (a gateway's error page, a cut-off body):
+            # the SDK lets the decoding error through. Still no answer, not a crash.
+            detail = f"the answer was not the API's JSON ({type(exc).__name__})"
+            raise self._failed("error", detail, started) from exc
 
         # Lenient about the shape: compatible servers differ, and a missing field is just
         # "no answer" rather than a crash in the caller.

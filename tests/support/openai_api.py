@@ -78,6 +78,7 @@ class OpenAIStandIn(LocalServer):
         self.requests: list[RecordedRequest] = []
         self._replies: deque[str | None] = deque()
         self._failures: deque[_Failure] = deque()
+        self._garbled: deque[str] = deque()
         self._responder: Callable[[Json], str | None] | None = None
         self._delay = 0.0
         self._delay_count: int | None = None
@@ -126,6 +127,11 @@ class OpenAIStandIn(LocalServer):
     ) -> None:
         """Answer the next ``count`` requests with an OpenAI-style error body."""
         self._failures.extend(_Failure(status, retry_after, message) for _ in range(count))
+
+    def garble_next(self, body: str, *, count: int = 1) -> None:
+        """Answer the next ``count`` requests 200 with ``body`` as it is, labelled JSON: what a
+        broken gateway in front of a model server can send."""
+        self._garbled.extend(body for _ in range(count))
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -192,6 +198,8 @@ class OpenAIStandIn(LocalServer):
             return _error(400, "invalid_request_error", None, "stream is not supported here.")
         if self._failures:
             return self._fail(self._failures.popleft())
+        if self._garbled:
+            return web.Response(text=self._garbled.popleft(), content_type="application/json")
 
         content: str | None
         if self._replies:
