@@ -11,7 +11,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot.observe.logs import log_context
 from bot.release.rollout import Release
-from bot.render.kit import paragraphs, plain_message
+from bot.render.kit import plain_message
+from bot.render.thread import answer_message
 from handlers.client import slack_error
 from handlers.commands import ack_only
 from handlers.context import Core, status_of
@@ -96,13 +97,11 @@ async def _answer(
         )
         return
     answer = await narrator.answer(release, question, thread)
-    # The answer carries model and record text: escaped like everything else we post.
-    for part in paragraphs(answer):
-        message = plain_message(part)
-        await core.client.chat_postMessage(
-            channel=channel,
-            thread_ts=thread_ts,
-            text=message.text,
-            blocks=message.blocks,
-            unfurl_links=False,
-        )
+    message = answer_message(answer)
+    await core.client.chat_postMessage(
+        channel=channel,
+        thread_ts=thread_ts,
+        text=message.text,
+        blocks=message.blocks,
+        unfurl_links=False,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Risk, Strategy
 from bot.release.rollout import Actor, MetricCounters, Release, new_release
-from bot.writing.narrator import how_it_went
+from bot.writing.narrator import WRITTEN_LIMIT, capped, how_it_went
 
 
 def shipped(
@@ -56,3 +56,13 @@ def test_warnings_and_failures_on_the_way_are_named() -> None:
         "2 of 2 metric(s) passed at the last check. Warnings: errors. "
         "Failed checks on the way: latency."
     )
+
+
+def test_a_flood_from_the_model_is_cut_to_one_message_saying_so() -> None:
+    flood = "word " * 20_000
+    cut = capped(flood)
+    assert len(cut) < WRITTEN_LIMIT + 120
+    assert cut.endswith(
+        "(cut: the model wrote more than one message holds; `/rollout status` has the record)"
+    )
+    assert capped("short answer") == "short answer"

@@ -269,6 +269,12 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
 }
 
 
+def answer_message(answer: str) -> Message:
+    """An answer in a release thread: one post, its text (model and record text, escaped) in
+    as many sections as Slack's section limit needs."""
+    return fit([section_block(esc(part)) for part in paragraphs(answer)], answer)
+
+
 def notes_modal(release: Release) -> dict[str, Any]:
     """The modal that edits a release's notes (title ≤ 24 chars, as Slack requires)."""
     return {

@@ -244,7 +244,7 @@ class Narrator:
                 "LLM unavailable for %s (%s): using the template text", template, exc.reason
             )
             return "", llm_down_label(exc.reason)
-        return text.strip(), llm_label(self.llm.model)
+        return capped(text.strip()), llm_label(self.llm.model)
 
     def _units(self, service: str) -> dict[str, str]:
         sp = self._policy.services.get(service)
@@ -272,3 +272,21 @@ def how_it_went(release: Release) -> str:
     if failed_on_the_way:
         said += f" Failed checks on the way: {', '.join(failed_on_the_way)}."
     return said
+
+
+# What a model may add to one post: a flood of text is cut here, so the whole answer fits one
+# message and its label (who wrote it) is never pushed into a later one.
+WRITTEN_LIMIT = 2800
+
+
+def capped(written: str) -> str:
+    """``written`` within WRITTEN_LIMIT characters, cut at a line or word, saying so."""
+    if len(written) <= WRITTEN_LIMIT:
+        return written
+    cut = written[:WRITTEN_LIMIT]
+    at = max(cut.rfind("\n"), cut.rfind(" "))
+    cut = cut[:at] if at > WRITTEN_LIMIT // 2 else cut
+    return (
+        f"{cut.rstrip()} … (cut: the model wrote more than one message holds; "
+        "`/rollout status` has the record)"
+    )
