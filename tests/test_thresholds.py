@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.judging.thresholds import fmt, judge
+from bot.judging.thresholds import Traffic, fmt, judge
 from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, Side
 from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Direction, Metric
@@ -331,3 +331,26 @@ def test_fmt(value: float | None, unit: str, text: str) -> None:
 
 def test_direction_parsing_matches_the_enum() -> None:
     assert metric(max=1, direction="either").direction is Direction.EITHER
+
+
+def test_a_thin_control_is_no_verdict_for_a_rule_against_the_control() -> None:
+    thin = Traffic(canary=500, control=3, control_counted=True)
+    # The canary looks 10x worse than a control that served three requests: noise, not news.
+    result = judge(metric(max_ratio=2, min_requests=100), canary(0.5), control(0.05), thin)
+    assert result.outcome is Outcome.NO_DATA
+    assert "control saw 3 requests (needs 100)" in result.reason
+    unknown = Traffic(canary=500, control=None, control_counted=True)
+    assert judge(metric(max_ratio=2, min_requests=100), canary(0.5), control(0.05), unknown
+                 ).outcome is Outcome.NO_DATA
+
+
+def test_a_thin_control_does_not_hold_back_an_absolute_limit() -> None:
+    thin = Traffic(canary=500, control=3, control_counted=True)
+    result = judge(metric(max=0.05, min_requests=100), canary(0.5), control(0.01), thin)
+    assert result.outcome is Outcome.FAIL
+
+
+def test_enough_traffic_on_both_sides_gives_a_verdict() -> None:
+    both = Traffic(canary=500, control=5000, control_counted=True)
+    result = judge(metric(max_ratio=2, min_requests=100), canary(0.5), control(0.05), both)
+    assert result.outcome is Outcome.FAIL

@@ -21,7 +21,7 @@ from bot.judging.statistical import (
     classify_score,
     score,
 )
-from bot.judging.thresholds import judge, too_little_traffic
+from bot.judging.thresholds import Traffic, judge, too_little_traffic
 from bot.metrics.base import (
     REQUESTS_METRIC,
     MetricQuery,
@@ -109,7 +109,8 @@ def plan(release: Release, sp: ServicePolicy) -> Plan:
                     SeriesQuery(query(m.name, m.query, window, side, version), m.lookback, m.step)
                 )
     if any(m.min_requests for m in sp.metrics):
-        instant.append(query(REQUESTS_METRIC, sp.requests_query, sp.window, *sides[0]))
+        for side, version in sides:  # both sides: a thin control is no verdict either
+            instant.append(query(REQUESTS_METRIC, sp.requests_query, sp.window, side, version))
     return Plan(release, sp, instant, series)
 
 
@@ -117,8 +118,13 @@ def analyse(
     p: Plan, instant: Mapping[str, QueryResult], series: Mapping[str, SeriesResult]
 ) -> Analysis:
     release = p.release
-    requests = instant.get(query_key(release.id, REQUESTS_METRIC, Side.CANARY))
-    request_count = requests.value if requests is not None else None
+    canary_requests = instant.get(query_key(release.id, REQUESTS_METRIC, Side.CANARY))
+    control_requests = instant.get(query_key(release.id, REQUESTS_METRIC, Side.CONTROL))
+    request_count = Traffic(
+        canary=canary_requests.value if canary_requests is not None else None,
+        control=control_requests.value if control_requests is not None else None,
+        control_counted=control_requests is not None,
+    )
     checks: list[CheckResult] = []
     verdicts: list[tuple[str, MetricVerdict]] = []
     for metric in p.sp.metrics:
@@ -147,7 +153,7 @@ def _threshold_check(
     release: Release,
     metric: Metric,
     instant: Mapping[str, QueryResult],
-    requests: float | None,
+    requests: Traffic,
 ) -> CheckResult:
     canary = instant[query_key(release.id, metric.name, Side.CANARY)]
     control: QueryResult | float | None
@@ -189,7 +195,7 @@ def _statistical_check(
     release: Release,
     metric: Metric,
     series: Mapping[str, SeriesResult],
-    requests: float | None,
+    requests: Traffic,
 ) -> tuple[CheckResult, MetricVerdict | None]:
     result = functools.partial(CheckResult, metric=metric.name, dry_run=metric.dry_run)
     if release.state is State.BAKING:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 from bot.metrics.base import QueryResult, QueryStatus
 from bot.release.checks import CheckResult, Outcome
@@ -27,7 +28,7 @@ def judge(
     metric: Metric,
     canary: QueryResult,
     control: QueryResult | float | None,
-    requests: float | None = None,
+    requests: Traffic | float | None = None,
     *,
     control_label: str = "control",
     require_control: bool = True,
@@ -45,7 +46,8 @@ def judge(
             query=canary.query,
             reason=f"{metric.name}: canary query failed: {canary.error}",
         )
-    if too_little := too_little_traffic(metric, requests):
+    compares = _needs_control(metric) and control is not None
+    if too_little := too_little_traffic(metric, requests, against_control=compares):
         return result(outcome=Outcome.NO_DATA, canary=canary.value, control=None, reason=too_little)
     if canary.status is QueryStatus.NO_DATA or canary.value is None:
         return result(
@@ -109,14 +111,36 @@ def judge(
     )
 
 
-def too_little_traffic(metric: Metric, requests: float | None) -> str:
-    """The minimum-traffic guard: why there is no verdict yet, or "" when there is enough."""
-    if not metric.min_requests or (requests is not None and requests >= metric.min_requests):
+@dataclass(frozen=True)
+class Traffic:
+    """Requests each side served in the window (None: unknown). ``control_counted`` says the
+    control's count was asked for: there is a control to compare with."""
+
+    canary: float | None
+    control: float | None = None
+    control_counted: bool = False
+
+
+def too_little_traffic(
+    metric: Metric, requests: Traffic | float | None, *, against_control: bool = True
+) -> str:
+    """The minimum-traffic guard: why there is no verdict yet, or "" when there is enough.
+
+    A thin control is as unsure as a thin canary: a metric judged against the control has no
+    verdict until both sides served ``min_requests`` (a rollback on a control with a second of
+    samples is a rollback on noise)."""
+    traffic = requests if isinstance(requests, Traffic) else Traffic(canary=requests)
+    need = metric.min_requests
+    if not need:
         return ""
-    seen = "unknown" if requests is None else f"{requests:.0f}"
-    return (
-        f"{metric.name}: no verdict yet, canary saw {seen} requests (needs {metric.min_requests})"
-    )
+    sides = [("canary", traffic.canary)]
+    if against_control and traffic.control_counted:
+        sides.append(("control", traffic.control))
+    for side, seen in sides:
+        if seen is None or seen < need:
+            shown = "unknown" if seen is None else f"{seen:.0f}"
+            return f"{metric.name}: no verdict yet, {side} saw {shown} requests (needs {need})"
+    return ""
 
 
 def _needs_control(metric: Metric) -> bool:
