@@ -192,9 +192,22 @@ async def serve(
         access_log_class=AccessLog,
         shutdown_timeout=min(HTTP_DRAIN_S, settings.shutdown_timeout),
     )
-    await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", settings.port)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, "0.0.0.0", settings.port)
+        await site.start()
+    except BaseException as exc:
+        # A start that fails (the port is taken, say) stops what it started: the tasks, the
+        # clients, and an embedded redis-server, which is a process of its own.
+        await runner.cleanup()
+        await notifier.close()
+        await core.app.close()
+        if isinstance(exc, OSError):
+            raise ShipwatchError(
+                f"cannot listen on port {settings.port} ({exc.strerror or exc}): set PORT to a "
+                "free one"
+            ) from exc
+        raise
     log.info(
         "listening on :%d (%s); metrics from %s",
         settings.port,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.slack_api import BOT_TOKEN, SlackStandIn
 
 POLICY = """
 services:
@@ -59,3 +63,49 @@ def test_with_demo_it_goes_on_to_start(tmp_path: Path, args: list[str]) -> None:
     done = serve(tmp_path, *args)
     assert "refusing to start" not in done.stderr
     assert done.returncode != 0
+
+
+async def test_a_serve_that_cannot_listen_stops_its_embedded_redis(tmp_path: Path) -> None:
+    (tmp_path / "shipwatch.yaml").write_text(POLICY)
+    data = tmp_path / "data"
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        async with SlackStandIn() as slack:
+            inherited = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
+            }
+            env = inherited | {
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": "s",
+                "SLACK_API_URL": slack.api_url,
+                "SHIPWATCH_DATA_DIR": str(data),
+                "PORT": str(port),
+            }
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                "serve",
+                "--demo",
+                cwd=tmp_path,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        taken.close()
+    assert proc.returncode == 1
+    assert f"cannot listen on port {port}" in err.decode()
+    assert "Traceback" not in err.decode()
+    # The embedded redis-server it started under the data directory is gone with it.
+    pgrep = await asyncio.create_subprocess_exec(
+        "pgrep", "-f", str(data), stdout=asyncio.subprocess.PIPE
+    )
+    left, _ = await asyncio.wait_for(pgrep.communicate(), 10)
+    assert left.decode().strip() == "", left
