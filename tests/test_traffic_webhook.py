@@ -353,6 +353,23 @@ async def test_rollback_stops_only_when_cancelled(
     assert "ROLLBACK NOT APPLIED" in caplog.records[-1].getMessage()
 
 
+async def test_a_rollback_still_retrying_ends_when_the_backend_closes(
+    serve: Serve, make: Make
+) -> None:
+    # A shutdown closes the backend: the retry loop stops at its next turn even without a
+    # cancel (which Python 3.11 can lose), and says so; the record keeps the rollback to finish.
+    receiver = await serve([Reply(503)])
+    backend = make(receiver.url(), retries=1)
+    task = asyncio.create_task(backend.apply(change(TrafficAction.ROLLBACK, 0)))
+    async with asyncio.timeout(5):
+        await receiver.wait_for_requests(3)
+    await backend.close()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "the retry loop ran on after close"
+    with pytest.raises(TrafficError, match="closed while retrying"):
+        task.result()
+
+
 async def test_close_leaves_a_borrowed_session_open(serve: Serve) -> None:
     receiver = await serve([Reply(200)])
     async with aiohttp.ClientSession() as session:

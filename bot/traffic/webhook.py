@@ -214,22 +214,23 @@ class WebhookBackend:
         applied = False
         try:
             while True:
+                if self._closed:
+                    # Closed while retrying (a shutdown): stop here, even if a cancel was lost;
+                    # the release record still says what to finish, and the next owner does.
+                    raise TrafficError(f"webhook backend closed while retrying {what}")
                 attempt += 1
                 failure = await self._attempt(session, body, delivery)
                 if failure is None:
                     applied = True
-                    if attempt > 1:
-                        logger.info(
-                            "webhook %s applied %s (delivery %s) after %d attempts",
-                            self._safe_url,
-                            what,
-                            delivery,
-                            attempt,
-                        )
-                    else:
-                        logger.debug(
-                            "webhook %s applied %s (delivery %s)", self._safe_url, what, delivery
-                        )
+                    # A retried change is worth a line; the usual first-time success is not.
+                    logger.log(
+                        logging.INFO if attempt > 1 else logging.DEBUG,
+                        "webhook %s applied %s (delivery %s) after %d attempt(s)",
+                        self._safe_url,
+                        what,
+                        delivery,
+                        attempt,
+                    )
                     return
                 if rollback:
                     delay = self._delay(attempt, failure.retry_after, self._rollback_retry_cap)
