@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.engine.actuator import TrafficActuator
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.errors import StoreError
+from bot.errors import DependencyError, StoreError
 from bot.judging import analysis
 from bot.judging.decision import Decision, Verdict, decide
 from bot.metrics.base import MetricQuery, MetricSource, QueryResult, SeriesResult
@@ -74,6 +74,10 @@ class Controller:
         self.clock = clock
         self._sem = asyncio.Semaphore(concurrency)
         self._owned: set[str] = set()
+        # A failing dependency fails every round until it is back: said once, not each tick.
+        self._failing: str = ""  # the kind of failure under way ("" when rounds work)
+        self._failed_rounds = 0
+        self._failing_since = 0.0
 
     @property
     def owned(self) -> frozenset[str]:
@@ -89,10 +93,12 @@ class Controller:
             started = time.monotonic()
             try:
                 await self.run_once()
-            except Exception:
+            except Exception as exc:
                 # A dependency outage must not kill the loop: the next round tries again, and
                 # the state in Redis is untouched by a failed round.
-                log.exception("controller round failed")
+                self._round_failed(exc)
+            else:
+                self._round_worked()
             delay = max(0.0, self.tick - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -102,6 +108,29 @@ class Controller:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.actuator.drain(), self.lease_ttl)
         await self.close()
+
+    def _round_failed(self, exc: Exception) -> None:
+        self._failed_rounds += 1
+        kind = type(exc).__name__
+        if kind == self._failing:
+            log.debug("controller round failed again (%s): %s", kind, exc)
+            return
+        self._failing, self._failing_since = kind, time.monotonic()
+        if isinstance(exc, DependencyError):
+            log.error("controller rounds are failing: %s (said once until they work again)", exc)
+        else:
+            log.exception("controller round failed (said once until rounds work again)")
+
+    def _round_worked(self) -> None:
+        if not self._failing:
+            return
+        log.info(
+            "controller rounds work again after %d failed round(s) over %.0fs (%s)",
+            self._failed_rounds,
+            time.monotonic() - self._failing_since,
+            self._failing,
+        )
+        self._failing, self._failed_rounds = "", 0
 
     async def _record_point(self, release: Release, checks: list[CheckResult], now: float) -> None:
         # For charts and diagnoses only: losing a point must never fail a round.
