@@ -37,7 +37,7 @@ class Refusal:
 def refusal(body: bytes, headers: Mapping[str, str], verifier: SignatureVerifier) -> Refusal | None:
     """Why this request must not reach bolt, or None when it may."""
     if len(body) > MAX_BODY:
-        return _refused(413, f"body over {MAX_BODY} bytes")
+        return _too_big()
     try:
         # Slack sends UTF-8, and the verifier hashes the decoded text: anything else is not
         # Slack's, signed or not.
@@ -72,6 +72,10 @@ def _is_object(text: str) -> bool:
         return False
 
 
+def _too_big() -> Refusal:
+    return _refused(413, f"body over {MAX_BODY} bytes")
+
+
 def _refused(status: int, error: str) -> Refusal:
     log.warning("refused a request to /slack/events: %s", error, extra={"status": status})
     return Refusal(status, error)
@@ -84,16 +88,12 @@ def events_endpoint(bolt: AsyncApp | None, signing_secret: str | None) -> Handle
     async def slack_events(request: web.Request) -> web.StreamResponse:
         if bolt is None or verifier is None:
             return web.json_response({"error": "Slack runs over Socket Mode here"}, status=404)
-        too_big = {"error": f"body over {MAX_BODY} bytes"}
-        if (request.content_length or 0) > MAX_BODY:
-            log.warning("refused a request to /slack/events: %s", too_big["error"])
-            return web.json_response(too_big, status=413)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            log.warning("refused a request to /slack/events: %s", too_big["error"])
-            return web.json_response(too_big, status=413)
-        if refused := refusal(body, request.headers, verifier):
+            body = None  # past the app's own limit: refused like any body over MAX_BODY
+        refused = _too_big() if body is None else refusal(body, request.headers, verifier)
+        if refused:
             return web.json_response({"error": refused.error}, status=refused.status)
         response = await bolt.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import clean_env
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
 
 POLICY = """
@@ -24,16 +24,11 @@ services:
 
 
 def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
-    }
     settings = {"SLACK_BOT_TOKEN": "xoxb-0", "SLACK_SIGNING_SECRET": "s", "REDIS_URL": "redis://0"}
     return subprocess.run(
         [sys.executable, "-m", "bot", "serve", *args],
         cwd=tmp_path,
-        env=inherited | settings | env,
+        env=clean_env() | settings | env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -74,12 +69,7 @@ async def test_a_serve_that_cannot_listen_stops_its_embedded_redis(tmp_path: Pat
     port = taken.getsockname()[1]
     try:
         async with SlackStandIn() as slack:
-            inherited = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
-            }
-            env = inherited | {
+            env = clean_env() | {
                 "SLACK_BOT_TOKEN": BOT_TOKEN,
                 "SLACK_SIGNING_SECRET": "s",
                 "SLACK_API_URL": slack.api_url,

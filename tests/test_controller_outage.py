@@ -18,7 +18,7 @@ from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import parse_policy
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
-from tests.support.procs import free_port, require_binary, wait_for_port
+from tests.support.procs import free_port, redis_server_cmd, wait_for_port
 from tests.support.slack_rig import wait_until
 
 POLICY = """
@@ -57,17 +57,7 @@ async def test_a_redis_outage_is_said_once_and_its_end_too(
                 "rounds failing",
             )
             redis_proc = await asyncio.create_subprocess_exec(
-                require_binary("redis-server"),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
+                *redis_server_cmd(port, tmp_path),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )

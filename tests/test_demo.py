@@ -32,18 +32,14 @@ from bot.flags import FlagClient, FlagWriter, in_canary, normalized_number
 from bot.release.policy import embedded_policy
 from bot.traffic.base import TrafficAction, TrafficChange
 from bot.traffic.flags import FlagsBackend
-from tests.support.procs import free_port, require_binary
+from tests.support.procs import clean_env, free_port, require_binary
 
 DEMO_TIMEOUT = 240.0  # a bound on a hang; the demo takes well under a minute
 
 
 def _env(data_dir: Path) -> dict[str, str]:
     """The environment of a fresh machine: no Slack, Redis, Prometheus URL or OpenAI key."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
-    }
+    env = clean_env()
     env["SHIPWATCH_DATA_DIR"] = str(data_dir)
     return env
 

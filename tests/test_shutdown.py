@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ from bot.store import keys
 from bot.store.store import Store
 from handlers.api.records import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
-from tests.support.procs import free_port
+from tests.support.procs import clean_env, free_port
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
 from tests.support.slack_rig import NOTIFIER_RETRY_INTERVAL, SlackRig, running_rig
 from tests.support.standin import LocalServer
@@ -130,11 +129,7 @@ async def serving(
     policy.write_text(POLICY)
     port = free_port()
     log_path = tmp_path / "serve.log"
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
-    }
+    inherited = clean_env()
     async with SlackStandIn() as slack, aiohttp.ClientSession() as http:
         settings = {
             "REDIS_URL": redis_url,

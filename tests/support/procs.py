@@ -64,12 +64,20 @@ def running(
                 proc.wait()
 
 
-@contextmanager
-def redis_server(tmp: Path) -> Iterator[str]:
-    binary = require_binary("redis-server")
-    port = free_port()
-    cmd = [
-        binary,
+def clean_env() -> dict[str, str]:
+    """This process's environment without any shipwatch setting (Slack, Redis, Prometheus,
+    OpenAI, SHIPWATCH_*): what a child process sees on a fresh machine."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REDIS_", "PROMETHEUS_", "OPENAI_", "SLACK_", "SHIPWATCH_"))
+    }
+
+
+def redis_server_cmd(port: int, tmp: Path) -> list[str]:
+    """A throwaway redis-server on 127.0.0.1:``port``: no persistence, files under ``tmp``."""
+    return [
+        require_binary("redis-server"),
         "--port",
         str(port),
         "--bind",
@@ -81,5 +89,11 @@ def redis_server(tmp: Path) -> Iterator[str]:
         "--dir",
         str(tmp),
     ]
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = redis_server_cmd(port, tmp)
     with running(cmd, port, tmp / "redis.log"):
         yield f"redis://127.0.0.1:{port}/0"
