@@ -30,6 +30,7 @@ from bot.writing.narrator import Narrator
 
 log = logging.getLogger(__name__)
 
+
 def resolve_policy(settings: Settings) -> Policy:
     """The policy file, or the embedded demo policy when the default path does not exist.
 
@@ -72,6 +73,12 @@ class App:
     def demo_metrics(self) -> bool:
         """Judging on the synthetic demo source, not a real Prometheus."""
         return self.source.is_demo
+
+    def start(self) -> None:
+        """Start delivering events, and the writing left unfinished by a stopped process."""
+        self.events.start()
+        if self.narrator is not None:
+            self.narrator.start()
 
     async def drain(self, timeout: float) -> bool:
         """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic

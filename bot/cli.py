@@ -187,9 +187,7 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-async def _demo(
-    settings: Settings, policy: Policy, interactive: bool, metrics: MetricsMode
-) -> int:
+async def _demo(settings: Settings, policy: Policy, interactive: bool, metrics: MetricsMode) -> int:
     settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.25)})
 
     def echo(text: str) -> None:

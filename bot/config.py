@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     gates_token: SecretStr | None = Field(default=None, alias="SHIPWATCH_GATES_TOKEN")
     gates_timeout: float = Field(default=5.0, gt=0, alias="SHIPWATCH_GATES_TIMEOUT")
     port: int = Field(default=3000, alias="PORT")
+    # How fast shipwatch writes to one Slack channel: Slack takes about one message a second
+    # per channel, with short bursts; above that it answers 429.
+    slack_channel_rate: float = Field(default=1.0, gt=0, alias="SHIPWATCH_SLACK_CHANNEL_RATE")
+    slack_channel_burst: int = Field(default=3, ge=1, alias="SHIPWATCH_SLACK_CHANNEL_BURST")
 
     # Controller tuning: how often it looks for due releases, and how long a lease lives
     # without renewal. A dead process's releases are picked up after at most lease_ttl + tick.

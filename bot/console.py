@@ -125,7 +125,7 @@ class Console:
     async def run(self) -> int:
         stop = asyncio.Event()
         controller = asyncio.create_task(self.app.controller.run(stop), name="controller")
-        self.app.events.start()
+        self.app.start()
         source = self.app.source
         self.say(
             f"shipwatch console · metrics: {source.name}"

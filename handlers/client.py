@@ -17,7 +17,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 DEFAULT_TIMEOUT = 10
 
 
-def web_client(token: str, base_url: str, timeout: int = DEFAULT_TIMEOUT) -> AsyncWebClient:
+def web_client(
+    token: str, base_url: str, timeout: int = DEFAULT_TIMEOUT, *, retries: bool = True
+) -> AsyncWebClient:
+    """A client for ``base_url``. ``retries=False`` is the outbox writer's: it decides itself
+    what a 429 or a 5xx means for the message, and a blind retry of a post that did land
+    would post it twice."""
     return AsyncWebClient(
         token=token,
         base_url=base_url if base_url.endswith("/") else base_url + "/",
@@ -26,7 +31,9 @@ def web_client(token: str, base_url: str, timeout: int = DEFAULT_TIMEOUT) -> Asy
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
-        ],
+        ]
+        if retries
+        else [],
     )
 
 

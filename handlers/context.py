@@ -12,6 +12,7 @@ from bot.release.rollout import Release
 from bot.render.errors import chat_error, report
 from bot.render.kit import Message
 from bot.render.status import status_for
+from handlers.notifier import SlackNotifier
 from handlers.responses import ResponseUrls
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class Core:
     app: App
     client: AsyncWebClient
+    notifier: SlackNotifier
     responses: ResponseUrls = field(default_factory=ResponseUrls)
     bot_user_id: str = ""  # learnt from auth.test at start; used to spot mentions
 

@@ -92,16 +92,6 @@ async def _answer(
     question = unescaped(re.sub(r"<@[A-Z0-9]+>", "", question)).strip()
     if narrator is None or not question:
         message = status_of(core, release)
-        await core.client.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
-        )
-        return
-    answer = await narrator.answer(release, question, thread)
-    message = answer_message(answer)
-    await core.client.chat_postMessage(
-        channel=channel,
-        thread_ts=thread_ts,
-        text=message.text,
-        blocks=message.blocks,
-        unfurl_links=False,
-    )
+    else:
+        message = answer_message(await narrator.answer(release, question, thread))
+    await core.notifier.reply(release, message)

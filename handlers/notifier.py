@@ -1,34 +1,44 @@
 """The Slack face of the notifier port: one status message per release, a thread of events.
 
-The status message is posted once, its channel id and ts are stored in Redis, and every later
-event updates it in place with chat.update, so a restarted bot keeps editing the same message.
-A status update that fails (after the client's own retries) is marked stale in Redis and
-retried by a background task (of this process or, after a restart, the next one); it is never
-posted a second time.
+Nothing here calls Slack to say something: each event is rendered and written to the outbox
+in Redis (bot.store.outbox), and the outbox writer (handlers.outbox) sends it, paced per
+channel, once, whichever process is alive to do it. A release's status message is posted with
+its first event and then kept up to date in place; its channel id and ts live in Redis, so a
+restarted bot keeps editing the same message.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import uuid
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.events import EventKind, ReleaseEvent
-from bot.errors import StoreError
-from bot.observe import telemetry
 from bot.release.policy import Policy
 from bot.release.rollout import Release
 from bot.render.kit import Message
 from bot.render.status import status_for
 from bot.render.thread import event_message
+from bot.store.outbox import EntryKind
 from bot.store.store import Store
-from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
-from handlers.client import slack_error
+from handlers.outbox import OutboxWriter
 
-log = logging.getLogger(__name__)
+DEFAULT_CHANNEL = "#releases"
+# What people must see before anything else waiting in the channel: a rollback, a request to
+# approve, traffic that did not move.
+URGENT = frozenset(
+    {
+        EventKind.ROLLBACK_STARTED,
+        EventKind.ROLLED_BACK,
+        EventKind.APPROVAL_NEEDED,
+        EventKind.TRAFFIC_FAILED,
+    }
+)
+
+
+def new_entry_id() -> str:
+    return uuid.uuid4().hex
 
 
 class SlackNotifier:
@@ -37,68 +47,65 @@ class SlackNotifier:
         client: AsyncWebClient,
         store: Store,
         policy: Policy,
-        retry_interval: float = 15.0,
+        writer_client: AsyncWebClient,
         *,
+        owner: str,
         demo_metrics: bool = False,
+        rate: float = 1.0,
+        burst: int = 3,
     ) -> None:
         self.client = client
         self.store = store
         self._policy = policy
-        self.retry_interval = retry_interval
         self.demo_metrics = demo_metrics  # every status message says so
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self.writer = OutboxWriter(
+            writer_client, store, self._status, owner=owner, rate=rate, burst=burst
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._stop.clear()
-            self._task = asyncio.create_task(self._retry_loop(), name="slack-status-retry")
+        self.writer.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._stop.set()
-            await cancel_and_wait([self._task], CLOSE_TIMEOUT_S)
-            self._task = None
+        await self.writer.close()
 
     async def notify(self, event: ReleaseEvent) -> None:
+        release = event.release
         if event.kind is EventKind.NOTES_FINAL:
-            await self._announce(event)
+            sp = self._policy.services.get(release.service)
+            channel = (sp.announce_channel or sp.channel) if sp else DEFAULT_CHANNEL
+            message = event_message(event)
+            await self.store.outbox.add(
+                channel, release.id, EntryKind.POST, text=message.text, blocks=message.blocks,
+                item_id=new_entry_id(),
+            )  # fmt: skip
+            self.writer.wake()
             return
-        # The newest record, not the event's snapshot: the status message shows "now".
-        release = await self.store.get(event.release.id) or event.release
-        refs = await self.store.message_refs(release.id)
-        if not refs.get("ts"):
-            refs = await self._post_status(release)
-        else:
-            await self.refresh(release, refs)
-        if refs.get("ts"):
-            await self._reply(event, refs)
-            if event.files:
-                await self._attach(event, refs)
+        channel = self.channel_of(release)
+        message = self._event(event)
+        # The status mark goes in with the entry: the status message shows the newest state,
+        # and is posted (it starts the thread) before the first entry of its thread.
+        await self.store.outbox.add(
+            channel, release.id, EntryKind.THREAD, text=message.text, blocks=message.blocks,
+            urgent=event.kind in URGENT, status=True, item_id=new_entry_id(),
+        )  # fmt: skip
+        if event.files:
+            await self.store.outbox.add(
+                channel, release.id, EntryKind.FILES, files=tuple(event.files),
+                item_id=new_entry_id(),
+            )  # fmt: skip
+        self.writer.wake()
 
-    async def _attach(self, event: ReleaseEvent, refs: dict[str, str]) -> None:
-        """Files (a chart) into the thread, through Slack's three-step upload."""
-        try:
-            await self.client.files_upload_v2(
-                channel=refs["channel"],
-                thread_ts=refs["thread_ts"],
-                file_uploads=[
-                    {"content": data, "filename": name, "title": name} for name, data in event.files
-                ],
-            )
-        except (SlackApiError, SlackClientError, TimeoutError) as exc:
-            self._failed("files.upload", event.release, exc)
+    async def reply(self, release: Release, message: Message) -> None:
+        """A reply in the release's thread (an answer to a question), in the channel's line."""
+        await self.store.outbox.add(
+            self.channel_of(release), release.id, EntryKind.THREAD, text=message.text,
+            blocks=message.blocks, item_id=new_entry_id(),
+        )  # fmt: skip
+        self.writer.wake()
 
-    async def _announce(self, event: ReleaseEvent) -> None:
-        sp = self._policy.services.get(event.release.service)
-        channel = (sp.announce_channel or sp.channel) if sp else "#releases"
-        message = event_message(event)
-        try:
-            await self.client.chat_postMessage(
-                channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False
-            )
-        except (SlackApiError, SlackClientError, TimeoutError) as exc:
-            self._failed("chat.postMessage", event.release, exc)
+    def channel_of(self, release: Release) -> str:
+        sp = self._policy.services.get(release.service)
+        return sp.channel if sp else DEFAULT_CHANNEL
 
     async def permalink(self, release: Release) -> str:
         """A link to the release's thread, for tickets; "" when Slack cannot give one."""
@@ -113,101 +120,11 @@ class SlackNotifier:
             return ""
         return str(response.get("permalink", ""))
 
-    async def refresh(self, release: Release, refs: dict[str, str] | None = None) -> bool:
-        """Bring the status message up to date; on failure it is retried later."""
-        refs = refs if refs is not None else await self.store.message_refs(release.id)
-        if not refs.get("ts"):
-            return False
-        message = self._status(release)
-        try:
-            await self.client.chat_update(
-                channel=refs["channel"], ts=refs["ts"], text=message.text, blocks=message.blocks
-            )
-        except (SlackApiError, SlackClientError, TimeoutError) as exc:
-            self._failed("chat.update", release, exc)
-            await self._mark(release.id, stale=True)
-            return False
-        await self._mark(release.id, stale=False)
-        return True
-
-    async def _mark(self, release_id: str, *, stale: bool) -> None:
-        try:
-            await self.store.mark_stale_message(release_id, stale)
-        except StoreError as exc:
-            log.error(
-                "cannot record the status message of %s as %s: %s",
-                release_id,
-                "stale" if stale else "fresh",
-                exc,
-            )
-
-    async def _post_status(self, release: Release) -> dict[str, str]:
-        sp = self._policy.services.get(release.service)
-        channel = sp.channel if sp else "#releases"
-        message = self._status(release)
-        try:
-            response = await self.client.chat_postMessage(
-                channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False
-            )
-        except (SlackApiError, SlackClientError, TimeoutError) as exc:
-            self._failed("chat.postMessage", release, exc)
-            return {}
-        refs = {
-            "channel": str(response["channel"]),
-            "ts": str(response["ts"]),
-            "thread_ts": str(response["ts"]),
-        }
-        await self.store.save_message_refs(release.id, refs)
-        return refs
-
-    async def _reply(self, event: ReleaseEvent, refs: dict[str, str]) -> None:
+    def _event(self, event: ReleaseEvent) -> Message:
         sp = self._policy.services.get(event.release.service)
-        message: Message = (
-            event_message(event, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
-            if sp
-            else event_message(event)
-        )
-        try:
-            await self.client.chat_postMessage(
-                channel=refs["channel"],
-                thread_ts=refs["thread_ts"],
-                text=message.text,
-                blocks=message.blocks,
-                unfurl_links=False,
-            )
-        except (SlackApiError, SlackClientError, TimeoutError) as exc:
-            self._failed("chat.postMessage", event.release, exc)
+        if sp is None:
+            return event_message(event)
+        return event_message(event, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
 
     def _status(self, release: Release) -> Message:
         return status_for(release, self._policy, demo_metrics=self.demo_metrics)
-
-    def _failed(self, method: str, release: Release, exc: Exception) -> None:
-        telemetry.CHAT_ERRORS.labels(method).inc()
-        error = slack_error(exc) if isinstance(exc, SlackApiError) else exc
-        log.error("%s failed for %s: %s", method, release.label, error)
-
-    async def retry_stale(self) -> int:
-        """Update every status message marked stale; returns how many are still stale."""
-        left = 0
-        for release_id in await self.store.stale_messages():
-            release = await self.store.get(release_id)
-            if release is None:
-                await self._mark(release_id, stale=False)
-            elif not await self.refresh(release):
-                left += 1
-        return left
-
-    async def _retry_loop(self) -> None:
-        # Ends on the stop event, not on the cancel alone. On Python 3.11, asyncio.wait_for,
-        # which redis-py puts around every command it sends, swallows a cancel that lands just
-        # as the command completes (CPython gh-86296, fixed in 3.12): the loop would run on, and
-        # close would wait for it forever.
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.retry_interval)
-            if self._stop.is_set():
-                return
-            try:
-                await self.retry_stale()
-            except StoreError as exc:
-                log.warning("cannot retry stale status messages now: %s", exc)

@@ -151,8 +151,18 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
         )
     load_tokens(settings, policy)  # a malformed SHIPWATCH_API_TOKENS stops us before anything runs
     app: App = await build_app(settings, policy=policy)
-    client = web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
-    notifier = SlackNotifier(client, app.store, app.policy, demo_metrics=app.demo_metrics)
+    token = settings.slack_bot_token.get_secret_value()
+    client = web_client(token, settings.slack_api_url)
+    notifier = SlackNotifier(
+        client,
+        app.store,
+        app.policy,
+        web_client(token, settings.slack_api_url, retries=False),
+        owner=app.controller.owner,
+        demo_metrics=app.demo_metrics,
+        rate=settings.slack_channel_rate,
+        burst=settings.slack_channel_burst,
+    )
     try:
         bot_user_id = str((await client.auth_test()).get("user_id", ""))
     except SlackApiError as exc:
@@ -163,7 +173,7 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
     app.events.notifiers.append(notifier)
     if app.narrator is not None:
         app.narrator.link_for = notifier.permalink
-    return Core(app, client, bot_user_id=bot_user_id), notifier
+    return Core(app, client, notifier, bot_user_id=bot_user_id), notifier
 
 
 async def serve(
@@ -184,7 +194,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, on_signal, sig)
-    core.app.events.start()
+    core.app.start()
     notifier.start()
     app = web_app(core, None if socket else bolt)
     runner = web.AppRunner(
@@ -277,9 +287,13 @@ async def _shut_down(
     log.info("shutdown: delivering pending messages", extra={"phase": "flush"})
     # Even when the round used the whole budget, a rollback's messages deserve a moment.
     flush = max(left(), FLUSH_FLOOR_S)
-    if not await core.app.drain(flush):
+    drained = await core.app.drain(flush)
+    if not drained or not await notifier.writer.flush(max(left(), FLUSH_FLOOR_S)):
+        # They are in Redis: the next process (or another replica) sends them.
         log.warning(
-            "shutdown: messages still pending after %.1fs", flush, extra={"phase": "flush"}
+            "shutdown: messages still pending after %.1fs; they wait in Redis for the next process",
+            flush,
+            extra={"phase": "flush"},
         )
     await notifier.close()
     await core.responses.close()

@@ -28,7 +28,7 @@ from handlers.api.records import ROLLOUTS
 from handlers.server import DRAINING, REQUEST_ID, web_app
 from tests.support.procs import clean_env, free_port
 from tests.support.slack_api import BOT_TOKEN, SlackStandIn
-from tests.support.slack_rig import NOTIFIER_RETRY_INTERVAL, SlackRig, running_rig
+from tests.support.slack_rig import SlackRig, running_rig
 from tests.support.standin import LocalServer
 
 SIGNING_SECRET = "5d41402abc4b2a76b9719d911017c592"
@@ -279,7 +279,7 @@ async def test_a_draining_app_is_not_ready_and_turns_new_work_away(rig: SlackRig
 # The thread method ends the whole run with every thread's stack if this test ever hangs again:
 # a loop that lost its cancel spins on the event loop, where a signal cannot reach it.
 @pytest.mark.timeout(60, method="thread")
-async def test_the_status_retry_loop_ends_on_close_wherever_its_redis_command_is(
+async def test_the_outbox_writer_ends_on_close_wherever_its_redis_command_is(
     rig: SlackRig,
 ) -> None:
     # On Python 3.11, asyncio.wait_for (redis-py sends every command under one) swallows a
@@ -289,7 +289,7 @@ async def test_the_status_retry_loop_ends_on_close_wherever_its_redis_command_is
     # after about one close in six, and close waited for it forever.
     notifier = rig.notifier
     await notifier.close()
-    notifier.retry_interval = 0.0
+    notifier.writer.poll = 0.0
     try:
         for turns in range(40):
             notifier.start()
@@ -299,7 +299,7 @@ async def test_the_status_retry_loop_ends_on_close_wherever_its_redis_command_is
             # and the timeout's own cancel would be swallowed with it.
             closing = asyncio.create_task(notifier.close())
             done, _ = await asyncio.wait({closing}, timeout=CLOSE_BOUND)
-            assert done, f"close still waits for the retry loop, {turns} loop turns in"
+            assert done, f"close still waits for the writer's loop, {turns} loop turns in"
     finally:
         # A loop left running back to back would spin; paced, the rig's close can still end it.
-        notifier.retry_interval = NOTIFIER_RETRY_INTERVAL
+        notifier.writer.poll = 0.05

@@ -48,9 +48,7 @@ async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: s
     return Reply(("(already applied) " if duplicate else "") + text, result.release, duplicate)
 
 
-async def _read(
-    service: ReleaseService, cmd: Command, actor: Actor, request_id: str = ""
-) -> Reply:
+async def _read(service: ReleaseService, cmd: Command, actor: Actor, request_id: str = "") -> Reply:
     verb = cmd.verb
     if verb is Verb.STATUS:
         release = await service.status(cmd.service)

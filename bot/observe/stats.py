@@ -395,10 +395,7 @@ def _approvals(s: ServiceStats) -> str:
 def _service_line(s: ServiceStats) -> str:
     text = f"• `{s.service}`: {s.started} started"
     if s.finished:
-        text += (
-            f", {s.succeeded} succeeded, {s.rolled_back} rolled back "
-            f"({_pct(s.rollback_rate)})"
-        )
+        text += f", {s.succeeded} succeeded, {s.rolled_back} rolled back ({_pct(s.rollback_rate)})"
     if s.lead_time.count:
         text += f", lead time median {_took(s.lead_time.median)}"
     return text

@@ -94,9 +94,7 @@ def parse(line: str) -> Command:
     try:
         verb = Verb(word)
     except ValueError:
-        raise CommandError(
-            f"unknown command `{word}`", usage=" | ".join(sorted(USAGE))
-        ) from None
+        raise CommandError(f"unknown command `{word}`", usage=" | ".join(sorted(USAGE))) from None
     args = words[1:]
     if verb in NEEDS_SERVICE and not args:
         raise CommandError(f"`{verb}` needs a service", usage=USAGE[verb])

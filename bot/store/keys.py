@@ -93,12 +93,72 @@ def group_members(group_id: str) -> str:
     return f"{PREFIX}group:{group_id}"
 
 
-def stale_messages() -> str:
-    """Set of release ids whose chat status message failed to update; retried until it works,
-    by whichever bot process runs (so a restart does not forget them)."""
-    return f"{PREFIX}messages:stale"
-
-
 def series(release_id: str) -> str:
     """Capped list of the release's judged numbers per round (JSON), for charts and diagnoses."""
     return f"{PREFIX}series:{release_id}"
+
+
+# --- the chat outbox (bot.store.outbox) ---------------------------------------------------------
+
+
+def outbox_seq() -> str:
+    """Counter giving every outbox entry its place in line."""
+    return f"{PREFIX}outbox:seq"
+
+
+def outbox_item(item_id: str) -> str:
+    """Hash of one message waiting to be written to chat (what, where, tries so far)."""
+    return f"{PREFIX}outbox:item:{item_id}"
+
+
+def outbox_queue(channel: str) -> str:
+    """Sorted set of a channel's waiting entry ids, urgent ones first, then in order."""
+    return f"{PREFIX}outbox:queue:{channel}"
+
+
+def outbox_thread(channel: str, release_id: str) -> str:
+    """Set of a release's waiting entry ids in one channel (lifted together when one is urgent,
+    so a thread keeps its order)."""
+    return f"{PREFIX}outbox:thread:{channel}:{release_id}"
+
+
+def outbox_status(channel: str) -> str:
+    """Sorted set of releases whose status message must show their newest state: one entry per
+    release however often it changed (the update renders the record when it is sent)."""
+    return f"{PREFIX}outbox:status:{channel}"
+
+
+def outbox_status_gen(channel: str) -> str:
+    """Hash release id -> the change a pending status update was last asked for."""
+    return f"{PREFIX}outbox:status-gen:{channel}"
+
+
+def outbox_status_posting(release_id: str) -> str:
+    """Set while a release's status message is being posted without a clear answer yet."""
+    return f"{PREFIX}outbox:status-posting:{release_id}"
+
+
+def outbox_channels() -> str:
+    """Sorted set of channels with something to write (score: when it was first asked for)."""
+    return f"{PREFIX}outbox:channels"
+
+
+def outbox_owner(channel: str) -> str:
+    """The process writing a channel's queue; expires unless renewed, so one writer per channel."""
+    return f"{PREFIX}outbox:owner:{channel}"
+
+
+def outbox_channel_id(channel: str) -> str:
+    """The chat's id for a channel configured by name, learnt from a post's answer."""
+    return f"{PREFIX}outbox:channel-id:{channel}"
+
+
+def outbox_dead() -> str:
+    """Capped list of entries chat refused for good (JSON), for an operator to read."""
+    return f"{PREFIX}outbox:dead"
+
+
+def writing_jobs() -> str:
+    """Sorted set of 'kind|release id' writing under way -> when its claim lapses; a job left by
+    a process that stopped is picked up by the next one."""
+    return f"{PREFIX}writing:jobs"

@@ -33,6 +33,7 @@ from bot.store.audit import (
     AuditStream,
     stream_id_time,
 )
+from bot.store.outbox import Outbox
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 HISTORY_LEN = 500
@@ -126,6 +127,7 @@ class Store:
         self._drop_leases = redis.register_script(scripts.DROP_LEASES)
         self._lock = redis.register_script(scripts.LOCK)
         self._unlock = redis.register_script(scripts.UNLOCK)
+        self.outbox = Outbox(redis)  # what the bot owes chat, kept until chat has it
 
     @classmethod
     async def connect(cls, url: str) -> Store:
@@ -477,17 +479,6 @@ class Store:
         async with _translated("reading data points"):
             raw = await self.redis.lrange(keys.series(release_id), 0, -1)
         return [json.loads(_text(r)) for r in raw]
-
-    async def mark_stale_message(self, release_id: str, stale: bool) -> None:
-        async with _translated("marking a status message"):
-            if stale:
-                await self.redis.sadd(keys.stale_messages(), release_id)
-            else:
-                await self.redis.srem(keys.stale_messages(), release_id)
-
-    async def stale_messages(self) -> list[str]:
-        async with _translated("listing stale status messages"):
-            return sorted(_text(m) for m in await self.redis.smembers(keys.stale_messages()))
 
     async def first_time(self, event_id: str, ttl: int = 3600) -> bool:
         """True once per event id: deliveries retried by the platform are acted on once."""

@@ -17,8 +17,9 @@ matplotlib.use("Agg")  # no display: render to memory only
 import matplotlib.pyplot as plt
 
 
-def render_png(metric: str, points: Sequence[dict[str, Any]], *, unit: str = "",
-               title: str = "") -> bytes | None:
+def render_png(
+    metric: str, points: Sequence[dict[str, Any]], *, unit: str = "", title: str = ""
+) -> bytes | None:
     """Canary and control values of ``metric`` from the release's recorded rounds.
 
     Returns None when there is nothing to draw (no round judged this metric)."""
@@ -46,8 +47,15 @@ def render_png(metric: str, points: Sequence[dict[str, Any]], *, unit: str = "",
         for i in range(1, len(weights)):
             if weights[i] != weights[i - 1]:
                 ax.axvline(minutes[i], color="#999999", linewidth=0.8, linestyle=":")
-                ax.annotate(f"{weights[i]}%", (minutes[i], 1), xycoords=("data", "axes fraction"),
-                            fontsize=7, color="#666666", ha="left", va="top")
+                ax.annotate(
+                    f"{weights[i]}%",
+                    (minutes[i], 1),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    color="#666666",
+                    ha="left",
+                    va="top",
+                )
         ax.set_xlabel("minutes since the release started")
         ax.set_ylabel(f"{metric}{f' ({unit})' if unit and unit != 'ratio' else ''}")
         ax.set_title(title or f"{metric}: canary vs control", fontsize=10)
@@ -55,8 +63,11 @@ def render_png(metric: str, points: Sequence[dict[str, Any]], *, unit: str = "",
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = io.BytesIO()
-        fig.savefig(out, format="png", metadata={"Software": "shipwatch",
-                                                 "Creation Time": time.strftime("%Y-%m-%d")})
+        fig.savefig(
+            out,
+            format="png",
+            metadata={"Software": "shipwatch", "Creation Time": time.strftime("%Y-%m-%d")},
+        )
         return out.getvalue()
     finally:
         plt.close(fig)

@@ -36,6 +36,7 @@ def llm_down_label(reason: str) -> str:
 def llm_label(model: str) -> str:
     return f"_(written by {model} from the release record)_"
 
+
 TIMELINE_LIMIT = 40
 # audit_tail scans 20x this many stream entries to find the service's; a release holding for
 # hours writes one decision per interval, so look well past the last few hundred.

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
 from typing import Any
 
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.errors import ShipwatchError
+from bot.errors import ShipwatchError, StoreError
 from bot.judging.decision import SCORE_COUNTER
 from bot.observe.logs import log_context
 from bot.redact import redact, redact_obj
@@ -45,6 +46,15 @@ from bot.writing.tickets import Incident, TicketSinks
 log = logging.getLogger(__name__)
 
 MAX_THREAD_MESSAGES = 30
+JOB_LAPSE_S = 300.0  # a process that stopped mid-writing is taken over after this long
+ADOPT_INTERVAL_S = 5.0
+
+
+class Job(StrEnum):
+    DIAGNOSIS = "diagnosis"
+    NOTES = "notes"
+    FINAL_NOTES = "final-notes"
+
 
 LinkFor = Callable[[Release], Awaitable[str]]
 
@@ -70,40 +80,106 @@ class Narrator:
         self._policy = policy
         self.link_for = link_for
         self.tickets_for = tickets_for or self._tickets_from_policy
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._adopter: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # --- the notifier port -----------------------------------------------------------------
 
     async def notify(self, event: ReleaseEvent) -> None:
         release = event.release
-        # The writing tasks inherit this context: what they log names their release.
-        with log_context(release_id=release.id, service=release.service):
-            if event.kind is EventKind.ROLLED_BACK:
-                self._spawn(self.diagnose(release), f"diagnose-{release.id}")
-            elif event.kind is EventKind.STARTED and (release.notes or release.changes):
-                self._spawn(self.draft_notes(release), f"notes-{release.id}")
-            elif event.kind is EventKind.SUCCEEDED:
-                self._spawn(self.final_notes(release), f"final-notes-{release.id}")
+        if event.kind is EventKind.ROLLED_BACK:
+            await self._begin(Job.DIAGNOSIS, release)
+        elif event.kind is EventKind.STARTED and (release.notes or release.changes):
+            await self._begin(Job.NOTES, release)
+        elif event.kind is EventKind.SUCCEEDED:
+            await self._begin(Job.FINAL_NOTES, release)
 
-    def _spawn(self, work: Awaitable[object], name: str) -> None:
-        task = asyncio.ensure_future(self._guarded(work))
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # --- writing as jobs that outlive the process ---------------------------------------------
+    # Each piece of writing is recorded in Redis before it starts and cleared once its event is
+    # out; a process that stops first leaves it there, and the next one (another replica, or
+    # this one restarted) picks it up: a graceful stop hands it over at once, a crash after
+    # JOB_LAPSE_S.
 
-    async def _guarded(self, work: Awaitable[object]) -> None:
+    def start(self) -> None:
+        if self._adopter is None:
+            self._stopping = False
+            self._adopter = asyncio.create_task(self._adopt_loop(), name="writing-adopter")
+
+    async def _begin(self, job: Job, release: Release) -> None:
+        name = f"{job.value}|{release.id}"
         try:
-            await work
+            await self.store.outbox.begin_job(name, JOB_LAPSE_S)
+        except StoreError as exc:
+            # The writing still happens; only a restart in the next minutes would lose it.
+            log.warning("cannot record %s as under way: %s", name, exc)
+        self._spawn(name, release)
+
+    def _spawn(self, name: str, release: Release) -> None:
+        if name in self._running:
+            return
+        # The task inherits this context: what the writing logs names its release.
+        with log_context(release_id=release.id, service=release.service):
+            task = asyncio.ensure_future(self._guarded(name, release))
+        task.set_name(name)
+        self._running[name] = task
+        task.add_done_callback(lambda _: self._running.pop(name, None))
+
+    async def _guarded(self, name: str, release: Release) -> None:
+        job = Job(name.split("|", 1)[0])
+        work = {
+            Job.DIAGNOSIS: self.diagnose,
+            Job.NOTES: self.draft_notes,
+            Job.FINAL_NOTES: self.final_notes,
+        }[job]
+        try:
+            await work(release)
         except Exception:
-            log.exception("writing after a release event failed")
+            log.exception("writing the %s failed", job.value)
+        try:
+            await self.store.outbox.end_job(name)
+        except StoreError as exc:
+            log.warning("cannot record %s as done: %s", name, exc)
+
+    async def _adopt_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.adopt()
+            except StoreError as exc:
+                log.warning("cannot look for writing left unfinished: %s", exc)
+            await asyncio.sleep(ADOPT_INTERVAL_S)
+
+    async def adopt(self) -> int:
+        """Take up the writing a stopped process left; how many pieces were taken."""
+        taken = 0
+        for name in await self.store.outbox.claim_jobs(JOB_LAPSE_S):
+            kind, _, release_id = name.partition("|")
+            release = await self.store.get(release_id)
+            if release is None or kind not in Job.__members__.values():
+                await self.store.outbox.end_job(name)
+                continue
+            log.info("taking up the %s of %s left unfinished", kind, release.label)
+            self._spawn(name, release)
+            taken += 1
+        return taken
 
     async def drain(self) -> None:
         """Wait for the writing under way (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     async def close(self) -> None:
-        await cancel_and_wait(list(self._tasks), CLOSE_TIMEOUT_S)
+        self._stopping = True
+        unfinished = list(self._running)
+        tasks = list(self._running.values())
+        if self._adopter is not None:
+            tasks.append(self._adopter)
+            self._adopter = None
+        await cancel_and_wait(tasks, CLOSE_TIMEOUT_S)
+        try:
+            await self.store.outbox.hand_over_jobs(unfinished)
+        except StoreError as exc:
+            log.warning("cannot hand unfinished writing over (taken up later): %s", exc)
         await self.llm.close()
 
     # --- diagnosis --------------------------------------------------------------------------

@@ -126,6 +126,15 @@ class _Failure:
     retry_after: int
     error: str | None
     html: bool = False  # a 5xx page from a proxy in front of Slack, not Slack's JSON
+    applied: bool = False  # the call was carried out, and only its answer is the failure
+
+
+@dataclass
+class _Bucket:
+    """Slack's per-channel posting limit as the stand-in enforces it (a token bucket)."""
+
+    tokens: float
+    at: float
 
 
 @dataclass
@@ -174,6 +183,27 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _after(message: Json, oldest: Any) -> bool:
+    try:
+        return float(message["ts"]) >= float(oldest or 0)
+    except ValueError:
+        return True
+
+
+def _limit(args: Json) -> int:
+    try:
+        return max(1, min(1000, int(args.get("limit") or 100)))
+    except ValueError:
+        return 100
+
+
+def _with_metadata(messages: list[Json], args: Json) -> list[Json]:
+    """Slack returns a message's metadata only to a reader who asks for it."""
+    if _flag(args.get("include_all_metadata")):
+        return messages
+    return [{k: v for k, v in m.items() if k != "metadata"} for m in messages]
+
+
 PROXY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 
 
@@ -199,6 +229,9 @@ class SlackStandIn(LocalServer):
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._failures: dict[str, deque[_Failure]] = {}
         self._delays: dict[str, float] = {}
+        self._limit: tuple[frozenset[str], float, float] | None = None
+        self._buckets: dict[str, _Bucket] = {}
+        self.rate_limited = 0  # calls refused by the per-channel limit (limit_rate)
         self._methods: dict[str, Callable[[Json], Json]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -212,6 +245,7 @@ class SlackStandIn(LocalServer):
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
             "conversations.replies": self._conversations_replies,
+            "conversations.history": self._conversations_history,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
         }
@@ -320,21 +354,53 @@ class SlackStandIn(LocalServer):
         count: int = 1,
         error: str | None = None,
         html: bool = False,
+        applied: bool = False,
     ) -> None:
         """Make the next ``count`` calls of ``method`` fail.
 
         With ``error``, they answer HTTP 200 ``{"ok": false, "error": error}`` (``status`` is then
         ignored); otherwise HTTP ``status``: 429 comes with ``Retry-After: retry_after`` and
         ``{"ok": false, "error": "ratelimited"}``, a 5xx with an error body, or with ``html`` an
-        HTML error page such as a proxy in front of Slack answers. Failures scripted for the same
-        method queue up in order.
+        HTML error page such as a proxy in front of Slack answers. With ``applied`` the call is
+        carried out first and only its answer fails, as when Slack posts a message and the
+        answer is lost on the way back. Failures scripted for the same method queue up in order.
         """
         if count < 1:
             raise ValueError("count must be at least 1")
         if error is None and not (status == 429 or 500 <= status <= 599):
             raise ValueError(f"status must be 429 or 5xx, got {status}")
         queue = self._failures.setdefault(method, deque())
-        queue.extend(_Failure(status, retry_after, error, html) for _ in range(count))
+        queue.extend(_Failure(status, retry_after, error, html, applied) for _ in range(count))
+
+    def limit_rate(
+        self,
+        per_second: float,
+        burst: int,
+        methods: tuple[str, ...] = ("chat.postMessage", "chat.update"),
+    ) -> None:
+        """Refuse ``methods`` with 429 (Retry-After: 1) above ``per_second`` calls per channel
+        on average with bursts of ``burst``, the way Slack limits posting to a channel."""
+        self._limit = (frozenset(methods), per_second, float(burst))
+        self._buckets.clear()
+
+    def _over_limit(self, method: str, args: Json) -> bool:
+        if self._limit is None or method not in self._limit[0]:
+            return False
+        ref = args.get("channel")
+        try:
+            channel = self._postable(ref).id if method == "chat.postMessage" else str(ref)
+        except SlackError:
+            return False
+        _, rate, burst = self._limit
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(channel, _Bucket(burst, now))
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens < 1:
+            self.rate_limited += 1
+            return True
+        bucket.tokens -= 1
+        return False
 
     def clear_failures(self, method: str) -> None:
         """Drop the failures still scripted for ``method``: the outage is over."""
@@ -419,11 +485,18 @@ class SlackStandIn(LocalServer):
         if pause:
             await asyncio.sleep(pause)
         failure = self._take_failure(method)
+        if failure is None and self._over_limit(method, args):
+            failure = _Failure(429, 1, None)
+        if failure is not None and failure.applied:
+            call.response = self._dispatch(method, args, token, problem)
         if failure is not None and failure.html:
             call.status = failure.status
             return web.Response(status=failure.status, text=PROXY_PAGE, content_type="text/html")
         if failure is not None:
             status, body, headers = self._failure_answer(failure)
+            if failure.applied:  # what was done, for the tests; the client sees the failure
+                call.status = status
+                return _answer(status, body, headers)
         else:
             status, headers = 200, {}
             body = self._dispatch(method, args, token, problem)
@@ -935,7 +1008,17 @@ class SlackStandIn(LocalServer):
         if ts not in chan.versions:
             raise SlackError("thread_not_found")
         parent = copy.deepcopy(chan.versions[ts][-1])
-        return {"ok": True, "messages": [parent, *self.thread(chan.id, ts)], "has_more": False}
+        replies = [m for m in self.thread(chan.id, ts) if _after(m, args.get("oldest"))]
+        messages = _with_metadata([parent, *replies], args)
+        return {"ok": True, "messages": messages[: _limit(args)], "has_more": False}
+
+    def _conversations_history(self, args: Json) -> Json:
+        """The channel's messages, newest first, as Slack lists them."""
+        chan = self._by_id(args.get("channel"))
+        listed = [m for m in self.messages(chan.id) if _after(m, args.get("oldest"))]
+        messages = _with_metadata(list(reversed(listed)), args)
+        limit = _limit(args)
+        return {"ok": True, "messages": messages[:limit], "has_more": len(messages) > limit}
 
     def _conversations_info(self, args: Json) -> Json:
         chan = self._by_id(args.get("channel"))

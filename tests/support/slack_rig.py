@@ -87,7 +87,7 @@ services:
 """
 
 DEADLINE = 8.0  # the bound on any single wait; the slowest one (a whole release) takes ~1.5 s
-NOTIFIER_RETRY_INTERVAL = 0.2
+OUTBOX_RETRY_BASE = 0.05  # the outbox writer's first wait after an unclear answer from Slack
 CLIENT_RETRY_SLEEP = 0.02
 
 Check = Callable[[], bool | Awaitable[bool]]
@@ -147,6 +147,10 @@ class SlackRig:
                 "SLACK_API_URL": self.slack.api_url,
                 "SHIPWATCH_CONTROLLER_TICK": 0.05,
                 "SHIPWATCH_LEASE_TTL": 0.5,
+                # Slack's pace per channel is a scenario of its own (limit_rate); the others
+                # should not wait a second per message.
+                "SHIPWATCH_SLACK_CHANNEL_RATE": 1000,
+                "SHIPWATCH_SLACK_CHANNEL_BURST": 1000,
             }
             | self.extra_settings
         )
@@ -158,10 +162,12 @@ class SlackRig:
         # The client keeps production's retry counts; only its backoff sleeps are shortened.
         for handler in core.client.retry_handlers:
             handler.interval_calculator = FixedValueRetryIntervalCalculator(CLIENT_RETRY_SLEEP)
-        notifier.retry_interval = NOTIFIER_RETRY_INTERVAL
-        # After the Slack notifier: an event recorded here has been posted to Slack already.
+        notifier.writer.retry_base = OUTBOX_RETRY_BASE
+        notifier.writer.poll = 0.05
+        # After the Slack notifier: an event recorded here is in the outbox (settle() waits
+        # until it reached Slack).
         core.app.events.notifiers.append(self.recorder)
-        core.app.events.start()
+        core.app.start()
         notifier.start()
         bolt = build_bolt(core, SECRET)
         server = TestServer(web_app(core, bolt))
@@ -302,8 +308,9 @@ class SlackRig:
         return self.slack.responses(delivery.response_url)[count - 1]
 
     async def settle(self) -> None:
-        """Wait until every event emitted so far reached Slack."""
+        """Wait until every event emitted so far reached Slack (through the outbox)."""
         await asyncio.wait_for(self.core.app.events.drain(), DEADLINE)
+        assert await self.notifier.writer.flush(DEADLINE), "the outbox did not empty"
 
     # ------------------------------------------------------------------ what the bot did
 
