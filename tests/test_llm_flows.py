@@ -786,3 +786,35 @@ async def test_a_flood_from_the_model_is_one_post_cut_with_a_pointer_and_labelle
 def _signed_event(event: Json, event_id: str) -> tuple[bytes, dict[str, str]]:
     body = event_callback(event, event_id=event_id)
     return body, sign(SECRET, body)
+
+
+# --- writing under way when the process stops ---------------------------------------------------
+
+
+async def test_a_diagnosis_under_way_at_a_restart_is_written_by_the_next_process(
+    start_rig: RigMaker, openai_api: OpenAIStandIn
+) -> None:
+    openai_api.respond_with(scripted({"diagnosis": DIAGNOSIS_REPLY, "release_notes": NOTES_REPLY}))
+    # Long enough that the diagnosis is still being written when the process stops.
+    openai_api.delay(30.0)
+    rig = await start_rig(llm_settings(openai_api, timeout=60.0))
+    ts, release = await roll_back_automatically(rig)
+    await wait_until(
+        lambda: bool(requests_for(openai_api, "diagnosis")), "the diagnosis to be asked for"
+    )
+
+    await rig.restart()  # a graceful stop hands the unfinished writing over
+    openai_api.delay(0.0)
+    await wait_until(
+        lambda: any(
+            r["text"].startswith("diagnosis for checkout v2:")
+            for r in rig.slack.thread(CHECKOUT_CHANNEL, ts)
+        ),
+        "the next process to post the diagnosis",
+    )
+    await rig.settle()
+
+    reply = only_reply(rig, ts, "diagnosis for checkout v2:")
+    assert "Likely cause: the faster cart totals change" in reply["text"]
+    assert len(requests_for(openai_api, "diagnosis")) == 2  # asked again by the next process
+    assert await rig.core.app.store.outbox.claim_jobs(0.0) == []  # nothing left under way

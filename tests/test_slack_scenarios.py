@@ -129,7 +129,7 @@ async def test_release_driven_by_command_and_button_runs_to_success(rig: SlackRi
     assert status["ts"] == ts
     versions = rig.slack.versions(CHECKOUT_CHANNEL, ts)
     assert len(versions) >= 5  # posted, then updated in place at every event
-    assert "checkout v2 is succeeded" in status["text"]
+    assert "checkout v2 succeeded" in status["text"]
     assert actions_of(status) == []  # nothing left to click
     # One reply per event, in the order the events happened, all in the status's thread.
     replies = rig.slack.thread(CHECKOUT_CHANNEL, ts)

@@ -254,7 +254,8 @@ def status_message(
         blocks.append({"type": "actions", "elements": buttons})
 
     where = f" at {release.weight}% ({step_text(release)})" if release.is_active else ""
-    text = f"{badge} {release.service} {release.version} is {words}{where}"
+    verb = "" if release.state is State.SUCCEEDED else "is "  # "succeeded", not "is succeeded"
+    text = f"{badge} {release.service} {release.version} {verb}{words}{where}"
     if release.reason and release.state is not State.SUCCEEDED:
         text += f": {release.reason}"
     return fit(blocks, text)

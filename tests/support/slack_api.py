@@ -58,9 +58,9 @@ BOT_TOKEN = "xoxb-0001-0001-shipwatchtests"
 TEAM_NAME = "Shipwatch"
 BOT_NAME = "shipwatch"
 
-# Message timestamps are unique per channel in Slack and grow with time; one counter for the whole
-# workspace, in steps of 100 µs from a fixed epoch, keeps them unique, ordered and reproducible.
-_FIRST_TS_MICROS = 1_700_000_000_000_100
+# Message timestamps are unique per channel in Slack and are the time the message was posted (a
+# reader filters with ``oldest`` against the clock); the wall clock in µs, bumped to stay unique
+# and ordered when two messages land in the same µs.
 _TS_STEP_MICROS = 100
 
 # Arguments Slack takes as JSON text inside a form field or a query parameter; decoded so tests
@@ -217,7 +217,7 @@ class SlackStandIn(LocalServer):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[Call] = []
-        self._ts = itertools.count(_FIRST_TS_MICROS, _TS_STEP_MICROS)
+        self._last_ts_micros = 0
         self._serial = itertools.count(1)
         self._channels: dict[str, _Channel] = {}
         self._channel_names: dict[str, str] = {}
@@ -644,7 +644,8 @@ class SlackStandIn(LocalServer):
     # ------------------------------------------------------------------ state helpers
 
     def _next_ts(self) -> str:
-        micros = next(self._ts)
+        micros = max(int(time.time() * 1_000_000), self._last_ts_micros + _TS_STEP_MICROS)
+        self._last_ts_micros = micros
         return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
     def _channel_by_name(self, name: str, *, is_private: bool = False) -> _Channel:

@@ -87,6 +87,7 @@ services:
 """
 
 DEADLINE = 8.0  # the bound on any single wait; the slowest one (a whole release) takes ~1.5 s
+RECORDER_WAIT = 2.0  # how long the recorder waits for the outbox before recording an event
 OUTBOX_RETRY_BASE = 0.05  # the outbox writer's first wait after an unclear answer from Slack
 CLIENT_RETRY_SLEEP = 0.02
 
@@ -164,8 +165,9 @@ class SlackRig:
             handler.interval_calculator = FixedValueRetryIntervalCalculator(CLIENT_RETRY_SLEEP)
         notifier.writer.retry_base = OUTBOX_RETRY_BASE
         notifier.writer.poll = 0.05
-        # After the Slack notifier: an event recorded here is in the outbox (settle() waits
-        # until it reached Slack).
+        # After the Slack notifier, and once the outbox sent it (or a short while passed, when
+        # Slack is made to fail): an event recorded here is in Slack.
+        self.recorder.delivered = lambda: notifier.writer.flush(RECORDER_WAIT)
         core.app.events.notifiers.append(self.recorder)
         core.app.start()
         notifier.start()
