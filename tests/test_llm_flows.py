@@ -798,7 +798,7 @@ async def test_a_diagnosis_under_way_at_a_restart_is_written_by_the_next_process
     # Long enough that the diagnosis is still being written when the process stops.
     openai_api.delay(30.0)
     rig = await start_rig(llm_settings(openai_api, timeout=60.0))
-    ts, release = await roll_back_automatically(rig)
+    ts, _ = await roll_back_automatically(rig)
     await wait_until(
         lambda: bool(requests_for(openai_api, "diagnosis")), "the diagnosis to be asked for"
     )
