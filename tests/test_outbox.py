@@ -286,7 +286,7 @@ async def test_a_storm_of_429s_and_5xx_loses_and_doubles_nothing_and_keeps_the_p
         rig.recorder.delivered = None  # the storm is slow on purpose; record as events come
         rig.slack.limit_rate(STORM_RATE, STORM_BURST)
         rng = random.Random(11)
-        failures = [
+        failures: list[dict[str, Any]] = [
             {"status": 429, "retry_after": 1},
             {"status": 500},
             {"status": 503, "applied": True},
