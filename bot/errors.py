@@ -148,6 +148,22 @@ class LostRaceError(ConflictError):
     """An atomic commit found the record changed since it was read: someone else won."""
 
 
+class JustMovedError(LostRaceError):
+    """A typed advance or approve that arrived just after a person moved the release: it was
+    meant for the step before, so it does nothing (bot.release.rollout.TYPED_MOVE_GUARD_S)."""
+
+    def __init__(self, label: str, weight: int, by: str, ago: float, wait: float) -> None:
+        self.label = label
+        self.weight = weight
+        self.by = by
+        self.ago = ago
+        self.wait = wait
+        super().__init__(
+            f"{label} was just moved to {weight}% by {by} ({ago:.0f}s ago); nothing more was "
+            f"done. To move on from {weight}% as well, send the command again in {wait:.0f}s."
+        )
+
+
 class DependencyError(ShipwatchError):
     """A dependency failed; the release was left in a safe state."""
 

@@ -17,6 +17,7 @@ from bot.engine.service import Outcome, ReleaseService, Result
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
+    JustMovedError,
     LockedError,
     LostRaceError,
     PermissionDenied,
@@ -25,7 +26,7 @@ from bot.errors import (
 from bot.flags import FlagWriter
 from bot.release.policy import Policy, parse_policy
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor, Release, State
+from bot.release.rollout import TYPED_MOVE_GUARD_S, Actor, Release, State
 from bot.store.audit import AuditEntry
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
@@ -242,6 +243,40 @@ async def test_fifty_concurrent_advances_make_exactly_one_step(rig: Rig) -> None
     assert advance.detail == {"step": 1, "weight": 10}
     assert advance.actor == won[0].release.last.by
     assert await rig.flag_pct("checkout") == 10
+
+
+async def test_typed_advances_sent_together_move_one_step(rig: Rig) -> None:
+    release = await deployed(rig)
+    actors = [Actor(user=f"user{i}", surface="slack") for i in range(10)]
+
+    # No expected step: typed commands, from people who all saw the release at 1%.
+    results = await asyncio.gather(
+        *(rig.service.advance(actor, "checkout", request_id=f"typed-{i}")
+          for i, actor in enumerate(actors)),
+        return_exceptions=True)
+
+    assert len([r for r in results if isinstance(r, Result)]) == 1
+    assert all(isinstance(r, LostRaceError) for r in results if not isinstance(r, Result))
+    assert (await stored(rig, release.id)).step == 1
+
+
+async def test_a_typed_advance_just_after_a_person_moved_the_release_does_nothing(
+        rig: Rig) -> None:
+    release = await deployed(rig)
+    await rig.service.advance(ALICE, "checkout", request_id="typed-1")
+
+    # Another replica, a moment later: the command was typed while the release was at 1%.
+    with pytest.raises(JustMovedError) as refused:
+        await rig.service.advance(BOB, "checkout", request_id="typed-2")
+
+    assert (refused.value.weight, refused.value.by) == (10, ALICE.user)
+    assert "nothing more was done" in str(refused.value)
+    assert (await stored(rig, release.id)).step == 1
+    # Sent again once the moment has passed, it moves on.
+    real_clock = rig.service.clock
+    rig.service.clock = lambda: real_clock() + TYPED_MOVE_GUARD_S
+    moved = await rig.service.advance(BOB, "checkout", request_id="typed-3")
+    assert (moved.outcome, moved.release.step) == (Outcome.DONE, 2)
 
 
 async def test_same_request_id_twice_is_a_duplicate_and_changes_nothing(rig: Rig) -> None:

@@ -21,6 +21,7 @@ from bot.engine.gates import GateChecker
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
+    JustMovedError,
     LockedError,
     LostRaceError,
     PermissionDenied,
@@ -288,6 +289,9 @@ class ReleaseService:
         if replay := await self._replayed(request_id):
             return replay
         current = await self._active(service)
+        if expected_step is None:
+            self._refuse_a_second_typed_move(current)
+            expected_step = current.step
         if current.state is State.PENDING_APPROVAL or current.risk is Risk.HIGH:
             return await self.approve(
                 actor, service, expected_step=expected_step, request_id=request_id
@@ -307,12 +311,23 @@ class ReleaseService:
             res = await self._after_move(res, actor)
         return res
 
+    def _refuse_a_second_typed_move(self, current: Release) -> None:
+        """A typed advance or approve is meant for the step its author saw: if a person moved
+        the release a moment ago, this one came too late for that step."""
+        now = self.clock()
+        if rollout.moved_by_person_just_now(current, now):
+            ago = now - current.last.at
+            wait = max(1.0, rollout.TYPED_MOVE_GUARD_S - ago)
+            raise JustMovedError(current.label, current.weight, current.last.by, ago, wait)
+
     async def approve(
         self, actor: Actor, service: str, *, expected_step: int | None = None, request_id: str = ""
     ) -> Result:
         if replay := await self._replayed(request_id):
             return replay
         current = await self._active(service)
+        if expected_step is None:
+            self._refuse_a_second_typed_move(current)
         sp = self.policy.service(service)
         if actor.user == current.requested_by and not actor.is_controller:
             await self._refuse(actor, service, "approve", "requester cannot approve", current.id)

@@ -288,6 +288,22 @@ def _control_values(release: Release) -> dict[str, float]:
     return {c.metric: float(c.control) for c in release.last_checks if c.control is not None}
 
 
+# A step moved by a person this recently is the step a second typed advance was meant for: two
+# people typing `/rollout advance` at the same moment (maybe on two replicas) move one step.
+TYPED_MOVE_GUARD_S = 5.0
+
+
+def moved_by_person_just_now(release: Release, now: float) -> bool:
+    """Whether a person moved the release to its current step less than TYPED_MOVE_GUARD_S ago.
+    Buttons carry their step and need no such guard; typed commands do not."""
+    last = release.last
+    return (
+        last.action in (Action.ADVANCE, Action.APPROVE)
+        and last.surface is not Surface.CONTROLLER
+        and 0 <= now - last.at < TYPED_MOVE_GUARD_S
+    )
+
+
 def advance(release: Release, actor: Actor, now: float, reason: str = "") -> Release:
     """Move to the next step (the last step, 100%, enters baking)."""
     if release.state is State.PROGRESSING and release.is_last_step:

@@ -11,7 +11,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from bot.errors import CommandError, Failure, PermissionDenied, failure_of
+from bot.errors import CommandError, Failure, JustMovedError, PermissionDenied, failure_of
 from bot.render.kit import Message, ephemeral, mrkdwn_message
 from bot.render.mrkdwn import esc, mention
 
@@ -72,4 +72,10 @@ def chat_error(exc: BaseException, failed: Failed) -> Message:
         who = ", ".join(mention(a) for a in exc.allowed) or "nobody is configured"
         head = esc(f"you may not {exc.action} `{exc.service}`. Who may: ")
         return mrkdwn_message(f"{mark} {head}{who} (the service's policy says so).")
+    if isinstance(exc, JustMovedError):
+        return mrkdwn_message(
+            f"{mark} {esc(exc.label)} was just moved to {exc.weight}% by {mention(exc.by)} "
+            f"({exc.ago:.0f}s ago); nothing more was done. To move on from {exc.weight}% as "
+            f"well, send the command again in {exc.wait:.0f}s."
+        )
     return ephemeral(f"{mark} {exc}")
