@@ -493,6 +493,25 @@ async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(
     assert (await a.run_once()).owned == 0  # and it stays out
 
 
+async def test_a_release_paused_because_metrics_were_unreadable_resumes_by_itself(
+        rig: Rig) -> None:
+    source = GatedSource()
+    controller = rig.controller_for("a", source)
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+
+    source.unreadable = True  # Prometheus is gone
+    paused = await drive(rig, release.id, lambda r: r.state is State.PAUSED, [controller])
+    assert paused.paused_for_outage and paused.last.by == "shipwatch"
+    source.unreadable = False  # and back
+    resumed = await drive(rig, release.id, lambda r: r.state is not State.PAUSED, [controller])
+
+    assert resumed.state is State.PROGRESSING and not resumed.paused_for_outage
+    [pause] = await rig.audit("decision:pause")
+    [resume] = await rig.audit("decision:resume")
+    assert "readable again for 3 rounds" in resume.reason
+    assert pause.at < resume.at
+
+
 # --- the application side ------------------------------------------------------------------
 
 

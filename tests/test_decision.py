@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from bot.engine.controller import carry_out
 from bot.judging.decision import Decision, Verdict, decide
 from bot.release.checks import CheckResult, Outcome
 from bot.release.policy import Metric, NoDataPolicy, Risk, Strategy
 from bot.release.rollout import (
+    CONTROLLER,
     Actor,
     MetricCounters,
     Release,
@@ -417,3 +419,56 @@ def test_a_clean_paused_release_holds_after_its_hold() -> None:
 
     assert (decision.verdict, decision.reason) == (Verdict.HOLD, "checks green, holding")
     assert decision.clean
+
+
+# --- a pause because metrics could not be read, and the way back ------------------------------
+
+RS = Verdict.RESUME
+
+
+def through_the_controller(
+    outcomes: Sequence[Outcome], m: Metric, resume_after_rounds: int
+) -> tuple[list[Verdict], Release]:
+    """Rounds of one metric, each decision carried out on the record as the controller does."""
+    current, out = release(), []
+    for outcome in outcomes:
+        d = decide(current, [m], [check(outcome, m.name)], NOW + 10,
+                   resume_after_rounds=resume_after_rounds)
+        booked = current.model_copy(
+            update={"counters": d.counters, "readable_rounds": d.readable_rounds})
+        current, _ = carry_out(booked, d, NOW + 10)
+        out.append(d.verdict)
+    return out, current
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "resume_after", "expected"),
+    [
+        ([E, E, P, P, P], 3, [H, PA, H, H, RS]),
+        ([E, E, P, E, P, P, P], 3, [H, PA, H, H, H, H, RS]),  # unreadable again: count anew
+        ([E, E, P], 1, [H, PA, RS]),
+        ([E, E, P, P, P, P], 0, [H, PA, H, H, H, H]),  # 0: a person resumes it
+        ([E, E, F, F], 3, [H, PA, H, R]),  # readable and failing: judged as ever
+    ],
+)
+def test_a_release_paused_because_metrics_were_unreadable_resumes_after_readable_rounds(
+        outcomes: list[Outcome], resume_after: int, expected: list[Verdict]) -> None:
+    verdicts_seen, last = through_the_controller(
+        outcomes, metric(error_limit=2, failure_limit=2), resume_after)
+
+    assert verdicts_seen == expected
+    if expected[-1] is RS:
+        assert (last.state, last.paused_for_outage, last.readable_rounds) == (
+            State.PROGRESSING, False, 0)
+        assert last.last.by == CONTROLLER.user
+
+
+def test_a_pause_for_missing_data_or_by_a_person_is_not_resumed_by_the_controller() -> None:
+    no_data = metric(no_data=NoDataPolicy.PAUSE)
+    seen, last = through_the_controller([N, P, P, P, P], no_data, 1)
+    assert seen == [PA, H, H, H, H] and last.state is State.PAUSED
+    assert not last.paused_for_outage
+
+    by_alice = pause(release(), ALICE, NOW, "looking")
+    decision = decide(by_alice, [metric()], [check(P)], NOW + 10, resume_after_rounds=1)
+    assert decision.verdict is Verdict.HOLD

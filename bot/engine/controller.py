@@ -238,6 +238,7 @@ class Controller:
             self.clock(),
             score=result.score,
             score_failure_limit=p.sp.score.failure_limit,
+            resume_after_rounds=p.sp.resume_after_rounds,
         )
         return result, decision
 
@@ -267,6 +268,7 @@ class Controller:
                         "clean_checks_in_step": release.clean_checks_in_step + 1
                         if decision.clean
                         else 0,
+                        "readable_rounds": decision.readable_rounds,
                     }
                 )
                 verdict = decision.verdict
@@ -345,7 +347,13 @@ def carry_out(r: Release, d: Decision, now: float) -> tuple[Release, tuple[Event
             d.reason,
         )
     if d.verdict is Verdict.PAUSE:
-        return rollout.pause(r, CONTROLLER, now, d.reason), (EventKind.PAUSED, d.reason)
+        paused = rollout.pause(r, CONTROLLER, now, d.reason)
+        return paused.model_copy(update={"paused_for_outage": d.outage}), (
+            EventKind.PAUSED,
+            d.reason,
+        )
+    if d.verdict is Verdict.RESUME:
+        return rollout.resume(r, CONTROLLER, now), (EventKind.RESUMED, d.reason)
     if d.verdict is Verdict.ADVANCE:
         new = rollout.advance(r, CONTROLLER, now, d.reason)
         if new.state is State.BAKING:

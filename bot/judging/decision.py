@@ -23,6 +23,7 @@ class Verdict(StrEnum):
     REQUEST_APPROVAL = "request_approval"
     SUCCEED = "succeed"
     PAUSE = "pause"
+    RESUME = "resume"  # only a release the controller paused because metrics were unreadable
     ROLLBACK = "rollback"
 
 
@@ -32,6 +33,8 @@ class Decision:
     reason: str
     counters: dict[str, MetricCounters] = field(default_factory=dict)
     clean: bool = False  # every counted check passed this round
+    outage: bool = False  # PAUSE: only because metrics could not be read
+    readable_rounds: int = 0  # a release paused for an outage: rounds in a row that read again
 
 
 SCORE_COUNTER = "canary score"
@@ -46,11 +49,14 @@ def decide(  # noqa: C901, PLR0912, PLR0915
     now: float,
     score: ScoreResult | None = None,
     score_failure_limit: int = 2,
+    resume_after_rounds: int = 0,
 ) -> Decision:
     by_name = {m.name: m for m in metrics}
     counters = {name: c.model_copy() for name, c in release.counters.items()}
     rollback: list[str] = []
     pause: list[str] = []
+    unreadable = 0  # of the pause reasons, those that are only errors reading a metric
+    errored = False
     clean = True
     for check in checks:
         metric = by_name.get(check.metric)
@@ -82,8 +88,10 @@ def decide(  # noqa: C901, PLR0912, PLR0915
                     f"release (limit {metric.total_failure_limit})"
                 )
         elif outcome is Outcome.ERROR:
+            errored = True
             c.consecutive_errors += 1
             if c.consecutive_errors >= metric.error_limit:
+                unreadable += 1
                 pause.append(
                     f"{check.reason} ({c.consecutive_errors} times in a row, limit "
                     f"{metric.error_limit}); query: {check.query}"
@@ -116,7 +124,10 @@ def decide(  # noqa: C901, PLR0912, PLR0915
     if rollback:
         return Decision(Verdict.ROLLBACK, "; ".join(rollback), counters, clean)
     if pause and release.state is not State.PAUSED:
-        return Decision(Verdict.PAUSE, "; ".join(pause), counters, clean)
+        outage = unreadable == len(pause)
+        return Decision(Verdict.PAUSE, "; ".join(pause), counters, clean, outage=outage)
+    if release.state is State.PAUSED and release.paused_for_outage and resume_after_rounds > 0:
+        return _after_outage(release, counters, clean, errored, resume_after_rounds)
     if not clean:
         return Decision(Verdict.HOLD, _hold_reason(checks, holding), counters, clean)
     if release.state is State.PROGRESSING and hold_elapsed(release, now):
@@ -135,6 +146,36 @@ def decide(  # noqa: C901, PLR0912, PLR0915
             Verdict.SUCCEED, "bake window passed with every check green", counters, clean
         )
     return Decision(Verdict.HOLD, "checks green, holding", counters, clean)
+
+
+def _after_outage(
+    release: Release,
+    counters: dict[str, MetricCounters],
+    clean: bool,
+    errored: bool,
+    resume_after_rounds: int,
+) -> Decision:
+    """A release paused because its metrics could not be read: it resumes by itself once they
+    have been read again ``resume_after_rounds`` rounds in a row (the checks may still hold it
+    once resumed; a failing one rolled it back before this point)."""
+    if errored:
+        return Decision(Verdict.HOLD, "paused: metrics still unreadable", counters, clean)
+    readable = release.readable_rounds + 1
+    if readable < resume_after_rounds:
+        return Decision(
+            Verdict.HOLD,
+            f"paused: metrics readable again ({readable} of {resume_after_rounds} rounds)",
+            counters,
+            clean,
+            readable_rounds=readable,
+        )
+    return Decision(
+        Verdict.RESUME,
+        f"metrics readable again for {readable} rounds in a row",
+        counters,
+        clean,
+        readable_rounds=readable,
+    )
 
 
 def _hold_reason(checks: Sequence[CheckResult], extra: Sequence[str] = ()) -> str:

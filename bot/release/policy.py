@@ -236,6 +236,9 @@ class ServicePolicy(_Strict):
     announce_channel: str = "#releases"  # where the "shipped" announcement goes
     # Pre-release gates that must have passed before a release starts (engine.gates); empty: none.
     gates: list[str] = Field(default_factory=list)
+    # A release the controller paused only because its metrics could not be read resumes by
+    # itself after this many rounds in a row that read them again; 0 keeps it paused for a person.
+    resume_after_rounds: int = Field(default=3, ge=0, le=1000)
 
     @field_validator("steps")
     @classmethod

@@ -175,6 +175,8 @@ class Release(BaseModel):
     applied_weight: int | None = None  # the weight the traffic backend last confirmed
     awaiting_step: int | None = None  # step index waiting for approval
     paused_from: State | None = None
+    paused_for_outage: bool = False  # paused by the controller only because metrics were unreadable
+    readable_rounds: int = 0  # rounds in a row, since such a pause, that read every metric again
     reason: str = ""  # why it paused / rolled back
 
     requested_by: str
@@ -348,6 +350,8 @@ def pause(release: Release, actor: Actor, now: float, reason: str) -> Release:
         reason,
         paused_from=release.state,
         reason=reason,
+        paused_for_outage=False,
+        readable_rounds=0,
     )
 
 
@@ -364,6 +368,8 @@ def resume(release: Release, actor: Actor, now: float) -> Release:
         f"resumed by {actor.user}",
         paused_from=None,
         reason="",
+        paused_for_outage=False,
+        readable_rounds=0,
         step_started_at=now,
         clean_checks_in_step=0,
         # Consecutive counts restart; the release-wide failure total keeps counting.

@@ -135,11 +135,16 @@ def _metrics_summary(s: _Said) -> _Reply:
 def _paused(s: _Said) -> _Reply:
     r, detail = s.release, s.event.detail
     by = by_whom(s.event.actor, detail)
+    then = (
+        "It resumes by itself once its metrics can be read again for a few rounds in a row "
+        "(the policy's `resume_after_rounds`); or resume or roll back from the status message."
+        if r.paused_for_outage
+        else "Resume or roll back from the status message, or "
+        f"`/rollout resume {esc(r.service)}`."
+    )
     blocks = [
         section_block(f"⏸️ {release_title(r)} paused at *{r.weight}%*{by}: {esc(detail)}"),
-        context_block(
-            f"Resume or roll back from the status message, or `/rollout resume {r.service}`."
-        ),
+        context_block(then),
     ]
     if s.event.checks:
         blocks += checks_blocks(r, s.event.checks, s.metrics, "*Last checks*")
@@ -148,8 +153,10 @@ def _paused(s: _Said) -> _Reply:
 
 def _resumed(s: _Said) -> _Reply:
     r = s.release
+    why = f" ({esc(s.event.detail)})" if s.event.detail else ""
     line = (
-        f"▶️ {release_title(r)} resumed at *{r.weight}%*{by_whom(s.event.actor)}; the hold restarts."
+        f"▶️ {release_title(r)} resumed at *{r.weight}%*{by_whom(s.event.actor)}{why}; "
+        "the hold restarts."
     )
     return [section_block(line)], f"{r.service} {r.version} resumed"
 

@@ -1,7 +1,8 @@
 """A metrics source whose queries can be held: to catch the controller in the middle of a round.
 
 Synthetic numbers underneath. Once ``armed``, the next instant query sets ``entered`` and waits
-until the test sets ``go``; range queries and checks are never held.
+until the test sets ``go``; range queries and checks are never held. While ``unreadable``, every
+instant query fails as an unreachable Prometheus makes it fail.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ class GatedSource:
         self.armed = armed
         self.entered = asyncio.Event()
         self.go = asyncio.Event()
+        self.unreadable = False
 
     async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
         if self.armed:
             self.entered.set()
             await self.go.wait()
+        if self.unreadable:
+            return [QueryResult.failed(q, "connection refused") for q in queries]
         return await self.inner.query(queries)
 
     async def query_series(
