@@ -19,6 +19,7 @@ from bot.flags import FlagWriter
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
 from bot.metrics.synthetic import SyntheticSource
+from bot.redact import remember_secrets
 from bot.release.policy import Policy, TrafficSettings, embedded_policy, load_policy
 from bot.store.embedded_redis import EmbeddedRedis
 from bot.store.store import Store
@@ -122,6 +123,11 @@ async def build_app(
     owner: str | None = None,
 ) -> App:
     policy = policy or resolve_policy(settings)
+    # From here on, none of the process's own secrets can leave it: not in a post, a prompt,
+    # a ticket or a log line, whatever their shape.
+    remember_secrets(
+        [*settings.secret_values(), *(os.environ.get(name) for name in policy.secret_envs())]
+    )
     # Before anything is started: a malformed SHIPWATCH_GATES_URL stops us here.
     gates = GateChecker(
         settings.gates_url,

@@ -61,3 +61,22 @@ class Settings(BaseSettings):
     # round, then pending Slack messages. In-flight HTTP requests get at most 5 s more; the
     # whole stays under the 30 s an orchestrator usually grants before it kills.
     shutdown_timeout: float = Field(default=15.0, gt=0, alias="SHIPWATCH_SHUTDOWN_TIMEOUT")
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process was given, as text (for bot.redact.remember_secrets): the
+        tokens, the signing secret, the API key, and each CI token of SHIPWATCH_API_TOKENS."""
+        given = [
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.openai_api_key,
+            self.gates_token,
+        ]
+        values = [s.get_secret_value() for s in given if s is not None]
+        if self.api_tokens is not None:
+            # name:token[:services], comma-separated: the second field is the secret.
+            for entry in self.api_tokens.get_secret_value().split(","):
+                parts = entry.strip().split(":")
+                if len(parts) >= 2:
+                    values.append(parts[1])
+        return values

@@ -1,8 +1,11 @@
-"""Remove secrets from text before it leaves the process for an LLM.
+"""Remove secrets from text before it leaves the process: prompts, Slack posts, tickets, logs.
 
-Prompts are built from things people paste into Slack, release records, log excerpts and
-metric labels, any of which can carry a credential. Nothing sent to a model provider can be
-taken back, so every prompt goes through ``redact`` (``bot.writing.llm`` does it for each call).
+Prompts, posts and tickets are built from things people paste into Slack or CI, release
+records, log excerpts and metric labels, any of which can carry a credential. Nothing sent can
+be taken back, so every prompt (``bot.writing.llm``), every rendered message
+(``bot.render.kit.fit``), every ticket and every log line goes through ``redact``. The bot's own
+secrets (its tokens, signing secret, API keys, webhook and ticket secrets) are removed as
+literal text whatever their shape: ``remember_secrets`` is called with them at start.
 
 The patterns aim at what secrets look like (a token's prefix, a ``password=`` label, a PEM
 armour) rather than at how random a string is: release ids, commit hashes, Slack user ids and
@@ -16,7 +19,7 @@ The result is stable: ``redact(redact(text)) == redact(text)``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar, cast
 
 from yarl import URL
@@ -28,6 +31,19 @@ T = TypeVar("T")
 
 # A user name this long in a URL is taken for a token (personal access tokens, OAuth tokens).
 _TOKEN_AS_USER = 16
+# The bot's own secrets shorter than this are not looked for as text: "test" or "changeme"
+# would blank out ordinary words; a real token or secret is far longer.
+MIN_KNOWN_SECRET = 8
+
+# The configured secrets, longest first (so one that contains another goes whole).
+_known: list[str] = []
+
+
+def remember_secrets(values: Iterable[str | None]) -> None:
+    """Remove these values wherever they appear from now on (the bot's configured secrets)."""
+    found = {v.strip() for v in values if v and len(v.strip()) >= MIN_KNOWN_SECRET}
+    _known[:] = sorted(set(_known) | found, key=len, reverse=True)
+
 
 # Names whose value is a secret, used for ``name=value`` / ``name: value`` assignments and for
 # dict keys in ``redact_obj``. Any prefix joined by ``_ . -`` counts (DB_PASSWORD,
@@ -35,8 +51,9 @@ _TOKEN_AS_USER = 16
 # and ``token_count`` are not secrets. A bare ``key`` is too common (label keys, sort keys).
 _SECRET_NAME = (
     r"(?:[A-Za-z0-9]+[_.-])*"
-    r"(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
-    r"|secret[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?access[_-]?key)"
+    r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey"
+    r"|secret[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?access[_-]?key"
+    r"|account[_-]?key|shared[_-]?access[_-]?key|credentials?)"
 )
 _SECRET_NAME_RE = re.compile(_SECRET_NAME, re.IGNORECASE)
 
@@ -99,11 +116,17 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
         re.compile(r"(?P<keep>hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9/_-]+"),
         _keep_prefix,
     ),
-    # Slack tokens: bot, user, app-level, legacy and refresh (xoxe.xoxp-...).
-    (re.compile(r"\b(?:xox[abposre]|xapp)(?:\.xox[a-z])?-[A-Za-z0-9-]{6,}"), REDACTED),
-    # OpenAI-style keys (sk-..., sk-proj-..., sk-svcacct-...). At least 16 characters after
-    # "sk-" so prose such as "sk-learn" survives; real keys are far longer.
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED),
+    # Slack tokens: bot, user, app-level, legacy, client/cookie and refresh (xoxe.xoxp-...).
+    (re.compile(r"\b(?:xox[abcdposre]|xapp)(?:\.xox[a-z])?-[A-Za-z0-9-]{6,}"), REDACTED),
+    # OpenAI-style keys (sk-..., sk-proj-..., sk-svcacct-...): 20 characters or more after
+    # "sk-", a digit among them, so words such as "sk-learn-compatible" survive.
+    (re.compile(r"\bsk-(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{20,}"), REDACTED),
+    # Stripe secret and restricted keys (the publishable pk_ ones are public).
+    (re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{10,}"), REDACTED),
+    # Google API keys, GitLab personal tokens, npm tokens.
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), REDACTED),
+    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), REDACTED),
+    (re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"), REDACTED),
     # GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained (github_pat_).
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), REDACTED),
     # AWS access key ids: long-lived (AKIA) and temporary (ASIA).
@@ -147,11 +170,25 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
         ),
         _assignment,
     ),
+    # A secret said in words: "the webhook secret is 9f8e…", "token: …", "password was …". The
+    # value must look generated (12+ characters with a digit) so "the key is rotating" stays.
+    (
+        re.compile(
+            r"(?P<keep>\b(?:secret|token|password|passphrase|api key|key)\s+(?:is|was|=|:)\s+"
+            r"[\"'`]?)(?=[A-Za-z0-9+/_.-]*[0-9])(?!\[redacted\])[A-Za-z0-9+/_.-]{12,}=*",
+            re.IGNORECASE,
+        ),
+        _keep_prefix,
+    ),
 ]
 
 
 def redact(text: str) -> str:
-    """``text`` with every secret the patterns above recognise replaced."""
+    """``text`` with the bot's own secrets and every secret the patterns above recognise
+    replaced."""
+    for secret in _known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.redact import REDACTED, is_secret_name, redact, redact_obj
+from bot.redact import REDACTED, is_secret_name, redact, redact_obj, remember_secrets
 
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -101,6 +101,31 @@ SECRETS = [
         "XXXXXXXXXXXXXXXXXXXXXXXX",
         id="slack-webhook",
     ),
+    pytest.param(
+        "Server=db;Database=app;User Id=sa;Pwd=Tr0ub4dor&3;", "Tr0ub4dor", id="conn-pwd"
+    ),
+    pytest.param(
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=q9Zx0Y1w2V3u4T5s6R7==;",
+        "q9Zx0Y1w2V3u4T5s6R7",
+        id="azure-account-key",
+    ),
+    pytest.param(
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKey=Ab1Cd2Ef3Gh4Ij5=",
+        "Ab1Cd2Ef3Gh4Ij5",
+        id="azure-sas-key",
+    ),
+    pytest.param("charge with sk_live_51H8abcdEFGHijkl0123", "sk_live_51H8abcd", id="stripe-live"),
+    pytest.param("rk_test_4eC39HqLyjWDarjtT1zdp7dc", "rk_test_4eC39", id="stripe-restricted"),
+    pytest.param("glpat-xY12abCD34efGH56ijKL", "glpat-xY12abCD34", id="gitlab"),
+    pytest.param("npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "npm_a1B2c3D4e5F6", id="npm"),
+    pytest.param("cookie xoxc-1234567890-abcdefabcdef", "xoxc-1234567890", id="xoxc"),
+    pytest.param(
+        "the webhook secret is 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+        "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+        id="secret-in-words",
+    ),
+    pytest.param("new token: 'Zq81mN0pLk29xR7w'", "Zq81mN0pLk29xR7w", id="token-in-words"),
+    pytest.param("credentials=admin:Sup3rS3cret", "Sup3rS3cret", id="credentials"),
 ]
 
 
@@ -160,6 +185,10 @@ ORDINARY = [
     "The keys are rotated. Tokens expire. Secrets live in Vault.",
     "eyJ alone is nothing, a.b.c is a hostname, 1.2.3 a version",
     "commit e83c5163316f89bfbde7d9ab23ca2e25604af290 (HEAD -> main)",
+    "an sk-learn-compatible estimator, sk-learn-0.24 pinned",
+    "the key is rotating tonight; the secret is out; a password is required",
+    "the token is valid for 12 hours; key: value pairs",
+    "AccountName=acme;DefaultEndpointsProtocol=https",
     "",
 ]
 
@@ -203,7 +232,7 @@ def test_redact_obj_walks_dicts_lists_and_tuples() -> None:
 def test_redact_obj_passes_other_values_through() -> None:
     assert redact_obj(42) == 42
     assert redact_obj(None) is None
-    assert redact_obj("sk-abcdefghijklmnopqrstuvwxyz") == REDACTED
+    assert redact_obj("sk-abcdefghijklmnopqrst0vwxyz") == REDACTED
 
 
 @pytest.mark.parametrize(
@@ -223,3 +252,12 @@ def test_redact_obj_passes_other_values_through() -> None:
 )
 def test_is_secret_name(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
+
+
+def test_the_bots_own_secrets_go_whatever_their_shape() -> None:
+    signing = "8f742231b10e88888888abcd99zz85a5"  # a signing secret has no prefix to spot
+    remember_secrets([signing, "short", None, "  padded-secret-value  "])
+
+    assert redact(f"the signing secret {signing} leaked") == f"the signing secret {REDACTED} leaked"
+    assert redact("padded-secret-value") == REDACTED
+    assert redact("a short word") == "a short word"  # too short to be looked for as text

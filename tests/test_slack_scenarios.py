@@ -7,6 +7,8 @@ models.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -733,3 +735,30 @@ async def test_a_status_update_slack_refused_until_a_restart_is_sent_by_the_next
     assert [m["text"] for m in thread].count("checkout v2 is at 10% (step 2/4)") == 1
     assert await rig.core.app.store.outbox.pending() == 0
     rig.validate_blocks()
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+async def test_the_bots_own_secrets_and_pasted_credentials_never_reach_slack(
+    rig: SlackRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # Pasted in the notes: the bot's own signing secret (no shape to spot), a bot token, a
+    # connection string password; and a pause reason carrying a Stripe key.
+    notes = f"rotated {SECRET}; token xoxb-1234567890-abcdefghij; Pwd=Tr0ub4dor9;"
+    delivery = await rig.command("/deploy", f"checkout v2 --stable v1 --notes {notes}", ALICE)
+    await rig.reply(delivery)
+    pause = await rig.command("/rollout", "pause checkout key sk_live_51H8abcdEFGH0123", ALICE)
+    await rig.reply(pause)
+    await rig.settle()
+
+    sent = json.dumps([c.args for c in rig.slack.calls]) + json.dumps(
+        [rig.slack.responses(url) for url in rig.response_urls]
+    )
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (SECRET, "xoxb-1234567890-abcdefghij", "Tr0ub4dor9", "sk_live_51H8abcdEFGH0123"):
+        assert secret not in sent, f"{secret} reached Slack"
+        assert secret not in logged, f"{secret} reached the log"
+    assert "[redacted]" in sent
+    assert "rotated" in sent  # the rest of the notes came through

@@ -305,6 +305,18 @@ class Policy(BaseModel):
     source: str
     services: dict[str, ServicePolicy]
 
+    def secret_envs(self) -> set[str]:
+        """Names of the environment variables that hold secrets the policy refers to (webhook
+        and ticket signing secrets, the GitHub token)."""
+        names: set[str] = set()
+        for sp in self.services.values():
+            names.add(sp.traffic.secret_env or "")
+            if sp.tickets.webhook is not None:
+                names.add(sp.tickets.webhook.secret_env or "")
+            if sp.tickets.github is not None:
+                names.add(sp.tickets.github.token_env)
+        return names - {""}
+
     def service(self, name: str) -> ServicePolicy:
         try:
             return self.services[name]

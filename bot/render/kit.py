@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot.redact import redact, redact_obj
 from bot.render.mrkdwn import clip, esc
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit).
@@ -105,7 +106,9 @@ def fit(
     # from the same untrusted pieces as the blocks, so it is escaped the same way.
     fallback = text.strip() if text_is_mrkdwn else esc(text.strip())
     fallback = clip(fallback or "shipwatch", MAX_TEXT, more)
-    return Message(text=fallback, blocks=fitted)
+    # Whatever was pasted into a release (notes, reasons, CI input, metric labels, model
+    # output) may carry a credential: none leaves in a message.
+    return Message(text=redact(fallback), blocks=redact_obj(fitted))
 
 
 def _fit_block(block: dict[str, Any], more: str) -> dict[str, Any] | None:

@@ -139,8 +139,7 @@ def _paused(s: _Said) -> _Reply:
         "It resumes by itself once its metrics can be read again for a few rounds in a row "
         "(the policy's `resume_after_rounds`); or resume or roll back from the status message."
         if r.paused_for_outage
-        else "Resume or roll back from the status message, or "
-        f"`/rollout resume {esc(r.service)}`."
+        else f"Resume or roll back from the status message, or `/rollout resume {esc(r.service)}`."
     )
     blocks = [
         section_block(f"⏸️ {release_title(r)} paused at *{r.weight}%*{by}: {esc(detail)}"),

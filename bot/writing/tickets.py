@@ -28,7 +28,7 @@ import aiohttp
 
 from bot.errors import DependencyError
 from bot.observe import telemetry
-from bot.redact import redact_url
+from bot.redact import redact, redact_obj, redact_url
 from bot.release.policy import GitHubTickets, TicketSettings, WebhookTickets
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -54,7 +54,7 @@ class Incident:
     rolled_back_at: float | None
 
     def payload(self) -> dict[str, Any]:
-        return {"kind": "shipwatch.rollback", **self.__dict__}
+        return redact_obj({"kind": "shipwatch.rollback", **self.__dict__})
 
     def markdown(self) -> str:
         rows = "\n".join(
@@ -63,7 +63,7 @@ class Incident:
         )
         table = f"| metric | canary | control | limit |\n|---|---|---|---|\n{rows}" if rows else ""
         link = f"\n\nSlack thread: {self.thread_url}" if self.thread_url else ""
-        return f"{self.diagnosis}\n\n{table}{link}\n\nRelease id: `{self.release_id}`"
+        return redact(f"{self.diagnosis}\n\n{table}{link}\n\nRelease id: `{self.release_id}`")
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class TicketSinks:
             "X-GitHub-Api-Version": "2022-11-28",
             "User-Agent": "shipwatch",
         }
-        body = {"title": incident.title, "body": incident.markdown(), "labels": cfg.labels}
+        body = {"title": redact(incident.title), "body": incident.markdown(), "labels": cfg.labels}
         try:
             async with session.post(
                 url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=cfg.timeout)
