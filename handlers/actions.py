@@ -3,6 +3,7 @@ the release's current state and the clicker's permissions before anything happen
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from bot.engine.service import Outcome
 from bot.observe.logs import log_context
 from bot.release.buttons import ButtonAction
 from bot.release.rollout import Actor, Release
+from bot.render.errors import modal_error, report
 from bot.render.kit import Message, ephemeral
 from bot.render.thread import (
     ACTION_EDIT_NOTES,
@@ -30,6 +32,8 @@ from handlers.context import Core, error_message
 from handlers.people import actor_for
 
 log = logging.getLogger(__name__)
+
+MODAL_BUDGET_S = 2.5  # of the 3 s Slack gives a view submission's answer
 
 
 def register(app: AsyncApp, core: Core) -> None:
@@ -47,7 +51,7 @@ def register(app: AsyncApp, core: Core) -> None:
 
     # views.open must use the trigger within 3 s: it runs in the ack function itself.
     app.action(ACTION_EDIT_NOTES)(edit)
-    app.view(NOTES_MODAL)(ack=ack_only, lazy=[_saver(core)])
+    app.view(NOTES_MODAL)(_saver(core))
 
 
 async def on_button(core: Core, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -94,30 +98,34 @@ async def on_edit_notes(core: Core, body: dict[str, Any], action: dict[str, Any]
         log.warning("cannot open the notes editor: %s", slack_error(exc))
 
 
-def _saver(core: Core) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]:
-    async def save(body: dict[str, Any], view: dict[str, Any]) -> None:
+def _saver(core: Core) -> Callable[..., Awaitable[None]]:
+    """The Edit-notes modal's submission: saved before the answer, so a refusal is shown in
+    the modal itself (``response_action: errors``) and the modal stays open to fix it."""
+
+    async def save(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = str(body.get("user", {}).get("id", ""))
         state = view.get("state", {}).get("values", {})
         notes = str(state.get(NOTES_INPUT_BLOCK, {}).get(NOTES_INPUT_ACTION, {}).get("value") or "")
         release_id = str(view.get("private_metadata", ""))
-        try:
+
+        async def saved() -> Release:
             release = await core.app.store.get(release_id)
             sp = core.app.policy.services.get(release.service) if release else None
             actor = await actor_for(user, sp, core.client, core.app.store)
-            updated = await core.app.service.edit_notes(actor, release_id, notes)
+            return await core.app.service.edit_notes(actor, release_id, notes)
+
+        try:
+            # Slack waits 3 s for the answer; what is not done by then is refused, not lost.
+            updated = await asyncio.wait_for(saved(), MODAL_BUDGET_S)
         except Exception as exc:
-            message = error_message(exc, what=f"notes of {release_id} by {user}")
-            await core.client.chat_postMessage(
-                channel=user, text=message.text, blocks=message.blocks
+            failed = report(exc, what=f"notes of {release_id} by {user}", log=log)
+            await ack(
+                response_action="errors", errors={NOTES_INPUT_BLOCK: modal_error(exc, failed)}
             )
             return
+        await ack()
         core.app.events.emit(
-            ReleaseEvent(
-                EventKind.NOTES_DRAFT,
-                updated,
-                updated.notes,
-                actor=user,
-            )
+            ReleaseEvent(EventKind.NOTES_DRAFT, updated, updated.notes, actor=user)
         )
 
     return save

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.observe.logs import log_context
 from bot.release.rollout import Release
@@ -46,9 +46,13 @@ async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) ->
             "`/rollout help` lists the commands."
         )
         message = plain_message(text)
-        await core.client.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
-        )
+        try:
+            await core.client.chat_postMessage(
+                channel=channel, thread_ts=thread_ts, text=message.text, blocks=message.blocks
+            )
+        except (SlackApiError, SlackClientError, TimeoutError) as exc:
+            error = slack_error(exc) if isinstance(exc, SlackApiError) else str(exc)
+            log.warning("cannot answer a mention in %s: %s", channel, error)
         return
     with log_context(release_id=release.id, service=release.service):
         await _answer(core, release, channel, thread_ts, str(event.get("text", "")))

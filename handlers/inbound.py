@@ -52,24 +52,69 @@ def refusal(body: bytes, headers: Mapping[str, str], verifier: SignatureVerifier
         return _refused(401, "invalid or expired Slack signature")
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        return None if _is_object(text) else _refused(400, "signed JSON body is not an object")
+        return _shape_refusal(text, "signed JSON body")
     fields = parse_qs(text, keep_blank_values=True)
-    if "payload" in fields and not _is_object(fields["payload"][0]):
-        return _refused(400, "signed form's payload is not a JSON object")
+    if "payload" in fields:
+        return _shape_refusal(fields["payload"][0], "signed form's payload")
     return None
+
+
+# The fields bolt and the handlers read from Slack's payloads, with the type Slack sends them
+# as. Slack never sends another; a signed body that does is a forged or broken one, and bolt
+# would trip over it (a string where it reads a dict) and answer 500.
+_OBJECTS = ("view", "user", "team", "channel", "container", "message", "event", "enterprise")
+_NULLABLE = ("enterprise", "channel", "container", "message")  # Slack sends null for these
+_LISTS = ("actions", "authorizations")
+_STRINGS = (
+    "type", "token", "callback_id", "trigger_id", "response_url", "api_app_id", "team_id",
+    "event_id", "user_id", "channel_id", "command", "text", "enterprise_id",
+)  # fmt: skip
+_VIEW_STRINGS = ("id", "type", "callback_id", "private_metadata", "hash", "team_id")
+
+
+def _shape_refusal(text: str, what: str) -> Refusal | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _refused(400, f"{what} is not JSON")
+    problem = _shape_problem(data)
+    return _refused(400, f"{what} {problem}") if problem else None
+
+
+def _shape_problem(data: object) -> str:  # noqa: C901 (one check per field kind, in a row)
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    for name in _OBJECTS:
+        if name in data and not isinstance(data[name], dict):
+            if data[name] is None and name in _NULLABLE:
+                continue
+            return f"has a `{name}` that is not an object"
+    for name in _LISTS:
+        value = data.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(item, dict) for item in value)
+        ):
+            return f"has `{name}` that are not a list of objects"
+    for name in _STRINGS:
+        if name in data and not isinstance(data[name], str):
+            return f"has a `{name}` that is not a string"
+    view = data.get("view")
+    if isinstance(view, dict):
+        for name in _VIEW_STRINGS:
+            if name in view and not isinstance(view[name], str):
+                return f"has a view `{name}` that is not a string"
+        state = view.get("state")
+        if state is not None and not (
+            isinstance(state, dict) and isinstance(state.get("values", {}), dict)
+        ):
+            return "has a view `state` that is not an object of values"
+    return ""
 
 
 def unescaped(text: str) -> str:
     """Text a person typed, as they typed it. Slack sends ``&``, ``<`` and ``>`` as entities;
     undone once here, at the boundary, and escaped again wherever it is shown."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
-def _is_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
 
 
 def _too_big() -> Refusal:

@@ -729,6 +729,31 @@ async def test_an_edited_draft_names_the_editor_with_a_working_mention(
     assert f"<@{ALICE}>" in shown
 
 
+async def test_a_refused_notes_edit_is_shown_in_the_modal_which_stays_open(
+    start_rig: RigMaker,
+) -> None:
+    rig = await start_rig()
+    await deploy(rig, "faster cart totals")
+    await event_of(rig, EventKind.NOTES_DRAFT)
+    release = await rig.release("checkout")
+    posts_before = len(rig.slack.calls_to("chat.postMessage"))
+
+    body = view_submission(standalone_view(release), "x" * 3001, user=ALICE)
+    async with rig.http.post(
+        rig.url("/slack/events"), data=body, headers=sign(SECRET, body)
+    ) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+
+    assert answer["response_action"] == "errors"
+    assert answer["errors"][NOTES_INPUT_BLOCK].startswith(
+        "Release notes are limited to 3,000 characters"
+    )
+    assert (await rig.release("checkout")).notes == release.notes  # nothing saved
+    await rig.settle()
+    assert len(rig.slack.calls_to("chat.postMessage")) == posts_before  # no DM about it
+
+
 # --- 7. output past Slack's limits -----------------------------------------------------------
 
 

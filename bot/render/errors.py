@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from bot.errors import CommandError, Failure, JustMovedError, PermissionDenied, failure_of
+from bot.redact import redact
 from bot.render.kit import Message, ephemeral, mrkdwn_message
 from bot.render.mrkdwn import esc, mention
 
@@ -55,6 +56,21 @@ def report(exc: BaseException, *, what: str, log: logging.Logger) -> Failed:
         return Failed(kind, shown, ref)
     log.log(shown.log_level, "%s (%s): %s", shown.logged_as, what, exc)
     return Failed(kind, shown)
+
+
+# Slack shows a modal's field error as plain text, on a line under the field.
+MODAL_ERROR_LIMIT = 150
+
+
+def modal_error(exc: BaseException, failed: Failed) -> str:
+    """What a modal shows under the field when its submission was refused."""
+    if failed.kind is Failure.BUG:
+        return f"Something went wrong on our side (ref {failed.ref}); nothing was saved."
+    said = str(exc).strip() or "refused"
+    said = said[0].upper() + said[1:]
+    if len(said) > MODAL_ERROR_LIMIT:
+        said = said[: MODAL_ERROR_LIMIT - 1].rstrip() + "…"
+    return redact(said)
 
 
 def chat_error(exc: BaseException, failed: Failed) -> Message:
