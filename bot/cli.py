@@ -19,7 +19,7 @@ from bot.console import Console, ConsoleNotifier
 from bot.demo.rig import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scripted_input
 from bot.errors import PolicyError, ShipwatchError
 from bot.observe.logs import configure_logging
-from bot.release.policy import Policy, load_policy
+from bot.release.policy import Policy, load_policy, require_judged
 
 log = logging.getLogger("shipwatch")
 
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             interactive = args.interactive and sys.stdin.isatty()
             return asyncio.run(_demo(settings, policy, interactive, args.metrics))
         if args.command == "serve":
-            if refused := _demo_parts(settings, policy, allowed=args.demo):
+            if refused := _demo_parts(settings, policy, allowed=args.demo) or _unjudged(policy):
                 print(f"refusing to start: {refused}", file=sys.stderr)
                 return 2
             serve = _slack_server()
@@ -167,9 +167,20 @@ def _demo_parts(settings: Settings, policy: Policy, *, allowed: bool) -> str:
     return ""
 
 
+def _unjudged(policy: Policy) -> str:
+    """Why `serve` would ship a service nobody judges, or "" when every one is judged (or
+    says `unjudged: true`)."""
+    try:
+        require_judged(policy)
+    except PolicyError as exc:
+        return str(exc)
+    return ""
+
+
 def _check_config(path: Path) -> int:
     try:
         policy = load_policy(path)
+        require_judged(policy)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1

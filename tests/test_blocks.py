@@ -809,3 +809,9 @@ def test_a_status_judged_on_demo_metrics_says_so_on_the_message() -> None:
     release = progressing()
     assert "DEMO METRICS" in all_text(status_message(release, now=NOW, demo_metrics=True))
     assert "DEMO METRICS" not in all_text(status_message(release, now=NOW))
+
+
+def test_a_status_of_an_unjudged_service_says_not_judged() -> None:
+    release = progressing()
+    assert "Not judged" in all_text(status_message(release, now=NOW, unjudged=True))
+    assert "Not judged" not in all_text(status_message(release, now=NOW))

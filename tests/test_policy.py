@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from bot.release.policy import (
     load_policy,
     parse_policy,
     render_template,
+    require_judged,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -951,3 +953,57 @@ def test_the_readme_policy_example_is_valid() -> None:
     latency = {m.name: m for m in policy.service("payments").metrics}["latency_p99"]
     assert latency.judge == "both" and latency.uses_statistics
     assert policy.service("payments").score.group_weights == {"latency": 60}
+
+
+@pytest.mark.parametrize("oncall", ["@oncall", "oncall", "SREOPS", "<!channel>", "U0ALICE!"])
+def test_an_oncall_that_would_page_nobody_is_refused_with_how_to_find_the_id(oncall: str) -> None:
+    [problem] = problems_of(f"""
+        services:
+          checkout:
+            oncall: {json.dumps(oncall)}
+        """)
+
+    assert "oncall" in problem.path
+    assert "pages nobody" in problem.message and "user-group id (S…" in problem.message
+
+
+@pytest.mark.parametrize("oncall", ["S0123ABCD", "U012AB3CD", "W0123ABCD", ""])
+def test_an_oncall_given_as_a_user_or_group_id_is_accepted(oncall: str) -> None:
+    sp = only_service(f"""
+        services:
+          checkout:
+            oncall: {json.dumps(oncall)}
+        """)
+    assert sp.oncall == oncall
+
+
+def test_check_config_refuses_a_service_nothing_would_judge_unless_it_says_so(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shipwatch.yaml"
+    path.write_text("services:\n  checkout: {}\n  search: {unjudged: true}\n", encoding="utf-8")
+
+    refused = run_check_config(path)
+
+    assert refused.returncode == 1
+    assert "services.checkout: no metrics" in refused.stderr
+    assert "unjudged: true" in refused.stderr
+    assert "search" not in refused.stderr  # it said so
+
+    path.write_text("services:\n  search: {unjudged: true}\n", encoding="utf-8")
+    accepted = run_check_config(path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "search: canary" in accepted.stdout and "0 metric(s)" in accepted.stdout
+
+
+def test_unjudged_with_metrics_is_a_contradiction() -> None:
+    policy = load("""
+        services:
+          checkout:
+            unjudged: true
+            metrics:
+              - {name: errors, query: 'e{version="{version}"}', max: 1}
+        """)
+    with pytest.raises(PolicyError) as info:
+        require_judged(policy)
+    assert "`unjudged: true` with metrics" in str(info.value)

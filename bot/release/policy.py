@@ -34,6 +34,8 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 PLACEHOLDERS = ("{service}", "{version}", "{window}")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._@-]+$")
+# Who a mention can page: a user (U…/W…) or a user group (S…); Slack ids carry a digit.
+ONCALL_ID = re.compile(r"^(?=[A-Z0-9]*[0-9])[UWS][A-Z0-9]{2,}$")
 # A pre-release gate's name (ci_build, tests, security_scan, compliance): the key CI reports
 # its result under, so it must survive URLs, JSON and YAML unquoted.
 GATE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -239,6 +241,8 @@ class ServicePolicy(_Strict):
     # A release the controller paused only because its metrics could not be read resumes by
     # itself after this many rounds in a row that read them again; 0 keeps it paused for a person.
     resume_after_rounds: int = Field(default=3, ge=0, le=1000)
+    # A service with no metrics ships on time alone: allowed only when the policy says so.
+    unjudged: bool = False
 
     @field_validator("steps")
     @classmethod
@@ -266,6 +270,18 @@ class ServicePolicy(_Strict):
             if not _PRINCIPAL.match(v):
                 raise ValueError(f"`{v}` is not a Slack user id (U…), user-group id (S…) or name")
         return values
+
+    @field_validator("oncall")
+    @classmethod
+    def _oncall_is_an_id(cls, value: str) -> str:
+        # Only ids notify: "@oncall" typed as text shows as text and pages nobody.
+        if value and not ONCALL_ID.match(value):
+            raise ValueError(
+                f"`{value}` pages nobody: give a Slack user id (U… or W…, from the person's "
+                "profile → ⋮ → Copy member ID) or a user-group id (S…, the end of the group's "
+                "URL in Slack), or leave oncall empty"
+            )
+        return value
 
     @field_validator("gates")
     @classmethod
@@ -442,6 +458,32 @@ def parse_policy(text: str, source: str) -> Policy:  # noqa: C901, PLR0912
     if problems:
         raise PolicyError(source, _dedupe(problems))
     return Policy(source=source, services=services)
+
+
+def require_judged(policy: Policy) -> None:
+    """PolicyError when a service has no metrics without saying `unjudged: true` (what
+    `check-config` and `serve` refuse: nothing would judge its releases)."""
+    problems = [
+        p for name, sp in sorted(policy.services.items()) for p in _judging_problems(name, sp)
+    ]
+    if problems:
+        raise PolicyError(policy.source, problems)
+
+
+def _judging_problems(name: str, sp: ServicePolicy) -> list[PolicyProblem]:
+    where = f"services.{name}"
+    if not sp.metrics and not sp.unjudged:
+        return [
+            PolicyProblem(
+                where,
+                "no metrics: nothing would judge its releases, which would advance on time alone",
+                "add metrics (here or under defaults), or set `unjudged: true` to ship it "
+                "unjudged on purpose",
+            )
+        ]
+    if sp.metrics and sp.unjudged:
+        return [PolicyProblem(where, "`unjudged: true` with metrics", "remove one of them")]
+    return []
 
 
 def _metric_origin(

@@ -174,6 +174,11 @@ def _buttons(release: Release) -> list[dict[str, Any]]:
     return []
 
 
+NOT_JUDGED = (
+    "⚠️ *Not judged*: this service has no metrics in the policy (`unjudged: true`); "
+    "it advances on time alone"
+)
+
 DEMO_METRICS = (
     "⚠️ *DEMO METRICS*: judged on synthetic numbers, not on your Prometheus "
     "(this bot runs with `--demo`; set PROMETHEUS_URL for real releases)"
@@ -192,6 +197,7 @@ def status_for(release: Release, policy: Policy, *, demo_metrics: bool = False) 
         approvers=sp.approvers,
         metrics=sp.metrics,
         demo_metrics=demo_metrics,
+        unjudged=sp.unjudged,
     )
 
 
@@ -203,6 +209,7 @@ def status_message(
     now: float | None = None,
     metrics: Sequence[Metric] = (),
     demo_metrics: bool = False,
+    unjudged: bool = False,
 ) -> Message:
     """The one message per release, updated in place as it moves.
 
@@ -218,6 +225,8 @@ def status_message(
     ]
     if demo_metrics:
         blocks.append(context_block(DEMO_METRICS))
+    if unjudged:
+        blocks.append(context_block(NOT_JUDGED))
     if release.notes.strip():
         blocks.append(context_block(f"📝 {esc(release.notes.strip())}"))
     blocks += gate_blocks(release)
