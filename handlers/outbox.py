@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 METADATA_TYPE = "shipwatch_message"
 MAX_AGE_S = 24 * 3600  # an entry Slack has not taken in a day is given up, loudly
 LOOKBACK_S = 120  # how far before an entry was queued its copy may sit in the channel
+LIST_PAGES = 10  # of conversations.list, looking for a channel's id by its name
 # Slack's errors that say the message did not land and will not: anything else ok:false is
 # final too, except these, which say nothing about whether it landed.
 UNCLEAR = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -423,7 +424,7 @@ class OutboxWriter:
     ) -> tuple[str, str] | None:
         """(channel id, ts) of the bot's message carrying ``marker``, if it is in the channel
         (or the thread). Unknown channel ids and failed reads count as not found."""
-        channel_id = await self.outbox.channel_id(channel)
+        channel_id = await self.outbox.channel_id(channel) or await self._look_up_id(channel)
         if not channel_id:
             return None
         oldest = f"{max(0.0, since - LOOKBACK_S):.6f}"
@@ -446,6 +447,29 @@ class OutboxWriter:
             if isinstance(payload, dict) and payload.get("id") == marker:
                 return channel_id, str(message.get("ts", ""))
         return None
+
+    async def _look_up_id(self, channel: str) -> str:
+        """The id of a channel the policy names by name, from Slack's channel list (needed to
+        read its history before any post to it has told us); "" when Slack cannot say."""
+        name = channel.removeprefix("#")
+        cursor = ""
+        try:
+            for _ in range(LIST_PAGES):
+                page = await self.client.conversations_list(
+                    types="public_channel,private_channel", exclude_archived=True, limit=1000,
+                    cursor=cursor or None,
+                )  # fmt: skip
+                for found in page.get("channels") or []:
+                    if isinstance(found, dict) and found.get("name") == name:
+                        await self.outbox.learn_channel_id(channel, str(found.get("id", "")))
+                        return str(found.get("id", ""))
+                cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
+                if not cursor:
+                    break
+        except (SlackApiError, SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            error = slack_error(exc) if isinstance(exc, SlackApiError) else str(exc)
+            log.warning("cannot find the id of %s (%s)", channel, error)
+        return ""
 
 
 def _metadata(marker: str, release_id: str) -> dict[str, Any]:

@@ -196,6 +196,24 @@ async def test_a_message_slack_refuses_for_good_is_set_aside_and_the_channel_goe
     assert (dead["text"], dead["reason"]) == ("refused", "restricted_action")
 
 
+async def test_the_first_post_to_a_channel_whose_answer_was_lost_is_not_sent_again(
+    slack: SlackStandIn, store: Store
+) -> None:
+    # Nothing has told the writer this channel's id yet: it finds it by name to read the history.
+    slack.add_channel("brand-new")
+    slack.fail_next("chat.postMessage", status=500, applied=True)
+    await post(store, "#brand-new", "t", "hello")
+    writer = writer_for(slack, store)
+    writer.start()
+    try:
+        assert await writer.flush(10)
+    finally:
+        await writer.close()
+    assert texts(slack, "#brand-new") == ["hello"]
+    assert slack.calls_to("conversations.list")
+    assert await store.outbox.channel_id("#brand-new") == slack.channel_id("#brand-new")
+
+
 # --- in the whole bot --------------------------------------------------------------------------
 
 

@@ -246,6 +246,7 @@ class SlackStandIn(LocalServer):
             "conversations.info": self._conversations_info,
             "conversations.replies": self._conversations_replies,
             "conversations.history": self._conversations_history,
+            "conversations.list": self._conversations_list,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
         }
@@ -1012,6 +1013,15 @@ class SlackStandIn(LocalServer):
         replies = [m for m in self.thread(chan.id, ts) if _after(m, args.get("oldest"))]
         messages = _with_metadata([parent, *replies], args)
         return {"ok": True, "messages": messages[: _limit(args)], "has_more": False}
+
+    def _conversations_list(self, args: Json) -> Json:
+        """The workspace's channels (direct messages left out), in one page."""
+        channels = [
+            {"id": c.id, "name": c.name, "is_private": c.is_private, "is_archived": False}
+            for c in self._channels.values()
+            if not c.is_im
+        ]
+        return {"ok": True, "channels": channels, "response_metadata": {"next_cursor": ""}}
 
     def _conversations_history(self, args: Json) -> Json:
         """The channel's messages, newest first, as Slack lists them."""
