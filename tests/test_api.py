@@ -687,10 +687,16 @@ async def test_the_readme_github_actions_step_starts_a_release(rig: SlackRig) ->
 # Pieces of text that Slack would turn into a live ping or a disguised link if they reached a
 # post as they are.
 LIVE = ("<!channel>", "<!here>", "<!everyone>", "<@U0EVIL01>", "<!subteam^S0EVIL01>", "<http")
+# What must not reach a post at all: a lone surrogate (invalid Unicode), bidi overrides and
+# isolates, control characters.
+UNSHOWN = ("\ud800", "\u202e", "\u2066", "\x00", "\x1b")
 
 
 async def test_hostile_text_from_a_pipeline_pings_nobody_in_any_post(rig: SlackRig) -> None:
-    hostile = "<!channel> <!here> <@U0EVIL01> <!subteam^S0EVIL01> <http://evil.example|docs>"
+    hostile = (
+        "<!channel> <!here> <@U0EVIL01> <!subteam^S0EVIL01> <http://evil.example|docs> "
+        + "".join(UNSHOWN[1:])  # a lone surrogate is refused as JSON by the API itself
+    )
     status, answer, _ = await post(
         rig,
         body(
@@ -709,6 +715,9 @@ async def test_hostile_text_from_a_pipeline_pings_nobody_in_any_post(rig: SlackR
 
     posts = rig.slack.calls_to("chat.postMessage") + rig.slack.calls_to("chat.update")
     assert len(posts) >= 3  # the status message, the started reply, the notes draft
+    sent = json.dumps([c.args for c in posts], ensure_ascii=False)
+    for unshown in UNSHOWN:
+        assert unshown not in sent, f"{unshown!r} reached Slack"
     for call in posts:
         blocks = call.args.get("blocks") or []
         if isinstance(blocks, str):

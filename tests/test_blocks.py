@@ -45,8 +45,8 @@ from bot.release.rollout import (
     start_rollback,
     succeed,
 )
-from bot.render.kit import Choice, Message, ephemeral, fit
-from bot.render.mrkdwn import clip, mention
+from bot.render.kit import Choice, Message, ephemeral, fit, plain_message
+from bot.render.mrkdwn import clip, esc, mention
 from bot.render.status import status_message
 from bot.render.terminal import render_text
 from bot.render.thread import ACTION_EDIT_NOTES, event_message, notes_modal
@@ -815,3 +815,22 @@ def test_a_status_of_an_unjudged_service_says_not_judged() -> None:
     release = progressing()
     assert "Not judged" in all_text(status_message(release, now=NOW, unjudged=True))
     assert "Not judged" not in all_text(status_message(release, now=NOW))
+
+
+@pytest.mark.parametrize(
+    ("given", "shown_as"),
+    [
+        ("fix \ud800 here", "fix ? here"),  # a lone surrogate, which Slack refuses
+        ("gnp\u202e.exe", "gnp.exe"),  # a bidi override
+        ("a\u2066b\u2069c", "abc"),  # isolates
+        ("bell\x07 esc\x1b[31m nul\x00", "bell esc[31m nul"),
+        ("tab\tand\nnewline stay", "tab\tand\nnewline stay"),
+        ("émoji 😀 and ß stay", "émoji 😀 and ß stay"),
+    ],
+)
+def test_text_no_message_needs_is_removed_from_blocks_and_fallback(
+    given: str, shown_as: str
+) -> None:
+    message = plain_message(given)
+    assert message.text == esc(shown_as)
+    assert message.blocks[0]["text"]["text"] == esc(shown_as)

@@ -5,13 +5,12 @@ rejected "rolling back" message is far worse than a shortened one).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot.redact import redact, redact_obj
-from bot.render.mrkdwn import clip, esc
+from bot.render.mrkdwn import clip, esc, shown
 
 # Slack's documented limits (https://api.slack.com/reference/block-kit).
 MAX_BLOCKS = 50
@@ -93,7 +92,9 @@ def fit(
     the rest can be read; it ends every truncation note. ``text`` is plain words unless
     ``text_is_mrkdwn`` says the caller composed it as safe mrkdwn (escaped pieces, mentions
     made from ids)."""
-    fitted = [b for b in (_fit_block(copy.deepcopy(dict(b)), more) for b in blocks) if b]
+    # Cleaned first: Slack counts what it will show, and refuses invalid Unicode outright.
+    fitted = [b for b in (_fit_block(_shown(dict(b)), more) for b in blocks) if b]
+    text = shown(text)
     if len(fitted) > MAX_BLOCKS:
         # Keep the buttons: they are what the message is for while a release is live.
         actions = [b for b in fitted if b["type"] == "actions"][: MAX_BLOCKS - 1]
@@ -214,6 +215,17 @@ def paragraphs(text: str, size: int = 2900) -> list[str]:
     if current.strip():
         parts.append(current.rstrip())
     return parts or [""]
+
+
+def _shown(node: Any) -> Any:
+    """A copy of a block with every string cleaned (``shown``)."""
+    if isinstance(node, str):
+        return shown(node)
+    if isinstance(node, list):
+        return [_shown(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _shown(value) for key, value in node.items()}
+    return node
 
 
 def mrkdwn_message(mrkdwn: str) -> Message:

@@ -13,6 +13,20 @@ def esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# Characters no message needs and some abuse: bidi embeddings, overrides and isolates (they make
+# "gnp.exe" read as "exe.png"), and control characters other than tab and newline.
+_UNSHOWN = re.compile("[\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def shown(text: str) -> str:
+    """``text`` as it may be shown: lone surrogates (invalid Unicode, which Slack refuses)
+    replaced, bidi controls and control characters removed."""
+    if text.isascii() and text.isprintable():
+        return text
+    valid = text.encode("utf-8", "replace").decode("utf-8")
+    return _UNSHOWN.sub("", valid)
+
+
 _USER_ID = re.compile(r"[UW][A-Z0-9]{6,20}")
 _GROUP_ID = re.compile(r"S[A-Z0-9]{6,20}")
 
