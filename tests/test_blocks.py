@@ -3,6 +3,7 @@ limits, buttons per state, opaque button values, mentions, truncation, terminal 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -834,3 +835,68 @@ def test_text_no_message_needs_is_removed_from_blocks_and_fallback(
     message = plain_message(given)
     assert message.text == esc(shown_as)
     assert message.blocks[0]["text"]["text"] == esc(shown_as)
+
+
+# --- hostile text at every place a message shows untrusted text ------------------------------
+
+HOSTILE = (
+    "<!channel> <!here|here> <!everyone> <@U0EVIL01> <!subteam^S0EVIL01|@x> "
+    "<http://evil.example|docs> &amp; *b* `c` \u202egnp.exe \x1b[31m \ud800 " + "z" * 10_000
+)
+# What Slack would read as a ping or a disguised link, and what no post may carry at all.
+LIVE_MARKUP = ("<!channel>", "<!here", "<!everyone>", "<@U0EVIL01>", "<!subteam^S0EVIL01", "<http")
+NEVER_SHOWN = ("\u202e", "\x1b", "\ud800")
+
+
+def hostile_release(kind: EventKind) -> Release:
+    release = EVENT_STATE[kind]()
+    bad_check = CheckResult(
+        metric=HOSTILE[:200], outcome=Outcome.FAIL, canary=1.0, control=0.1,
+        reason=HOSTILE, limit=HOSTILE[:100], warning=HOSTILE[:300], query=HOSTILE[:500],
+    )  # fmt: skip
+    return release.model_copy(
+        update={
+            "notes": HOSTILE,
+            "reason": HOSTILE,
+            "changes": [{"title": HOSTILE, "pr": 1, "author": HOSTILE[:50], "url": HOSTILE}],
+            "last_checks": [bad_check],
+            "last": release.last.model_copy(update={"reason": HOSTILE, "by": HOSTILE[:60]}),
+        }
+    )
+
+
+def marked_up(message: Message) -> list[str]:
+    """What Slack reads as markup: the fallback and every mrkdwn text object."""
+    out = [message.text]
+
+    def walk(node: object) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                out.append(str(node.get("text", "")))
+            for value in node.values():
+                walk(value)
+
+    walk(message.blocks)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_hostile_text_pings_nobody_in_any_event_or_status_message(kind: EventKind) -> None:
+    release = hostile_release(kind)
+    event = ReleaseEvent(
+        kind, release, HOSTILE, actor=HOSTILE[:80], checks=release.last_checks, at=NOW,
+        link=HOSTILE[:300],
+    )  # fmt: skip
+    messages = [
+        event_message(event, oncall=ONCALL, approvers=APPROVERS, metrics=METRICS),
+        status_message(release, oncall=ONCALL, approvers=APPROVERS, now=NOW, metrics=METRICS),
+    ]
+    for message in messages:
+        assert_valid(message)
+        found = [(p, t[:80]) for t in marked_up(message) for p in LIVE_MARKUP if p in t]
+        assert not found, found[:2]
+        sent = json.dumps([message.text, message.blocks], ensure_ascii=False)
+        assert not [c for c in NEVER_SHOWN if c in sent]

@@ -52,7 +52,7 @@ def mentions(people: Iterable[str]) -> str:
 def text_units(text: str) -> int:
     # Slack counts UTF-16 code units (JavaScript string length): an emoji counts as two.
     # Counting the same way keeps emoji-heavy text inside the limit.
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2  # a lone surrogate is one unit
 
 
 def _prefix(text: str, units: int) -> str:
