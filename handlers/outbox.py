@@ -219,21 +219,26 @@ class OutboxWriter:
 
     async def _write_channel(self, channel: str) -> None:
         pace = Pace(self.rate, self.burst)
+        not_before = 0.0  # after an unclear answer: the channel's backoff
+        # Waits are cut into pieces shorter than the lease, renewed between them: a long
+        # Retry-After or backoff must not let the lease lapse while this writer still has the
+        # channel (another process would take it and could send the same entry).
+        step = self.hold_ttl / 3
         try:
             while not self._stop.is_set():
                 if not await self.outbox.hold(channel, self.owner, self.hold_ttl):
                     return  # another process writes this channel
+                wait = max(pace.wait(), not_before - time.monotonic())
+                if wait > 0:
+                    await self._pause(min(wait, step))
+                    continue
                 due = await self.outbox.next(channel)
                 if due is None:
                     if await self.outbox.idle(channel, self.owner):
                         return
                     continue
-                wait = pace.wait()
-                if wait > 0:
-                    await self._pause(wait)
-                    continue
                 pace.take()
-                await self._pause(await self._deliver(due, pace))
+                not_before = time.monotonic() + await self._deliver(due, pace)
         except StoreError as exc:
             self._say_store_down(exc)
         finally:
