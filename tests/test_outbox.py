@@ -55,7 +55,7 @@ def _no_status(release: Release) -> Message:
 def writer_for(
     slack: SlackStandIn, store: Store, *, owner: str = "w1", rate: float = 1000, burst: int = 1000
 ) -> OutboxWriter:
-    writer = OutboxWriter(
+    return OutboxWriter(
         web_client(BOT_TOKEN, slack.api_url, retries=False),
         store,
         _no_status,
@@ -65,7 +65,16 @@ def writer_for(
         poll=0.05,
         retry_base=0.05,
     )
-    return writer
+
+
+async def write_all(slack: SlackStandIn, store: Store) -> None:
+    """Start a writer, wait until it has written everything queued, and close it."""
+    writer = writer_for(slack, store)
+    writer.start()
+    try:
+        assert await writer.flush(10), "the outbox did not empty"
+    finally:
+        await writer.close()
 
 
 async def post(store: Store, channel: str, thread: str, text: str, *, urgent: bool = False) -> None:
@@ -89,12 +98,7 @@ async def test_urgent_entries_go_first_and_lift_the_earlier_entries_of_their_thr
     await post(store, "#storm", "a", "a2")
     await post(store, "#storm", "b", "b2 rollback", urgent=True)
     await post(store, "#storm", "b", "b3")
-    writer = writer_for(slack, store)
-    writer.start()
-    try:
-        assert await writer.flush(10)
-    finally:
-        await writer.close()
+    await write_all(slack, store)
     # b's thread jumps the line as a whole (b1 before b2), a's keeps its order; b3 was not urgent.
     assert texts(slack, "#storm") == ["b1", "b2 rollback", "a1", "a2", "b3"]
 
@@ -146,12 +150,7 @@ async def test_a_429_pauses_the_channel_for_its_retry_after_and_nothing_is_lost(
     slack.fail_next("chat.postMessage", status=429, retry_after=1, count=2)
     for n in range(3):
         await post(store, "#storm", "t", f"m{n}")
-    writer = writer_for(slack, store)
-    writer.start()
-    try:
-        assert await writer.flush(10)
-    finally:
-        await writer.close()
+    await write_all(slack, store)
     assert texts(slack, "#storm") == ["m0", "m1", "m2"]
     calls = slack.calls_to("chat.postMessage")
     assert [c.status for c in calls] == [429, 429, 200, 200, 200]
@@ -168,12 +167,7 @@ async def test_blocks_slack_refuses_are_sent_again_as_text(
         blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "the words"}}],
         item_id="x1",
     )  # fmt: skip
-    writer = writer_for(slack, store)
-    writer.start()
-    try:
-        assert await writer.flush(10)
-    finally:
-        await writer.close()
+    await write_all(slack, store)
     [message] = slack.messages("#storm")
     assert message["text"] == "the words"
     assert "blocks" not in message
@@ -185,12 +179,7 @@ async def test_a_message_slack_refuses_for_good_is_set_aside_and_the_channel_goe
     slack.fail_next("chat.postMessage", error="restricted_action")
     await post(store, "#storm", "t", "refused")
     await post(store, "#storm", "t", "next")
-    writer = writer_for(slack, store)
-    writer.start()
-    try:
-        assert await writer.flush(10)
-    finally:
-        await writer.close()
+    await write_all(slack, store)
     assert texts(slack, "#storm") == ["next"]
     [dead] = await store.outbox.dead_entries()
     assert (dead["text"], dead["reason"]) == ("refused", "restricted_action")
@@ -203,12 +192,7 @@ async def test_the_first_post_to_a_channel_whose_answer_was_lost_is_not_sent_aga
     slack.add_channel("brand-new")
     slack.fail_next("chat.postMessage", status=500, applied=True)
     await post(store, "#brand-new", "t", "hello")
-    writer = writer_for(slack, store)
-    writer.start()
-    try:
-        assert await writer.flush(10)
-    finally:
-        await writer.close()
+    await write_all(slack, store)
     assert texts(slack, "#brand-new") == ["hello"]
     assert slack.calls_to("conversations.list")
     assert await store.outbox.channel_id("#brand-new") == slack.channel_id("#brand-new")
