@@ -216,7 +216,7 @@ class Arrivals:
 
 async def bench_propagation(url: str, arrivals: Arrivals, writer: aioredis.Redis) -> dict[str, Any]:
     backend = FlagsBackend(FlagWriter(writer))
-    state = await backend.current(SERVICE)
+    state = await backend.flag(SERVICE)
     seq = state.seq if state is not None else 0
     latencies_ms: list[float] = []
     writes_ms: list[float] = []

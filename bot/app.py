@@ -210,5 +210,9 @@ def _webhook(traffic: TrafficSettings) -> WebhookBackend:
             ],
         )
     return WebhookBackend(
-        traffic.url, secret, timeout=traffic.timeout, retries=max(1, traffic.retries)
+        traffic.url,
+        secret,
+        timeout=traffic.timeout,
+        retries=max(1, traffic.retries),
+        read_url=traffic.read_url,
     )

@@ -492,6 +492,7 @@ EVENT_STATE = {
     EventKind.ROLLBACK_STARTED: rolling_back,
     EventKind.ROLLED_BACK: rolled_back,
     EventKind.TRAFFIC_FAILED: rolling_back,
+    EventKind.TRAFFIC_REPAIRED: progressing,
     EventKind.DIAGNOSIS: rolled_back,
     EventKind.NOTES_DRAFT: progressing,
     EventKind.NOTES_FINAL: succeeded,

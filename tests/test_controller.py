@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,7 +28,9 @@ from bot.store import keys
 from bot.store.audit import AuditEntry
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
+from bot.traffic.webhook import WebhookBackend
 from tests.support.gated_source import GatedSource
+from tests.support.procs import free_port
 from tests.support.recorder import Recorder
 
 POLICY = """
@@ -93,7 +95,7 @@ class Rig:
         return release
 
     async def flag_pct(self, service: str) -> int | None:
-        state = await self.flags.current(service)
+        state = await self.flags.flag(service)
         return None if state is None else state.pct
 
     async def lease(self, release_id: str) -> tuple[str, int]:
@@ -510,6 +512,44 @@ async def test_a_release_paused_because_metrics_were_unreadable_resumes_by_itsel
     [resume] = await rig.audit("decision:resume")
     assert "readable again for 3 rounds" in resume.reason
     assert pause.at < resume.at
+
+
+async def test_a_flag_changed_behind_the_controllers_back_is_set_again_and_said(
+        rig: Rig, redis_client: aioredis.Redis) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    at_ten = await drive(rig, release.id, lambda r: r.applied_weight == 10)
+
+    # Someone (a script, a restore of an old snapshot) puts the flag back to 0%.
+    state = await rig.flags.flag("checkout")
+    assert state is not None and state.pct == 10
+    await FlagWriter(redis_client).publish(replace(state, pct=0, seq=0))
+    assert await rig.flag_pct("checkout") == 0
+
+    await drive(rig, release.id, lambda r: r.evaluations > at_ten.evaluations + 1)
+
+    assert await rig.flag_pct("checkout") in (10, 25)  # repaired (and the release goes on)
+    await rig.events.drain()
+    [repaired] = [e for e in rig.recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
+    assert repaired.detail == "0"
+    assert repaired.release.applied_weight == 10
+
+
+async def test_an_engine_that_cannot_be_read_back_pauses_the_release(
+        rig: Rig, redis_client: aioredis.Redis) -> None:
+    release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
+    dead = WebhookBackend(f"http://127.0.0.1:{free_port()}/hook",
+                          read_url=f"http://127.0.0.1:{free_port()}/applied/{{service}}",
+                          timeout=0.5)
+    rig.cleanups.append(dead.close)
+    actuator = TrafficActuator(rig.store, lambda _s: dead, rig.events)
+    rig.cleanups.append(actuator.close)
+
+    agrees = await actuator.reconcile(await rig.get(release.id), None)
+
+    assert agrees is False
+    paused = await rig.get(release.id)
+    assert paused.state is State.PAUSED
+    assert paused.reason.startswith("cannot read back the traffic engine: webhook read-back")
 
 
 # --- the application side ------------------------------------------------------------------

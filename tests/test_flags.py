@@ -273,20 +273,20 @@ async def test_backend_writes_state_with_increasing_seq(
 ) -> None:
     checked: TrafficBackend = backend  # the backend satisfies the port (checked by mypy)
     assert checked.name == "flags"
-    assert await backend.current(SERVICE) is None
+    assert await backend.flag(SERVICE) is None
 
     await backend.apply(change(5, TrafficAction.START))
     await backend.apply(change(20))
-    state = await backend.current(SERVICE)
+    state = await backend.flag(SERVICE)
     assert state is not None
     assert (state.pct, state.seq, state.canary_version, state.stable_version) == (20, 2, "v2", "v1")
     assert state.release_id == "rel-1" and state.updated_at > 0
 
     await backend.apply(change(20, TrafficAction.PROMOTE))
-    promoted = await backend.current(SERVICE)
+    promoted = await backend.flag(SERVICE)
     assert promoted is not None and (promoted.pct, promoted.seq) == (100, 3)
     await backend.apply(change(37, TrafficAction.ROLLBACK))
-    rolled_back = await backend.current(SERVICE)
+    rolled_back = await backend.flag(SERVICE)
     assert rolled_back is not None and (rolled_back.pct, rolled_back.seq) == (0, 4)
 
     raw = await redis_client.hget(keys.flags(), SERVICE)
@@ -308,7 +308,7 @@ async def test_concurrent_writers_never_reorder(
     finally:
         for w in writers:
             await w.aclose()
-    final = await backend.current(SERVICE)
+    final = await backend.flag(SERVICE)
     assert final is not None and final.seq == 50
     await wait_for(client, lambda s: s.seq == 50)
     assert client.state(SERVICE) == final
@@ -331,7 +331,7 @@ async def test_backend_refuses_to_overwrite_a_corrupt_flag(
     assert isinstance(info.value.__cause__, FlagStoreError)
     assert isinstance(info.value.__cause__.__cause__, RedisError)
     with pytest.raises(TrafficError, match="malformed"):
-        await backend.current(SERVICE)
+        await backend.flag(SERVICE)
 
 
 async def test_backend_translates_connection_errors() -> None:
@@ -345,7 +345,7 @@ async def test_backend_translates_connection_errors() -> None:
         assert isinstance(info.value.__cause__, FlagStoreError)
         assert isinstance(info.value.__cause__.__cause__, RedisError)
         with pytest.raises(TrafficError, match="could not read"):
-            await backend.current(SERVICE)
+            await backend.flag(SERVICE)
     finally:
         await dead.aclose()
 

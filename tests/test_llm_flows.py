@@ -460,7 +460,7 @@ async def test_rollback_time_is_the_same_with_a_hanging_llm(
     rig.start_controller()
     await event_of(rig, EventKind.STEP_ADVANCED)
     flags = FlagsBackend(FlagWriter(rig.core.app.store.redis))
-    before = await flags.current("checkout")
+    before = await flags.flag("checkout")
     assert before is not None and before.pct > 0
 
     started = time.monotonic()
@@ -468,7 +468,7 @@ async def test_rollback_time_is_the_same_with_a_hanging_llm(
 
     async def rolled_back() -> bool:
         release = await rig.release("checkout")
-        flag = await flags.current("checkout")
+        flag = await flags.flag("checkout")
         return release.state is State.ROLLED_BACK and flag is not None and flag.pct == 0
 
     await wait_until(rolled_back, "the rollback and the flag at 0%", timeout=DEADLINE)
@@ -476,7 +476,7 @@ async def test_rollback_time_is_the_same_with_a_hanging_llm(
     record_property("fault_to_rollback_seconds", f"{took:.3f}")
     assert took < ROLLBACK_BOUND, f"fault to 0% took {took:.2f}s with LLM {llm}"
     release = await rig.release("checkout")
-    flag = await flags.current("checkout")
+    flag = await flags.flag("checkout")
     assert flag is not None and (flag.pct, flag.release_id) == (0, release.id)
     assert release.weight == 0
     await event_of(rig, EventKind.ROLLED_BACK)

@@ -76,7 +76,7 @@ class Rig:
     service: ReleaseService
 
     async def flag_pct(self, service: str) -> int | None:
-        state = await self.flags.current(service)
+        state = await self.flags.flag(service)
         return None if state is None else state.pct
 
     async def audit(self, action: str | None = None, outcome: str | None = None,
@@ -131,7 +131,7 @@ async def test_deploy_starts_at_the_first_step_and_sets_the_flag(rig: Rig) -> No
         State.PROGRESSING, 0, 1, 1)
     assert (release.version, release.stable_version, release.requested_by) == ("v2", "v1", "alice")
     assert await stored(rig, release.id) == release
-    flag = await rig.flags.current("checkout")
+    flag = await rig.flags.flag("checkout")
     assert flag is not None
     assert (flag.pct, flag.canary_version, flag.stable_version, flag.release_id) == (
         1, "v2", "v1", release.id)
@@ -147,7 +147,7 @@ async def test_first_release_without_a_control_version_is_refused(rig: Rig) -> N
 
     assert "--stable" in str(info.value)
     assert await rig.store.active_index() == {}
-    assert await rig.flags.current("checkout") is None
+    assert await rig.flags.flag("checkout") is None
 
 
 async def test_second_deploy_of_an_active_service_names_who_what_and_when(rig: Rig) -> None:
@@ -200,7 +200,7 @@ async def test_a_lock_from_any_surface_blocks_deploy_until_unlocked(
     assert locker.user in str(caught.value)
     assert "payment provider incident" in str(caught.value)
     assert await rig.store.active_for("checkout") is None
-    assert await rig.flags.current("checkout") is None
+    assert await rig.flags.flag("checkout") is None
     [refused] = await rig.audit("deploy", "refused")
     assert refused.actor == deployer.user and "payment provider incident" in refused.reason
 
@@ -331,7 +331,7 @@ async def test_high_risk_release_needs_an_approver_who_is_not_the_requester(rig:
     release = await deployed(rig, "payments", actor=BOB)
     assert (release.state, release.weight, release.awaiting_step) == (
         State.PENDING_APPROVAL, 0, 0)
-    assert await rig.flags.current("payments") is None  # nobody moved before approval
+    assert await rig.flags.flag("payments") is None  # nobody moved before approval
 
     with pytest.raises(PermissionDenied) as own:
         await rig.service.approve(BOB, "payments")

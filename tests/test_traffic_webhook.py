@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bot.errors import TrafficError
-from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
+from bot.traffic.base import Applied, TrafficAction, TrafficBackend, TrafficChange
 from bot.traffic.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -27,6 +27,7 @@ from bot.traffic.webhook import (
     sign,
     verify_signature,
 )
+from tests.support.procs import free_port
 from tests.support.standin import LocalServer
 
 SECRET = "s3cr3t-key"
@@ -60,9 +61,28 @@ class Receiver(LocalServer):
         self.requests: list[Seen] = []
         self._replies = list(replies) or [Reply()]
         self._arrived = asyncio.Event()
+        # What GET /applied/{service} answers: a JSON value, or an int for a bare status.
+        self.applied: dict[str, object] = {}
+        self.reads: list[Seen] = []
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/hook", self._handle)
+        router.add_get("/applied/{service}", self._read_back)
+
+    async def _read_back(self, request: web.Request) -> web.Response:
+        ok = verify_signature(
+            SECRET,
+            request.headers.get(TIMESTAMP_HEADER, ""),
+            b"",
+            request.headers.get(SIGNATURE_HEADER, ""),
+        )
+        self.reads.append(Seen(CIMultiDict(request.headers), b"", time.monotonic(), ok))
+        answer = self.applied.get(request.match_info["service"], 404)
+        if isinstance(answer, int):
+            return web.Response(status=answer, text="no such service")
+        if isinstance(answer, str):
+            return web.Response(text=answer, content_type="text/plain")
+        return web.json_response(answer)
 
     def url(self) -> URL:
         return URL(f"{self.base_url}/hook")
@@ -414,3 +434,54 @@ def test_bad_url_error_does_not_echo_credentials() -> None:
         WebhookBackend("ftp://user:hunter2@example.com/hook?key=k")
     assert "hunter2" not in str(caught.value)
     assert "key=k" not in str(caught.value)
+
+
+# --- read-back -----------------------------------------------------------------------------
+
+
+async def test_without_a_read_url_nothing_is_read_back(serve: Serve, make: Make) -> None:
+    receiver = await serve([Reply()])
+    assert await make(receiver.url()).current("checkout") is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"weight": 25, "version": "v2", "stable_version": "v1"}, Applied(25, "v2", "v1")),
+        ({"weight": 0}, Applied(0)),
+        ({"weight": None}, Applied(None)),
+        (404, Applied(None)),
+    ],
+)
+async def test_read_back_says_what_the_receiver_applies(
+    serve: Serve, make: Make, answer: object, expected: Applied
+) -> None:
+    receiver = await serve([Reply()])
+    receiver.applied["checkout"] = answer
+    backend = make(receiver.url(), read_url=f"{receiver.base_url}/applied/{{service}}")
+
+    assert await backend.current("checkout") == expected
+    [read] = receiver.reads
+    assert read.signature_ok  # signed like a change, over an empty body
+
+
+@pytest.mark.parametrize(
+    "answer", [{"weight": "25"}, {"weight": 101}, {"weight": True}, ["x"], "not json", 500]
+)
+async def test_a_read_back_that_makes_no_sense_is_a_traffic_error(
+    serve: Serve, make: Make, answer: object
+) -> None:
+    receiver = await serve([Reply()])
+    receiver.applied["checkout"] = answer
+    backend = make(receiver.url(), read_url=f"{receiver.base_url}/applied/{{service}}")
+
+    with pytest.raises(TrafficError, match="read-back"):
+        await backend.current("checkout")
+
+
+async def test_an_unreachable_read_back_is_a_traffic_error(serve: Serve, make: Make) -> None:
+    receiver = await serve([Reply()])
+    backend = make(receiver.url(), read_url=f"http://127.0.0.1:{free_port()}/applied/{{service}}")
+
+    with pytest.raises(TrafficError, match="read-back"):
+        await backend.current("checkout")

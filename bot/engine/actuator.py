@@ -21,7 +21,7 @@ from bot.release.rollout import CONTROLLER, Actor, Release, State, finish_rollba
 from bot.store.audit import AuditEntry
 from bot.store.store import CommitStatus, Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
-from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
+from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange, target_weight
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,17 @@ class TrafficActuator:
         task = self._inflight.get(release_id)
         return task is not None and not task.done()
 
-    async def sync(self, release: Release, fence: int | None = None) -> Release:
-        """Apply ``release.weight`` if it is not applied yet. A rollback runs as its own task
-        (a webhook may retry it for a long time); we wait for it up to ``rollback_wait``."""
-        needs = release.applied_weight != release.weight or release.state is State.ROLLING_BACK
+    async def sync(
+        self, release: Release, fence: int | None = None, *, again: bool = False
+    ) -> Release:
+        """Apply ``release.weight`` if it is not applied yet (``again``: even if the record
+        says it is, because the engine was found applying another). A rollback runs as its own
+        task (a webhook may retry it for a long time); we wait for it up to ``rollback_wait``."""
+        needs = (
+            again
+            or release.applied_weight != release.weight
+            or release.state is State.ROLLING_BACK
+        )
         if not needs or release.state in (State.SUCCEEDED, State.ROLLED_BACK):
             return release
         if self.busy(release.id):
@@ -91,9 +98,41 @@ class TrafficActuator:
         backend = self.backend_for(release.service)
         try:
             await backend.apply(change)
+            if change.action is not TrafficAction.ROLLBACK:
+                # A rollback is one write retried until it lands; it never waits on a read.
+                await _verify(backend, change)
         except TrafficError as exc:
             return await self._failed(release, fence, exc)
         return await self._record(release, fence, change)
+
+    async def reconcile(self, release: Release, fence: int | None) -> bool:
+        """Compare what the engine applies with the record. True when they agree (the release
+        may be judged); on drift the recorded weight is applied again and the thread told; an
+        engine that cannot be read pauses the release (never a pass)."""
+        if release.applied_weight is None or release.applied_weight != release.weight:
+            return True  # a change under way: sync finishes it
+        backend = self.backend_for(release.service)
+        try:
+            applied = await backend.current(release.service)
+        except TrafficError as exc:
+            await self._pause(release, fence, f"cannot read back the traffic engine: {exc}")
+            return False
+        if applied is None or applied.weight == release.applied_weight:
+            return True
+        found = "nothing" if applied.weight is None else f"{applied.weight}%"
+        log.warning(
+            "%s: %s applies %s, the record %d%%: setting %d%% again",
+            release.label, backend.name, found, release.applied_weight, release.weight,
+        )  # fmt: skip
+        self.events.emit(
+            ReleaseEvent(
+                EventKind.TRAFFIC_REPAIRED,
+                release,
+                "" if applied.weight is None else str(applied.weight),
+            )
+        )
+        await self.sync(release, fence, again=True)
+        return False
 
     async def _record(self, release: Release, fence: int | None, change: TrafficChange) -> Release:
         current: Release | None = release
@@ -151,7 +190,11 @@ class TrafficActuator:
             log.error("ROLLBACK NOT APPLIED for %s: %s", release.label, exc)
             self.events.emit(ReleaseEvent(EventKind.TRAFFIC_FAILED, release, str(exc)))
             return release
-        reason = f"traffic backend failed to set {release.weight}%: {exc}"
+        return await self._pause(
+            release, fence, f"traffic backend failed to set {release.weight}%: {exc}"
+        )
+
+    async def _pause(self, release: Release, fence: int | None, reason: str) -> Release:
         log.warning("%s: %s", release.label, reason)
         if release.state in (State.PROGRESSING, State.BAKING, State.PENDING_APPROVAL):
             new = pause(release, CONTROLLER, time.time(), reason)
@@ -163,6 +206,17 @@ class TrafficActuator:
                 self.events.emit(ReleaseEvent(EventKind.PAUSED, result.current, reason))
                 return result.current
         return release
+
+
+async def _verify(backend: TrafficBackend, change: TrafficChange) -> None:
+    """Read the engine back after a change: TrafficError when it does not apply it."""
+    applied = await backend.current(change.service)
+    want = target_weight(change)
+    if applied is not None and applied.weight != want:
+        found = "nothing" if applied.weight is None else f"{applied.weight}%"
+        raise TrafficError(
+            f"{backend.name} applies {found} for `{change.service}` after being set to {want}%"
+        )
 
 
 def _action(release: Release) -> TrafficAction:

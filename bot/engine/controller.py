@@ -185,6 +185,7 @@ class Controller:
             if sp is None:
                 continue
             plans.append(analysis.plan(release, sp))
+        plans = await self._reconciled(plans, tokens)
         if not plans:
             return stats
         instant, series = await self._ask(plans, now, stats)
@@ -199,6 +200,19 @@ class Controller:
         )
         stats.evaluated = len(plans)
         return stats
+
+    async def _reconciled(
+        self, plans: list[analysis.Plan], tokens: dict[str, int]
+    ) -> list[analysis.Plan]:
+        """The plans whose engine applies what their record says; the others are repaired
+        (or paused when the engine cannot be read) and judged next round."""
+
+        async def agrees(p: analysis.Plan) -> bool:
+            with log_context(release_id=p.release.id, service=p.release.service):
+                return await self.actuator.reconcile(p.release, tokens[p.release.id])
+
+        verdicts = await asyncio.gather(*(agrees(p) for p in plans))
+        return [p for p, ok in zip(plans, verdicts, strict=True) if ok]
 
     async def _ask(
         self, plans: list[analysis.Plan], now: float, stats: RoundStats

@@ -36,6 +36,9 @@ class EventKind(StrEnum):
     ROLLBACK_STARTED = "rollback_started"
     ROLLED_BACK = "rolled_back"
     TRAFFIC_FAILED = "traffic_failed"
+    # The engine was found applying another weight than the record's (a reload, a hand edit,
+    # a restart): the recorded weight is set again. detail: the weight found ("" for none).
+    TRAFFIC_REPAIRED = "traffic_repaired"
     # Written after the fact (by the LLM or its template fallback); never on a decision's path.
     DIAGNOSIS = "diagnosis"
     NOTES_DRAFT = "notes_draft"

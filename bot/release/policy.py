@@ -198,6 +198,9 @@ class TicketSettings(_Strict):
 class TrafficSettings(_Strict):
     backend: Literal["flags", "webhook"] = "flags"
     url: str | None = None  # webhook
+    # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
+    # unset: not read back (no drift repair)
+    read_url: str | None = None
     secret_env: str | None = None  # name of the env var holding the webhook's HMAC secret
     timeout: Seconds = 5.0
     retries: int = Field(default=3, ge=0, le=10)

@@ -255,6 +255,20 @@ def _traffic_failed(s: _Said) -> _Reply:
     return blocks, f"TRAFFIC CHANGE FAILED for {r.service} {r.version}: {what}"
 
 
+def _traffic_repaired(s: _Said) -> _Reply:
+    r = s.release
+    found = f"{s.event.detail}%" if s.event.detail.isdigit() else "no weight"
+    line = (
+        f"🔧 The traffic engine applied *{esc(found)}* to {release_title(r)}, not the "
+        f"*{r.applied_weight}%* shipwatch had set (a reload, a restart or a hand edit): "
+        f"{r.weight}% is set again, and judging waits for it."
+    )
+    return [section_block(line)], (
+        f"{r.service} {r.version}: the traffic engine applied {found}, not "
+        f"{r.applied_weight}%; {r.weight}% set again"
+    )
+
+
 _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.STARTED: _started,
     EventKind.STEP_ADVANCED: _step_advanced,
@@ -272,6 +286,7 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.NOTES_FINAL: _notes,
     EventKind.TICKET_FILED: _ticket_filed,
     EventKind.TRAFFIC_FAILED: _traffic_failed,
+    EventKind.TRAFFIC_REPAIRED: _traffic_repaired,
 }
 
 

@@ -24,11 +24,35 @@ class TrafficChange:
     action: TrafficAction
 
 
+def target_weight(change: TrafficChange) -> int:
+    """The percent on the canary a change asks for: promote and rollback are absolute whatever
+    weight the caller carried (a rollback that left 1% on a bad version would not be one)."""
+    if change.action is TrafficAction.ROLLBACK:
+        return 0
+    if change.action is TrafficAction.PROMOTE:
+        return 100
+    return change.weight
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an engine really applies for a service, read back from it."""
+
+    weight: int | None  # percent of users on the canary; None: the engine has nothing set
+    version: str = ""  # the canary version, where the engine knows it
+    stable_version: str = ""
+
+
 class TrafficBackend(Protocol):
-    """Applies a weight. Returns when the change is done; raises TrafficError when it is not."""
+    """Applies a weight. Returns when the change is done; raises TrafficError when it is not.
+
+    ``current`` reads back what the engine applies now (None when this engine cannot be read
+    back); it raises TrafficError when the engine cannot be reached."""
 
     name: str
 
     async def apply(self, change: TrafficChange) -> None: ...
+
+    async def current(self, service: str) -> Applied | None: ...
 
     async def close(self) -> None: ...

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from bot.errors import TrafficError
 from bot.flags import FlagState, FlagStoreError, FlagWriter
-from bot.traffic.base import TrafficAction, TrafficChange
+from bot.traffic.base import Applied, TrafficChange, target_weight
 
 
 class FlagsBackend:
@@ -26,14 +26,7 @@ class FlagsBackend:
 
     async def apply(self, change: TrafficChange) -> None:
         """Write the flag for ``change``; raises TrafficError if Redis did not take it."""
-        # Promote and rollback are absolute whatever weight the caller carried: a rollback
-        # that left 1% on a bad version would not be a rollback.
-        if change.action is TrafficAction.ROLLBACK:
-            pct = 0
-        elif change.action is TrafficAction.PROMOTE:
-            pct = 100
-        else:
-            pct = change.weight
+        pct = target_weight(change)
         try:
             state = FlagState(
                 service=change.service,
@@ -56,7 +49,14 @@ class FlagsBackend:
                 f"({change.action} of release {change.release_id}) in Redis: {exc}"
             ) from exc
 
-    async def current(self, service: str) -> FlagState | None:
+    async def current(self, service: str) -> Applied:
+        """What the flag in Redis applies for ``service`` (weight None: no flag)."""
+        state = await self.flag(service)
+        if state is None:
+            return Applied(None)
+        return Applied(state.pct, state.canary_version, state.stable_version)
+
+    async def flag(self, service: str) -> FlagState | None:
         """The flag state Redis holds for ``service``, or None if it has none."""
         try:
             return await self._writer.read(service)

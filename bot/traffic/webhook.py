@@ -59,7 +59,7 @@ from yarl import URL
 from bot.errors import TrafficError
 from bot.redact import redact_url
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
-from bot.traffic.base import TrafficAction, TrafficChange
+from bot.traffic.base import Applied, TrafficAction, TrafficChange
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ _SNIPPET_BYTES = 512
 _SNIPPET_CHARS = 200
 # Keeps `2 ** n` finite during a rollback that is retried for days.
 _MAX_BACKOFF_EXPONENT = 30
+
+
+def _applied_from(data: object, where: str) -> Applied:
+    weight = data.get("weight") if isinstance(data, dict) else "missing"
+    if weight is not None and (
+        isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100
+    ):
+        raise TrafficError(
+            f"webhook read-back {where} answered {str(data)[:200]!r}: expected "
+            '{"weight": 0..100 or null, "version": "...", "stable_version": "..."}'
+        )
+    assert isinstance(data, dict)
+    return Applied(weight, str(data.get("version") or ""), str(data.get("stable_version") or ""))
 
 
 def encode_change(change: TrafficChange) -> bytes:
@@ -156,8 +169,14 @@ class WebhookBackend:
         rollback_retry_cap: float = 5.0,
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
+        read_url: str | None = None,
     ) -> None:
         parsed = URL(url)
+        if read_url is not None and URL(read_url).scheme not in ("http", "https"):
+            raise ValueError(
+                f"webhook read_url must be an absolute http(s) URL, got {redact_url(read_url)!r}"
+            )
+        self._read_url = read_url
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(
                 f"webhook url must be an absolute http(s) URL, got {redact_url(url)!r}"
@@ -281,6 +300,35 @@ class WebhookBackend:
                     delivery,
                 )
             raise
+
+    async def current(self, service: str) -> Applied | None:
+        """What the receiver says it applies, from ``read_url`` (``{service}`` filled in), or
+        None when no read-back URL is configured. The receiver answers 200 with
+        ``{"weight": 0..100 or null, "version": "...", "stable_version": "..."}`` (404: nothing
+        set for that service); requests are signed like changes, over an empty body."""
+        if self._read_url is None:
+            return None
+        url = self._read_url.replace("{service}", service)
+        safe = redact_url(url)
+        try:
+            async with self._get_session().get(
+                url,
+                headers=self._headers(b"", str(uuid.uuid4())),
+                timeout=self._client_timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status == 404:
+                    return Applied(None)
+                if resp.status != 200:
+                    raise TrafficError(f"webhook read-back {safe} answered HTTP {resp.status}")
+                data = await resp.json(content_type=None)
+        except TimeoutError as exc:
+            raise TrafficError(
+                f"webhook read-back {safe} timed out after {self._timeout:g}s"
+            ) from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise TrafficError(f"webhook read-back {safe} failed: {self._describe(exc)}") from exc
+        return _applied_from(data, safe)
 
     async def close(self) -> None:
         self._closed = True
