@@ -16,11 +16,12 @@ def main(path: str) -> int:
     ran = {(c.get("classname", ""), c.get("name", "")) for c in root.iter("testcase")
            if c.find("skipped") is None}
     collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "redis or prometheus"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m",
+         "redis or prometheus or haproxy"],
         capture_output=True, text=True, check=False).stdout
     real = [line for line in collected.splitlines() if "::" in line]
     print(f"report: {total} tests, {failed} failed, {skipped} skipped; "
-          f"{len(real)} need a real redis-server or prometheus")
+          f"{len(real)} need a real redis-server, prometheus or haproxy")
     if total == 0 or failed or skipped:
         print("CI: tests failed, were skipped, or none ran", file=sys.stderr)
         return 1

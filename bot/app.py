@@ -25,6 +25,7 @@ from bot.store.embedded_redis import EmbeddedRedis
 from bot.store.store import Store
 from bot.traffic.base import TrafficBackend
 from bot.traffic.flags import FlagsBackend
+from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from bot.traffic.webhook import WebhookBackend
 from bot.writing.llm import LLM
 from bot.writing.narrator import Narrator
@@ -155,7 +156,7 @@ async def build_app(
     flags = FlagsBackend(FlagWriter(store.redis))
     backends: dict[str, TrafficBackend] = {}
     for name, sp in policy.services.items():
-        backends[name] = flags if sp.traffic.backend == "flags" else _webhook(sp.traffic)
+        backends[name] = _backend(sp.traffic, flags)
 
     def backend_for(service: str) -> TrafficBackend:
         return backends.get(service, flags)
@@ -193,6 +194,23 @@ async def build_app(
         backends=backends,
         narrator=narrator,
     )
+
+
+def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
+    if traffic.backend == "haproxy":
+        assert traffic.socket is not None  # validated by the policy
+        return HAProxyBackend(
+            RuntimeApi(traffic.socket, timeout=traffic.timeout),
+            mode=traffic.mode,
+            map_path=traffic.map_file or "",
+            key=traffic.key or "",
+            backend=traffic.haproxy_backend or "",
+            stable_server=traffic.stable_server,
+            canary_server=traffic.canary_server,
+        )
+    if traffic.backend == "webhook":
+        return _webhook(traffic)
+    return flags
 
 
 def _webhook(traffic: TrafficSettings) -> WebhookBackend:

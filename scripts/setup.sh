@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_debs=()
-for bin in redis-server prometheus; do
-  command -v "$bin" >/dev/null 2>&1 || need_debs+=("$bin")
+for bin in redis-server prometheus haproxy; do
+  # haproxy lives in /usr/sbin, which a non-root PATH may lack.
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_debs+=("$bin")
 done
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
@@ -16,7 +17,7 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}" >/dev/null
   else
     echo "setup: missing ${need_debs[*]}: install them (e.g. sudo apt-get install ${need_debs[*]})" >&2
-    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; the tests need both" >&2
+    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; haproxy is a traffic engine it drives; the tests need all three" >&2
   fi
 fi
 

@@ -49,9 +49,7 @@ class TrafficActuator:
         says it is, because the engine was found applying another). A rollback runs as its own
         task (a webhook may retry it for a long time); we wait for it up to ``rollback_wait``."""
         needs = (
-            again
-            or release.applied_weight != release.weight
-            or release.state is State.ROLLING_BACK
+            again or release.applied_weight != release.weight or release.state is State.ROLLING_BACK
         )
         if not needs or release.state in (State.SUCCEEDED, State.ROLLED_BACK):
             return release

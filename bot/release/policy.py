@@ -196,7 +196,7 @@ class TicketSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    backend: Literal["flags", "webhook"] = "flags"
+    backend: Literal["flags", "webhook", "haproxy"] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
     # unset: not read back (no drift repair)
@@ -204,11 +204,29 @@ class TrafficSettings(_Strict):
     secret_env: str | None = None  # name of the env var holding the webhook's HMAC secret
     timeout: Seconds = 5.0
     retries: int = Field(default=3, ge=0, le=10)
+    # haproxy: the runtime API (a unix socket path, or host:port), and what to change there
+    socket: str | None = None
+    mode: Literal["map", "weight"] = "map"
+    map_file: str | None = None  # map mode: the map's path as HAProxy's config names it
+    key: str | None = None  # map mode: the entry; default the service's name
+    haproxy_backend: str | None = None  # weight mode: the backend holding both servers
+    stable_server: str = "stable"
+    canary_server: str = "canary"
 
     @model_validator(mode="after")
-    def _webhook_needs_url(self) -> TrafficSettings:
+    def _each_backend_has_what_it_needs(self) -> TrafficSettings:
         if self.backend == "webhook" and not self.url:
             raise ValueError("the webhook backend needs a url")
+        if self.backend == "haproxy":
+            if not self.socket:
+                raise ValueError(
+                    "the haproxy backend needs `socket`: the runtime API's unix socket path or "
+                    "host:port (`stats socket … level admin` in haproxy.cfg)"
+                )
+            if self.mode == "map" and not self.map_file:
+                raise ValueError("the haproxy backend's map mode needs `map_file`")
+            if self.mode == "weight" and not self.haproxy_backend:
+                raise ValueError("the haproxy backend's weight mode needs `haproxy_backend`")
         return self
 
 

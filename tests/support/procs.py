@@ -26,7 +26,8 @@ def require_binary(name: str) -> str:
 
     Missing: skip, unless SHIPWATCH_REQUIRE_SERVICES=1 (as in CI), then fail.
     """
-    path = shutil.which(name)
+    # Daemons such as haproxy install to /usr/sbin, which a non-root PATH may lack.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
     message = f"`{name}` is not installed (apt-get install {name}); `make test` installs it as root"

@@ -1,0 +1,179 @@
+"""The haproxy traffic backend against a real HAProxy: users split by the map at each step
+within a few points, nobody moving back, rollback to 0, read-back, a reload found and repaired
+by the controller, HAProxy down, and a map HAProxy does not know."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from bot.app import App, build_app
+from bot.config import Settings
+from bot.engine.events import EventKind
+from bot.errors import TrafficError
+from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
+from bot.release.rollout import Actor
+from bot.traffic.base import Applied, TrafficAction, TrafficChange
+from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
+from tests.support.haproxy import HAProxy, haproxy_running
+from tests.support.recorder import Recorder
+
+USERS = 2000
+TOLERANCE = 3.0  # points of the weight
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[HAProxy]:
+    with haproxy_running(tmp_path) as proxy:
+        yield proxy
+
+
+def map_backend(proxy: HAProxy, **overrides: str) -> HAProxyBackend:
+    options = {"map_path": proxy.map_file} | overrides
+    return HAProxyBackend(RuntimeApi(proxy.socket), mode="map", **options)
+
+
+def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficChange:
+    return TrafficChange("r-1", "checkout", "v2", "v1", weight, action)
+
+
+async def canary_users(proxy: HAProxy, users: int = USERS) -> set[str]:
+    """The users HAProxy sends to the canary, asking once per user."""
+    sem = asyncio.Semaphore(50)
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(user: str) -> str:
+            async with sem, session.get(
+                proxy.url, headers={"X-Service": "checkout", "X-User-Id": user}
+            ) as resp:
+                return (await resp.text()).strip()
+
+        names = [f"user-{n}" for n in range(users)]
+        answers = await asyncio.gather(*(ask(u) for u in names))
+    return {u for u, a in zip(names, answers, strict=True) if a == "canary"}
+
+
+async def test_map_mode_splits_users_at_each_step_and_nobody_moves_back(
+    haproxy: HAProxy,
+) -> None:
+    backend = map_backend(haproxy)
+    before: set[str] = set()
+    for weight, action in [(10, TrafficAction.START), (25, TrafficAction.SHIFT),
+                           (50, TrafficAction.SHIFT), (100, TrafficAction.PROMOTE)]:  # fmt: skip
+        await backend.apply(change(weight, action))
+        assert await backend.current("checkout") == Applied(weight)
+        canary = await canary_users(haproxy)
+        share = 100 * len(canary) / USERS
+        assert abs(share - weight) <= TOLERANCE, f"{share:.1f}% on the canary at {weight}%"
+        assert before <= canary, "a user moved back to stable between steps"
+        before = canary
+
+    await backend.apply(change(100, TrafficAction.ROLLBACK))  # absolute: 0% whatever it carried
+    assert await backend.current("checkout") == Applied(0)
+    assert await canary_users(haproxy) == set()
+
+
+async def test_weight_mode_sets_both_servers_and_rollback_puts_the_canary_in_maint(
+    haproxy: HAProxy,
+) -> None:
+    backend = HAProxyBackend(RuntimeApi(haproxy.socket), mode="weight", backend="pool")
+    api = RuntimeApi(haproxy.socket)
+
+    await backend.apply(change(25))
+    assert await backend.current("checkout") == Applied(25)
+    assert (await api.run("get weight pool/stable")).startswith("75 ")
+
+    await backend.apply(change(25, TrafficAction.ROLLBACK))
+    assert await backend.current("checkout") == Applied(0)
+    state = await api.run("show servers state pool")
+    canary_line = next(line for line in state.splitlines() if " canary " in line)
+    # srv_admin_state (the 7th field) has the maintenance bit set.
+    assert int(canary_line.split()[6]) & 1
+
+
+async def test_a_map_haproxy_does_not_know_is_refused_with_haproxys_words(
+    haproxy: HAProxy,
+) -> None:
+    backend = map_backend(haproxy, map_path="/nowhere/canary.map")
+
+    with pytest.raises(TrafficError, match="Unknown map"):
+        await backend.apply(change(10))
+    with pytest.raises(TrafficError, match="knows no map"):
+        await backend.current("checkout")
+
+
+async def test_haproxy_down_is_a_clear_traffic_error(haproxy: HAProxy) -> None:
+    backend = map_backend(haproxy)
+    haproxy.stop()
+
+    with pytest.raises(TrafficError, match="cannot reach HAProxy's runtime API"):
+        await backend.current("checkout")
+    with pytest.raises(TrafficError, match="stats socket"):
+        await backend.apply(change(10))
+
+
+# --- in the whole bot: a reload found and repaired ----------------------------------------
+
+
+@pytest.fixture
+async def app(
+    haproxy: HAProxy, redis_url: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[App, Recorder]]:
+    policy = parse_policy(
+        f"""
+services:
+  checkout:
+    steps: [10, 50, 100]
+    hold: 1h
+    interval: 100ms
+    window: 1s
+    traffic: {{backend: haproxy, socket: "{haproxy.socket}", map_file: "{haproxy.map_file}"}}
+    metrics:
+      - name: error_rate
+        query: 'errors{{service="{{service}}",version="{{version}}"}}'
+        max: 0.05
+""",
+        "haproxy test",
+    )
+    recorder = Recorder()
+    settings = Settings.model_validate(
+        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
+    )
+    built = await build_app(settings, policy=policy, notifiers=[recorder])
+    built.start()
+    try:
+        yield built, recorder
+    finally:
+        await built.close()
+
+
+async def test_a_reload_that_lost_the_weight_is_found_and_repaired(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, recorder = app
+    alice = Actor(user="alice", surface="slack")
+    result = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    release = result.release
+    backend = core.backends["checkout"]
+    assert await backend.current("checkout") == Applied(10)
+
+    haproxy.restart()  # a reload: the runtime change is gone, the map file says nothing
+    assert await backend.current("checkout") == Applied(None)
+
+    for _ in range(40):
+        await core.controller.run_once()
+        if await backend.current("checkout") == Applied(10):
+            break
+        await asyncio.sleep(0.05)
+    assert await backend.current("checkout") == Applied(10)
+    await core.events.drain()
+    [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
+    assert (repaired.release.id, repaired.detail) == (release.id, "")
+    share = 100 * len(await canary_users(haproxy)) / USERS
+    assert abs(share - 10) <= TOLERANCE
