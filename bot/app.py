@@ -14,7 +14,7 @@ from bot.engine.controller import Controller
 from bot.engine.events import EventBus, Notifier
 from bot.engine.gates import GateChecker
 from bot.engine.service import ReleaseService
-from bot.errors import PolicyError, PolicyProblem, StoreError
+from bot.errors import PolicyError, PolicyProblem, StoreError, TrafficError
 from bot.flags import FlagWriter
 from bot.metrics.base import MetricSource
 from bot.metrics.prometheus import PrometheusSource
@@ -81,6 +81,20 @@ class App:
         self.events.start()
         if self.narrator is not None:
             self.narrator.start()
+
+    async def unreachable_engines(self) -> dict[str, str]:
+        """Service -> why its traffic engine cannot be read now (services on the flags backend
+        share shipwatch's Redis and are not asked). Said at start, so a wrong socket path or a
+        stopped proxy is known before the first release needs it."""
+        found: dict[str, str] = {}
+        for service, backend in self.backends.items():
+            if backend.name == "flags":
+                continue
+            try:
+                await backend.current(service)
+            except TrafficError as exc:
+                found[service] = str(exc)
+        return found
 
     async def drain(self, timeout: float) -> bool:
         """Let the work under way finish, for at most ``timeout`` seconds (a shutdown): traffic

@@ -224,6 +224,12 @@ async def serve(
         "Socket Mode" if socket else "HTTP",
         core.app.source.name,
     )
+    for service, why in (await core.app.unreachable_engines()).items():
+        log.warning(
+            "the traffic engine of %s cannot be read now: %s. Its releases pause until it can.",
+            service,
+            why,
+        )
     socket_handler = None
     if socket and settings.slack_app_token is not None:
         socket_handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())

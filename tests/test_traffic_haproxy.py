@@ -177,3 +177,16 @@ async def test_a_reload_that_lost_the_weight_is_found_and_repaired(
     assert (repaired.release.id, repaired.detail) == (release.id, "")
     share = 100 * len(await canary_users(haproxy)) / USERS
     assert abs(share - 10) <= TOLERANCE
+
+
+async def test_an_engine_that_cannot_be_reached_is_named_at_start(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, _ = app
+    assert await core.unreachable_engines() == {}
+
+    haproxy.stop()
+
+    unreachable = await core.unreachable_engines()
+    assert list(unreachable) == ["checkout"]
+    assert "cannot reach HAProxy's runtime API" in unreachable["checkout"]
