@@ -26,6 +26,7 @@ from bot.store.store import Store
 from bot.traffic.base import TrafficBackend
 from bot.traffic.flags import FlagsBackend
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
+from bot.traffic.nginx import NginxBackend
 from bot.traffic.webhook import WebhookBackend
 from bot.writing.llm import LLM
 from bot.writing.narrator import Narrator
@@ -221,6 +222,16 @@ def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
             backend=traffic.haproxy_backend or "",
             stable_server=traffic.stable_server,
             canary_server=traffic.canary_server,
+        )
+    if traffic.backend == "nginx":
+        assert traffic.include_file is not None  # validated by the policy
+        return NginxBackend(
+            traffic.include_file,
+            test_command=traffic.test_command,
+            reload_command=traffic.reload_command,
+            marker_url=traffic.marker_url,
+            split_key=traffic.split_key,
+            timeout=traffic.timeout,
         )
     if traffic.backend == "webhook":
         return _webhook(traffic)

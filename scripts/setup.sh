@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_debs=()
-for bin in redis-server prometheus haproxy; do
-  # haproxy lives in /usr/sbin, which a non-root PATH may lack.
+for bin in redis-server prometheus haproxy nginx; do
+  # haproxy and nginx live in /usr/sbin, which a non-root PATH may lack.
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_debs+=("$bin")
 done
+# Debian's package for the nginx binary is nginx-light (the smallest build, split_clients included).
+need_debs=("${need_debs[@]/#nginx/nginx-light}")
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_debs[*]} with apt-get" >&2
@@ -17,7 +19,7 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}" >/dev/null
   else
     echo "setup: missing ${need_debs[*]}: install them (e.g. sudo apt-get install ${need_debs[*]})" >&2
-    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; haproxy is a traffic engine it drives; the tests need all three" >&2
+    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; haproxy and nginx are traffic engines it drives; the tests need them all" >&2
   fi
 fi
 

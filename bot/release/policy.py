@@ -196,7 +196,7 @@ class TicketSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    backend: Literal["flags", "webhook", "haproxy"] = "flags"
+    backend: Literal["flags", "webhook", "haproxy", "nginx"] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
     # unset: not read back (no drift repair)
@@ -212,6 +212,13 @@ class TrafficSettings(_Strict):
     haproxy_backend: str | None = None  # weight mode: the backend holding both servers
     stable_server: str = "stable"
     canary_server: str = "canary"
+    # nginx: the include shipwatch writes ({service} filled in), how NGINX is tested and
+    # reloaded, the marker URL that shows what the workers apply, and what users are split on
+    include_file: str | None = None
+    test_command: str = "nginx -t"
+    reload_command: str = "nginx -s reload"
+    marker_url: str | None = None
+    split_key: str = "${http_x_user_id}"
 
     @model_validator(mode="after")
     def _each_backend_has_what_it_needs(self) -> TrafficSettings:
@@ -227,6 +234,11 @@ class TrafficSettings(_Strict):
                 raise ValueError("the haproxy backend's map mode needs `map_file`")
             if self.mode == "weight" and not self.haproxy_backend:
                 raise ValueError("the haproxy backend's weight mode needs `haproxy_backend`")
+        if self.backend == "nginx" and not self.include_file:
+            raise ValueError(
+                "the nginx backend needs `include_file`: the file shipwatch writes and your "
+                "nginx.conf includes at http level"
+            )
         return self
 
 
