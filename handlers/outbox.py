@@ -238,7 +238,7 @@ class OutboxWriter:
                         return
                     continue
                 pace.take()
-                not_before = time.monotonic() + await self._deliver(due, pace)
+                not_before = time.monotonic() + await self._deliver_or_set_aside(due, pace)
         except StoreError as exc:
             self._say_store_down(exc)
         finally:
@@ -248,6 +248,21 @@ class OutboxWriter:
                     await self.outbox.let_go(channel, self.owner)
 
     # --- one delivery -------------------------------------------------------------------------
+
+    async def _deliver_or_set_aside(self, due: Next, pace: Pace) -> float:
+        """``_deliver``, except that an entry whose sending fails in a way nobody foresaw is set
+        aside (logged with its traceback) instead of failing the channel again and again."""
+        try:
+            return await self._deliver(due, pace)
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("cannot send %s; set aside", _what(due))
+            if isinstance(due, StatusDue):
+                await self.outbox.status_done(due)
+            else:
+                await self.outbox.dead(due, "unexpected error (see the log)")
+            return 0.0
 
     async def _deliver(self, due: Next, pace: Pace) -> float:
         """Send one entry or status update; how long the channel should wait before the next."""
@@ -475,6 +490,12 @@ class OutboxWriter:
             error = slack_error(exc) if isinstance(exc, SlackApiError) else str(exc)
             log.warning("cannot find the id of %s (%s)", channel, error)
         return ""
+
+
+def _what(due: Next) -> str:
+    if isinstance(due, StatusDue):
+        return f"the status message of {due.release_id} in {due.channel}"
+    return due.describe()
 
 
 def _metadata(marker: str, release_id: str) -> dict[str, Any]:
