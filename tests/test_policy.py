@@ -1007,3 +1007,35 @@ def test_unjudged_with_metrics_is_a_contradiction() -> None:
     with pytest.raises(PolicyError) as info:
         require_judged(policy)
     assert "`unjudged: true` with metrics" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("traffic", "said"),
+    [
+        ("{backend: haproxy}", "needs `socket`"),
+        ("{backend: haproxy, socket: /run/haproxy.sock}", "map mode needs `map_file`"),
+        ("{backend: haproxy, socket: /run/h.sock, mode: weight}", "needs `haproxy_backend`"),
+        ("{backend: nginx}", "needs `include_file`"),
+        ("{backend: envoy}", "backend"),
+        ("{backend: haproxy, socket: /s, map_file: /m, sockett: x}", "sockett"),
+    ],
+)
+def test_a_traffic_engine_missing_what_it_needs_is_refused(traffic: str, said: str) -> None:
+    problems = problems_of(f"""
+        services:
+          checkout:
+            traffic: {traffic}
+        """)
+    assert any(said in f"{p.path} {p.message}" for p in problems), problems
+
+
+def test_a_complete_haproxy_and_nginx_traffic_setting_is_accepted() -> None:
+    policy = load("""
+        services:
+          checkout:
+            traffic: {backend: haproxy, socket: 127.0.0.1:9999, map_file: /etc/haproxy/c.map}
+          search:
+            traffic: {backend: nginx, include_file: "/etc/nginx/split-{service}.conf"}
+        """)
+    assert policy.service("checkout").traffic.mode == "map"
+    assert policy.service("search").traffic.reload_command == "nginx -s reload"
