@@ -5,6 +5,7 @@ by the controller, HAProxy down, and a map HAProxy does not know."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor
+from bot.release.rollout import Actor, advance
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from tests.support.haproxy import HAProxy, haproxy_running
@@ -49,9 +50,12 @@ async def canary_users(proxy: HAProxy, users: int = USERS) -> set[str]:
     async with aiohttp.ClientSession() as session:
 
         async def ask(user: str) -> str:
-            async with sem, session.get(
-                proxy.url, headers={"X-Service": "checkout", "X-User-Id": user}
-            ) as resp:
+            async with (
+                sem,
+                session.get(
+                    proxy.url, headers={"X-Service": "checkout", "X-User-Id": user}
+                ) as resp,
+            ):
                 return (await resp.text()).strip()
 
         names = [f"user-{n}" for n in range(users)]
@@ -190,3 +194,32 @@ async def test_an_engine_that_cannot_be_reached_is_named_at_start(
     unreachable = await core.unreachable_engines()
     assert list(unreachable) == ["checkout"]
     assert "cannot reach HAProxy's runtime API" in unreachable["checkout"]
+
+
+async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, _ = app
+    alice = Actor(user="alice", surface="slack")
+    release = (
+        await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    ).release
+    backend = core.backends["checkout"]
+    assert await backend.current("checkout") == Applied(10)
+    # The process decided the next step and stored it, then died before HAProxy heard of it.
+    stored = await core.store.get(release.id)
+    assert stored is not None
+    decided = advance(stored, alice, time.time(), "advanced, then the process died")
+    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
+    assert committed.status.value == "ok"
+    assert await backend.current("checkout") == Applied(10)
+
+    for _ in range(40):
+        await core.controller.run_once()
+        if await backend.current("checkout") == Applied(50):
+            break
+        await asyncio.sleep(0.05)
+
+    assert await backend.current("checkout") == Applied(50)
+    after = await core.store.get(release.id)
+    assert after is not None and after.applied_weight == 50
