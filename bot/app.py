@@ -27,6 +27,7 @@ from bot.traffic.base import TrafficBackend
 from bot.traffic.flags import FlagsBackend
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from bot.traffic.nginx import NginxBackend
+from bot.traffic.unleash import UnleashBackend
 from bot.traffic.webhook import WebhookBackend
 from bot.writing.llm import LLM
 from bot.writing.narrator import Narrator
@@ -233,9 +234,35 @@ def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
             split_key=traffic.split_key,
             timeout=traffic.timeout,
         )
+    if traffic.backend == "unleash":
+        return _unleash(traffic)
     if traffic.backend == "webhook":
         return _webhook(traffic)
     return flags
+
+
+def _unleash(traffic: TrafficSettings) -> UnleashBackend:
+    assert traffic.unleash_url is not None  # validated by the policy
+    token = os.environ.get(traffic.token_env, "")
+    if not token:
+        raise PolicyError(
+            "traffic",
+            [
+                PolicyProblem(
+                    "traffic.token_env",
+                    f"environment variable {traffic.token_env} is empty",
+                    "export an Unleash admin API token under that name",
+                )
+            ],
+        )
+    return UnleashBackend(
+        traffic.unleash_url,
+        token,
+        project=traffic.project,
+        environment=traffic.environment,
+        flag=traffic.flag or "",
+        timeout=traffic.timeout,
+    )
 
 
 def _webhook(traffic: TrafficSettings) -> WebhookBackend:

@@ -12,6 +12,9 @@ for bin in redis-server prometheus haproxy nginx; do
 done
 # Debian's package for the nginx binary is nginx-light (the smallest build, split_clients included).
 need_debs=("${need_debs[@]/#nginx/nginx-light}")
+# PostgreSQL, for the Unleash server the tests start (initdb is not on PATH in Debian's package).
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+  || need_debs+=(postgresql)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_debs[*]} with apt-get" >&2
@@ -19,7 +22,7 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}" >/dev/null
   else
     echo "setup: missing ${need_debs[*]}: install them (e.g. sudo apt-get install ${need_debs[*]})" >&2
-    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; haproxy and nginx are traffic engines it drives; the tests need them all" >&2
+    echo "setup: redis-server runs shipwatch without REDIS_URL; prometheus gives the demo real metrics; haproxy, nginx and (with PostgreSQL) Unleash are traffic engines it drives; the tests need them all" >&2
   fi
 fi
 
@@ -30,4 +33,16 @@ stamp=.venv/.shipwatch-locked
 if [ ! -f "$stamp" ] || [ uv.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   ./scripts/uv.sh sync --locked --extra dev --quiet
   touch "$stamp"
+fi
+
+# The Node engines the tests run for real (an Unleash server and Unleash's Node SDK), exactly as
+# tests/engines/package-lock.json pins them.
+engines=tests/engines
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f "$engines/node_modules/.package-lock.json" ] \
+      || [ "$engines/package-lock.json" -nt "$engines/node_modules/.package-lock.json" ]; then
+    (cd "$engines" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+else
+  echo "setup: npm is missing: the Unleash tests need Node.js 20+ and npm (for tests/engines)" >&2
 fi

@@ -196,7 +196,7 @@ class TicketSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    backend: Literal["flags", "webhook", "haproxy", "nginx"] = "flags"
+    backend: Literal["flags", "webhook", "haproxy", "nginx", "unleash"] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
     # unset: not read back (no drift repair)
@@ -219,6 +219,12 @@ class TrafficSettings(_Strict):
     reload_command: str = "nginx -s reload"
     marker_url: str | None = None
     split_key: str = "${http_x_user_id}"
+    # unleash: the server, the env var holding an admin API token, and where the flag lives
+    unleash_url: str | None = None
+    token_env: str = "UNLEASH_ADMIN_TOKEN"
+    project: str = "default"
+    environment: str = "development"
+    flag: str | None = None  # an existing flag to drive; default shipwatch.<service>
 
     @model_validator(mode="after")
     def _each_backend_has_what_it_needs(self) -> TrafficSettings:
@@ -234,6 +240,8 @@ class TrafficSettings(_Strict):
                 raise ValueError("the haproxy backend's map mode needs `map_file`")
             if self.mode == "weight" and not self.haproxy_backend:
                 raise ValueError("the haproxy backend's weight mode needs `haproxy_backend`")
+        if self.backend == "unleash" and not self.unleash_url:
+            raise ValueError("the unleash backend needs `unleash_url`, the Unleash server's URL")
         if self.backend == "nginx" and not self.include_file:
             raise ValueError(
                 "the nginx backend needs `include_file`: the file shipwatch writes and your "
@@ -360,6 +368,8 @@ class Policy(BaseModel):
         names: set[str] = set()
         for sp in self.services.values():
             names.add(sp.traffic.secret_env or "")
+            if sp.traffic.backend == "unleash":
+                names.add(sp.traffic.token_env)
             if sp.tickets.webhook is not None:
                 names.add(sp.tickets.webhook.secret_env or "")
             if sp.tickets.github is not None:

@@ -1,0 +1,139 @@
+"""The unleash traffic backend against a real Unleash (and PostgreSQL): the flag and shipwatch's
+strategy created on the first step, each step read back, the same users in the canary for
+Unleash's Python SDK, its Node SDK and bot.flags, rollback to 0, Unleash down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from UnleashClient.clients.unleash_client import UnleashClient
+
+from bot.errors import TrafficError
+from bot.flags import normalized_number
+from bot.traffic.base import Applied, TrafficAction, TrafficChange
+from bot.traffic.unleash import UnleashBackend
+from tests.support.procs import free_port, require_binary
+from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, ENGINES, Unleash, unleash_running
+
+pytestmark = pytest.mark.timeout(180)
+
+USERS = [f"user-{n}" for n in range(2000)]
+
+
+@pytest.fixture(scope="module")
+def unleash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unleash]:
+    with unleash_running(tmp_path_factory.mktemp("unleash")) as server:
+        yield server
+
+
+@pytest.fixture
+async def backend(unleash: Unleash) -> AsyncIterator[UnleashBackend]:
+    made = UnleashBackend(unleash.url, ADMIN_TOKEN)
+    yield made
+    await made.close()
+
+
+def change(service: str, weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficChange:
+    return TrafficChange("r-1", service, "v2", "v1", weight, action)
+
+
+def python_sdk_users(server: Unleash, flag: str) -> set[str]:
+    client = UnleashClient(
+        url=server.client_api,
+        app_name="shipwatch-tests",
+        custom_headers={"Authorization": CLIENT_TOKEN},
+        refresh_interval=1,
+        disable_metrics=True,
+        disable_registration=True,
+        cache_directory=None,
+    )
+    client.initialize_client()
+    try:
+        return {u for u in USERS if client.is_enabled(flag, {"userId": u})}
+    finally:
+        client.destroy()
+
+
+def node_sdk_users(server: Unleash, flag: str) -> set[str]:
+    done = subprocess.run(
+        [require_binary("node"), str(ENGINES / "enabled_users.js"), server.client_api,
+         CLIENT_TOKEN, flag, str(len(USERS))],
+        cwd=ENGINES, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+async def sdk_sees(read: Callable[[], set[str]], want: set[str], timeout: float = 15.0) -> set[str]:
+    """What an SDK reads once Unleash serves the change to clients (its client API caches
+    for a moment): the first read equal to ``want``, or the last one after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await asyncio.to_thread(read)
+        if seen == want or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.5)
+
+
+def flags_users(service: str, pct: int) -> set[str]:
+    return {u for u in USERS if normalized_number(u, service) <= pct}
+
+
+async def test_each_step_is_read_back_and_every_sdk_puts_the_same_users_in_the_canary(
+    unleash: Unleash, backend: UnleashBackend
+) -> None:
+    service = "checkout"
+    flag = backend.flag_of(service)
+    assert await backend.current(service) == Applied(None)  # no flag yet
+    before: set[str] = set()
+    for weight, action in [(10, TrafficAction.START), (25, TrafficAction.SHIFT)]:
+        await backend.apply(change(service, weight, action))
+        assert await backend.current(service) == Applied(weight)
+        wanted = flags_users(service, weight)
+        python = await sdk_sees(lambda: python_sdk_users(unleash, flag), wanted)
+        assert python == wanted
+        assert abs(100 * len(python) / len(USERS) - weight) <= 3
+        assert before <= python
+        before = python
+    node = await sdk_sees(lambda: node_sdk_users(unleash, flag), before)
+    assert node == before  # Node's SDK agrees, user for user
+
+    await backend.apply(change(service, 25, TrafficAction.ROLLBACK))
+    assert await backend.current(service) == Applied(0)
+    assert await sdk_sees(lambda: python_sdk_users(unleash, flag), set()) == set()
+
+
+async def test_an_existing_flag_can_be_driven_and_the_strategy_is_found_again(
+    unleash: Unleash, backend: UnleashBackend
+) -> None:
+    named = UnleashBackend(unleash.url, ADMIN_TOKEN, flag="search-new-ranking")
+    try:
+        await named.apply(change("search", 10, TrafficAction.START))
+        await named.apply(change("search", 50))
+        assert await named.current("search") == Applied(50)
+        assert await backend.current("search") == Applied(None)  # shipwatch.search untouched
+    finally:
+        await named.close()
+
+
+async def test_unleash_down_and_a_wrong_token_are_clear_traffic_errors(unleash: Unleash) -> None:
+    down = UnleashBackend(f"http://127.0.0.1:{free_port()}", ADMIN_TOKEN, timeout=1)
+    wrong = UnleashBackend(unleash.url, "*:*.not-a-token")
+    try:
+        with pytest.raises(TrafficError, match="cannot reach Unleash"):
+            await down.current("checkout")
+        with pytest.raises(TrafficError, match="HTTP 401"):
+            await wrong.apply(change("ledger", 10, TrafficAction.START))
+    finally:
+        await down.close()
+        await wrong.close()
+
+
+def test_a_missing_admin_token_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="admin API token"):
+        UnleashBackend("http://unleash.internal", "")
