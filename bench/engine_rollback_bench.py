@@ -4,11 +4,12 @@ Run from the project root::
 
     .venv/bin/python -m bench.engine_rollback_bench [--runs 7]
 
-For each backend shipwatch drives (flags, haproxy, nginx; real redis-server, HAProxy and NGINX
-started here on free ports), a canary at 50%, then the rollback as the actuator applies it: from
-the call until every one of 200 users is routed to stable (flags: a FlagClient subscribed to
-Redis; haproxy and nginx: HTTP requests through the engine, each user asking in turn until it
-gets stable). Backends are interleaved run by run. This is the engine's part of a rollback; the
+For each backend shipwatch drives (flags, haproxy, nginx, unleash; real redis-server, HAProxy,
+NGINX, PostgreSQL and Unleash started here on free ports), a canary at 50%, then the rollback
+as the actuator applies it: from the call until every one of 200 users is routed to stable
+(flags: a FlagClient subscribed to Redis; haproxy and nginx: HTTP requests through the engine,
+each user asking in turn until it gets stable; unleash: Unleash's Python SDK with a 1 s
+refresh). Backends are interleaved run by run. This is the engine's part of a rollback; the
 judge's part (fault onset to decision) is the same whatever the engine and is measured by
 bench/rollback_bench.py with a real Prometheus.
 
@@ -29,15 +30,18 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
+from UnleashClient.clients.unleash_client import UnleashClient
 
 from bot.flags import FlagClient, FlagWriter
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
 from bot.traffic.flags import FlagsBackend
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from bot.traffic.nginx import NginxBackend
+from bot.traffic.unleash import UnleashBackend
 from tests.support.haproxy import HAProxy, haproxy_running
 from tests.support.nginx import Nginx, nginx_running
 from tests.support.procs import redis_server
+from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, Unleash, unleash_running
 
 USERS = [f"user-{n}" for n in range(200)]
 DEADLINE_S = 10.0
@@ -72,8 +76,22 @@ async def _timed(
     return took * 1000, (time.perf_counter() - started) * 1000
 
 
+def _unleash_sdk(server: Unleash) -> UnleashClient:
+    client = UnleashClient(
+        url=server.client_api,
+        app_name="shipwatch-bench",
+        custom_headers={"Authorization": CLIENT_TOKEN},
+        refresh_interval=1,
+        disable_metrics=True,
+        disable_registration=True,
+        cache_directory=None,
+    )
+    client.initialize_client()
+    return client
+
+
 async def run(
-    runs: int, redis_url: str, proxy: HAProxy, nginx: Nginx
+    runs: int, redis_url: str, proxy: HAProxy, nginx: Nginx, server: Unleash
 ) -> dict[str, list[tuple[float, float]]]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     flags = FlagsBackend(FlagWriter(client))
@@ -87,11 +105,32 @@ async def run(
         marker_url=nginx.marker_url,
     )
 
+    unleash = UnleashBackend(server.url, ADMIN_TOKEN)
+    await unleash.apply(change(50, TrafficAction.START))
+    sdk = await asyncio.to_thread(_unleash_sdk, server)
+
+    def sdk_canary() -> int:
+        return sum(sdk.is_enabled("shipwatch.checkout", {"userId": u}) for u in USERS)
+
+    async def unleash_stable() -> None:
+        while True:
+            if not await asyncio.to_thread(sdk_canary):
+                return
+            await asyncio.sleep(0.01)
+
+    async def unleash_at_50() -> None:
+        while True:
+            if await asyncio.to_thread(sdk_canary):
+                return
+            await asyncio.sleep(0.05)
+
     async def flags_stable() -> None:
         await asyncio.to_thread(flag_client.wait_for, "checkout", lambda s: s.pct == 0, DEADLINE_S)
         assert all(flag_client.variant("checkout", u) == "stable" for u in USERS)
 
-    measured: dict[str, list[tuple[float, float]]] = {"flags": [], "haproxy": [], "nginx": []}
+    measured: dict[str, list[tuple[float, float]]] = {
+        "flags": [], "haproxy": [], "nginx": [], "unleash": []
+    }  # fmt: skip
     try:
         for _ in range(runs):
             measured["flags"].append(await _timed(flags, flags_stable))
@@ -106,7 +145,12 @@ async def run(
             measured["nginx"].append(
                 await _timed(ngx, lambda: _http_all_stable(nginx.url, lambda u: {"X-User-Id": u}))
             )
+            await unleash.apply(change(50, TrafficAction.SHIFT))
+            await asyncio.wait_for(unleash_at_50(), DEADLINE_S)  # the SDK has the canary again
+            measured["unleash"].append(await _timed(unleash, unleash_stable))
     finally:
+        await asyncio.to_thread(sdk.destroy)
+        await unleash.close()
         await asyncio.to_thread(flag_client.close)
         await client.aclose()
     return measured
@@ -118,12 +162,13 @@ def main() -> None:
     args = parser.parse_args()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="engine-rollback-")))
-        for sub in ("redis", "haproxy", "nginx"):
+        for sub in ("redis", "haproxy", "nginx", "unleash"):
             (tmp / sub).mkdir()
         redis_url = stack.enter_context(redis_server(tmp / "redis"))
         proxy = stack.enter_context(haproxy_running(tmp / "haproxy"))
         nginx = stack.enter_context(nginx_running(tmp / "nginx"))
-        measured = asyncio.run(run(args.runs, redis_url, proxy, nginx))
+        server = stack.enter_context(unleash_running(tmp / "unleash"))
+        measured = asyncio.run(run(args.runs, redis_url, proxy, nginx, server))
     print(f"rollback applied → all {len(USERS)} users on stable, {args.runs} runs (ms)")
     print(f"{'backend':<10}{'median':>10}{'max':>10}{'of it, asking':>16}")
     summary = {}
