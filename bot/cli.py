@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -194,6 +195,10 @@ def _check_config(path: Path) -> int:
             f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
             f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}"
         )
+    # Secrets are often absent where the file is checked (a CI job): said, not refused; `serve`
+    # refuses to start without them.
+    for name in sorted(n for n in policy.secret_envs() if not os.environ.get(n)):
+        print(f"note: ${name} is not set here; `serve` needs it (the policy names it)")
     print(f"{path}: OK, {len(policy.services)} service(s)")
     return 0
 
