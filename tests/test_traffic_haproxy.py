@@ -223,3 +223,25 @@ async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_n
     assert await backend.current("checkout") == Applied(50)
     after = await core.store.get(release.id)
     assert after is not None and after.applied_weight == 50
+
+
+async def test_haproxy_down_mid_release_pauses_it_with_the_reason(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, recorder = app
+    alice = Actor(user="alice", surface="slack")
+    started = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    haproxy.stop()
+
+    current = started.release
+    for _ in range(40):
+        await core.controller.run_once()
+        current = await core.store.get(started.release.id) or current
+        if current.state.value == "paused":
+            break
+        await asyncio.sleep(0.05)
+
+    assert current.state.value == "paused"
+    assert current.reason.startswith("cannot read back the traffic engine: cannot reach HAProxy")
+    await core.events.drain()
+    assert EventKind.PAUSED in recorder.kinds("checkout")

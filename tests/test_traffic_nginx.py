@@ -6,17 +6,26 @@ NGINX down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from bot.app import App, build_app
+from bot.config import Settings
+from bot.engine.events import EventKind
 from bot.errors import TrafficError
+from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
+from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.nginx import NginxBackend
-from tests.support.nginx import Nginx, nginx_running
+from tests.support.nginx import EMPTY_INCLUDE, Nginx, nginx_running
+from tests.support.recorder import Recorder
 
 USERS = 2000
 TOLERANCE = 3.0
@@ -101,3 +110,75 @@ async def test_nginx_down_is_a_clear_traffic_error(nginx: Nginx) -> None:
         await backend.current("checkout")
     with pytest.raises(TrafficError, match="did not reload"):
         await backend.apply(change(10))
+
+
+# --- in the whole bot: a hand edit found and repaired ---------------------------------------
+
+
+@pytest.fixture
+async def app(
+    nginx: Nginx, redis_url: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[App, Recorder]]:
+    policy = parse_policy(
+        f"""
+services:
+  checkout:
+    steps: [10, 50, 100]
+    hold: 1h
+    interval: 100ms
+    window: 1s
+    traffic:
+      backend: nginx
+      include_file: "{nginx.include_file}"
+      marker_url: "{nginx.marker_url}"
+      test_command: "{nginx.command("-t", "-q")}"
+      reload_command: "{nginx.command("-s", "reload")}"
+    metrics:
+      - name: error_rate
+        query: 'errors{{service="{{service}}",version="{{version}}"}}'
+        max: 0.05
+""",
+        "nginx test",
+    )
+    recorder = Recorder()
+    settings = Settings.model_validate(
+        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
+    )
+    built = await build_app(settings, policy=policy, notifiers=[recorder])
+    built.start()
+    try:
+        yield built, recorder
+    finally:
+        await built.close()
+
+
+def hand_edited_to_zero(proxy: Nginx) -> None:
+    """Someone puts the include back to 0% and reloads NGINX behind shipwatch's back."""
+    (proxy.tmp / "split-checkout.conf").write_text(EMPTY_INCLUDE, encoding="utf-8")
+    subprocess.run([*proxy.base, "-s", "reload"], check=True, capture_output=True)
+
+
+async def test_a_hand_edit_of_the_include_is_found_and_repaired(
+    app: tuple[App, Recorder], nginx: Nginx
+) -> None:
+    core, recorder = app
+    alice = Actor(user="alice", surface="slack")
+    started = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    backend = core.backends["checkout"]
+    assert await backend.current("checkout") == Applied(10)
+
+    await asyncio.to_thread(hand_edited_to_zero, nginx)
+    for _ in range(100):
+        if await backend.current("checkout") == Applied(0):
+            break
+        await asyncio.sleep(0.02)
+
+    for _ in range(60):
+        await core.controller.run_once()
+        await asyncio.sleep(0.05)
+        if await backend.current("checkout") == Applied(10):
+            break
+    assert await backend.current("checkout") == Applied(10)
+    await core.events.drain()
+    [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
+    assert (repaired.release.id, repaired.detail) == (started.release.id, "0")

@@ -12,13 +12,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from UnleashClient.clients.unleash_client import UnleashClient
 
+from bot.app import App, build_app
+from bot.config import Settings
+from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.flags import normalized_number
+from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
+from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.unleash import UnleashBackend
 from tests.support.procs import free_port, require_binary
+from tests.support.recorder import Recorder
 from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, ENGINES, Unleash, unleash_running
 
 pytestmark = pytest.mark.timeout(180)
@@ -137,3 +145,67 @@ async def test_unleash_down_and_a_wrong_token_are_clear_traffic_errors(unleash: 
 def test_a_missing_admin_token_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="admin API token"):
         UnleashBackend("http://unleash.internal", "")
+
+
+# --- in the whole bot: a change made in Unleash's UI found and repaired ---------------------
+
+
+@pytest.fixture
+async def app(
+    unleash: Unleash, redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[App, Recorder]]:
+    monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", ADMIN_TOKEN)
+    policy = parse_policy(
+        f"""
+services:
+  ledger:
+    steps: [10, 50, 100]
+    hold: 1h
+    interval: 100ms
+    window: 1s
+    traffic: {{backend: unleash, unleash_url: "{unleash.url}"}}
+    metrics:
+      - name: error_rate
+        query: 'errors{{service="{{service}}",version="{{version}}"}}'
+        max: 0.05
+""",
+        "unleash test",
+    )
+    recorder = Recorder()
+    settings = Settings.model_validate(
+        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
+    )
+    built = await build_app(settings, policy=policy, notifiers=[recorder])
+    built.start()
+    try:
+        yield built, recorder
+    finally:
+        await built.close()
+
+
+async def test_a_rollout_changed_in_unleash_is_found_and_set_back(
+    app: tuple[App, Recorder], unleash: Unleash
+) -> None:
+    core, recorder = app
+    alice = Actor(user="alice", surface="slack")
+    started = await core.service.deploy(alice, "ledger", "v2", DeployOptions(stable="v1"))
+    backend = core.backends["ledger"]
+    assert await backend.current("ledger") == Applied(10)
+
+    # Someone moves the rollout to 80% in Unleash's UI.
+    meddler = UnleashBackend(unleash.url, ADMIN_TOKEN)
+    try:
+        await meddler.apply(change("ledger", 80))
+    finally:
+        await meddler.close()
+    assert await backend.current("ledger") == Applied(80)
+
+    for _ in range(60):
+        await core.controller.run_once()
+        await asyncio.sleep(0.05)
+        if await backend.current("ledger") == Applied(10):
+            break
+    assert await backend.current("ledger") == Applied(10)
+    await core.events.drain()
+    [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
+    assert (repaired.release.id, repaired.detail) == (started.release.id, "80")
