@@ -30,7 +30,6 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from UnleashClient.clients.unleash_client import UnleashClient
 
 from bot.flags import FlagClient, FlagWriter
 from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange
@@ -41,7 +40,7 @@ from bot.traffic.unleash import UnleashBackend
 from tests.support.haproxy import HAProxy, haproxy_running
 from tests.support.nginx import Nginx, nginx_running
 from tests.support.procs import redis_server
-from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, Unleash, unleash_running
+from tests.support.unleash import ADMIN_TOKEN, Unleash, unleash_running
 
 USERS = [f"user-{n}" for n in range(200)]
 DEADLINE_S = 10.0
@@ -76,20 +75,6 @@ async def _timed(
     return took * 1000, (time.perf_counter() - started) * 1000
 
 
-def _unleash_sdk(server: Unleash) -> UnleashClient:
-    client = UnleashClient(
-        url=server.client_api,
-        app_name="shipwatch-bench",
-        custom_headers={"Authorization": CLIENT_TOKEN},
-        refresh_interval=1,
-        disable_metrics=True,
-        disable_registration=True,
-        cache_directory=None,
-    )
-    client.initialize_client()
-    return client
-
-
 async def run(
     runs: int, redis_url: str, proxy: HAProxy, nginx: Nginx, server: Unleash
 ) -> dict[str, list[tuple[float, float]]]:
@@ -107,7 +92,7 @@ async def run(
 
     unleash = UnleashBackend(server.url, ADMIN_TOKEN)
     await unleash.apply(change(50, TrafficAction.START))
-    sdk = await asyncio.to_thread(_unleash_sdk, server)
+    sdk = await asyncio.to_thread(server.python_sdk)
 
     def sdk_canary() -> int:
         return sum(sdk.is_enabled("shipwatch.checkout", {"userId": u}) for u in USERS)

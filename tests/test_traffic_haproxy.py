@@ -9,23 +9,23 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app import App, build_app
-from bot.config import Settings
+from bot.app import App
 from bot.engine.events import EventKind
 from bot.errors import TrafficError
-from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, advance
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
+from tests.support.engines import app_driving, rounds_until
+from tests.support.engines import canary_users as through_engine
 from tests.support.haproxy import HAProxy, haproxy_running
 from tests.support.recorder import Recorder
 
 USERS = 2000
+USER_IDS = [f"user-{n}" for n in range(USERS)]
 TOLERANCE = 3.0  # points of the weight
 
 
@@ -44,23 +44,10 @@ def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficC
     return TrafficChange("r-1", "checkout", "v2", "v1", weight, action)
 
 
-async def canary_users(proxy: HAProxy, users: int = USERS) -> set[str]:
-    """The users HAProxy sends to the canary, asking once per user."""
-    sem = asyncio.Semaphore(50)
-    async with aiohttp.ClientSession() as session:
-
-        async def ask(user: str) -> str:
-            async with (
-                sem,
-                session.get(
-                    proxy.url, headers={"X-Service": "checkout", "X-User-Id": user}
-                ) as resp,
-            ):
-                return (await resp.text()).strip()
-
-        names = [f"user-{n}" for n in range(users)]
-        answers = await asyncio.gather(*(ask(u) for u in names))
-    return {u for u, a in zip(names, answers, strict=True) if a == "canary"}
+async def canary_users(proxy: HAProxy) -> set[str]:
+    return await through_engine(
+        proxy.url, USER_IDS, lambda u: {"X-Service": "checkout", "X-User-Id": u}
+    )
 
 
 async def test_map_mode_splits_users_at_each_step_and_nobody_moves_back(
@@ -129,32 +116,9 @@ async def test_haproxy_down_is_a_clear_traffic_error(haproxy: HAProxy) -> None:
 async def app(
     haproxy: HAProxy, redis_url: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[tuple[App, Recorder]]:
-    policy = parse_policy(
-        f"""
-services:
-  checkout:
-    steps: [10, 50, 100]
-    hold: 1h
-    interval: 100ms
-    window: 1s
-    traffic: {{backend: haproxy, socket: "{haproxy.socket}", map_file: "{haproxy.map_file}"}}
-    metrics:
-      - name: error_rate
-        query: 'errors{{service="{{service}}",version="{{version}}"}}'
-        max: 0.05
-""",
-        "haproxy test",
-    )
-    recorder = Recorder()
-    settings = Settings.model_validate(
-        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
-    )
-    built = await build_app(settings, policy=policy, notifiers=[recorder])
-    built.start()
-    try:
-        yield built, recorder
-    finally:
-        await built.close()
+    traffic = {"backend": "haproxy", "socket": haproxy.socket, "map_file": haproxy.map_file}
+    async with app_driving(redis_url, "checkout", traffic) as built:
+        yield built
 
 
 async def test_a_reload_that_lost_the_weight_is_found_and_repaired(
@@ -170,12 +134,7 @@ async def test_a_reload_that_lost_the_weight_is_found_and_repaired(
     haproxy.restart()  # a reload: the runtime change is gone, the map file says nothing
     assert await backend.current("checkout") == Applied(None)
 
-    for _ in range(40):
-        await core.controller.run_once()
-        if await backend.current("checkout") == Applied(10):
-            break
-        await asyncio.sleep(0.05)
-    assert await backend.current("checkout") == Applied(10)
+    assert await rounds_until(core, backend, "checkout", Applied(10)) == Applied(10)
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (release.id, "")
@@ -214,13 +173,7 @@ async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_n
     assert committed.status.value == "ok"
     assert await backend.current("checkout") == Applied(10)
 
-    for _ in range(40):
-        await core.controller.run_once()
-        if await backend.current("checkout") == Applied(50):
-            break
-        await asyncio.sleep(0.05)
-
-    assert await backend.current("checkout") == Applied(50)
+    assert await rounds_until(core, backend, "checkout", Applied(50)) == Applied(50)
     after = await core.store.get(release.id)
     assert after is not None and after.applied_weight == 50
 

@@ -11,23 +11,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app import App, build_app
-from bot.config import Settings
+from bot.app import App
 from bot.engine.events import EventKind
 from bot.errors import TrafficError
-from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.nginx import NginxBackend
+from tests.support.engines import app_driving, rounds_until
+from tests.support.engines import canary_users as through_engine
 from tests.support.nginx import EMPTY_INCLUDE, Nginx, nginx_running
 from tests.support.recorder import Recorder
 
 USERS = 2000
+USER_IDS = [f"user-{n}" for n in range(USERS)]
 TOLERANCE = 3.0
 
 
@@ -56,16 +56,7 @@ def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficC
 
 
 async def canary_users(proxy: Nginx) -> set[str]:
-    sem = asyncio.Semaphore(50)
-    async with aiohttp.ClientSession() as session:
-
-        async def ask(user: str) -> str:
-            async with sem, session.get(proxy.url, headers={"X-User-Id": user}) as resp:
-                return (await resp.text()).strip()
-
-        names = [f"user-{n}" for n in range(USERS)]
-        answers = await asyncio.gather(*(ask(u) for u in names))
-    return {u for u, a in zip(names, answers, strict=True) if a == "canary"}
+    return await through_engine(proxy.url, USER_IDS, lambda u: {"X-User-Id": u})
 
 
 async def test_each_step_is_tested_reloaded_and_shown_and_nobody_moves_back(
@@ -119,37 +110,15 @@ async def test_nginx_down_is_a_clear_traffic_error(nginx: Nginx) -> None:
 async def app(
     nginx: Nginx, redis_url: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[tuple[App, Recorder]]:
-    policy = parse_policy(
-        f"""
-services:
-  checkout:
-    steps: [10, 50, 100]
-    hold: 1h
-    interval: 100ms
-    window: 1s
-    traffic:
-      backend: nginx
-      include_file: "{nginx.include_file}"
-      marker_url: "{nginx.marker_url}"
-      test_command: "{nginx.command("-t", "-q")}"
-      reload_command: "{nginx.command("-s", "reload")}"
-    metrics:
-      - name: error_rate
-        query: 'errors{{service="{{service}}",version="{{version}}"}}'
-        max: 0.05
-""",
-        "nginx test",
-    )
-    recorder = Recorder()
-    settings = Settings.model_validate(
-        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
-    )
-    built = await build_app(settings, policy=policy, notifiers=[recorder])
-    built.start()
-    try:
-        yield built, recorder
-    finally:
-        await built.close()
+    traffic = {
+        "backend": "nginx",
+        "include_file": nginx.include_file,
+        "marker_url": nginx.marker_url,
+        "test_command": nginx.command("-t", "-q"),
+        "reload_command": nginx.command("-s", "reload"),
+    }
+    async with app_driving(redis_url, "checkout", traffic) as built:
+        yield built
 
 
 def hand_edited_to_zero(proxy: Nginx) -> None:
@@ -168,17 +137,16 @@ async def test_a_hand_edit_of_the_include_is_found_and_repaired(
     assert await backend.current("checkout") == Applied(10)
 
     await asyncio.to_thread(hand_edited_to_zero, nginx)
-    for _ in range(100):
-        if await backend.current("checkout") == Applied(0):
+    # The workers of before the reload answer for a moment longer: wait until they are gone.
+    in_a_row = 0
+    for _ in range(200):
+        in_a_row = in_a_row + 1 if await backend.current("checkout") == Applied(0) else 0
+        if in_a_row >= 10:
             break
         await asyncio.sleep(0.02)
+    assert in_a_row >= 10, "the hand edit never took"
 
-    for _ in range(60):
-        await core.controller.run_once()
-        await asyncio.sleep(0.05)
-        if await backend.current("checkout") == Applied(10):
-            break
-    assert await backend.current("checkout") == Applied(10)
+    assert await rounds_until(core, backend, "checkout", Applied(10)) == Applied(10)
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (started.release.id, "0")

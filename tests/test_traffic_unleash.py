@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from UnleashClient.clients.unleash_client import UnleashClient
 
-from bot.app import App, build_app
-from bot.config import Settings
+from bot.app import App
 from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.flags import normalized_number
-from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.unleash import UnleashBackend
+from tests.support.engines import app_driving, rounds_until
 from tests.support.procs import free_port, require_binary
 from tests.support.recorder import Recorder
 from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, ENGINES, Unleash, unleash_running
@@ -52,16 +50,7 @@ def change(service: str, weight: int, action: TrafficAction = TrafficAction.SHIF
 
 
 def python_sdk_users(server: Unleash, flag: str) -> set[str]:
-    client = UnleashClient(
-        url=server.client_api,
-        app_name="shipwatch-tests",
-        custom_headers={"Authorization": CLIENT_TOKEN},
-        refresh_interval=1,
-        disable_metrics=True,
-        disable_registration=True,
-        cache_directory=None,
-    )
-    client.initialize_client()
+    client = server.python_sdk()
     try:
         return {u for u in USERS if client.is_enabled(flag, {"userId": u})}
     finally:
@@ -155,32 +144,9 @@ async def app(
     unleash: Unleash, redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[App, Recorder]]:
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", ADMIN_TOKEN)
-    policy = parse_policy(
-        f"""
-services:
-  ledger:
-    steps: [10, 50, 100]
-    hold: 1h
-    interval: 100ms
-    window: 1s
-    traffic: {{backend: unleash, unleash_url: "{unleash.url}"}}
-    metrics:
-      - name: error_rate
-        query: 'errors{{service="{{service}}",version="{{version}}"}}'
-        max: 0.05
-""",
-        "unleash test",
-    )
-    recorder = Recorder()
-    settings = Settings.model_validate(
-        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_LEASE_TTL": 2}
-    )
-    built = await build_app(settings, policy=policy, notifiers=[recorder])
-    built.start()
-    try:
-        yield built, recorder
-    finally:
-        await built.close()
+    traffic = {"backend": "unleash", "unleash_url": unleash.url}
+    async with app_driving(redis_url, "ledger", traffic) as built:
+        yield built
 
 
 async def test_a_rollout_changed_in_unleash_is_found_and_set_back(
@@ -200,12 +166,7 @@ async def test_a_rollout_changed_in_unleash_is_found_and_set_back(
         await meddler.close()
     assert await backend.current("ledger") == Applied(80)
 
-    for _ in range(60):
-        await core.controller.run_once()
-        await asyncio.sleep(0.05)
-        if await backend.current("ledger") == Applied(10):
-            break
-    assert await backend.current("ledger") == Applied(10)
+    assert await rounds_until(core, backend, "ledger", Applied(10)) == Applied(10)
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (started.release.id, "80")

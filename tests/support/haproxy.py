@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import free_port, require_binary, wait_for_port
+from tests.support.procs import free_port, require_binary, stop_process, wait_for_port
 
 CONFIG = """\
 global
@@ -72,12 +72,7 @@ class HAProxy:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
     def restart(self) -> None:

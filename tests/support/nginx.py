@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import free_port, require_binary, wait_for_port
+from tests.support.procs import free_port, require_binary, stop_process, wait_for_port
 
 CONFIG = """\
 pid {tmp}/nginx.pid;
@@ -70,19 +70,12 @@ class Nginx:
 
     def start(self) -> None:
         log = (self.tmp / "nginx.out").open("ab")
-        self.process = subprocess.Popen(
-            [*self.base, "-g", "daemon off;"], stdout=log, stderr=log
-        )
+        self.process = subprocess.Popen([*self.base, "-g", "daemon off;"], stdout=log, stderr=log)
         wait_for_port(self.port)
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
 

@@ -65,6 +65,16 @@ def running(
                 proc.wait()
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` and wait for it; killed if it takes more than 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def clean_env() -> dict[str, str]:
     """This process's environment without any shipwatch setting (Slack, Redis, Prometheus,
     OpenAI, SHIPWATCH_*): what a child process sees on a fresh machine."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from UnleashClient.clients.unleash_client import UnleashClient
 
 from tests.support.procs import free_port, require_binary, wait_for_port
 
@@ -32,6 +33,21 @@ class Unleash:
     @property
     def client_api(self) -> str:
         return f"{self.url}/api"
+
+    def python_sdk(self) -> UnleashClient:
+        """Unleash's Python SDK on this server's client API, refreshing every second (blocks
+        until its first fetch)."""
+        client = UnleashClient(
+            url=self.client_api,
+            app_name="shipwatch-tests",
+            custom_headers={"Authorization": CLIENT_TOKEN},
+            refresh_interval=1,
+            disable_metrics=True,
+            disable_registration=True,
+            cache_directory=None,
+        )
+        client.initialize_client()
+        return client
 
 
 def _postgres_binary(name: str) -> str:
