@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from UnleashClient.clients.unleash_client import UnleashClient
 
-from tests.support.procs import free_port, require_binary, wait_for_port
+from tests.support.procs import free_port, require_binary, stop_process, wait_for_port
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 ADMIN_TOKEN = "*:*.shipwatch-tests-admin-token"
@@ -79,12 +79,7 @@ def _stopped_at_exit(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextmanager
