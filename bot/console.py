@@ -86,9 +86,15 @@ class ConsoleNotifier:
 
     async def notify(self, event: ReleaseEvent) -> None:
         oncall, approvers, metrics = _people(self.policy, event.release.service)
-        text, _ = render_text(
-            event_message(event, oncall=oncall, approvers=approvers, metrics=metrics)
+        sp = self.policy.services.get(event.release.service) if self.policy else None
+        message = event_message(
+            event,
+            oncall=oncall,
+            approvers=approvers,
+            metrics=metrics,
+            seen_within=sp.traffic.seen_within if sp else None,
         )
+        text, _ = render_text(message)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
         lines = [f"[{stamp}] {text}"]
         if event.kind in (EventKind.APPROVAL_NEEDED, EventKind.PAUSED):

@@ -124,7 +124,13 @@ class SlackNotifier:
         sp = self._policy.services.get(event.release.service)
         if sp is None:
             return event_message(event)
-        return event_message(event, oncall=sp.oncall, approvers=sp.approvers, metrics=sp.metrics)
+        return event_message(
+            event,
+            oncall=sp.oncall,
+            approvers=sp.approvers,
+            metrics=sp.metrics,
+            seen_within=sp.traffic.seen_within,
+        )
 
     def _status(self, release: Release) -> Message:
         return status_for(release, self._policy, demo_metrics=self.demo_metrics)

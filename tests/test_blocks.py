@@ -901,3 +901,16 @@ def test_hostile_text_pings_nobody_in_any_event_or_status_message(kind: EventKin
         assert not found, found[:2]
         sent = json.dumps([message.text, message.blocks], ensure_ascii=False)
         assert not [c for c in NEVER_SHOWN if c in sent]
+
+
+def test_a_step_through_an_engine_applications_poll_says_when_they_see_it() -> None:
+    moved = event_message(
+        ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "hold passed"), seen_within=15.0
+    )
+    held = event_message(ReleaseEvent(EventKind.PAUSED, paused()), seen_within=15.0)
+    direct = event_message(ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "hold passed"))
+
+    assert "applications see it within 15s" in all_text(moved)
+    assert "applications see it" not in all_text(held)
+    assert "applications see it" not in all_text(direct)
+    assert_valid(moved)

@@ -1039,3 +1039,14 @@ def test_a_complete_haproxy_and_nginx_traffic_setting_is_accepted() -> None:
         """)
     assert policy.service("checkout").traffic.mode == "map"
     assert policy.service("search").traffic.reload_command == "nginx -s reload"
+
+
+def test_only_engines_applications_poll_say_how_late_they_see_a_change() -> None:
+    policy = load("""
+        services:
+          checkout:
+            traffic: {backend: unleash, unleash_url: "http://unleash:4242", sdk_refresh: 1s}
+          search: {}
+        """)
+    assert policy.service("checkout").traffic.seen_within == 1.0
+    assert policy.service("search").traffic.seen_within is None

@@ -93,6 +93,7 @@ SECONDS_WRITTEN_AS_DURATIONS = {
     300.0: "5m",
     10.0: "10s",
     5.0: "5s",
+    15.0: "15s",
 }
 
 

@@ -225,6 +225,12 @@ class TrafficSettings(_Strict):
     project: str = "default"
     environment: str = "development"
     flag: str | None = None  # an existing flag to drive; default shipwatch.<service>
+    sdk_refresh: Seconds = 15.0  # unleash: how often the applications' SDKs fetch the flags
+
+    @property
+    def seen_within(self) -> float | None:
+        """How long applications take to see a change, when they poll for it (Unleash SDKs)."""
+        return self.sdk_refresh if self.backend == "unleash" else None
 
     @model_validator(mode="after")
     def _each_backend_has_what_it_needs(self) -> TrafficSettings:

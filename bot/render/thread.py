@@ -55,14 +55,24 @@ class _Said:
 _Reply = tuple[list[dict[str, Any]], str]
 
 
+# The events that move traffic: where applications see the change late (an SDK that polls), the
+# thread says how late.
+_MOVES_TRAFFIC = frozenset(
+    {EventKind.STARTED, EventKind.STEP_ADVANCED, EventKind.BAKING, EventKind.ROLLED_BACK}
+)
+
+
 def event_message(
     event: ReleaseEvent,
     *,
     oncall: str = "",
     approvers: Sequence[str] = (),
     metrics: Sequence[Metric] = (),
+    seen_within: float | None = None,
 ) -> Message:
-    """The thread reply for ``event``: every sentence is composed here, from the event's data."""
+    """The thread reply for ``event``: every sentence is composed here, from the event's data.
+    ``seen_within``: how long applications take to see a traffic change (their SDK's refresh),
+    when the engine is one they poll."""
     page = f"🔔 On-call: {mention(oncall)}" if oncall.strip() else ""
     said = _Said(event, approvers, metrics, page)
     build = _REPLIES.get(event.kind)
@@ -71,6 +81,14 @@ def event_message(
         blocks, text = [section_block(f"{release_title(r)}: {esc(event.detail)}")], event.detail
     else:
         blocks, text = build(said)
+    if seen_within is not None and event.kind in _MOVES_TRAFFIC:
+        blocks = [
+            *blocks,
+            context_block(
+                f"Applied in the traffic engine; applications see it within "
+                f"{format_duration(seen_within)} (their SDK's refresh interval)."
+            ),
+        ]
     return fit(blocks, text, more=more_pointer(event.release))
 
 
