@@ -67,9 +67,8 @@ def judge(exc: BaseException) -> Answer:
         status = exc.response.status_code
         error = slack_error(exc)
         if status == 429 or error == "ratelimited":
-            header = (exc.response.headers or {}).get("Retry-After") or (
-                exc.response.headers or {}
-            ).get("retry-after")
+            headers = {k.lower(): v for k, v in (exc.response.headers or {}).items()}
+            header = headers.get("retry-after")
             try:
                 wait = float(header) if header is not None else 1.0
             except ValueError:

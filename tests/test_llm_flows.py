@@ -842,4 +842,4 @@ async def test_a_diagnosis_under_way_at_a_restart_is_written_by_the_next_process
     reply = only_reply(rig, ts, "diagnosis for checkout v2:")
     assert "Likely cause: the faster cart totals change" in reply["text"]
     assert len(requests_for(openai_api, "diagnosis")) == 2  # asked again by the next process
-    assert await rig.core.app.store.outbox.claim_jobs(0.0) == []  # nothing left under way
+    assert await rig.core.app.store.jobs.claim(0.0) == []  # nothing left under way

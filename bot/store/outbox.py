@@ -24,10 +24,10 @@ from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from bot.errors import StoreError
 from bot.store import keys
+from bot.store.redis_io import as_text as _text
+from bot.store.redis_io import run
 
 URGENT_BAND = 0
 NORMAL_BAND = 10**12  # above any sequence number: every urgent entry sorts first
@@ -82,11 +82,9 @@ if ARGV[5] == '1' then
   redis.call('HSET', KEYS[6], ARGV[2], seq)
   seq = redis.call('INCR', KEYS[1])
 end
-if ARGV[1] ~= '' then
-  redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 7))
-  redis.call('ZADD', KEYS[3], band + seq, ARGV[1])
-  redis.call('SADD', KEYS[4], ARGV[1])
-end
+redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 7))
+redis.call('ZADD', KEYS[3], band + seq, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
 if urgent then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
     local score = tonumber(redis.call('ZSCORE', KEYS[3], id))
@@ -145,17 +143,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-CLAIM_JOBS = """
--- KEYS: jobs   ARGV: now, lapse at, count
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
-return due
-"""
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class Outbox:
     def __init__(self, redis: aioredis.Redis) -> None:
@@ -166,13 +153,6 @@ class Outbox:
         self._channel_idle = redis.register_script(CHANNEL_IDLE)
         self._renew = redis.register_script(RENEW)
         self._let_go = redis.register_script(LET_GO)
-        self._claim_jobs = redis.register_script(CLAIM_JOBS)
-
-    async def _run(self, what: str, call: Any) -> Any:
-        try:
-            return await call
-        except RedisError as exc:
-            raise StoreError(f"Redis is unavailable ({what}): {exc}") from exc
 
     # --- asking for messages ------------------------------------------------------------------
 
@@ -180,38 +160,36 @@ class Outbox:
         self,
         channel: str,
         release_id: str,
-        kind: EntryKind | None,
+        kind: EntryKind,
         *,
+        item_id: str,
         text: str = "",
         blocks: list[dict[str, Any]] | None = None,
         files: tuple[tuple[str, bytes], ...] = (),
         urgent: bool = False,
         status: bool = False,
-        item_id: str = "",
     ) -> None:
-        """Queue a message (``kind``) and/or a status update (``status``) for a release."""
+        """Queue a message for a release (and, with ``status``, an update of its status
+        message ahead of it)."""
         now = time.time()
-        fields: list[str] = []
-        if kind is not None:
-            assert item_id, "a queued message needs an id"
-            fields = [
-                "id", item_id,
-                "channel", channel,
-                "release_id", release_id,
-                "kind", kind.value,
-                "text", text,
-                "blocks", json.dumps(blocks or []),
-                "files", json.dumps([[name, data.hex()] for name, data in files]),
-                "created", repr(now),
-                "attempts", "0",
-                "sending", "0",
-            ]  # fmt: skip
-        await self._run(
+        fields = [
+            "id", item_id,
+            "channel", channel,
+            "release_id", release_id,
+            "kind", kind.value,
+            "text", text,
+            "blocks", json.dumps(blocks or []),
+            "files", json.dumps([[name, data.hex()] for name, data in files]),
+            "created", repr(now),
+            "attempts", "0",
+            "sending", "0",
+        ]  # fmt: skip
+        await run(
             "queueing a chat message",
             self._enqueue(
                 keys=[
                     keys.outbox_seq(),
-                    keys.outbox_item(item_id or "-"),
+                    keys.outbox_item(item_id),
                     keys.outbox_queue(channel),
                     keys.outbox_thread(channel, release_id),
                     keys.outbox_status(channel),
@@ -219,7 +197,7 @@ class Outbox:
                     keys.outbox_channels(),
                 ],
                 args=[
-                    item_id if kind is not None else "",
+                    item_id,
                     release_id,
                     "1" if urgent else "0",
                     repr(now),
@@ -233,28 +211,26 @@ class Outbox:
     # --- the writer's side --------------------------------------------------------------------
 
     async def channels(self) -> list[str]:
-        raw = await self._run(
-            "listing chat channels", self.redis.zrange(keys.outbox_channels(), 0, -1)
-        )
+        raw = await run("listing chat channels", self.redis.zrange(keys.outbox_channels(), 0, -1))
         return [_text(c) for c in raw]
 
     async def hold(self, channel: str, owner: str, ttl: float) -> bool:
         """Take or keep the channel for ``owner``; False when another process writes it."""
-        held = await self._run(
+        held = await run(
             "holding a chat channel",
             self._renew(keys=[keys.outbox_owner(channel)], args=[owner, max(1, int(ttl * 1000))]),
         )
         return bool(held)
 
     async def let_go(self, channel: str, owner: str) -> None:
-        await self._run(
+        await run(
             "letting a chat channel go",
             self._let_go(keys=[keys.outbox_owner(channel)], args=[owner]),
         )
 
     async def idle(self, channel: str, owner: str) -> bool:
         """Let the channel go if nothing is left in it; False when something is."""
-        done = await self._run(
+        done = await run(
             "closing a chat channel",
             self._channel_idle(
                 keys=[
@@ -273,10 +249,10 @@ class Outbox:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(keys.outbox_queue(channel), 0, 0, withscores=True)
             pipe.zrange(keys.outbox_status(channel), 0, 0, withscores=True)
-            queued, statuses = await self._run("reading a chat queue", pipe.execute())
+            queued, statuses = await run("reading a chat queue", pipe.execute())
         if statuses and (not queued or statuses[0][1] <= queued[0][1]):
             release_id = _text(statuses[0][0])
-            generation = await self._run(
+            generation = await run(
                 "reading a status mark",
                 self.redis.hget(keys.outbox_status_gen(channel), release_id),
             )
@@ -284,11 +260,9 @@ class Outbox:
         if not queued:
             return None
         item_id = _text(queued[0][0])
-        raw = await self._run("reading a chat entry", self.redis.hgetall(keys.outbox_item(item_id)))
+        raw = await run("reading a chat entry", self.redis.hgetall(keys.outbox_item(item_id)))
         if not raw:  # the queue outlived its entry (it cannot, but never spin on it)
-            await self._run(
-                "dropping a chat entry", self.redis.zrem(keys.outbox_queue(channel), item_id)
-            )
+            await run("dropping a chat entry", self.redis.zrem(keys.outbox_queue(channel), item_id))
             return await self.next(channel)
         return _entry(raw)
 
@@ -297,16 +271,16 @@ class Outbox:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.outbox_item(entry.id), "sending", "1")
             pipe.hincrby(keys.outbox_item(entry.id), "attempts", 1)
-            await self._run("marking a chat entry", pipe.execute())
+            await run("marking a chat entry", pipe.execute())
 
     async def not_sent(self, entry: Entry) -> None:
         """Chat said plainly it did not take the message (a 429): no need to look next time."""
-        await self._run(
+        await run(
             "marking a chat entry", self.redis.hset(keys.outbox_item(entry.id), "sending", "0")
         )
 
     async def done(self, entry: Entry) -> None:
-        await self._run(
+        await run(
             "removing a sent chat entry",
             self._entry_done(
                 keys=[
@@ -335,18 +309,18 @@ class Outbox:
             pipe.lpush(keys.outbox_dead(), trace)
             pipe.ltrim(keys.outbox_dead(), 0, DEAD_KEPT - 1)
             pipe.expire(keys.outbox_dead(), DEAD_TTL_S)
-            await self._run("recording a refused chat entry", pipe.execute())
+            await run("recording a refused chat entry", pipe.execute())
         await self.done(entry)
 
     async def dead_entries(self) -> list[dict[str, Any]]:
-        raw = await self._run(
+        raw = await run(
             "reading refused chat entries", self.redis.lrange(keys.outbox_dead(), 0, -1)
         )
         return [json.loads(_text(r)) for r in raw]
 
     async def status_done(self, due: StatusDue) -> bool:
         """Clear the mark if no newer change asked for another update; True when cleared."""
-        cleared = await self._run(
+        cleared = await run(
             "clearing a status mark",
             self._status_done(
                 keys=[keys.outbox_status(due.channel), keys.outbox_status_gen(due.channel)],
@@ -360,9 +334,9 @@ class Outbox:
         from now on, until ``done``, this one counts as such)."""
         key = keys.outbox_status_posting(release_id)
         if done:
-            await self._run("clearing a status post mark", self.redis.delete(key))
+            await run("clearing a status post mark", self.redis.delete(key))
             return False
-        before = await self._run(
+        before = await run(
             "marking a status post", self.redis.set(key, "1", ex=DEAD_TTL_S, get=True)
         )
         return before is not None
@@ -371,57 +345,24 @@ class Outbox:
         """The chat id of a channel named in the policy, once a post has told us; else ""."""
         if CHANNEL_ID.match(channel):
             return channel
-        raw = await self._run(
-            "reading a channel id", self.redis.get(keys.outbox_channel_id(channel))
-        )
+        raw = await run("reading a channel id", self.redis.get(keys.outbox_channel_id(channel)))
         return _text(raw) if raw else ""
 
     async def learn_channel_id(self, channel: str, channel_id: str) -> None:
         if channel_id and channel_id != channel:
-            await self._run(
+            await run(
                 "saving a channel id", self.redis.set(keys.outbox_channel_id(channel), channel_id)
             )
 
     async def pending(self) -> int:
         """How many entries and status updates wait, over every channel."""
-        total = 0
-        for channel in await self.channels():
-            async with self.redis.pipeline(transaction=False) as pipe:
+        channels = await self.channels()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
                 pipe.zcard(keys.outbox_queue(channel))
                 pipe.zcard(keys.outbox_status(channel))
-                counts = await self._run("counting chat entries", pipe.execute())
-            total += sum(int(c) for c in counts)
-        return total
-
-    # --- writing jobs (a diagnosis, notes) that must survive the process ----------------------
-
-    async def begin_job(self, job: str, lapse: float) -> None:
-        await self._run(
-            "recording writing under way",
-            self.redis.zadd(keys.writing_jobs(), {job: time.time() + lapse}),
-        )
-
-    async def end_job(self, job: str) -> None:
-        await self._run("ending writing", self.redis.zrem(keys.writing_jobs(), job))
-
-    async def hand_over_jobs(self, jobs: list[str]) -> None:
-        """Jobs this process will not finish: due now, for the next process to take."""
-        if jobs:
-            await self._run(
-                "handing writing over",
-                self.redis.zadd(keys.writing_jobs(), dict.fromkeys(jobs, 0), xx=True),
-            )
-
-    async def claim_jobs(self, lapse: float, count: int = 10) -> list[str]:
-        """Jobs whose claim lapsed (their process stopped), now claimed by the caller."""
-        now = time.time()
-        raw = await self._run(
-            "claiming writing",
-            self._claim_jobs(
-                keys=[keys.writing_jobs()], args=[repr(now), repr(now + lapse), count]
-            ),
-        )
-        return [_text(j) for j in raw]
+            counts = await run("counting chat entries", pipe.execute())
+        return sum(int(c) for c in counts)
 
 
 def _entry(raw: Mapping[Any, Any]) -> Entry:

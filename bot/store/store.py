@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
 from bot.errors import StoreError
@@ -33,7 +32,10 @@ from bot.store.audit import (
     AuditStream,
     stream_id_time,
 )
+from bot.store.jobs import WritingJobs
 from bot.store.outbox import Outbox
+from bot.store.redis_io import as_text as _text
+from bot.store.redis_io import translated as _translated
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 HISTORY_LEN = 500
@@ -90,28 +92,12 @@ class CreateResult:
     lock: Lock | None = None
 
 
-@asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        raise StoreError(
-            f"Redis is unavailable ({what}): {exc}. Nothing was changed; "
-            "try again when Redis is back."
-        ) from exc
-
-
 def _dump(release: Release) -> str:
     return release.model_dump_json()
 
 
 def _load(raw: object) -> Release | None:
     return None if raw is None else Release.model_validate_json(_text(raw))
-
-
-def _text(value: object) -> str:
-    """The client decodes responses; this narrows its bytes|str types for the checker."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # A member no user id can be: it keeps an empty group cached (Redis drops empty sets).
@@ -128,6 +114,7 @@ class Store:
         self._lock = redis.register_script(scripts.LOCK)
         self._unlock = redis.register_script(scripts.UNLOCK)
         self.outbox = Outbox(redis)  # what the bot owes chat, kept until chat has it
+        self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
 
     @classmethod
     async def connect(cls, url: str) -> Store:

@@ -109,7 +109,7 @@ class Narrator:
     async def _begin(self, job: Job, release: Release) -> None:
         name = f"{job.value}|{release.id}"
         try:
-            await self.store.outbox.begin_job(name, JOB_LAPSE_S)
+            await self.store.jobs.begin(name, JOB_LAPSE_S)
         except StoreError as exc:
             # The writing still happens; only a restart in the next minutes would lose it.
             log.warning("cannot record %s as under way: %s", name, exc)
@@ -137,7 +137,7 @@ class Narrator:
         except Exception:
             log.exception("writing the %s failed", job.value)
         try:
-            await self.store.outbox.end_job(name)
+            await self.store.jobs.end(name)
         except StoreError as exc:
             log.warning("cannot record %s as done: %s", name, exc)
 
@@ -152,11 +152,11 @@ class Narrator:
     async def adopt(self) -> int:
         """Take up the writing a stopped process left; how many pieces were taken."""
         taken = 0
-        for name in await self.store.outbox.claim_jobs(JOB_LAPSE_S):
+        for name in await self.store.jobs.claim(JOB_LAPSE_S):
             kind, _, release_id = name.partition("|")
             release = await self.store.get(release_id)
             if release is None or kind not in Job.__members__.values():
-                await self.store.outbox.end_job(name)
+                await self.store.jobs.end(name)
                 continue
             log.info("taking up the %s of %s left unfinished", kind, release.label)
             self._spawn(name, release)
@@ -177,7 +177,7 @@ class Narrator:
             self._adopter = None
         await cancel_and_wait(tasks, CLOSE_TIMEOUT_S)
         try:
-            await self.store.outbox.hand_over_jobs(unfinished)
+            await self.store.jobs.hand_over(unfinished)
         except StoreError as exc:
             log.warning("cannot hand unfinished writing over (taken up later): %s", exc)
         await self.llm.close()

@@ -57,12 +57,7 @@ def running(
             wait_for_port(port, timeout)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
