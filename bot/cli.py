@@ -17,7 +17,15 @@ from bot import __version__
 from bot.app import App, build_app, resolve_policy
 from bot.config import Settings
 from bot.console import Console, ConsoleNotifier
-from bot.demo.rig import METRICS_MODES, DemoRig, MetricsMode, demo_policy, scripted_input
+from bot.demo.rig import (
+    METRICS_MODES,
+    TRAFFIC_MODES,
+    DemoRig,
+    MetricsMode,
+    TrafficMode,
+    demo_policy,
+    scripted_input,
+)
 from bot.errors import PolicyError, ShipwatchError
 from bot.observe.logs import configure_logging
 from bot.release.policy import Policy, load_policy, require_judged
@@ -88,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         "the demo's sample services), `synthetic` (made up in process), or `auto` (the first "
         "when it can; the default)",
     )
+    demo.add_argument(
+        "--traffic",
+        choices=TRAFFIC_MODES,
+        default="flags",
+        help="what moves users between versions: the embedded `flags` (the default), or a real "
+        "`haproxy` or `nginx` (from PATH) in front of each sample service's stable and canary "
+        "pools, driven as in production; needs real metrics",
+    )
 
     serve = sub.add_parser(
         "serve", help="run the Slack app over HTTP (POST /slack/events) and the controller"
@@ -131,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_console(settings, speedy, args.user))
         if args.command == "demo":
             interactive = args.interactive and sys.stdin.isatty()
-            return asyncio.run(_demo(settings, policy, interactive, args.metrics))
+            return asyncio.run(_demo(settings, policy, interactive, args.metrics, args.traffic))
         if args.command == "serve":
             if refused := _demo_parts(settings, policy, allowed=args.demo) or _unjudged(policy):
                 print(f"refusing to start: {refused}", file=sys.stderr)
@@ -203,7 +219,13 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-async def _demo(settings: Settings, policy: Policy, interactive: bool, metrics: MetricsMode) -> int:
+async def _demo(
+    settings: Settings,
+    policy: Policy,
+    interactive: bool,
+    metrics: MetricsMode,
+    traffic: TrafficMode = "flags",
+) -> int:
     settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.25)})
 
     def echo(text: str) -> None:
@@ -225,16 +247,20 @@ async def _demo(settings: Settings, policy: Policy, interactive: bool, metrics: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    rig = DemoRig(settings.data_dir, policy, metrics)
+    rig = DemoRig(settings.data_dir, policy, metrics, traffic)
     try:
         choice = await rig.start()
         echo(choice.line)
         if choice.detail:
             echo(choice.detail)
+        if choice.traffic:
+            echo(choice.traffic)
         if settings.prometheus_url:
             echo("(PROMETHEUS_URL is not used by the demo: it judges its own sample services)")
         settings = settings.model_copy(update={"prometheus_url": choice.prometheus_url})
-        app = await build_app(settings, policy=rig.policy, notifiers=[ConsoleNotifier(sys.stdout)])
+        # The deployer first: it puts a release's version on its pool before users reach it.
+        notifiers = [*rig.deployers, ConsoleNotifier(sys.stdout)]
+        app = await build_app(settings, policy=rig.policy, notifiers=notifiers)
         try:
             await rig.follow_flags(settings.redis_url or _embedded_url(app))
             console = Console(

@@ -73,6 +73,11 @@ def _assert_both_releases(out: str) -> None:
 
 def _prometheus_processes(marker: Path) -> list[int]:
     """Live ``prometheus`` processes whose command line mentions ``marker``."""
+    return _processes_mentioning(marker, "prometheus")
+
+
+def _processes_mentioning(marker: Path, program: str) -> list[int]:
+    """Live processes of ``program`` whose command line mentions ``marker``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -81,7 +86,7 @@ def _prometheus_processes(marker: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile
-        if argv[0].endswith(b"prometheus") and any(str(marker).encode() in a for a in argv):
+        if program.encode() in argv[0] and any(str(marker).encode() in a for a in argv):
             found.append(int(entry.name))
     return found
 
@@ -120,6 +125,86 @@ def test_demo_plays_both_releases_on_a_real_prometheus(
     assert not list(data.glob("prometheus-*"))
     assert (data / "prometheus.log").is_file()
     assert seconds < 120, f"the demo took {seconds:.0f}s"
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+@pytest.mark.prometheus
+@pytest.mark.parametrize(
+    ("engine", "label", "how"),
+    [
+        pytest.param(
+            "haproxy",
+            r"HAProxy [0-9][0-9.\-]*",
+            "`set map` on the runtime API, no reload",
+            marks=pytest.mark.haproxy,
+        ),
+        pytest.param(
+            "nginx",
+            r"NGINX [0-9][0-9.]*",
+            "a split_clients include, `nginx -t`, reload",
+            marks=pytest.mark.nginx,
+        ),
+    ],
+)
+def test_demo_plays_both_releases_through_a_real_proxy(
+    tmp_path: Path, engine: str, label: str, how: str
+) -> None:
+    require_binary("redis-server")
+    require_binary("prometheus")
+    require_binary(engine)
+    data = tmp_path / "data"
+    out, _ = _run_demo(tmp_path, data, "--traffic", engine)
+
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r"metrics: real Prometheus .* users routed to versions through " + label + r"\)",
+        lines[0],
+    ), lines[0]
+    assert re.fullmatch(
+        f"traffic: {label} in front of each service's stable and canary pools; shipwatch moves "
+        f"users with its {engine} backend " + re.escape(f"({how})"),
+        lines[2],
+    ), lines[2]
+    _assert_both_releases(out)
+    # v3 was judged on what its pool served through the proxy (the rollback needs 20 of its
+    # requests in the window), and only after the pipeline put it on the canary pool.
+    rollback = next(line for line in lines if "Rolling back checkout `v3`" in line)
+    assert re.search(r"latency_p99: [0-9.]+ s is [0-9.]+x control \(limit 2x\)", rollback)
+    assert "traffic failed" not in out.lower()
+    # Nothing it started is left: the proxy's files are gone, its log stays.
+    assert not _processes_mentioning(data, engine)
+    assert not list(data.glob(f"{engine}-*"))
+    assert (data / f"{engine}.log").is_file()
+
+
+@pytest.mark.redis
+def test_a_proxy_on_synthetic_metrics_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "demo",
+            "--no-interactive",
+            "--traffic",
+            "haproxy",
+            "--metrics",
+            "synthetic",
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "shipwatch: --traffic haproxy moves real requests, and synthetic metrics would not see "
+        "them\nleave out --metrics synthetic (the demo then needs prometheus on PATH)"
+    )
+    assert "you>" not in done.stdout  # nothing was played
 
 
 @pytest.mark.e2e
@@ -320,8 +405,10 @@ async def test_sample_service_metrics_and_fault_control() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             for n in range(10):
                 status, body = await _get(http, f"{svc.url}/work?user=u{n}")
-                assert (status, body) == (200, {"service": "checkout", "version": "v1",
-                                                "user": f"u{n}"})
+                assert (status, body) == (
+                    200,
+                    {"service": "checkout", "version": "v1", "user": f"u{n}"},
+                )
             # 50 times a nominal 1%: every other request fails, evenly spread.
             said = svc.inject("checkout", "error_rate", 50, "v1")
             assert said == "sample service: checkout v1: errors ×50 (now 50.0% of requests fail)"
@@ -339,10 +426,11 @@ async def test_sample_service_metrics_and_fault_control() -> None:
                 f"{svc.url}/admin/config", json={"version": "v2", "error_rate": 0.5}
             ) as response:
                 assert response.status == 200
-                assert await response.json() == {"error_rate": 0.5, "latency": 0.002,
-                                                  "jitter": 0.0}
-            for bad, why in (({"error_rate": 2}, "error_rate must be within [0, 1]"),
-                             ({"speed": 1}, "unknown fields: ['speed']")):
+                assert await response.json() == {"error_rate": 0.5, "latency": 0.002, "jitter": 0.0}
+            for bad, why in (
+                ({"error_rate": 2}, "error_rate must be within [0, 1]"),
+                ({"speed": 1}, "unknown fields: ['speed']"),
+            ):
                 async with http.post(f"{svc.url}/admin/config", json=bad) as response:
                     assert response.status == 400
                     assert why in (await response.json())["error"]

@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import yaml
 
+from bot.demo.daemon import Daemon, find, free_port, version_of
 from bot.errors import MetricsError
 
 log = logging.getLogger(__name__)
@@ -30,40 +29,10 @@ log = logging.getLogger(__name__)
 JOB = "shipwatch-demo"
 # Each HTTP request made while starting; a busy machine answers well within it.
 _REQUEST_TIMEOUT = 2.0
-_VERSION = re.compile(r"version\s+([0-9][^\s+]*)")
 
 
 def find_prometheus() -> str | None:
-    return shutil.which("prometheus")
-
-
-async def prometheus_version(binary: str, timeout: float = 5.0) -> str:
-    """``2.42.0`` from ``prometheus --version``; empty when it cannot be told."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            "--version",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError:
-        return ""
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return ""
-    found = _VERSION.search(out.decode(errors="replace"))
-    return found.group(1) if found else ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return find("prometheus")
 
 
 def scrape_config(targets: Sequence[str], interval: float) -> dict[str, Any]:
@@ -97,29 +66,26 @@ class DemoPrometheus:
         self.url = ""
         self.version = ""
         self._workdir: Path | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
+        self._daemon = Daemon("prometheus", self.log_path)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start it and wait until every target has been scraped; MetricsError otherwise."""
-        self.version = await prometheus_version(self.binary)
+        self.version = await version_of(self.binary)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._workdir = Path(tempfile.mkdtemp(prefix="prometheus-", dir=self.data_dir))
         config = self._workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(scrape_config(self.targets, self.interval)))
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self._log = self.log_path.open("wb")
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self._workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=asyncio.subprocess.STDOUT,
+            await self._daemon.start(
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self._workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ]
             )
             await asyncio.wait_for(self._until_scraping(), timeout)
         except TimeoutError:
@@ -159,34 +125,12 @@ class DemoPrometheus:
                 await asyncio.sleep(0.2)
 
     def _check_running(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.returncode is not None:
-            tail = ""
-            with contextlib.suppress(OSError):
-                lines = self.log_path.read_text(errors="replace").strip().splitlines()
-                tail = f": {lines[-1][:300]}" if lines else ""
-            raise MetricsError(f"prometheus exited with status {proc.returncode}{tail}")
+        if why := self._daemon.exited():
+            raise MetricsError(why)
 
     async def stop(self) -> None:
         """Stop the process and delete its TSDB. Idempotent; safe after a failed start."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            except asyncio.CancelledError:
-                # Interrupted while it shuts down: make sure it does not outlive us.
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                raise
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await self._daemon.stop()
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             await asyncio.to_thread(shutil.rmtree, workdir, True)

@@ -22,17 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bot.demo.haproxy import DemoHAProxy, find_haproxy
 from bot.demo.load import LoadGenerator
+from bot.demo.nginx import DemoNginx, find_nginx
 from bot.demo.prometheus import DemoPrometheus, find_prometheus
+from bot.demo.proxy import DemoProxy, Pools
 from bot.demo.service import DEMO_BEHAVIOUR, DemoService
-from bot.errors import MetricsError, UserError
+from bot.engine.events import EventKind, Notifier, ReleaseEvent
+from bot.errors import MetricsError, TrafficError, UserError
 from bot.flags import FlagClient
-from bot.release.policy import Metric, Policy, ServicePolicy
+from bot.release.policy import Metric, Policy, ServicePolicy, TrafficSettings
 
 log = logging.getLogger(__name__)
 
 MetricsMode = Literal["auto", "prometheus", "synthetic"]
 METRICS_MODES: tuple[MetricsMode, ...] = ("auto", "prometheus", "synthetic")
+TrafficMode = Literal["flags", "haproxy", "nginx"]
+TRAFFIC_MODES: tuple[TrafficMode, ...] = ("flags", "haproxy", "nginx")
+PACKAGES = {"haproxy": "haproxy", "nginx": "nginx-light"}
+HOW = {
+    "haproxy": "`set map` on the runtime API, no reload",
+    "nginx": "a split_clients include, `nginx -t`, reload",
+}
 
 SCRIPT = [
     "# 1. A healthy release: it advances by itself while its metrics hold.",
@@ -108,6 +119,16 @@ def for_real_metrics(policy: Policy) -> Policy:
     )
 
 
+def through(policy: Policy, proxy: DemoProxy, services: list[str]) -> Policy:
+    """The policy with ``services`` driven through ``proxy`` instead of the embedded flags."""
+    updated = {
+        name: sp.model_copy(update={"traffic": TrafficSettings.model_validate(proxy.traffic(name))})
+        for name, sp in policy.services.items()
+        if name in services
+    }
+    return policy.model_copy(update={"services": policy.services | updated})
+
+
 def scripted_input(interactive: bool, echo: Callable[[str], None]) -> Callable[[], str]:
     """Feed the script to the console line by line, then the user's input (or the end)."""
     lines: Iterator[str] = iter(SCRIPT)
@@ -131,65 +152,114 @@ def scripted_input(interactive: bool, echo: Callable[[str], None]) -> Callable[[
 
 
 class SampleFleet:
-    """One sample service per service of the policy, and the load that keeps them busy.
+    """The sample services of the policy, and the load that keeps them busy.
 
-    It is also where the console's ``fault`` and ``clear`` go in the real-metrics demo.
+    Without a proxy, one instance per service routes each user by the canary flag (the embedded
+    flags backend). With one, each service runs a stable pool and a canary pool behind it, the
+    load goes through the proxy, and ``PoolDeployer`` puts each release's versions on the
+    pools. It is also where the console's ``fault`` and ``clear`` go in the real-metrics demo.
     """
 
-    def __init__(self, services: list[str]) -> None:
-        self.services = {
-            name: DemoService(name, FIRST_VERSION, DEMO_BEHAVIOUR) for name in services
+    def __init__(self, services: list[str], proxy: DemoProxy | None = None) -> None:
+        self.proxy = proxy
+        per_service = 1 if proxy is None else 2
+        self.instances = {
+            name: [DemoService(name, FIRST_VERSION, DEMO_BEHAVIOUR) for _ in range(per_service)]
+            for name in services
         }
         self.load: LoadGenerator | None = None
         self.flags: FlagClient | None = None
 
     @property
     def targets(self) -> list[str]:
-        return [s.target for s in self.services.values()]
+        return [s.target for group in self.instances.values() for s in group]
+
+    def pools(self, service: str) -> tuple[DemoService, DemoService]:
+        """The stable and the canary pool of ``service`` (with a proxy only)."""
+        stable, canary = self.instances[service]
+        return stable, canary
 
     async def start(self) -> None:
-        for svc in self.services.values():
-            await svc.start()
-        # Traffic from the start, before any flag exists: the first release's control (v1)
-        # has a history by the time it is compared with the canary.
-        self.load = LoadGenerator(
-            [s.url for s in self.services.values()], per_second=LOAD_PER_SECOND, users=DEMO_USERS
-        )
+        for group in self.instances.values():
+            for svc in group:
+                await svc.start()
+        if self.proxy is None:
+            entries = [group[0].url for group in self.instances.values()]
+        else:
+            await self.proxy.start(
+                {name: Pools(*(s.target for s in self.pools(name))) for name in self.instances}
+            )
+            entries = [self.proxy.entry(name) for name in self.instances]
+        # Traffic from the start, before any release: the first release's control (v1) has a
+        # history by the time it is compared with the canary.
+        self.load = LoadGenerator(entries, per_second=LOAD_PER_SECOND, users=DEMO_USERS)
         self.load.start()
 
     async def follow_flags(self, redis_url: str) -> None:
         """Route users by the canary flags in ``redis_url``, the ones the bot writes."""
+        if self.proxy is not None:
+            return  # the proxy routes them
         flags = FlagClient(redis_url, poll_interval=1.0)
         # start() reads the flags once, blocking: off the loop.
         await asyncio.to_thread(flags.start)
         self.flags = flags
-        for svc in self.services.values():
-            svc.flags = flags
+        for group in self.instances.values():
+            group[0].flags = flags
 
     async def close(self) -> None:
         if self.load is not None:
             await self.load.stop()
             self.load = None
-        for svc in self.services.values():
-            svc.flags = None
-            await svc.stop()
-        if self.flags is not None:
-            await asyncio.to_thread(self.flags.close)
-            self.flags = None
+        try:
+            if self.proxy is not None:
+                await self.proxy.stop()
+        finally:
+            for group in self.instances.values():
+                for svc in group:
+                    svc.flags = None
+                    await svc.stop()
+            if self.flags is not None:
+                await asyncio.to_thread(self.flags.close)
+                self.flags = None
 
     def inject(self, service: str, metric: str, factor: float, version: str = "*") -> str:
-        svc = self.services.get(service)
-        if svc is None:
+        group = self.instances.get(service)
+        if group is None:
             raise UserError(
                 f"no sample service `{service}` in this demo",
-                hint="sample services: " + ", ".join(sorted(self.services)),
+                hint="sample services: " + ", ".join(sorted(self.instances)),
             )
-        return svc.inject(service, metric, factor, version)
+        # A fault belongs to a version: every pool that runs (or will run) it behaves so.
+        said = [svc.inject(service, metric, factor, version) for svc in group]
+        return said[0]
 
     def clear(self, service: str | None = None) -> None:
-        for name, svc in self.services.items():
+        for name, group in self.instances.items():
             if service in (None, name):
-                svc.clear()
+                for svc in group:
+                    svc.clear()
+
+
+class PoolDeployer:
+    """The demo's deploy pipeline when a proxy routes users: a release's canary version goes to
+    the canary pool when it starts, and to the stable pool once it has succeeded (the canary
+    pool keeps serving it until the next release), as a team's pipeline would do around
+    shipwatch. A notifier, so it hears the release start before its first weight is applied."""
+
+    def __init__(self, fleet: SampleFleet) -> None:
+        self.fleet = fleet
+
+    async def notify(self, event: ReleaseEvent) -> None:
+        release = event.release
+        if release.service not in self.fleet.instances or self.fleet.proxy is None:
+            return
+        stable, canary = self.fleet.pools(release.service)
+        if event.kind is EventKind.STARTED:
+            canary.deploy(release.version)
+            if release.stable_version:
+                stable.deploy(release.stable_version)
+        elif event.kind is EventKind.SUCCEEDED:
+            stable.deploy(release.version)
 
 
 @dataclass(frozen=True)
@@ -199,6 +269,7 @@ class MetricsChoice:
     prometheus_url: str | None
     line: str
     detail: str = ""
+    traffic: str = ""  # the engine that moves users, when not the embedded flags
 
 
 class DemoRig:
@@ -210,14 +281,42 @@ class DemoRig:
     call it from a ``finally``.
     """
 
-    def __init__(self, data_dir: Path, policy: Policy, mode: MetricsMode = "auto") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        policy: Policy,
+        mode: MetricsMode = "auto",
+        traffic: TrafficMode = "flags",
+    ) -> None:
         self.data_dir = data_dir
         self.mode = mode
+        self.traffic = traffic
         self.policy = demo_policy(policy)
         self.fleet: SampleFleet | None = None
         self.prometheus: DemoPrometheus | None = None
 
+    def _proxy(self) -> DemoProxy | None:
+        """The proxy ``--traffic`` asks for; UserError when it cannot run here."""
+        if self.traffic == "flags":
+            return None
+        if self.mode == "synthetic":
+            raise UserError(
+                f"--traffic {self.traffic} moves real requests, and synthetic metrics would not "
+                "see them",
+                hint="leave out --metrics synthetic (the demo then needs prometheus on PATH)",
+            )
+        found = {"haproxy": find_haproxy, "nginx": find_nginx}[self.traffic]()
+        if found is None:
+            raise UserError(
+                f"{self.traffic} is not installed here",
+                hint=f"apt-get install {PACKAGES[self.traffic]}, or leave out --traffic to move "
+                "users with the embedded flags",
+            )
+        maker = DemoHAProxy if self.traffic == "haproxy" else DemoNginx
+        return maker(found, self.data_dir)
+
     async def start(self) -> MetricsChoice:
+        proxy = self._proxy()
         if self.mode == "synthetic":
             return self._synthetic("asked for with --metrics synthetic")
         binary = find_prometheus()
@@ -229,30 +328,50 @@ class DemoRig:
         services = [n for n, sp in self.policy.services.items() if sp.traffic.backend == "flags"]
         if not services:
             return self._fallback("no service of the policy uses the flags traffic backend")
-        fleet = self.fleet = SampleFleet(services)
+        fleet = self.fleet = SampleFleet(services, proxy)
         try:
             await fleet.start()
             prometheus = self.prometheus = DemoPrometheus(
                 binary, self.data_dir, fleet.targets, interval=SCRAPE_INTERVAL
             )
             await prometheus.start()
+        except TrafficError:
+            await self.close()
+            raise  # the engine asked for by name: no quiet way round it
         except (MetricsError, OSError) as exc:
             await self.close()
             return self._fallback(str(exc))
         self.policy = for_real_metrics(self.policy)
+        routed = "by the canary flag"
+        traffic = ""
+        if proxy is not None:
+            self.policy = through(self.policy, proxy, services)
+            routed = f"through {proxy.label}"
+            traffic = (
+                f"traffic: {proxy.label} in front of each service's stable and canary pools; "
+                f"shipwatch moves users with its {proxy.engine} backend ({HOW[proxy.engine]})"
+            )
         version = f" {prometheus.version}" if prometheus.version else ""
         return MetricsChoice(
             prometheus.url,
             f"metrics: real Prometheus{version} at {prometheus.url}, scraping the sample "
             f"services every {SCRAPE_INTERVAL:g} s ({', '.join(services)}; "
-            f"{LOAD_PER_SECOND:g} requests/s each, users routed to versions by the canary flag)",
+            f"{LOAD_PER_SECOND:g} requests/s each, users routed to versions {routed})",
             f"(steps start at {REAL_MIN_WEIGHT}%: the smallest share of that traffic that gives "
             f"a canary {REAL_MIN_REQUESTS} requests to be judged on within a few seconds)",
+            traffic,
         )
 
     async def follow_flags(self, redis_url: str) -> None:
         if self.fleet is not None:
             await self.fleet.follow_flags(redis_url)
+
+    @property
+    def deployers(self) -> list[Notifier]:
+        """What puts each release's versions on the pools: nothing when flags route users."""
+        if self.fleet is None or self.fleet.proxy is None:
+            return []
+        return [PoolDeployer(self.fleet)]
 
     @property
     def faults(self) -> SampleFleet | None:
@@ -271,7 +390,7 @@ class DemoRig:
                 await prometheus.stop()
 
     def _fallback(self, reason: str) -> MetricsChoice:
-        if self.mode == "prometheus":
+        if self.mode == "prometheus" or self.traffic != "flags":
             raise MetricsError(f"the demo cannot use a real Prometheus: {reason}")
         log.warning("demo: synthetic metrics: %s", reason)
         return self._synthetic(reason)

@@ -215,6 +215,15 @@ class DemoService:
 
     # -- serving -----------------------------------------------------------------------------
 
+    def deploy(self, version: str) -> None:
+        """Serve ``version`` from now on (when no flag routes the user): what a deploy to this
+        instance's pool does."""
+        with self._lock:
+            if version not in self._seen:
+                self._prepare(version)
+            self.version = version
+        log.info("sample service %s now runs %s", self.service, version)
+
     def version_for(self, user: str) -> str:
         """The version that serves ``user``: the flag's choice, or this instance's own."""
         flags = self.flags
