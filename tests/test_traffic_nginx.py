@@ -1,12 +1,14 @@
 """The nginx traffic backend against a real NGINX: the include written, tested and reloaded at
 each step, the split within a few points, nobody moving back, 0% and 100% as one line, the
 workers read back through the marker, a bad include refused with the old one put back, and
-NGINX down."""
+NGINX down; in the whole bot, a hand edit found and repaired, a step decided but never applied
+finished by the next round, and NGINX down named at start and pausing a release."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from bot.app import App
 from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor
+from bot.release.rollout import Actor, advance
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.nginx import NginxBackend
 from tests.support.engines import app_driving, rounds_until
@@ -103,7 +105,7 @@ async def test_nginx_down_is_a_clear_traffic_error(nginx: Nginx) -> None:
         await backend.apply(change(10))
 
 
-# --- in the whole bot: a hand edit found and repaired ---------------------------------------
+# --- in the whole bot: a hand edit found and repaired, NGINX down -----------------------------
 
 
 @pytest.fixture
@@ -150,3 +152,68 @@ async def test_a_hand_edit_of_the_include_is_found_and_repaired(
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (started.release.id, "0")
+
+
+async def test_an_engine_that_cannot_be_reached_is_named_at_start(
+    app: tuple[App, Recorder], nginx: Nginx
+) -> None:
+    core, _ = app
+    assert await core.unreachable_engines() == {}
+
+    nginx.stop()
+
+    unreachable = await core.unreachable_engines()
+    assert list(unreachable) == ["checkout"]
+    marker = nginx.marker_url.replace("{service}", "checkout")
+    assert unreachable["checkout"].startswith(f"cannot read NGINX's marker {marker} (")
+
+
+async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
+    app: tuple[App, Recorder], nginx: Nginx
+) -> None:
+    core, _ = app
+    alice = Actor(user="alice", surface="slack")
+    release = (
+        await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    ).release
+    backend = core.backends["checkout"]
+    assert await backend.current("checkout") == Applied(10)
+    # The process decided the next step and stored it, then died before NGINX heard of it.
+    stored = await core.store.get(release.id)
+    assert stored is not None
+    decided = advance(stored, alice, time.time(), "advanced, then the process died")
+    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
+    assert committed.status.value == "ok"
+    assert await backend.current("checkout") == Applied(10)
+
+    assert await rounds_until(core, backend, "checkout", Applied(50)) == Applied(50)
+    after = await core.store.get(release.id)
+    assert after is not None and after.applied_weight == 50
+    assert "50% canary;" in (nginx.tmp / "split-checkout.conf").read_text(encoding="utf-8")
+    share = 100 * len(await canary_users(nginx)) / USERS
+    assert abs(share - 50) <= TOLERANCE, f"{share:.1f}% on the canary at 50%"
+
+
+async def test_nginx_down_mid_release_pauses_it_with_the_reason(
+    app: tuple[App, Recorder], nginx: Nginx
+) -> None:
+    core, recorder = app
+    alice = Actor(user="alice", surface="slack")
+    started = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
+    nginx.stop()
+
+    current = started.release
+    for _ in range(40):
+        await core.controller.run_once()
+        current = await core.store.get(started.release.id) or current
+        if current.state.value == "paused":
+            break
+        await asyncio.sleep(0.05)
+
+    assert current.state.value == "paused"
+    marker = nginx.marker_url.replace("{service}", "checkout")
+    assert current.reason.startswith(
+        f"cannot read back the traffic engine: cannot read NGINX's marker {marker} ("
+    ), current.reason
+    await core.events.drain()
+    assert EventKind.PAUSED in recorder.kinds("checkout")

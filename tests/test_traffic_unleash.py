@@ -1,6 +1,9 @@
 """The unleash traffic backend against a real Unleash (and PostgreSQL): the flag and shipwatch's
 strategy created on the first step, each step read back, the same users in the canary for
-Unleash's Python SDK, its Node SDK and bot.flags, rollback to 0, Unleash down."""
+Unleash's Python SDK, its Node SDK and bot.flags, rollback to 0, a rollback whose rollout Unleash
+refuses turning the flag off, Unleash down; in the whole bot, a change made in Unleash found and
+set back, a step decided but never applied finished by the next round, and Unleash down pausing
+a release."""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -19,7 +25,7 @@ from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.flags import normalized_number
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor
+from bot.release.rollout import Actor, advance
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.unleash import UnleashBackend
 from tests.support.engines import app_driving, rounds_until
@@ -131,21 +137,72 @@ async def test_unleash_down_and_a_wrong_token_are_clear_traffic_errors(unleash: 
         await wrong.close()
 
 
+async def admin(server: Unleash, method: str, path: str, body: object = None) -> Any:
+    """A call to Unleash's Admin API as a person in its UI would make it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, server.url + path, json=body, headers={"Authorization": ADMIN_TOKEN}
+        ) as resp,
+    ):
+        text = await resp.text()
+        assert 200 <= resp.status < 300, f"{method} {path}: HTTP {resp.status} {text[:300]}"
+        return json.loads(text) if text.strip() else None
+
+
+async def test_a_rollback_whose_rollout_unleash_refuses_turns_the_flag_off(
+    unleash: Unleash, backend: UnleashBackend
+) -> None:
+    service = "payments"
+    await backend.apply(change(service, 10, TrafficAction.START))
+    feature = f"/api/admin/projects/default/features/{backend.flag_of(service)}"
+    strategies = f"{feature}/environments/development/strategies"
+    # Someone narrows shipwatch's strategy to a region in Unleash's UI, then drops that region
+    # from the context field's legal values: Unleash now refuses every write to the strategy.
+    context = {"name": "payments-region", "legalValues": [{"value": "eu"}, {"value": "us"}]}
+    await admin(unleash, "POST", "/api/admin/context", context)
+    [owned] = await admin(unleash, "GET", strategies)
+    region = {"contextName": "payments-region", "operator": "IN", "values": ["eu"]}
+    patch = [{"op": "add", "path": "/constraints/-", "value": region}]
+    await admin(unleash, "PATCH", f"{strategies}/{owned['id']}", patch)
+    await admin(unleash, "DELETE", "/api/admin/context/payments-region/legal-values/eu")
+    with pytest.raises(TrafficError, match=r"HTTP 400.*not specified as a legal value"):
+        await backend.apply(change(service, 50))  # a step is refused, and says so
+    assert await backend.current(service) == Applied(10)
+
+    await backend.apply(change(service, 10, TrafficAction.ROLLBACK))  # does not raise
+
+    assert await backend.current(service) == Applied(0)
+    read = await admin(unleash, "GET", feature)
+    [development] = [e for e in read["environments"] if e["name"] == "development"]
+    assert development["enabled"] is False  # every SDK serves stable
+    [still] = development["strategies"]
+    assert (still["title"], still["parameters"]["rollout"]) == ("shipwatch", "10")  # refused
+
+
 def test_a_missing_admin_token_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="admin API token"):
         UnleashBackend("http://unleash.internal", "")
 
 
-# --- in the whole bot: a change made in Unleash's UI found and repaired ---------------------
+# --- in the whole bot: a change made in Unleash's UI found and repaired, Unleash down -------
+
+
+@asynccontextmanager
+async def bot_on(
+    server: Unleash, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[App, Recorder]]:
+    monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", ADMIN_TOKEN)
+    traffic = {"backend": "unleash", "unleash_url": server.url}
+    async with app_driving(redis_url, "ledger", traffic) as built:
+        yield built
 
 
 @pytest.fixture
 async def app(
     unleash: Unleash, redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[App, Recorder]]:
-    monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", ADMIN_TOKEN)
-    traffic = {"backend": "unleash", "unleash_url": unleash.url}
-    async with app_driving(redis_url, "ledger", traffic) as built:
+    async with bot_on(unleash, redis_url, monkeypatch) as built:
         yield built
 
 
@@ -170,3 +227,63 @@ async def test_a_rollout_changed_in_unleash_is_found_and_set_back(
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (started.release.id, "80")
+
+
+async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
+    app: tuple[App, Recorder],
+) -> None:
+    core, _ = app
+    alice = Actor(user="alice", surface="slack")
+    release = (await core.service.deploy(alice, "ledger", "v2", DeployOptions(stable="v1"))).release
+    backend = core.backends["ledger"]
+    assert await backend.current("ledger") == Applied(10)
+    # The process decided the next step and stored it, then died before Unleash heard of it.
+    stored = await core.store.get(release.id)
+    assert stored is not None
+    decided = advance(stored, alice, time.time(), "advanced, then the process died")
+    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
+    assert committed.status.value == "ok"
+    assert await backend.current("ledger") == Applied(10)
+
+    assert await rounds_until(core, backend, "ledger", Applied(50)) == Applied(50)
+    after = await core.store.get(release.id)
+    assert after is not None and after.applied_weight == 50
+
+
+@pytest.fixture
+def unleash_to_stop(tmp_path: Path) -> Iterator[tuple[Unleash, Callable[[], None]]]:
+    """An Unleash (and PostgreSQL) of this test's own, and what stops it: the module's server
+    must stay up for the other tests."""
+    with ExitStack() as stack:
+        server = stack.enter_context(unleash_running(tmp_path))
+        yield server, stack.close
+
+
+@pytest.mark.unleash  # its server is not the `unleash` fixture the conftest marks by
+async def test_unleash_down_mid_release_pauses_it_with_the_reason(
+    unleash_to_stop: tuple[Unleash, Callable[[], None]],
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, stop = unleash_to_stop
+    async with bot_on(server, redis_url, monkeypatch) as (core, recorder):
+        alice = Actor(user="alice", surface="slack")
+        started = await core.service.deploy(alice, "ledger", "v2", DeployOptions(stable="v1"))
+        assert await core.backends["ledger"].current("ledger") == Applied(10)
+        await asyncio.to_thread(stop)  # Unleash first, then its PostgreSQL
+
+        current = started.release
+        for _ in range(40):
+            await core.controller.run_once()
+            current = await core.store.get(started.release.id) or current
+            if current.state.value == "paused":
+                break
+            await asyncio.sleep(0.05)
+
+        assert current.state.value == "paused"
+        assert current.reason.startswith(
+            f"cannot read back the traffic engine: cannot reach Unleash at {server.url} ("
+        ), current.reason
+        await core.events.drain()
+        assert EventKind.PAUSED in recorder.kinds("ledger")
