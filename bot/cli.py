@@ -100,9 +100,17 @@ def _parser() -> argparse.ArgumentParser:
         "--traffic",
         choices=TRAFFIC_MODES,
         default="flags",
-        help="what moves users between versions: the embedded `flags` (the default), or a real "
+        help="what moves users between versions: the embedded `flags` (the default), a real "
         "`haproxy` or `nginx` (from PATH) in front of each sample service's stable and canary "
-        "pools, driven as in production; needs real metrics",
+        "pools, or `unleash` (your server, see --unleash-url), driven as in production; needs "
+        "real metrics",
+    )
+    demo.add_argument(
+        "--unleash-url",
+        default="",
+        metavar="URL",
+        help="the Unleash server `--traffic unleash` drives (tokens from $UNLEASH_ADMIN_TOKEN "
+        "and $UNLEASH_CLIENT_TOKEN)",
     )
 
     serve = sub.add_parser(
@@ -147,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_console(settings, speedy, args.user))
         if args.command == "demo":
             interactive = args.interactive and sys.stdin.isatty()
-            return asyncio.run(_demo(settings, policy, interactive, args.metrics, args.traffic))
+            return asyncio.run(
+                _demo(settings, policy, interactive, args.metrics, args.traffic, args.unleash_url)
+            )
         if args.command == "serve":
             if refused := _demo_parts(settings, policy, allowed=args.demo) or _unjudged(policy):
                 print(f"refusing to start: {refused}", file=sys.stderr)
@@ -225,6 +235,7 @@ async def _demo(
     interactive: bool,
     metrics: MetricsMode,
     traffic: TrafficMode = "flags",
+    unleash_url: str = "",
 ) -> int:
     settings = settings.model_copy(update={"controller_tick": min(settings.controller_tick, 0.25)})
 
@@ -247,7 +258,7 @@ async def _demo(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    rig = DemoRig(settings.data_dir, policy, metrics, traffic)
+    rig = DemoRig(settings.data_dir, policy, metrics, traffic, unleash_url)
     try:
         choice = await rig.start()
         echo(choice.line)

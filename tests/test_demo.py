@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pty
 import re
@@ -33,6 +34,7 @@ from bot.release.policy import embedded_policy
 from bot.traffic.base import TrafficAction, TrafficChange
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import clean_env, free_port, require_binary
+from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, unleash_running
 
 DEMO_TIMEOUT = 240.0  # a bound on a hang; the demo takes well under a minute
 
@@ -44,12 +46,14 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def _run_demo(tmp_path: Path, data_dir: Path, *args: str) -> tuple[str, float]:
+def _run_demo(
+    tmp_path: Path, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[str, float]:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "bot", "demo", "--no-interactive", *args],
         cwd=tmp_path,  # no ./shipwatch.yaml here: the embedded policy
-        env=_env(data_dir),
+        env=_env(data_dir) | (env or {}),
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT,
@@ -176,6 +180,81 @@ def test_demo_plays_both_releases_through_a_real_proxy(
     assert not _processes_mentioning(data, engine)
     assert not list(data.glob(f"{engine}-*"))
     assert (data / f"{engine}.log").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+@pytest.mark.prometheus
+@pytest.mark.unleash
+def test_demo_plays_both_releases_through_a_real_unleash(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    require_binary("prometheus")
+    with unleash_running(tmp_path) as server:
+        env = {"UNLEASH_ADMIN_TOKEN": ADMIN_TOKEN, "UNLEASH_CLIENT_TOKEN": CLIENT_TOKEN}
+        out, _ = _run_demo(
+            tmp_path,
+            tmp_path / "data",
+            "--traffic",
+            "unleash",
+            "--unleash-url",
+            server.url,
+            env=env,
+        )
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"{server.url}/api/admin/projects/default/features/shipwatch.checkout",
+                headers={"Authorization": ADMIN_TOKEN},
+            ),
+            timeout=10,
+        ) as answer:
+            flag = json.load(answer)
+
+    lines = out.splitlines()
+    assert lines[0].endswith("users routed to versions by Unleash's Python SDK)"), lines[0]
+    assert lines[2] == (
+        f"traffic: Unleash at {server.url}, flags shipwatch.checkout, shipwatch.payments, "
+        "shipwatch.search (project default, environment development); shipwatch moves users "
+        "with its unleash backend (a flexibleRollout strategy through the Admin API); the "
+        "sample services ask Unleash's Python SDK, refreshing every 1 s"
+    )
+    _assert_both_releases(out)
+    assert "applications see it within 1s" in out
+    # What the rollback left in Unleash: shipwatch's strategy at 0% in development.
+    [development] = [e for e in flag["environments"] if e["name"] == "development"]
+    [owned] = [s for s in development["strategies"] if s["title"] == "shipwatch"]
+    assert owned["parameters"]["rollout"] == "0"
+    assert owned["parameters"]["groupId"] == "checkout"
+
+
+@pytest.mark.redis
+def test_unleash_without_its_url_or_tokens_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    base = [sys.executable, "-m", "bot", "demo", "--no-interactive", "--traffic", "unleash"]
+
+    def refused(*args: str, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(
+            [*base, *args],
+            cwd=tmp_path,
+            env=_env(tmp_path / "data") | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "you>" not in done.stdout
+        return done.stderr.strip()
+
+    assert refused() == (
+        "shipwatch: --traffic unleash drives an Unleash server you run: say where it is\n"
+        "add --unleash-url http://unleash.example:4242"
+    )
+    said = refused("--unleash-url", "http://127.0.0.1:9", env={"UNLEASH_ADMIN_TOKEN": "x"})
+    assert said.startswith(
+        "shipwatch: --traffic unleash needs UNLEASH_CLIENT_TOKEN in the environment\n"
+    ), said
+    assert not list((tmp_path / "data").glob("prometheus-*"))
 
 
 @pytest.mark.redis

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from bot.demo.haproxy import DemoHAProxy, find_haproxy
 from bot.demo.load import LoadGenerator
@@ -28,6 +28,7 @@ from bot.demo.nginx import DemoNginx, find_nginx
 from bot.demo.prometheus import DemoPrometheus, find_prometheus
 from bot.demo.proxy import DemoProxy, Pools
 from bot.demo.service import DEMO_BEHAVIOUR, DemoService
+from bot.demo.unleash import SDK_REFRESH_S, UnleashRouter
 from bot.engine.events import EventKind, Notifier, ReleaseEvent
 from bot.errors import MetricsError, TrafficError, UserError
 from bot.flags import FlagClient
@@ -37,12 +38,13 @@ log = logging.getLogger(__name__)
 
 MetricsMode = Literal["auto", "prometheus", "synthetic"]
 METRICS_MODES: tuple[MetricsMode, ...] = ("auto", "prometheus", "synthetic")
-TrafficMode = Literal["flags", "haproxy", "nginx"]
-TRAFFIC_MODES: tuple[TrafficMode, ...] = ("flags", "haproxy", "nginx")
+TrafficMode = Literal["flags", "haproxy", "nginx", "unleash"]
+TRAFFIC_MODES: tuple[TrafficMode, ...] = ("flags", "haproxy", "nginx", "unleash")
 PACKAGES = {"haproxy": "haproxy", "nginx": "nginx-light"}
 HOW = {
     "haproxy": "`set map` on the runtime API, no reload",
     "nginx": "a split_clients include, `nginx -t`, reload",
+    "unleash": "a flexibleRollout strategy through the Admin API",
 }
 
 SCRIPT = [
@@ -119,10 +121,16 @@ def for_real_metrics(policy: Policy) -> Policy:
     )
 
 
-def through(policy: Policy, proxy: DemoProxy, services: list[str]) -> Policy:
-    """The policy with ``services`` driven through ``proxy`` instead of the embedded flags."""
+class Engine(Protocol):
+    def traffic(self, service: str) -> dict[str, str]: ...
+
+
+def through(policy: Policy, engine: Engine, services: list[str]) -> Policy:
+    """The policy with ``services`` driven through ``engine`` instead of the embedded flags."""
     updated = {
-        name: sp.model_copy(update={"traffic": TrafficSettings.model_validate(proxy.traffic(name))})
+        name: sp.model_copy(
+            update={"traffic": TrafficSettings.model_validate(engine.traffic(name))}
+        )
         for name, sp in policy.services.items()
         if name in services
     }
@@ -154,17 +162,28 @@ def scripted_input(interactive: bool, echo: Callable[[str], None]) -> Callable[[
 class SampleFleet:
     """The sample services of the policy, and the load that keeps them busy.
 
-    Without a proxy, one instance per service routes each user by the canary flag (the embedded
-    flags backend). With one, each service runs a stable pool and a canary pool behind it, the
-    load goes through the proxy, and ``PoolDeployer`` puts each release's versions on the
-    pools. It is also where the console's ``fault`` and ``clear`` go in the real-metrics demo.
+    How users reach versions is the fleet's shape. By default one instance per service routes
+    each user by the canary flag (the embedded flags backend); with an ``unleash`` router, by
+    Unleash's SDK instead. With a ``proxy``, each service runs a stable pool and a canary pool
+    behind it and the load goes through the proxy. Either way ``deploy`` is what a deploy
+    pipeline does: put versions where users will meet them. The fleet is also where the
+    console's ``fault`` and ``clear`` go in the real-metrics demo.
     """
 
-    def __init__(self, services: list[str], proxy: DemoProxy | None = None) -> None:
+    def __init__(
+        self,
+        services: list[str],
+        proxy: DemoProxy | None = None,
+        unleash: UnleashRouter | None = None,
+    ) -> None:
         self.proxy = proxy
+        self.unleash = unleash
         per_service = 1 if proxy is None else 2
         self.instances = {
-            name: [DemoService(name, FIRST_VERSION, DEMO_BEHAVIOUR) for _ in range(per_service)]
+            name: [
+                DemoService(name, FIRST_VERSION, DEMO_BEHAVIOUR, flags=unleash)
+                for _ in range(per_service)
+            ]
             for name in services
         }
         self.load: LoadGenerator | None = None
@@ -174,20 +193,22 @@ class SampleFleet:
     def targets(self) -> list[str]:
         return [s.target for group in self.instances.values() for s in group]
 
-    def pools(self, service: str) -> tuple[DemoService, DemoService]:
-        """The stable and the canary pool of ``service`` (with a proxy only)."""
-        stable, canary = self.instances[service]
-        return stable, canary
+    @property
+    def routed_by_pipeline(self) -> bool:
+        """Whether versions reach users only once ``deploy`` put them somewhere."""
+        return self.proxy is not None or self.unleash is not None
 
     async def start(self) -> None:
         for group in self.instances.values():
             for svc in group:
                 await svc.start()
+        if self.unleash is not None:
+            await self.unleash.start()
         if self.proxy is None:
             entries = [group[0].url for group in self.instances.values()]
         else:
             await self.proxy.start(
-                {name: Pools(*(s.target for s in self.pools(name))) for name in self.instances}
+                {name: Pools(*(s.target for s in group)) for name, group in self.instances.items()}
             )
             entries = [self.proxy.entry(name) for name in self.instances]
         # Traffic from the start, before any release: the first release's control (v1) has a
@@ -195,10 +216,22 @@ class SampleFleet:
         self.load = LoadGenerator(entries, per_second=LOAD_PER_SECOND, users=DEMO_USERS)
         self.load.start()
 
+    def deploy(self, service: str, *, stable: str = "", canary: str = "") -> None:
+        """Put ``stable`` and ``canary`` (either may be "") where users of ``service`` meet them."""
+        group = self.instances.get(service)
+        if group is None:
+            return
+        if self.unleash is not None:
+            self.unleash.deploy(service, stable=stable, canary=canary)
+        elif self.proxy is not None:
+            for pool, version in zip(group, (stable, canary), strict=True):
+                if version:
+                    pool.deploy(version)
+
     async def follow_flags(self, redis_url: str) -> None:
         """Route users by the canary flags in ``redis_url``, the ones the bot writes."""
-        if self.proxy is not None:
-            return  # the proxy routes them
+        if self.routed_by_pipeline:
+            return  # the proxy or Unleash routes them
         flags = FlagClient(redis_url, poll_interval=1.0)
         # start() reads the flags once, blocking: off the loop.
         await asyncio.to_thread(flags.start)
@@ -213,6 +246,8 @@ class SampleFleet:
         try:
             if self.proxy is not None:
                 await self.proxy.stop()
+            if self.unleash is not None:
+                await self.unleash.stop()
         finally:
             for group in self.instances.values():
                 for svc in group:
@@ -240,26 +275,24 @@ class SampleFleet:
                     svc.clear()
 
 
-class PoolDeployer:
-    """The demo's deploy pipeline when a proxy routes users: a release's canary version goes to
-    the canary pool when it starts, and to the stable pool once it has succeeded (the canary
-    pool keeps serving it until the next release), as a team's pipeline would do around
-    shipwatch. A notifier, so it hears the release start before its first weight is applied."""
+class Deployer:
+    """The demo's deploy pipeline when a proxy or Unleash routes users: a release's versions are
+    put in place when it starts (its canary on the canary pool, or known to the SDK's routing),
+    and its version becomes the stable one once it has succeeded, as a team's pipeline would do
+    around shipwatch. A notifier, so it hears the release start before its first weight is
+    applied."""
 
     def __init__(self, fleet: SampleFleet) -> None:
         self.fleet = fleet
 
     async def notify(self, event: ReleaseEvent) -> None:
         release = event.release
-        if release.service not in self.fleet.instances or self.fleet.proxy is None:
-            return
-        stable, canary = self.fleet.pools(release.service)
         if event.kind is EventKind.STARTED:
-            canary.deploy(release.version)
-            if release.stable_version:
-                stable.deploy(release.stable_version)
+            self.fleet.deploy(
+                release.service, stable=release.stable_version, canary=release.version
+            )
         elif event.kind is EventKind.SUCCEEDED:
-            stable.deploy(release.version)
+            self.fleet.deploy(release.service, stable=release.version)
 
 
 @dataclass(frozen=True)
@@ -287,24 +320,20 @@ class DemoRig:
         policy: Policy,
         mode: MetricsMode = "auto",
         traffic: TrafficMode = "flags",
+        unleash_url: str = "",
     ) -> None:
         self.data_dir = data_dir
         self.mode = mode
         self.traffic = traffic
+        self.unleash_url = unleash_url
         self.policy = demo_policy(policy)
         self.fleet: SampleFleet | None = None
         self.prometheus: DemoPrometheus | None = None
 
     def _proxy(self) -> DemoProxy | None:
         """The proxy ``--traffic`` asks for; UserError when it cannot run here."""
-        if self.traffic == "flags":
+        if self.traffic in ("flags", "unleash"):
             return None
-        if self.mode == "synthetic":
-            raise UserError(
-                f"--traffic {self.traffic} moves real requests, and synthetic metrics would not "
-                "see them",
-                hint="leave out --metrics synthetic (the demo then needs prometheus on PATH)",
-            )
         found = {"haproxy": find_haproxy, "nginx": find_nginx}[self.traffic]()
         if found is None:
             raise UserError(
@@ -315,8 +344,27 @@ class DemoRig:
         maker = DemoHAProxy if self.traffic == "haproxy" else DemoNginx
         return maker(found, self.data_dir)
 
+    def _unleash(self) -> UnleashRouter | None:
+        if self.traffic != "unleash":
+            return None
+        if not self.unleash_url:
+            raise UserError(
+                "--traffic unleash drives an Unleash server you run: say where it is",
+                hint="add --unleash-url http://unleash.example:4242",
+            )
+        router = UnleashRouter(self.unleash_url, self.data_dir)
+        router.tokens()  # both tokens there, before anything starts
+        return router
+
     async def start(self) -> MetricsChoice:
+        if self.traffic != "flags" and self.mode == "synthetic":
+            raise UserError(
+                f"--traffic {self.traffic} moves real requests, and synthetic metrics would not "
+                "see them",
+                hint="leave out --metrics synthetic (the demo then needs prometheus on PATH)",
+            )
         proxy = self._proxy()
+        unleash = self._unleash()
         if self.mode == "synthetic":
             return self._synthetic("asked for with --metrics synthetic")
         binary = find_prometheus()
@@ -328,7 +376,7 @@ class DemoRig:
         services = [n for n, sp in self.policy.services.items() if sp.traffic.backend == "flags"]
         if not services:
             return self._fallback("no service of the policy uses the flags traffic backend")
-        fleet = self.fleet = SampleFleet(services, proxy)
+        fleet = self.fleet = SampleFleet(services, proxy, unleash)
         try:
             await fleet.start()
             prometheus = self.prometheus = DemoPrometheus(
@@ -351,6 +399,16 @@ class DemoRig:
                 f"traffic: {proxy.label} in front of each service's stable and canary pools; "
                 f"shipwatch moves users with its {proxy.engine} backend ({HOW[proxy.engine]})"
             )
+        if unleash is not None:
+            self.policy = through(self.policy, unleash, services)
+            routed = "by Unleash's Python SDK"
+            flags = ", ".join(unleash.flag_of(name) for name in services)
+            traffic = (
+                f"traffic: {unleash.label}, flags {flags} (project default, environment "
+                f"development); shipwatch moves users with its unleash backend "
+                f"({HOW['unleash']}); the sample services ask Unleash's Python SDK, refreshing "
+                f"every {SDK_REFRESH_S} s"
+            )
         version = f" {prometheus.version}" if prometheus.version else ""
         return MetricsChoice(
             prometheus.url,
@@ -369,9 +427,9 @@ class DemoRig:
     @property
     def deployers(self) -> list[Notifier]:
         """What puts each release's versions on the pools: nothing when flags route users."""
-        if self.fleet is None or self.fleet.proxy is None:
+        if self.fleet is None or not self.fleet.routed_by_pipeline:
             return []
-        return [PoolDeployer(self.fleet)]
+        return [Deployer(self.fleet)]
 
     @property
     def faults(self) -> SampleFleet | None:

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -45,6 +46,14 @@ from bot.errors import UserError
 from bot.flags import FlagClient
 
 log = logging.getLogger(__name__)
+
+
+class Router(Protocol):
+    """What routes a user to a version in the application: the canary flag's SDK (``FlagClient``)
+    or another flag service's. None: no opinion (the instance's own version serves)."""
+
+    def version(self, service: str, user: str) -> str | None: ...
+
 
 # Latency above this is surely a typo, and would only make clients time out.
 MAX_LATENCY = 10.0
@@ -91,7 +100,7 @@ class DemoService:
         version: str,
         behaviour: Behaviour | None = None,
         *,
-        flags: FlagClient | None = None,
+        flags: Router | None = None,
         seed: int | None = None,
     ) -> None:
         self.service = service
