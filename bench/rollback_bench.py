@@ -124,7 +124,7 @@ class RunResult:
     reason: str
 
 
-async def _wait_release(
+async def wait_release(
     app: App,
     release_id: str,
     until: Callable[[Release], bool],
@@ -138,6 +138,10 @@ async def _wait_release(
             return release
         if time.monotonic() >= deadline:
             state = release.describe_state() if release else "missing"
+            if release is not None and release.last_checks:
+                state += "; last checks: " + "; ".join(
+                    f"{c.metric} {c.outcome.value}: {c.reason}" for c in release.last_checks
+                )
             raise TimeoutError(f"{what} not reached within {timeout}s: {state}")
         await asyncio.sleep(0.02)
 
@@ -166,7 +170,7 @@ async def one_run(
         deployed = await app.service.deploy(
             ACTOR, rig.service, rig.canary_version, DeployOptions(stable=rig.stable_version)
         )
-        settled = await _wait_release(
+        settled = await wait_release(
             app,
             deployed.release.id,
             lambda r: r.step == 0 and r.clean_checks_in_step >= 1,
@@ -176,7 +180,7 @@ async def one_run(
         await asyncio.sleep(max(0.0, settled.last_eval_at + phase - time.time()))
         onset_wall = time.time()
         onset = rig.inject_fault(fault)
-        done = await _wait_release(
+        done = await wait_release(
             app,
             deployed.release.id,
             lambda r: r.state is State.ROLLED_BACK,
