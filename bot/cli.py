@@ -275,7 +275,10 @@ async def _demo(
         try:
             await rig.follow_flags(settings.redis_url or _embedded_url(app))
             console = Console(
-                app, "you", read_line=scripted_input(interactive, echo), faults=rig.faults
+                app,
+                "you",
+                read_line=scripted_input(interactive, echo, rig.script),
+                faults=rig.faults,
             )
             console.interactive = interactive
             return await console.run()

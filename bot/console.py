@@ -93,6 +93,7 @@ class ConsoleNotifier:
             approvers=approvers,
             metrics=metrics,
             seen_within=sp.traffic.seen_within if sp else None,
+            hands_back=sp.traffic.hands_back if sp else False,
         )
         text, _ = render_text(message)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.at))

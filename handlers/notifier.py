@@ -130,6 +130,7 @@ class SlackNotifier:
             approvers=sp.approvers,
             metrics=sp.metrics,
             seen_within=sp.traffic.seen_within,
+            hands_back=sp.traffic.hands_back,
         )
 
     def _status(self, release: Release) -> Message:

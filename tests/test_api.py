@@ -72,11 +72,14 @@ def bearer(token: str) -> dict[str, str]:
 
 # The rig's services plus one that requires two pre-release gates (no status URL is set, so
 # only the request's own `gates` can pass them).
-GATED_POLICY = POLICY + f"""
+GATED_POLICY = (
+    POLICY
+    + f"""
   gated:
     gates: [ci_build, tests]
     approvers: [{CAROL}]
 """
+)
 
 
 @pytest.fixture
@@ -379,6 +382,55 @@ async def test_a_repeated_request_id_starts_one_release(rig: SlackRig) -> None:
     assert "already used for checkout#" in answer["error"]
 
 
+async def handback(
+    rig: SlackRig, service: str, payload: object, token: str | None = GITHUB
+) -> tuple[int, dict[str, Any]]:
+    headers = (bearer(token) if token else {}) | {"Content-Type": "application/json"}
+    url = rig.url(f"{ROLLOUTS}/{service}/handback")
+    async with rig.http.post(url, data=json.dumps(payload).encode(), headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_pipeline_hands_back_after_a_success_and_not_before(rig: SlackRig) -> None:
+    who = {"requested_by": "octocat", "request_id": "run-7"}
+    status, answer = await handback(rig, "checkout", who)
+    assert (status, answer["error"]) == (
+        409,
+        "nothing to hand back for `checkout`: there is no release yet. A handback follows a "
+        "release that succeeded.",
+    )
+    assert (await handback(rig, "checkout", who, token=None))[0] == 401
+    assert (await handback(rig, "checkout", who, token=PAYMENTS))[0] == 403
+    status, answer = await handback(rig, "checkout", {"requested_by": "a (via b)"})
+    assert status == 422 and "requested_by" in json.dumps(answer)
+
+    assert (await post(rig, body()))[0] == 201
+    status, answer = await handback(rig, "checkout", who)
+    assert status == 409 and answer["error"].startswith("cannot hand back `checkout`: ")
+    rig.start_controller()
+    await wait_until(
+        lambda: EventKind.SUCCEEDED in rig.recorder.kinds("checkout"), "checkout to succeed"
+    )
+
+    status, answer = await handback(rig, "checkout", who)
+
+    assert status == 200, answer
+    assert answer["duplicate"] is False
+    assert answer["release"]["version"] == "v2"
+    assert answer["message"] == (
+        "everyone on `checkout` is on the stable pool (v2) again; the canary pool is free for "
+        "the next build"
+    )
+    # The embedded flags: the flag now sends everyone to v2 as the stable version.
+    flag = await rig.core.app.backends["checkout"].current("checkout")
+    assert flag is not None and (flag.weight, flag.stable_version) == (0, "v2")
+    status, answer = await handback(rig, "checkout", who)
+    assert (status, answer["duplicate"]) == (200, True)
+    [audit] = await rig.audit("hand_back")
+    assert audit.actor == "octocat (via github)"
+    assert audit.request_id == "api:github:run-7"
+
+
 async def test_get_status_shows_the_release_and_its_checks(rig: SlackRig) -> None:
     status, answer, _ = await get(rig, "checkout")
     assert status == 404
@@ -436,8 +488,7 @@ async def test_409_names_each_gate_that_has_not_passed_and_starts_nothing(rig: S
 
     assert status == 409
     assert answer["error"] == (
-        "gates not passed for gated v2: `ci_build` failed (https://ci.test/r/7), "
-        "`tests` missing"
+        "gates not passed for gated v2: `ci_build` failed (https://ci.test/r/7), `tests` missing"
     )
     assert "--force" in answer["hint"]
     assert answer["release"] is None

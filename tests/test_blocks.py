@@ -497,6 +497,7 @@ EVENT_STATE = {
     EventKind.NOTES_DRAFT: progressing,
     EventKind.NOTES_FINAL: succeeded,
     EventKind.TICKET_FILED: rolled_back,
+    EventKind.HANDED_BACK: succeeded,
 }
 
 
@@ -522,6 +523,25 @@ def test_every_event_validates(kind: EventKind, with_checks: bool) -> None:
     # Release buttons live on the status message only; the notes draft has its Edit button.
     expected = [ACTION_EDIT_NOTES] if kind is EventKind.NOTES_DRAFT else []
     assert [b["action_id"] for b in buttons(message)] == expected
+
+
+def test_a_success_on_a_pool_engine_says_how_to_hand_back_and_the_handback_says_who() -> None:
+    done = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""), hands_back=True)
+    assert_valid(done)
+    assert (
+        "Everyone is on the canary pool. Put `v2.4.1` on the stable pool too, then "
+        "`/rollout handback checkout` moves everyone there"
+    ) in all_text(done)
+    plain = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""))
+    assert "handback" not in all_text(plain)  # the embedded flags carry the versions
+
+    back = event_message(ReleaseEvent(EventKind.HANDED_BACK, succeeded(), "", actor="U045EF6GH"))
+    assert_valid(back)
+    assert all_text(back).startswith(
+        "↪️ *checkout* `v2.4.1` handed back by <@U045EF6GH>: everyone is on the stable pool "
+        "again, which runs `v2.4.1` now"
+    ), all_text(back)
+    assert back.text == "checkout v2.4.1: handed back to the stable pool"
 
 
 def test_started_event_gives_the_plan_and_short_notes() -> None:
@@ -596,9 +616,7 @@ def test_rollback_names_the_failing_value_limit_and_control_and_pages(kind: Even
 
 
 def test_traffic_failure_is_loud() -> None:
-    event = ReleaseEvent(
-        EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503"
-    )
+    event = ReleaseEvent(EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503")
     message = event_message(event, oncall=ONCALL)
     assert message.blocks[0]["type"] == "header"
     assert "FAILED" in message.blocks[0]["text"]["text"]

@@ -75,6 +75,17 @@ def _assert_both_releases(out: str) -> None:
     assert "(v2) by you: succeeded" in history
 
 
+def _assert_handed_back(out: str) -> None:
+    """Between the releases the engine's users went back to the stable pool, now on v2."""
+    between = out[
+        out.index("checkout `v2` is live for everyone") : out.index("you> deploy checkout v3")
+    ]
+    assert "then `/rollout handback checkout` moves everyone there" in between
+    assert "you> handback checkout" in between
+    assert "everyone on `checkout` is on the stable pool (v2) again" in between
+    assert "checkout `v2` handed back by you: everyone is on the stable pool again" in between
+
+
 def _prometheus_processes(marker: Path) -> list[int]:
     """Live ``prometheus`` processes whose command line mentions ``marker``."""
     return _processes_mentioning(marker, "prometheus")
@@ -176,6 +187,7 @@ def test_demo_plays_both_releases_through_a_real_proxy(
     rollback = next(line for line in lines if "Rolling back checkout `v3`" in line)
     assert re.search(r"latency_p99: [0-9.]+ s is [0-9.]+x control \(limit 2x\)", rollback)
     assert "traffic failed" not in out.lower()
+    _assert_handed_back(out)
     # Nothing it started is left: the proxy's files are gone, its log stays.
     assert not _processes_mentioning(data, engine)
     assert not list(data.glob(f"{engine}-*"))
@@ -218,6 +230,7 @@ def test_demo_plays_both_releases_through_a_real_unleash(tmp_path: Path) -> None
         "sample services ask Unleash's Python SDK, refreshing every 1 s"
     )
     _assert_both_releases(out)
+    _assert_handed_back(out)
     assert "applications see it within 1s" in out
     # What the rollback left in Unleash: shipwatch's strategy at 0% in development.
     [development] = [e for e in flag["environments"] if e["name"] == "development"]

@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 
 from bot.app import App
 from bot.engine.events import EventKind
-from bot.errors import TrafficError
+from bot.engine.service import Outcome
+from bot.errors import ConflictError, TrafficError
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor, advance
+from bot.release.rollout import Actor, Release, State, advance
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from tests.support.engines import app_driving, rounds_until
@@ -198,3 +199,88 @@ async def test_haproxy_down_mid_release_pauses_it_with_the_reason(
     assert current.reason.startswith("cannot read back the traffic engine: cannot reach HAProxy")
     await core.events.drain()
     assert EventKind.PAUSED in recorder.kinds("checkout")
+
+
+# --- after a success: the canary pool serves everyone until handed back --------------------
+
+
+async def released(core: App, version: str) -> Release:
+    """``version`` of checkout taken to 100% by a person's clicks, then past its bake."""
+    alice = Actor(user="alice", surface="slack")
+    release = (await core.service.deploy(alice, "checkout", version)).release
+    while release.state is State.PROGRESSING:
+        step = release.step
+        release = (await core.service.advance(alice, "checkout", expected_step=step)).release
+        await core.actuator.drain()
+    for _ in range(50):  # the bake (0s here) ends at the controller's next round
+        if release.state is State.SUCCEEDED:
+            break
+        await core.controller.run_once()
+        release = await core.store.get(release.id) or release
+        await asyncio.sleep(0.02)
+    assert release.state is State.SUCCEEDED, release.describe_state()
+    return release
+
+
+async def test_a_success_leaves_the_canary_pool_serving_until_it_is_handed_back(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, recorder = app
+    bob = Actor(user="bob", surface="slack")
+    first = await released(core, "v2")
+    assert await core.backends["checkout"].current("checkout") == Applied(100)
+
+    # The next build would land on the pool everyone is on: refused, with the way out.
+    with pytest.raises(ConflictError) as refused:
+        await core.service.deploy(bob, "checkout", "v3")
+    assert str(refused.value) == (
+        "cannot deploy v3: the canary pool of `checkout` still serves 100% of users since "
+        "checkout#1 (v2) succeeded. Put `v2` on the stable pool, then `/rollout handback "
+        "checkout` moves everyone there; deploy the new build to the canary pool after that."
+    )
+    assert await core.store.active_for("checkout") is None
+    assert len(await canary_users(haproxy)) == USERS  # nothing moved
+
+    handed = await core.service.hand_back(bob, "checkout")
+
+    assert handed.outcome is Outcome.DONE and handed.release.id == first.id
+    assert await core.backends["checkout"].current("checkout") == Applied(0)
+    assert await canary_users(haproxy) == set()
+    again = await core.service.hand_back(bob, "checkout")
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.message == "everyone on `checkout` is on the stable pool already"
+    await core.events.drain()
+    [event] = [e for e in recorder.events if e.kind is EventKind.HANDED_BACK]
+    assert (event.release.id, event.actor) == (first.id, "bob")
+    [audit] = [a for a in await core.store.audit_between(0) if a.action == "hand_back"]
+    assert (audit.actor, audit.release_id) == ("bob", first.id)
+
+    started = await core.service.deploy(bob, "checkout", "v3")  # now it may start
+    assert started.release.stable_version == "v2"
+    assert await core.backends["checkout"].current("checkout") == Applied(10)
+    with pytest.raises(ConflictError, match=r"cannot hand back `checkout`: checkout#2 \(v3\)"):
+        await core.service.hand_back(bob, "checkout")
+
+
+async def test_a_handback_needs_a_release_that_succeeded(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, _ = app
+    bob = Actor(user="bob", surface="slack")
+    with pytest.raises(ConflictError, match="there is no release yet"):
+        await core.service.hand_back(bob, "checkout")
+    await core.service.deploy(bob, "checkout", "v2", DeployOptions(stable="v1"))
+    await core.service.rollback(bob, "checkout", "not today")
+    await core.actuator.drain()
+    with pytest.raises(ConflictError, match=r"checkout#1 \(v2\) rolled_back"):
+        await core.service.hand_back(bob, "checkout")
+
+
+async def test_a_deploy_while_haproxy_cannot_be_read_is_refused_and_changes_nothing(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, _ = app
+    haproxy.stop()
+    with pytest.raises(TrafficError, match=r"^cannot deploy v2: the traffic engine of `checkout`"):
+        await core.service.deploy(Actor(user="bob", surface="slack"), "checkout", "v2")
+    assert await core.store.active_for("checkout") is None

@@ -137,9 +137,27 @@ def through(policy: Policy, engine: Engine, services: list[str]) -> Policy:
     return policy.model_copy(update={"services": policy.services | updated})
 
 
-def scripted_input(interactive: bool, echo: Callable[[str], None]) -> Callable[[], str]:
+# With a proxy or Unleash, the pipeline's step between two releases: the released version is on
+# the stable pool now (the demo's Deployer put it there), so everyone goes back to that pool.
+HANDBACK = [
+    "# Between releases: v2 is on the stable pool too; everyone goes back to it.",
+    "handback checkout",
+]
+
+
+def script_for(hands_back: bool) -> list[str]:
+    """The demo's script; with a handback after the first release when the engine needs one."""
+    if not hands_back:
+        return list(SCRIPT)
+    first_await = SCRIPT.index("await checkout") + 1
+    return [*SCRIPT[:first_await], *HANDBACK, *SCRIPT[first_await:]]
+
+
+def scripted_input(
+    interactive: bool, echo: Callable[[str], None], script: list[str] = SCRIPT
+) -> Callable[[], str]:
     """Feed the script to the console line by line, then the user's input (or the end)."""
-    lines: Iterator[str] = iter(SCRIPT)
+    lines: Iterator[str] = iter(script)
     announced = False
 
     def read_line() -> str:
@@ -204,17 +222,19 @@ class SampleFleet:
                 await svc.start()
         if self.unleash is not None:
             await self.unleash.start()
-        if self.proxy is None:
-            entries = [group[0].url for group in self.instances.values()]
-        else:
+        if self.proxy is not None:
             await self.proxy.start(
                 {name: Pools(*(s.target for s in group)) for name, group in self.instances.items()}
             )
-            entries = [self.proxy.entry(name) for name in self.instances]
+        entries = [self.entry(name) for name in self.instances]
         # Traffic from the start, before any release: the first release's control (v1) has a
         # history by the time it is compared with the canary.
         self.load = LoadGenerator(entries, per_second=LOAD_PER_SECOND, users=DEMO_USERS)
         self.load.start()
+
+    def entry(self, service: str) -> str:
+        """Where users of ``service`` send their requests."""
+        return self.proxy.entry(service) if self.proxy else self.instances[service][0].url
 
     def deploy(self, service: str, *, stable: str = "", canary: str = "") -> None:
         """Put ``stable`` and ``canary`` (either may be "") where users of ``service`` meet them."""
@@ -423,6 +443,10 @@ class DemoRig:
     async def follow_flags(self, redis_url: str) -> None:
         if self.fleet is not None:
             await self.fleet.follow_flags(redis_url)
+
+    @property
+    def script(self) -> list[str]:
+        return script_for(self.fleet is not None and self.fleet.routed_by_pipeline)
 
     @property
     def deployers(self) -> list[Notifier]:

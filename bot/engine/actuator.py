@@ -21,7 +21,13 @@ from bot.release.rollout import CONTROLLER, Actor, Release, State, finish_rollba
 from bot.store.audit import AuditEntry
 from bot.store.store import CommitStatus, Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
-from bot.traffic.base import TrafficAction, TrafficBackend, TrafficChange, target_weight
+from bot.traffic.base import (
+    Applied,
+    TrafficAction,
+    TrafficBackend,
+    TrafficChange,
+    target_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,27 @@ class TrafficActuator:
         except TrafficError as exc:
             return await self._failed(release, fence, exc)
         return await self._record(release, fence, change)
+
+    async def current(self, service: str) -> Applied | None:
+        """What the service's engine applies now; TrafficError when it cannot be read."""
+        return await self.backend_for(service).current(service)
+
+    async def hand_back(self, release: Release) -> None:
+        """Everyone of a succeeded ``release``'s service to the stable pool (0%), read back;
+        TrafficError when the engine does not take it."""
+        backend = self.backend_for(release.service)
+        change = TrafficChange(
+            release_id=release.id,
+            service=release.service,
+            version=release.version,
+            stable_version=release.version,  # the stable pool runs it now
+            weight=0,
+            action=TrafficAction.HAND_BACK,
+        )
+        with log_context(release_id=release.id, service=release.service):
+            await backend.apply(change)
+            await _verify(backend, change)
+        log.info("%s: handed back to the stable pool on %s", release.label, backend.name)
 
     async def reconcile(self, release: Release, fence: int | None) -> bool:
         """Compare what the engine applies with the record. True when they agree (the release

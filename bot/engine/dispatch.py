@@ -41,6 +41,8 @@ async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: s
         result = await service.pause(actor, cmd.service, cmd.text, request_id)
     elif verb is Verb.RESUME:
         result = await service.resume(actor, cmd.service, request_id)
+    elif verb is Verb.HANDBACK:
+        result = await service.hand_back(actor, cmd.service, request_id)
     else:
         return await _read(service, cmd, actor, request_id)
     duplicate = result.outcome is Outcome.DUPLICATE

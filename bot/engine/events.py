@@ -39,6 +39,9 @@ class EventKind(StrEnum):
     # The engine was found applying another weight than the record's (a reload, a hand edit,
     # a restart): the recorded weight is set again. detail: the weight found ("" for none).
     TRAFFIC_REPAIRED = "traffic_repaired"
+    # A succeeded release's users moved from the canary pool to the stable pool (0%), which now
+    # runs its version too: said in its thread.
+    HANDED_BACK = "handed_back"
     # Written after the fact (by the LLM or its template fallback); never on a decision's path.
     DIAGNOSIS = "diagnosis"
     NOTES_DRAFT = "notes_draft"

@@ -25,6 +25,7 @@ from bot.errors import (
     LockedError,
     LostRaceError,
     PermissionDenied,
+    TrafficError,
     UserError,
 )
 from bot.release import rollout
@@ -137,6 +138,8 @@ class ReleaseService:
         if (active := await self.store.active_for(service)) is not None:
             raise await self._already_active(actor, service, version, active)
         previous = await self.store.history(service, limit=20)
+        if sp.traffic.hands_back:
+            await self._require_handed_back(actor, service, version, previous)
         plan = plan_release(sp, service, version, opts, previous)
         gates = await self._check_gates(actor, sp, service, plan.version, opts)
         release = rollout.new_release(
@@ -191,6 +194,75 @@ class ReleaseService:
             f"cannot deploy {version.strip()}: {service} {what} is already being released, "
             f"started by {who} at {when} ({other.describe_state() if other else 'unknown state'}"
             f"). Wait for it, or `/rollback {service}` first."
+        )
+
+    async def _require_handed_back(
+        self, actor: Actor, service: str, version: str, previous: list[Release]
+    ) -> None:
+        """Refuse a release while the canary pool still serves users of the last one: the next
+        build goes to that pool, and would reach them unjudged."""
+        try:
+            applied = await self.actuator.current(service)
+        except TrafficError as exc:
+            await self._refuse(actor, service, "deploy", f"traffic engine unreadable: {exc}")
+            raise TrafficError(
+                f"cannot deploy {version.strip()}: the traffic engine of `{service}` cannot be "
+                f"read ({exc}). Nothing was changed; try again once it answers."
+            ) from exc
+        if applied is None or not applied.weight:
+            return
+        last = previous[0] if previous else None
+        since = f" since {last.label} {last.state.value}" if last else ""
+        await self._refuse(actor, service, "deploy", f"canary pool at {applied.weight}%")
+        stable = f"`{last.version}`" if last else "the version it runs"
+        raise ConflictError(
+            f"cannot deploy {version.strip()}: the canary pool of `{service}` still serves "
+            f"{applied.weight}% of users{since}. Put {stable} on the stable pool, then "
+            f"`/rollout handback {service}` moves everyone there; deploy the new build to the "
+            "canary pool after that."
+        )
+
+    async def hand_back(self, actor: Actor, service: str, request_id: str = "") -> Result:
+        """After a success, once the stable pool runs the released version too: everyone to
+        the stable pool (0%), so the canary pool is free for the next build."""
+        sp = self.policy.service(service)
+        await self._require_deployer(actor, sp, service, "hand_back")
+        if (active := await self.store.active_for(service)) is not None:
+            raise ConflictError(
+                f"cannot hand back `{service}`: {active.describe_state()}. A release in "
+                f"progress moves its own traffic; `/rollback {service}` sends everyone to stable."
+            )
+        history = await self.store.history(service, limit=1)
+        last = history[0] if history else None
+        if last is None or last.state is not State.SUCCEEDED:
+            what = f"{last.label} {last.state.value}" if last else "there is no release yet"
+            raise ConflictError(
+                f"nothing to hand back for `{service}`: {what}. A handback follows a release "
+                "that succeeded."
+            )
+        applied = await self.actuator.current(service)
+        if applied is not None and applied.weight == 0:
+            return Result(
+                Outcome.DUPLICATE, last, f"everyone on `{service}` is on the stable pool already"
+            )
+        await self.actuator.hand_back(last)
+        await self.store.append_audit(
+            AuditEntry(
+                action="hand_back",
+                actor=actor.user,
+                surface=actor.surface,
+                service=service,
+                release_id=last.id,
+                reason=f"{last.version} on the stable pool",
+                request_id=request_id,
+            )
+        )
+        self.events.emit(ReleaseEvent(EventKind.HANDED_BACK, last, actor=actor.user))
+        return Result(
+            Outcome.DONE,
+            last,
+            f"everyone on `{service}` is on the stable pool ({last.version}) again; the canary "
+            "pool is free for the next build",
         )
 
     async def _start(self, release: Release, actor: Actor) -> Release:

@@ -32,6 +32,7 @@ class Verb(StrEnum):
     STATS = "stats"
     LOCK = "lock"
     UNLOCK = "unlock"
+    HANDBACK = "handback"
     HELP = "help"
 
 
@@ -49,6 +50,7 @@ USAGE: dict[Verb, str] = {
     Verb.STATS: "/rollout stats [service] [--days N]",
     Verb.LOCK: "/rollout lock <service> <reason>",
     Verb.UNLOCK: "/rollout unlock <service>",
+    Verb.HANDBACK: "/rollout handback <service>",
     Verb.HELP: "/rollout help",
 }
 NEEDS_SERVICE = frozenset(
@@ -63,6 +65,7 @@ NEEDS_SERVICE = frozenset(
         Verb.HISTORY,
         Verb.LOCK,
         Verb.UNLOCK,
+        Verb.HANDBACK,
     }
 )
 

@@ -228,6 +228,12 @@ class TrafficSettings(_Strict):
     sdk_refresh: Seconds = 15.0  # unleash: how often the applications' SDKs fetch the flags
 
     @property
+    def hands_back(self) -> bool:
+        """Whether a succeeded release leaves everyone on a canary pool until it is handed back
+        (engines that route between two deployments; the embedded flags carry the versions)."""
+        return self.backend != "flags"
+
+    @property
     def seen_within(self) -> float | None:
         """How long applications take to see a change, when they poll for it (Unleash SDKs)."""
         return self.sdk_refresh if self.backend == "unleash" else None

@@ -46,6 +46,7 @@ class _Said:
     approvers: Sequence[str]
     metrics: Sequence[Metric]
     page: str  # the on-call mention line, "" when nobody is on call
+    hands_back: bool = False  # the engine routes between pools: a success leaves the canary's
 
     @property
     def release(self) -> Release:
@@ -69,12 +70,14 @@ def event_message(
     approvers: Sequence[str] = (),
     metrics: Sequence[Metric] = (),
     seen_within: float | None = None,
+    hands_back: bool = False,
 ) -> Message:
     """The thread reply for ``event``: every sentence is composed here, from the event's data.
     ``seen_within``: how long applications take to see a traffic change (their SDK's refresh),
-    when the engine is one they poll."""
+    when the engine is one they poll. ``hands_back``: the engine routes between a stable and a
+    canary pool, so a success is followed by a handback."""
     page = f"🔔 On-call: {mention(oncall)}" if oncall.strip() else ""
-    said = _Said(event, approvers, metrics, page)
+    said = _Said(event, approvers, metrics, page, hands_back)
     build = _REPLIES.get(event.kind)
     if build is None:  # a kind added later still gets a readable line
         r = event.release
@@ -191,7 +194,26 @@ def _succeeded(s: _Said) -> _Reply:
     r = s.release
     took = format_duration(max(0.0, (r.finished_at or s.event.at) - r.created_at))
     line = f"🎉 {release_title(r)} is live for everyone. Took {took}."
-    return [section_block(line)], f"{r.service} {r.version} succeeded in {took}"
+    blocks = [section_block(line)]
+    if s.hands_back:
+        blocks.append(
+            context_block(
+                f"Everyone is on the canary pool. Put `{esc(r.version)}` on the stable pool too, "
+                f"then `/rollout handback {esc(r.service)}` moves everyone there and frees the "
+                "canary pool for the next build."
+            )
+        )
+    return blocks, f"{r.service} {r.version} succeeded in {took}"
+
+
+def _handed_back(s: _Said) -> _Reply:
+    r = s.release
+    line = (
+        f"↪️ {release_title(r)} handed back{by_whom(s.event.actor)}: everyone is on the stable "
+        f"pool again, which runs `{esc(r.version)}` now; the canary pool is free for the next "
+        "build."
+    )
+    return [section_block(line)], f"{r.service} {r.version}: handed back to the stable pool"
 
 
 def _rollback(s: _Said) -> _Reply:
@@ -305,6 +327,7 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.TICKET_FILED: _ticket_filed,
     EventKind.TRAFFIC_FAILED: _traffic_failed,
     EventKind.TRAFFIC_REPAIRED: _traffic_repaired,
+    EventKind.HANDED_BACK: _handed_back,
 }
 
 

@@ -12,6 +12,9 @@ class TrafficAction(StrEnum):
     SHIFT = "shift"  # a later step
     PROMOTE = "promote"  # the canary becomes the only version (100%)
     ROLLBACK = "rollback"  # everyone back to stable (0%)
+    # After a success, once the stable pool runs the new version too: everyone to it (0%), so
+    # the canary pool is idle (and safe to deploy the next build to) between releases.
+    HAND_BACK = "hand_back"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class TrafficChange:
 def target_weight(change: TrafficChange) -> int:
     """The percent on the canary a change asks for: promote and rollback are absolute whatever
     weight the caller carried (a rollback that left 1% on a bad version would not be one)."""
-    if change.action is TrafficAction.ROLLBACK:
+    if change.action in (TrafficAction.ROLLBACK, TrafficAction.HAND_BACK):
         return 0
     if change.action is TrafficAction.PROMOTE:
         return 100

@@ -23,7 +23,7 @@ from handlers.api.answers import (
     unauthorized_answer,
 )
 from handlers.api.records import RELEASES, ROLLOUTS, lock_json, record, status_url, summary
-from handlers.api.schema import Json, ReleasesQuery, RolloutRequest
+from handlers.api.schema import HandbackRequest, Json, ReleasesQuery, RolloutRequest
 from handlers.api.tokens import ENV, ApiToken, TokenRing, load_tokens
 from handlers.context import Core
 
@@ -39,6 +39,7 @@ class RolloutApi:
         return [
             web.post(ROLLOUTS, self.start),
             web.get(ROLLOUTS + "/{service}", self.status),
+            web.post(ROLLOUTS + "/{service}/handback", self.hand_back),
             web.get(RELEASES, self.releases),
         ]
 
@@ -116,6 +117,35 @@ class RolloutApi:
             {"release": summary(release), "message": result.message, **links},
             status=201,
             headers={"Location": links["status_url"]},
+        )
+
+    async def hand_back(self, request: web.Request) -> web.Response:
+        """The pipeline's last step after a success: the stable pool runs the version now."""
+        caller = self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        service = request.match_info["service"]
+        if not caller.allows(service):
+            return forbidden_answer(caller, service, "hand back")
+        try:
+            body = HandbackRequest.model_validate_json(await request.read() or b"{}")
+        except web.HTTPRequestEntityTooLarge:
+            return error_answer(413, "the request body is too large")
+        except ValidationError as exc:
+            return invalid_answer(caller, exc)
+        actor = Actor(user=f"{body.requested_by} (via {caller.name})", surface="api")
+        request_id = f"api:{caller.name}:{body.request_id}" if body.request_id else ""
+        try:
+            with log_context(service=service, idempotency_key=request_id):
+                result = await self.core.app.service.hand_back(actor, service, request_id)
+        except Exception as exc:
+            return await self._failure(exc, service, caller)
+        return web.json_response(
+            {
+                "release": summary(result.release),
+                "message": result.message,
+                "duplicate": result.outcome is Outcome.DUPLICATE,
+            }
         )
 
     async def status(self, request: web.Request) -> web.Response:

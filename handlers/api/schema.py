@@ -56,6 +56,15 @@ class RolloutRequest(BaseModel):
         )
 
 
+class HandbackRequest(BaseModel):
+    """The body of POST /api/v1/rollouts/{service}/handback: who asks (as for a start)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+    requested_by: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f()<>]+$")
+    request_id: str = Field(default="", max_length=200, pattern=r"^\S*$")
+
+
 class ReleasesQuery(BaseModel):
     """The query of GET /api/v1/releases (unknown parameters are refused: likely typos)."""
 

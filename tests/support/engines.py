@@ -20,6 +20,7 @@ services:
   {service}:
     steps: [10, 50, 100]
     hold: 1h
+    bake: 0s
     interval: 100ms
     window: 1s
     traffic:
