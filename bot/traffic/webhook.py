@@ -7,7 +7,9 @@ system) and shipwatch POSTs one JSON document to it per change::
      "version":"1.5.0","weight":25}
 
 The body is compact JSON with sorted keys, encoded as UTF-8. ``action`` is one of ``start``,
-``shift``, ``promote`` or ``rollback``; ``weight`` is the percent of users on ``version``.
+``shift``, ``promote``, ``rollback`` or ``hand_back`` (after a success, once the stable side runs
+``version`` too: weight 0, everyone to the stable side); ``weight`` is the percent of users on
+``version``.
 
 Headers on every attempt::
 
