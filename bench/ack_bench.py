@@ -53,9 +53,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(
-    session: aiohttp.ClientSession, url: str, response_urls: list[str], concurrency: int
-) -> list[float]:
+async def measure(session: aiohttp.ClientSession, url: str, response_urls: list[str],
+                  concurrency: int) -> list[float]:
     latencies: list[float] = []
     gate = asyncio.Semaphore(concurrency)
 
@@ -76,7 +75,9 @@ def client_process(url: str, levels: list[tuple[int, list[str]]], out: Queue[obj
     """The load, from its own process: its CPU is not the server's."""
 
     async def go() -> list[list[float]]:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100)
+        ) as session:
             return [await measure(session, url, urls, c) for c, urls in levels]
 
     out.put(asyncio.run(go()))
@@ -104,14 +105,10 @@ class StandInThread:
 
 async def run(n: int, redis_url: str) -> dict[str, object]:
     with StandInThread() as slack:
-        settings = Settings.model_validate(
-            {
-                "REDIS_URL": redis_url,
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SECRET,
-                "SLACK_API_URL": slack.api_url,
-            }
-        )
+        settings = Settings.model_validate({
+            "REDIS_URL": redis_url, "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
+        })
         core, _notifier = await build_core(settings, parse_policy(POLICY, "bench"))
         runner = web.AppRunner(web_app(core, build_bolt(core, SECRET)))
         await runner.setup()
@@ -143,12 +140,9 @@ async def run(n: int, redis_url: str) -> dict[str, object]:
             await runner.cleanup()
             await core.responses.close()
             await core.app.close()
-    return {
-        "requests_per_level": n,
-        "by_concurrency": rows,
-        "target_p99_ms_at_50": 100.0,
-        "target_met": rows["50"]["p99_ms"] < 100.0,
-    }
+    return {"requests_per_level": n, "by_concurrency": rows,
+            "target_p99_ms_at_50": 100.0,
+            "target_met": rows["50"]["p99_ms"] < 100.0}
 
 
 def main() -> int:

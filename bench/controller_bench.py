@@ -71,9 +71,8 @@ async def run(n: int, rounds: int, url: str) -> dict[str, object]:
     actuator = TrafficActuator(store, lambda _s: flags, events)
     service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=3)
-    controller = Controller(
-        store, policy, source, actuator, events, summary_every=0, owner="bench", lease_ttl=60
-    )
+    controller = Controller(store, policy, source, actuator, events, summary_every=0,
+                            owner="bench", lease_ttl=60)
     actor = Actor(user="bench", surface="api")
     t0 = time.perf_counter()
     for i in range(n):

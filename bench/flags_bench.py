@@ -78,12 +78,8 @@ def user_ids(count: int, seed: int = 42) -> list[str]:
 
 def change(weight: int, service: str = SERVICE) -> TrafficChange:
     return TrafficChange(
-        release_id="bench-1",
-        service=service,
-        version="v2",
-        stable_version="v1",
-        weight=weight,
-        action=TrafficAction.SHIFT,
+        release_id="bench-1", service=service, version="v2", stable_version="v1",
+        weight=weight, action=TrafficAction.SHIFT,
     )
 
 
@@ -99,9 +95,8 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def median_ns_per_call(
-    run: Callable[[list[str]], None], ids: list[str], calls: int, repeats: int
-) -> float:
+def median_ns_per_call(run: Callable[[list[str]], None], ids: list[str], calls: int,
+                       repeats: int) -> float:
     """Median over ``repeats`` of the mean ns per call of ``run`` over ``calls`` ids."""
     workload = (ids * (calls // len(ids) + 1))[:calls]
     run(workload[: min(calls, 5_000)])  # warm caches and lazy initialisation
@@ -123,27 +118,17 @@ def percentile(values: list[float], pct: float) -> float:
 
 def offline_unleash(directory: Path) -> UnleashClient:
     cache = FileCache("shipwatch-bench", directory=str(directory))
-    cache.bootstrap_from_dict(
-        {
-            "version": 1,
-            "features": [
-                {
-                    "name": SERVICE,
-                    "enabled": True,
-                    "strategies": [
-                        {
-                            "name": "flexibleRollout",
-                            "parameters": {
-                                "rollout": str(PCT),
-                                "stickiness": "userId",
-                                "groupId": SERVICE,
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    )
+    cache.bootstrap_from_dict({
+        "version": 1,
+        "features": [{
+            "name": SERVICE,
+            "enabled": True,
+            "strategies": [{
+                "name": "flexibleRollout",
+                "parameters": {"rollout": str(PCT), "stickiness": "userId", "groupId": SERVICE},
+            }],
+        }],
+    })
     client = UnleashClient(
         url=f"http://127.0.0.1:{free_port()}/api",  # nothing listens there
         app_name="shipwatch-bench",
@@ -187,11 +172,11 @@ def bench_request_path(flags: FlagClient, unleash: UnleashClient) -> dict[str, A
     )
     share = sum(flags.variant(SERVICE, uid) == "canary" for uid in ids) / len(ids)
     return {
-        "loop_baseline_ns": median_ns_per_call(loop_baseline, ids, VARIANT_CALLS, VARIANT_REPEATS),
+        "loop_baseline_ns": median_ns_per_call(loop_baseline, ids, VARIANT_CALLS,
+                                               VARIANT_REPEATS),
         "variant_ns": median_ns_per_call(ours, ids, VARIANT_CALLS, VARIANT_REPEATS),
-        "variant_unknown_service_ns": median_ns_per_call(
-            ours_unknown, ids, VARIANT_CALLS, VARIANT_REPEATS
-        ),
+        "variant_unknown_service_ns": median_ns_per_call(ours_unknown, ids, VARIANT_CALLS,
+                                                         VARIANT_REPEATS),
         "unleash_ns": median_ns_per_call(theirs, ids, UNLEASH_CALLS, UNLEASH_REPEATS),
         "agreement_with_unleash": agree / 5_000,
         "canary_share_pct": 100 * share,
@@ -274,10 +259,8 @@ def render(request: dict[str, Any], propagation: dict[str, Any]) -> str:
     rows = [
         ("python loop + call baseline", f"{request['loop_baseline_ns']:.0f} ns/call"),
         (f"FlagClient.variant() at {PCT}%", f"{request['variant_ns']:.0f} ns/call"),
-        (
-            "FlagClient.variant() unknown service",
-            f"{request['variant_unknown_service_ns']:.0f} ns/call",
-        ),
+        ("FlagClient.variant() unknown service",
+         f"{request['variant_unknown_service_ns']:.0f} ns/call"),
         (f"UnleashClient.is_enabled() at {PCT}%", f"{request['unleash_ns']:.0f} ns/call"),
         ("Unleash / FlagClient", f"{ratio:.1f}x"),
         ("same bucket as Unleash", f"{100 * request['agreement_with_unleash']:.2f}% of users"),
@@ -315,7 +298,8 @@ async def run(url: str, directory: Path) -> dict[str, Any]:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="flags-bench-") as tmp, redis_server(Path(tmp)) as url:
+    with tempfile.TemporaryDirectory(prefix="flags-bench-") as tmp, \
+            redis_server(Path(tmp)) as url:
         results = asyncio.run(run(url, Path(tmp)))
     request, propagation = results["request_path"], results["propagation"]
     print(render(request, propagation))

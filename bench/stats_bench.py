@@ -52,104 +52,35 @@ def _release_entries(n: int, start: float, rounds_per_step: int) -> list[AuditEn
     rid = f"r{n:06d}"
     t = start
     out = [
-        AuditEntry(
-            "deploy",
-            "dana",
-            "slack",
-            service,
-            rid,
-            "",
-            "progressing",
-            at=t,
-            detail={"version": f"v{n}", "steps": list(WEIGHTS)},
-        ),
+        AuditEntry("deploy", "dana", "slack", service, rid, "", "progressing", at=t,
+                   detail={"version": f"v{n}", "steps": list(WEIGHTS)}),
     ]
     rolled_back = n % 10 == 0
     for step, weight in enumerate(WEIGHTS):
         t += 0.5
-        out.append(
-            AuditEntry(
-                "traffic",
-                "shipwatch",
-                "controller",
-                service,
-                rid,
-                "progressing",
-                "progressing",
-                at=t,
-                detail={"weight": weight},
-            )
-        )
+        out.append(AuditEntry("traffic", "shipwatch", "controller", service, rid,
+                              "progressing", "progressing", at=t, detail={"weight": weight}))
         for _ in range(rounds_per_step):
             t += 30.0
-            out.append(
-                AuditEntry(
-                    "decision:hold",
-                    "shipwatch",
-                    "controller",
-                    service,
-                    rid,
-                    "progressing",
-                    "progressing",
-                    at=t,
-                    detail={
-                        "weight": weight,
-                        "checks": [
-                            {
-                                "metric": "error_rate",
-                                "outcome": "pass",
-                                "canary": 0.01,
-                                "control": 0.01,
-                            }
-                        ],
-                    },
-                )
-            )
+            out.append(AuditEntry("decision:hold", "shipwatch", "controller", service, rid,
+                                  "progressing", "progressing", at=t,
+                                  detail={"weight": weight, "checks": [{"metric": "error_rate",
+                                          "outcome": "pass", "canary": 0.01, "control": 0.01}]}))
         if rolled_back and step == 1:
             t += 30.0
-            out.append(
-                AuditEntry(
-                    "decision:rollback",
-                    "shipwatch",
-                    "controller",
-                    service,
-                    rid,
-                    "progressing",
-                    "rolling_back",
-                    at=t,
-                    detail={"weight": weight},
-                )
-            )
+            out.append(AuditEntry("decision:rollback", "shipwatch", "controller", service, rid,
+                                  "progressing", "rolling_back", at=t, detail={"weight": weight}))
             t += 2.0
-            out.append(
-                AuditEntry(
-                    "rolled_back",
-                    "shipwatch",
-                    "controller",
-                    service,
-                    rid,
-                    "rolling_back",
-                    "rolled_back",
-                    at=t,
-                    detail={"rollback_seconds": 2.0},
-                )
-            )
+            out.append(AuditEntry("rolled_back", "shipwatch", "controller", service, rid,
+                                  "rolling_back", "rolled_back", at=t,
+                                  detail={"rollback_seconds": 2.0}))
             return out
         t += 30.0
         last = step == len(WEIGHTS) - 1
-        out.append(
-            AuditEntry(
-                "decision:succeed" if last else "decision:advance",
-                "shipwatch",
-                "controller",
-                service,
-                rid,
-                "progressing",
-                "succeeded" if last else "progressing",
-                at=t,
-                detail={"weight": weight},
-            )
-        )
+        out.append(AuditEntry("decision:succeed" if last else "decision:advance", "shipwatch",
+                              "controller", service, rid, "progressing",
+                              "succeeded" if last else "progressing", at=t,
+                              detail={"weight": weight}))
     return out
 
 
@@ -161,11 +92,8 @@ async def _fill(client: aioredis.Redis, total: int, now: float) -> int:
     # Releases overlap in time, as they do in a team: interleave their entries by time, since
     # a stream's ids only grow.
     timeline = sorted(
-        (
-            e
-            for n in range(releases)
-            for e in _release_entries(n, now - span + n * (span - 4 * 3600) / releases, 12)
-        ),
+        (e for n in range(releases)
+         for e in _release_entries(n, now - span + n * (span - 4 * 3600) / releases, 12)),
         key=lambda e: e.at,
     )
     pipe = client.pipeline(transaction=False)

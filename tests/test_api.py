@@ -72,14 +72,11 @@ def bearer(token: str) -> dict[str, str]:
 
 # The rig's services plus one that requires two pre-release gates (no status URL is set, so
 # only the request's own `gates` can pass them).
-GATED_POLICY = (
-    POLICY
-    + f"""
+GATED_POLICY = POLICY + f"""
   gated:
     gates: [ci_build, tests]
     approvers: [{CAROL}]
 """
-)
 
 
 @pytest.fixture
@@ -488,7 +485,8 @@ async def test_409_names_each_gate_that_has_not_passed_and_starts_nothing(rig: S
 
     assert status == 409
     assert answer["error"] == (
-        "gates not passed for gated v2: `ci_build` failed (https://ci.test/r/7), `tests` missing"
+        "gates not passed for gated v2: `ci_build` failed (https://ci.test/r/7), "
+        "`tests` missing"
     )
     assert "--force" in answer["hint"]
     assert answer["release"] is None

@@ -21,37 +21,20 @@ DEPLOY_USAGE = USAGE[Verb.DEPLOY]
         ("/DEPLOY checkout v1", Command(Verb.DEPLOY, "checkout", "v1")),
         (
             "deploy checkout v2 --hold=5m --risk=high --notes=fix the cart",
-            Command(
-                Verb.DEPLOY,
-                "checkout",
-                "v2",
-                "fix the cart",
-                DeployOptions(risk=Risk.HIGH, hold=300.0, notes="fix the cart"),
-            ),
+            Command(Verb.DEPLOY, "checkout", "v2", "fix the cart",
+                    DeployOptions(risk=Risk.HIGH, hold=300.0, notes="fix the cart")),
         ),
         (
             "/deploy checkout v2.4.1 --risk high --strategy canary --steps 1,10,50,100 "
             "--hold 15m --stable v2.4.0 --notes fixes the cart total",
-            Command(
-                Verb.DEPLOY,
-                "checkout",
-                "v2.4.1",
-                "fixes the cart total",
-                DeployOptions(
-                    risk=Risk.HIGH,
-                    strategy=Strategy.CANARY,
-                    steps=[1, 10, 50, 100],
-                    hold=900.0,
-                    notes="fixes the cart total",
-                    stable="v2.4.0",
-                ),
-            ),
+            Command(Verb.DEPLOY, "checkout", "v2.4.1", "fixes the cart total",
+                    DeployOptions(risk=Risk.HIGH, strategy=Strategy.CANARY, steps=[1, 10, 50, 100],
+                                  hold=900.0, notes="fixes the cart total", stable="v2.4.0")),
         ),
         (
             "deploy --risk normal checkout --hold 90s v3",
-            Command(
-                Verb.DEPLOY, "checkout", "v3", options=DeployOptions(risk=Risk.NORMAL, hold=90.0)
-            ),
+            Command(Verb.DEPLOY, "checkout", "v3",
+                    options=DeployOptions(risk=Risk.NORMAL, hold=90.0)),
         ),
         (
             "deploy checkout v3 --strategy blue-green",
@@ -69,13 +52,8 @@ DEPLOY_USAGE = USAGE[Verb.DEPLOY]
         ),
         (
             'deploy checkout v3 --notes "quoted  notes" --risk high tail',
-            Command(
-                Verb.DEPLOY,
-                "checkout",
-                "v3",
-                "quoted  notes --risk high tail",
-                DeployOptions(notes="quoted  notes --risk high tail"),
-            ),
+            Command(Verb.DEPLOY, "checkout", "v3", "quoted  notes --risk high tail",
+                    DeployOptions(notes="quoted  notes --risk high tail")),
         ),
         (
             "deploy checkout v3 --notes",
@@ -83,17 +61,13 @@ DEPLOY_USAGE = USAGE[Verb.DEPLOY]
         ),
         (
             "/deploy checkout v3 --force --stable v2",
-            Command(Verb.DEPLOY, "checkout", "v3", options=DeployOptions(stable="v2", force=True)),
+            Command(Verb.DEPLOY, "checkout", "v3",
+                    options=DeployOptions(stable="v2", force=True)),
         ),
         (
             "/deploy --force checkout v3 --notes past a flaky scan",
-            Command(
-                Verb.DEPLOY,
-                "checkout",
-                "v3",
-                "past a flaky scan",
-                DeployOptions(notes="past a flaky scan", force=True),
-            ),
+            Command(Verb.DEPLOY, "checkout", "v3", "past a flaky scan",
+                    DeployOptions(notes="past a flaky scan", force=True)),
         ),
     ],
 )
@@ -126,15 +100,14 @@ def test_notes_swallow_the_rest_of_the_line_even_options() -> None:
         ("/rollout stats --days 365", Command(Verb.STATS, days=365)),
         ("/rollout history checkout 5", Command(Verb.HISTORY, "checkout", text="5")),
         ("/rollout approve payments", Command(Verb.APPROVE, "payments")),
-        (
-            "/rollout pause checkout waiting for QA",
-            Command(Verb.PAUSE, "checkout", text="waiting for QA"),
-        ),
+        ("/rollout pause checkout waiting for QA", Command(Verb.PAUSE, "checkout",
+                                                           text="waiting for QA")),
         ("/rollout resume checkout", Command(Verb.RESUME, "checkout")),
         ("/rollout lock checkout code freeze", Command(Verb.LOCK, "checkout", text="code freeze")),
         ("/rollout unlock checkout", Command(Verb.UNLOCK, "checkout")),
         ("/advance checkout", Command(Verb.ADVANCE, "checkout")),
-        ("/rollback checkout p99 doubled", Command(Verb.ROLLBACK, "checkout", text="p99 doubled")),
+        ("/rollback checkout p99 doubled", Command(Verb.ROLLBACK, "checkout",
+                                                   text="p99 doubled")),
         ('/rollback checkout "errors up"', Command(Verb.ROLLBACK, "checkout", text="errors up")),
         ("rollback checkout", Command(Verb.ROLLBACK, "checkout")),
     ],
@@ -167,24 +140,19 @@ def test_other_commands(line: str, expected: Command) -> None:
         ("/deploy checkout v1 --steps 1.5,100", "use numbers like 1,10,50,100", DEPLOY_USAGE),
         ("/deploy checkout v1 --hold soon", "`soon` is not a duration", DEPLOY_USAGE),
         ("/deploy checkout v1 --hold 5min", "`5min` is not a duration", DEPLOY_USAGE),
-        (
-            "/deploy checkout v1 --risk extreme",
-            "bad --risk `extreme`: use normal or high",
-            DEPLOY_USAGE,
-        ),
+        ("/deploy checkout v1 --risk extreme", "bad --risk `extreme`: use normal or high",
+         DEPLOY_USAGE),
         ("/deploy checkout v1 --risk HIGH", "bad --risk `HIGH`", DEPLOY_USAGE),
         ("/deploy checkout v1 --strategy linear", "bad --strategy `linear`", DEPLOY_USAGE),
-        (
-            "/rollout stats --days 0",
-            "bad --days `0`: use a whole number of days from 1 to 365",
-            USAGE[Verb.STATS],
-        ),
+        ("/rollout stats --days 0", "bad --days `0`: use a whole number of days from 1 to 365",
+         USAGE[Verb.STATS]),
         ("/rollout stats --days 366", "bad --days `366`", USAGE[Verb.STATS]),
         ("/rollout stats --days=week", "bad --days `week`", USAGE[Verb.STATS]),
         ("/rollout stats --days -3", "bad --days `-3`", USAGE[Verb.STATS]),
         ("/rollout stats checkout --days", "`--days` needs a value", USAGE[Verb.STATS]),
         ("/rollout stats --weeks 2", "unknown option `--weeks`", USAGE[Verb.STATS]),
-        ("/rollout stats checkout payments", "stats takes at most one service", USAGE[Verb.STATS]),
+        ("/rollout stats checkout payments", "stats takes at most one service",
+         USAGE[Verb.STATS]),
     ],
 )
 def test_errors_carry_the_usage(line: str, message: str, usage: str) -> None:

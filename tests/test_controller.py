@@ -86,16 +86,8 @@ class Rig:
         actuator = TrafficActuator(self.store, lambda _s: self.flags, events)
         self.cleanups += [actuator.close, events.close]
         metrics = source if source is not None else SyntheticSource(seed=2)
-        return Controller(
-            self.store,
-            self.policy,
-            metrics,
-            actuator,
-            events,
-            tick=TICK,
-            lease_ttl=LEASE_TTL,
-            owner=owner,
-        )
+        return Controller(self.store, self.policy, metrics, actuator, events, tick=TICK,
+                          lease_ttl=LEASE_TTL, owner=owner)
 
     async def get(self, release_id: str) -> Release:
         release = await self.store.get(release_id)
@@ -129,9 +121,8 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     actuator = TrafficActuator(store, lambda _service: flags, events)
     service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=1)
-    controller = Controller(
-        store, policy, source, actuator, events, tick=TICK, lease_ttl=LEASE_TTL, owner="a"
-    )
+    controller = Controller(store, policy, source, actuator, events, tick=TICK,
+                            lease_ttl=LEASE_TTL, owner="a")
     events.start()
     rig = Rig(policy, store, flags, events, recorder, actuator, service, source, controller, [])
     yield rig
@@ -141,13 +132,9 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     await events.close()
 
 
-async def drive(
-    rig: Rig,
-    release_id: str,
-    until: Callable[[Release], bool],
-    controllers: Sequence[Controller] | None = None,
-    on_round: Callable[[Release], None] | None = None,
-) -> Release:
+async def drive(rig: Rig, release_id: str, until: Callable[[Release], bool],
+                controllers: Sequence[Controller] | None = None,
+                on_round: Callable[[Release], None] | None = None) -> Release:
     """Run rounds of the controllers until ``until(release)``; fail after DEADLINE."""
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -224,11 +211,9 @@ async def test_healthy_release_walks_every_step_and_succeeds(rig: Rig) -> None:
     assert succeed.at - advances[-1].at >= 0.3 - 0.05
     await rig.events.drain()
     assert rig.recorder.kinds().count(EventKind.STEP_ADVANCED) == 3
-    assert [
-        k
-        for k in rig.recorder.kinds()
-        if k is not EventKind.METRICS_SUMMARY and k is not EventKind.STEP_ADVANCED
-    ] == [EventKind.STARTED, EventKind.BAKING, EventKind.SUCCEEDED]
+    assert [k for k in rig.recorder.kinds() if k is not EventKind.METRICS_SUMMARY
+            and k is not EventKind.STEP_ADVANCED] == [
+        EventKind.STARTED, EventKind.BAKING, EventKind.SUCCEEDED]
 
 
 async def test_latency_fault_on_the_canary_rolls_back_at_the_next_check(rig: Rig) -> None:
@@ -266,10 +251,10 @@ async def test_release_waiting_for_approval_still_rolls_back_on_a_fault(rig: Rig
     release = (await rig.service.deploy(BOB, "payments", "v2", STABLE)).release
     assert release.state is State.PENDING_APPROVAL
     # Well past the hold, it keeps being judged and keeps waiting for a human.
-    waiting = await drive(
-        rig, release.id, lambda r: r.evaluations >= 3 and time.time() - r.created_at > 0.4
-    )
-    assert (waiting.state, waiting.weight, waiting.applied_weight) == (State.PENDING_APPROVAL, 0, 0)
+    waiting = await drive(rig, release.id,
+                          lambda r: r.evaluations >= 3 and time.time() - r.created_at > 0.4)
+    assert (waiting.state, waiting.weight, waiting.applied_weight) == (
+        State.PENDING_APPROVAL, 0, 0)
     assert await rig.flag_pct("payments") == 0
 
     rig.source.inject("payments", "latency_p99", 5.0, version="v2")
@@ -284,9 +269,8 @@ async def test_release_waiting_for_approval_still_rolls_back_on_a_fault(rig: Rig
 
 
 async def test_non_critical_failures_roll_back_only_at_the_failure_limit(rig: Rig) -> None:
-    limit = next(
-        m.failure_limit for m in rig.policy.service("checkout").metrics if m.name == "error_rate"
-    )
+    limit = next(m.failure_limit for m in rig.policy.service("checkout").metrics
+                 if m.name == "error_rate")
     assert limit == 3
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
     rig.source.inject("checkout", "error_rate", 25.0, version="v2")
@@ -329,9 +313,8 @@ async def test_one_passing_check_resets_the_consecutive_failures(rig: Rig) -> No
 
 async def test_fault_while_baking_is_judged_against_the_baseline(rig: Rig) -> None:
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
-    baking = await drive(
-        rig, release.id, lambda r: r.state is State.BAKING and r.applied_weight == 100
-    )
+    baking = await drive(rig, release.id,
+                         lambda r: r.state is State.BAKING and r.applied_weight == 100)
     baseline = baking.baseline["latency_p99"]
     assert 0.1 < baseline < 0.5  # the control's p99 just before 100%
     assert await rig.flag_pct("checkout") == 100
@@ -375,9 +358,8 @@ async def test_paused_release_does_not_advance_and_resume_restarts_the_hold(rig:
     paused = (await rig.service.pause(BOB, "checkout", "checking a dashboard")).release
 
     # Judged all along, well past its hold, and never moved.
-    still = await drive(
-        rig, release.id, lambda r: r.evaluations >= 4 and time.time() - paused.updated_at > 0.4
-    )
+    still = await drive(rig, release.id,
+                        lambda r: r.evaluations >= 4 and time.time() - paused.updated_at > 0.4)
     assert (still.state, still.step, still.weight) == (State.PAUSED, 0, 1)
     assert await rig.flag_pct("checkout") == 1
 
@@ -437,8 +419,7 @@ async def test_second_controller_takes_over_after_the_lease_expires(rig: Rig) ->
 
 @pytest.mark.parametrize("how", ["cancel", "stop"])
 async def test_running_controllers_hand_over_without_losing_or_doubling_a_step(
-    rig: Rig, how: str
-) -> None:
+        rig: Rig, how: str) -> None:
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
     controllers = [rig.controller, rig.controller_for("b")]
     stops = [asyncio.Event(), asyncio.Event()]
@@ -482,8 +463,7 @@ async def test_running_controllers_hand_over_without_losing_or_doubling_a_step(
 
 
 async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(
-    rig: Rig, caplog: pytest.LogCaptureFixture
-) -> None:
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     source = GatedSource()
     a = rig.controller_for("a", source)
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
@@ -515,7 +495,8 @@ async def test_commit_of_a_controller_that_lost_its_lease_is_fenced(
     assert (await a.run_once()).owned == 0  # and it stays out
 
 
-async def test_a_release_paused_because_metrics_were_unreadable_resumes_by_itself(rig: Rig) -> None:
+async def test_a_release_paused_because_metrics_were_unreadable_resumes_by_itself(
+        rig: Rig) -> None:
     source = GatedSource()
     controller = rig.controller_for("a", source)
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
@@ -534,8 +515,7 @@ async def test_a_release_paused_because_metrics_were_unreadable_resumes_by_itsel
 
 
 async def test_a_flag_changed_behind_the_controllers_back_is_set_again_and_said(
-    rig: Rig, redis_client: aioredis.Redis
-) -> None:
+        rig: Rig, redis_client: aioredis.Redis) -> None:
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
     at_ten = await drive(rig, release.id, lambda r: r.applied_weight == 10)
 
@@ -555,14 +535,11 @@ async def test_a_flag_changed_behind_the_controllers_back_is_set_again_and_said(
 
 
 async def test_an_engine_that_cannot_be_read_back_pauses_the_release(
-    rig: Rig, redis_client: aioredis.Redis
-) -> None:
+        rig: Rig, redis_client: aioredis.Redis) -> None:
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
-    dead = WebhookBackend(
-        f"http://127.0.0.1:{free_port()}/hook",
-        read_url=f"http://127.0.0.1:{free_port()}/applied/{{service}}",
-        timeout=0.5,
-    )
+    dead = WebhookBackend(f"http://127.0.0.1:{free_port()}/hook",
+                          read_url=f"http://127.0.0.1:{free_port()}/applied/{{service}}",
+                          timeout=0.5)
     rig.cleanups.append(dead.close)
     actuator = TrafficActuator(rig.store, lambda _s: dead, rig.events)
     rig.cleanups.append(actuator.close)
@@ -600,10 +577,7 @@ async def test_flag_client_follows_the_release(rig: Rig, redis_url: str) -> None
 
     assert seen == [1, 10, 25, 50, 100]
     assert (state.canary_version, state.stable_version, state.release_id) == (
-        "v2",
-        "v1",
-        release.id,
-    )
+        "v2", "v1", release.id)
     users = [f"user-{i}" for i in range(200)]
     assert {client.variant("checkout", u) for u in users} == {"canary"}
     assert {client.version("checkout", u) for u in users} == {"v2"}

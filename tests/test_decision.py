@@ -37,26 +37,14 @@ def metric(name: str = "errors", /, **rules: object) -> Metric:
 
 def release(*, risk: str = "normal") -> Release:
     return new_release(
-        release_id="rel-1",
-        number=3,
-        service="checkout",
-        version="v2",
-        stable_version="v1",
-        weights=[1, 10, 50, 100],
-        holds=[HOLD, HOLD, 2 * HOLD, HOLD],
-        interval=30.0,
-        bake=BAKE,
-        strategy=Strategy.CANARY,
-        risk=Risk(risk),
-        notes="",
-        actor=ALICE,
-        now=NOW,
+        release_id="rel-1", number=3, service="checkout", version="v2", stable_version="v1",
+        weights=[1, 10, 50, 100], holds=[HOLD, HOLD, 2 * HOLD, HOLD], interval=30.0,
+        bake=BAKE, strategy=Strategy.CANARY, risk=Risk(risk), notes="", actor=ALICE, now=NOW,
     )
 
 
-def check(
-    outcome: Outcome, name: str = "errors", *, dry_run: bool = False, critical: bool = False
-) -> CheckResult:
+def check(outcome: Outcome, name: str = "errors", *, dry_run: bool = False,
+          critical: bool = False) -> CheckResult:
     """A check as a judge returns it; ``critical`` marks a failure that is critical."""
     reason = {
         P: f"{name}: 0.01 within limits",
@@ -64,21 +52,13 @@ def check(
         N: f"{name}: no canary data (the query returned no series)",
         E: f"{name}: canary query failed: timeout",
     }[outcome]
-    return CheckResult(
-        metric=name,
-        outcome=outcome,
-        canary=None,
-        control=None,
-        reason=reason,
-        dry_run=dry_run,
-        critical=critical,
-        query=QUERY if outcome in (N, E) else "",
-    )
+    return CheckResult(metric=name, outcome=outcome, canary=None, control=None, reason=reason,
+                       dry_run=dry_run, critical=critical,
+                       query=QUERY if outcome in (N, E) else "")
 
 
-def rounds(
-    start: Release, metrics: Sequence[Metric], outcomes: Sequence[Outcome], now: float = NOW + 10
-) -> list[Decision]:
+def rounds(start: Release, metrics: Sequence[Metric], outcomes: Sequence[Outcome],
+           now: float = NOW + 10) -> list[Decision]:
     """One check of the first metric per round; each round's counters feed the next."""
     out = []
     current = start
@@ -110,9 +90,8 @@ H, A, R, PA = Verdict.HOLD, Verdict.ADVANCE, Verdict.ROLLBACK, Verdict.PAUSE
         (2, [F, N, F], [H, H, R]),  # no data (hold) neither counts nor resets
     ],
 )
-def test_consecutive_failures_reach_the_limit(
-    failure_limit: int, outcomes: list[Outcome], expected: list[Verdict]
-) -> None:
+def test_consecutive_failures_reach_the_limit(failure_limit: int, outcomes: list[Outcome],
+                                              expected: list[Verdict]) -> None:
     m = metric(failure_limit=failure_limit, total_failure_limit=100)
 
     assert verdicts(rounds(release(), [m], outcomes)) == expected
@@ -142,9 +121,9 @@ def test_a_pass_resets_consecutive_but_not_total_failures() -> None:
         (4, [F, P, F, P, F], [H, H, H, H, H]),
     ],
 )
-def test_total_failures_across_passes_reach_the_limit(
-    total_limit: int, outcomes: list[Outcome], expected: list[Verdict]
-) -> None:
+def test_total_failures_across_passes_reach_the_limit(total_limit: int,
+                                                      outcomes: list[Outcome],
+                                                      expected: list[Verdict]) -> None:
     m = metric(failure_limit=2, total_failure_limit=total_limit)
 
     decisions = rounds(release(), [m], outcomes)
@@ -152,12 +131,12 @@ def test_total_failures_across_passes_reach_the_limit(
     assert verdicts(decisions) == expected
     if expected[-1] is Verdict.ROLLBACK:
         assert decisions[-1].reason.endswith(
-            f"{total_limit} failed checks in this release (limit {total_limit})"
-        )
+            f"{total_limit} failed checks in this release (limit {total_limit})")
 
 
 def test_total_failures_continue_from_the_release_record() -> None:
-    start = release().model_copy(update={"counters": {"errors": MetricCounters(total_failures=4)}})
+    start = release().model_copy(update={
+        "counters": {"errors": MetricCounters(total_failures=4)}})
 
     decision = decide(start, [metric(total_failure_limit=5)], [check(F)], NOW + 10)
 
@@ -239,9 +218,8 @@ def test_checks_for_metrics_not_in_the_policy_are_ignored() -> None:
         (NoDataPolicy.FAIL, [N, N], [H, R]),
     ],
 )
-def test_no_data_policies(
-    policy: NoDataPolicy, outcomes: list[Outcome], expected: list[Verdict]
-) -> None:
+def test_no_data_policies(policy: NoDataPolicy, outcomes: list[Outcome],
+                          expected: list[Verdict]) -> None:
     m = metric(no_data=policy, failure_limit=2)
 
     decisions = rounds(release(), [m], outcomes, now=NOW + 10 * HOLD)
@@ -280,9 +258,8 @@ def test_no_data_hold_reason_lists_the_pending_check() -> None:
         (2, [E, N, E], [H, H, PA]),  # no data does not
     ],
 )
-def test_errors_up_to_the_error_limit_pause(
-    error_limit: int, outcomes: list[Outcome], expected: list[Verdict]
-) -> None:
+def test_errors_up_to_the_error_limit_pause(error_limit: int, outcomes: list[Outcome],
+                                            expected: list[Verdict]) -> None:
     m = metric(error_limit=error_limit, failure_limit=5)
 
     assert verdicts(rounds(release(), [m], outcomes)) == expected
@@ -292,9 +269,8 @@ def test_the_error_pause_reason_has_the_count_and_the_query() -> None:
     last = rounds(release(), [metric(error_limit=2)], [E, E])[-1]
 
     assert last.verdict is Verdict.PAUSE
-    assert last.reason == (
-        f"errors: canary query failed: timeout (2 times in a row, limit 2); query: {QUERY}"
-    )
+    assert last.reason == (f"errors: canary query failed: timeout (2 times in a row, limit 2); "
+                           f"query: {QUERY}")
     assert last.counters["errors"].consecutive_errors == 2
 
 
@@ -327,9 +303,8 @@ def test_rollback_wins_over_pause() -> None:
         (10 * HOLD, Verdict.ADVANCE, "hold passed with every check green"),
     ],
 )
-def test_a_clean_release_advances_once_its_hold_elapsed(
-    elapsed: float, verdict: Verdict, reason: str
-) -> None:
+def test_a_clean_release_advances_once_its_hold_elapsed(elapsed: float, verdict: Verdict,
+                                                         reason: str) -> None:
     decision = decide(release(), [metric()], [check(P)], NOW + elapsed)
 
     assert (decision.verdict, decision.reason) == (verdict, reason)
@@ -401,9 +376,8 @@ def baking() -> Release:
         (BAKE * 2, F, Verdict.HOLD),
     ],
 )
-def test_baking_succeeds_after_the_bake_with_clean_checks(
-    elapsed: float, outcome: Outcome, verdict: Verdict
-) -> None:
+def test_baking_succeeds_after_the_bake_with_clean_checks(elapsed: float, outcome: Outcome,
+                                                         verdict: Verdict) -> None:
     decision = decide(baking(), [metric(failure_limit=2)], [check(outcome)], NOW + elapsed)
 
     assert decision.verdict is verdict
@@ -433,9 +407,8 @@ def test_a_paused_release_still_rolls_back_on_failures() -> None:
         ({"no_data": "pause"}, [N, N]),
     ],
 )
-def test_a_paused_release_is_not_paused_again(
-    rules: dict[str, object], outcomes: list[Outcome]
-) -> None:
+def test_a_paused_release_is_not_paused_again(rules: dict[str, object],
+                                              outcomes: list[Outcome]) -> None:
     decisions = rounds(paused(), [metric(**rules)], outcomes, now=NOW + 10 * HOLD)
 
     assert verdicts(decisions) == [H] * len(outcomes)
@@ -459,16 +432,10 @@ def through_the_controller(
     """Rounds of one metric, each decision carried out on the record as the controller does."""
     current, out = release(), []
     for outcome in outcomes:
-        d = decide(
-            current,
-            [m],
-            [check(outcome, m.name)],
-            NOW + 10,
-            resume_after_rounds=resume_after_rounds,
-        )
+        d = decide(current, [m], [check(outcome, m.name)], NOW + 10,
+                   resume_after_rounds=resume_after_rounds)
         booked = current.model_copy(
-            update={"counters": d.counters, "readable_rounds": d.readable_rounds}
-        )
+            update={"counters": d.counters, "readable_rounds": d.readable_rounds})
         current, _ = carry_out(booked, d, NOW + 10)
         out.append(d.verdict)
     return out, current
@@ -485,19 +452,14 @@ def through_the_controller(
     ],
 )
 def test_a_release_paused_because_metrics_were_unreadable_resumes_after_readable_rounds(
-    outcomes: list[Outcome], resume_after: int, expected: list[Verdict]
-) -> None:
+        outcomes: list[Outcome], resume_after: int, expected: list[Verdict]) -> None:
     verdicts_seen, last = through_the_controller(
-        outcomes, metric(error_limit=2, failure_limit=2), resume_after
-    )
+        outcomes, metric(error_limit=2, failure_limit=2), resume_after)
 
     assert verdicts_seen == expected
     if expected[-1] is RS:
         assert (last.state, last.paused_for_outage, last.readable_rounds) == (
-            State.PROGRESSING,
-            False,
-            0,
-        )
+            State.PROGRESSING, False, 0)
         assert last.last.by == CONTROLLER.user
 
 

@@ -497,10 +497,8 @@ async def test_sample_service_metrics_and_fault_control() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             for n in range(10):
                 status, body = await _get(http, f"{svc.url}/work?user=u{n}")
-                assert (status, body) == (
-                    200,
-                    {"service": "checkout", "version": "v1", "user": f"u{n}"},
-                )
+                assert (status, body) == (200, {"service": "checkout", "version": "v1",
+                                                "user": f"u{n}"})
             # 50 times a nominal 1%: every other request fails, evenly spread.
             said = svc.inject("checkout", "error_rate", 50, "v1")
             assert said == "sample service: checkout v1: errors ×50 (now 50.0% of requests fail)"
@@ -518,11 +516,10 @@ async def test_sample_service_metrics_and_fault_control() -> None:
                 f"{svc.url}/admin/config", json={"version": "v2", "error_rate": 0.5}
             ) as response:
                 assert response.status == 200
-                assert await response.json() == {"error_rate": 0.5, "latency": 0.002, "jitter": 0.0}
-            for bad, why in (
-                ({"error_rate": 2}, "error_rate must be within [0, 1]"),
-                ({"speed": 1}, "unknown fields: ['speed']"),
-            ):
+                assert await response.json() == {"error_rate": 0.5, "latency": 0.002,
+                                                  "jitter": 0.0}
+            for bad, why in (({"error_rate": 2}, "error_rate must be within [0, 1]"),
+                             ({"speed": 1}, "unknown fields: ['speed']")):
                 async with http.post(f"{svc.url}/admin/config", json=bad) as response:
                     assert response.status == 400
                     assert why in (await response.json())["error"]

@@ -99,10 +99,8 @@ POLICY: dict[str, Any] = {
         # A long hold at each step: the statistical judge needs its lookback filled.
         # Its p99 limit is loosened: at 10% a single slow request (a busy CI machine) moves a
         # low-volume p99 by 0.2 s; this service is about what only the statistics can see.
-        SLOWER: {
-            "hold": "40s",
-            "metrics": [{"name": "latency_p99", "max_diff": 0.5}, LATENCY_MEAN],
-        },
+        SLOWER: {"hold": "40s", "metrics": [{"name": "latency_p99", "max_diff": 0.5},
+                                            LATENCY_MEAN]},
     },
 }
 

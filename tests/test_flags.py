@@ -94,7 +94,9 @@ async def eventually(check: Callable[[], bool], within: float = TIMEOUT) -> None
 
 
 @pytest.fixture
-async def make_client(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[MakeClient]:
+async def make_client(
+    redis_url: str, redis_client: aioredis.Redis
+) -> AsyncIterator[MakeClient]:
     """Started FlagClients on the (flushed) test database, closed after the test.
 
     The default poll interval is long so that a test passing proves pub/sub delivered,
@@ -218,7 +220,9 @@ async def test_users_stay_in_the_canary_as_it_grows(
     assert previous == set(ids)
 
 
-async def test_canary_share_is_close_to_pct(make_client: MakeClient, backend: FlagsBackend) -> None:
+async def test_canary_share_is_close_to_pct(
+    make_client: MakeClient, backend: FlagsBackend
+) -> None:
     client = await make_client()
     ids = user_ids(100_000)
     for pct in [1, 5, 10, 33, 50, 90]:
@@ -298,7 +302,9 @@ async def test_concurrent_writers_never_reorder(
     writers = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(5)]
     try:
         backends = [FlagsBackend(FlagWriter(w)) for w in writers]
-        await asyncio.gather(*(backends[i % 5].apply(change(i % 101)) for i in range(50)))
+        await asyncio.gather(
+            *(backends[i % 5].apply(change(i % 101)) for i in range(50))
+        )
     finally:
         for w in writers:
             await w.aclose()
@@ -329,7 +335,9 @@ async def test_backend_refuses_to_overwrite_a_corrupt_flag(
 
 
 async def test_backend_translates_connection_errors() -> None:
-    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    dead = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1
+    )
     try:
         backend = FlagsBackend(FlagWriter(dead))
         with pytest.raises(TrafficError, match="could not set the canary flag") as info:
@@ -357,7 +365,9 @@ async def test_backend_change_reaches_a_subscribed_client(
     assert client.pct(SERVICE) == 30
 
 
-async def test_client_loads_existing_flags_on_start(redis_url: str, backend: FlagsBackend) -> None:
+async def test_client_loads_existing_flags_on_start(
+    redis_url: str, backend: FlagsBackend
+) -> None:
     await backend.apply(change(45))
     with FlagClient(redis_url, poll_interval=60.0) as client:
         # No waiting: start() returns with the hash already loaded.
@@ -384,7 +394,9 @@ async def test_rollback_sends_everyone_to_stable(
     assert {client.version(SERVICE, uid) for uid in ids} == {"v2"}
 
 
-async def test_unknown_service_is_stable(make_client: MakeClient, backend: FlagsBackend) -> None:
+async def test_unknown_service_is_stable(
+    make_client: MakeClient, backend: FlagsBackend
+) -> None:
     await backend.apply(change(100))
     client = await make_client()
     assert client.variant(SERVICE, "u-1") == "canary"

@@ -61,23 +61,8 @@ def junk_json(rng: random.Random, depth: int = 0) -> Any:
     if kind == 3:
         return rng.choice(["checkout", "v2", "payments", "ledger"])
     if kind in (4, 5):
-        keys = [
-            "service",
-            "version",
-            "stable",
-            "changes",
-            "notes",
-            "requested_by",
-            "risk",
-            "steps",
-            "hold",
-            "strategy",
-            "gates",
-            "title",
-            "pr",
-            "x",
-            hostile(rng)[:40],
-        ]
+        keys = ["service", "version", "stable", "changes", "notes", "requested_by", "risk",
+                "steps", "hold", "strategy", "gates", "title", "pr", "x", hostile(rng)[:40]]
         return {rng.choice(keys): junk_json(rng, depth + 1) for _ in range(rng.randint(0, 6))}
     return [junk_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]  # fmt: skip
 
@@ -99,7 +84,9 @@ def junk_body(rng: random.Random) -> bytes:
 @pytest.fixture
 async def rig(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[SlackRig]:
     async with SlackStandIn() as slack:
-        rig = SlackRig(slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": f"fuzz:{TOKEN}"})
+        rig = SlackRig(
+            slack, redis_url, extra_settings={"SHIPWATCH_API_TOKENS": f"fuzz:{TOKEN}"}
+        )
         await rig.start()
         try:
             yield rig
@@ -116,74 +103,33 @@ def slack_requests(rig: SlackRig, rng: random.Random) -> Request:
     if kind == 0:  # unsigned or wrongly signed junk
         body = junk_body(rng)
         headers = sign("not-the-secret", body) if rng.random() < 0.5 else {}
-        return (
-            "POST",
-            "/slack/events",
-            body,
-            headers
-            | {
-                "Content-Type": rng.choice(
-                    ["application/json", "application/x-www-form-urlencoded", "text/plain"]
-                )
-            },
-        )
+        return "POST", "/slack/events", body, headers | {"Content-Type": rng.choice(
+            ["application/json", "application/x-www-form-urlencoded", "text/plain"])}
     if kind == 1:  # signed junk
         body = junk_body(rng)
-        return (
-            "POST",
-            "/slack/events",
-            body,
-            sign(SECRET, body)
-            | {
-                "Content-Type": rng.choice(
-                    ["application/json", "application/x-www-form-urlencoded"]
-                )
-            },
-        )
+        return "POST", "/slack/events", body, sign(SECRET, body) | {"Content-Type": rng.choice(
+            ["application/json", "application/x-www-form-urlencoded"])}
     if kind == 2:  # a slash command with hostile text
         command = rng.choice(["/deploy", "/rollout", "/rollback", "/advance", "/x"])
-        words = rng.choice(
-            [
-                "",
-                "checkout",
-                "status",
-                "lock checkout",
-                "pause checkout",
-                "checkout v2 --stable",
-                "deploy ledger v9 --hold",
-                "stats --days",
-            ]
-        )
+        words = rng.choice(["", "checkout", "status", "lock checkout", "pause checkout",
+                            "checkout v2 --stable", "deploy ledger v9 --hold", "stats --days"])
         body = slash_command(command, f"{words} {form_text(rng)}", user_id=ALICE, response_url=url)
         return "POST", "/slack/events", body, sign(SECRET, body)
     if kind == 3:  # a button with a forged value
         body = block_actions(
-            rng.choice([a.value for a in ButtonAction] + ["nope"]),
-            form_text(rng)[:2000],
-            user_id=ALICE,
-            message_ts="1700000000.000100",
-            response_url=url,
-        )
+            rng.choice([a.value for a in ButtonAction] + ["nope"]), form_text(rng)[:2000],
+            user_id=ALICE, message_ts="1700000000.000100", response_url=url)
         return "POST", "/slack/events", body, sign(SECRET, body)
     if kind == 4:  # an event with odd fields
-        event = {
-            "type": rng.choice(["app_mention", "message", "reaction_added"]),
-            "text": hostile(rng),
-            "user": rng.choice([ALICE, "", hostile(rng)[:20]]),
-            "channel": rng.choice(["C0RELEASES", "", hostile(rng)[:20]]),
-            "thread_ts": rng.choice(["1700000000.000100", "", "x"]),
-            "ts": "1.2",
-        }
+        event = {"type": rng.choice(["app_mention", "message", "reaction_added"]),
+                 "text": hostile(rng), "user": rng.choice([ALICE, "", hostile(rng)[:20]]),
+                 "channel": rng.choice(["C0RELEASES", "", hostile(rng)[:20]]),
+                 "thread_ts": rng.choice(["1700000000.000100", "", "x"]), "ts": "1.2"}
         body = event_callback(event, event_id=f"Ev{rng.randrange(10**9)}")
         return "POST", "/slack/events", body, sign(SECRET, body)
     # a view submission of any shape
-    payload = {
-        "type": "view_submission",
-        "user": {"id": ALICE},
-        "view": junk_json(rng),
-        "team": {"id": "T0001"},
-        "api_app_id": "A0001",
-    }
+    payload = {"type": "view_submission", "user": {"id": ALICE}, "view": junk_json(rng),
+               "team": {"id": "T0001"}, "api_app_id": "A0001"}
     body = b"payload=" + urllib.parse.quote(json.dumps(payload)).encode()
     return "POST", "/slack/events", body, sign(SECRET, body) | {
         "Content-Type": "application/x-www-form-urlencoded"}  # fmt: skip
@@ -201,29 +147,14 @@ def api_requests(rig: SlackRig, rng: random.Random) -> Request:
     if kind == 2:
         name = urllib.parse.quote(form_text(rng)[:300], safe="")
         return "GET", f"{ROLLOUTS}/{name}", b"", auth
-    query = urllib.parse.urlencode(
-        {
-            rng.choice(["service", "limit", "cursor", "since", "x"]): form_text(rng)[:200]
-            for _ in range(rng.randint(0, 3))
-        }
-    )
+    query = urllib.parse.urlencode({rng.choice(["service", "limit", "cursor", "since", "x"]):
+                                    form_text(rng)[:200] for _ in range(rng.randint(0, 3))})
     return "GET", f"{RELEASES}?{query}", b"", auth
 
 
 def plain_requests(rig: SlackRig, rng: random.Random) -> Request:
-    path = rng.choice(
-        [
-            "/healthz",
-            "/readyz",
-            "/metrics",
-            "/",
-            "/slack/events",
-            ROLLOUTS,
-            "/api/v1",
-            "/%ff%fe",
-            "/" + "a" * 3000,
-        ]
-    )
+    path = rng.choice(["/healthz", "/readyz", "/metrics", "/", "/slack/events", ROLLOUTS,
+                       "/api/v1", "/%ff%fe", "/" + "a" * 3000])
     method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
     return method, path, junk_body(rng) if method in ("POST", "PUT", "PATCH") else b"", {}
 
@@ -234,10 +165,7 @@ async def test_fuzzed_requests_to_every_route_get_no_5xx_and_no_unexpected_error
     caplog.set_level(logging.WARNING)
     rng = random.Random(SEED)
     makers: list[Callable[[SlackRig, random.Random], Request]] = [
-        slack_requests,
-        api_requests,
-        plain_requests,
-    ]
+        slack_requests, api_requests, plain_requests]
     statuses: dict[int, int] = {}
     worst: list[tuple[int, str, str, bytes]] = []
     for _ in range(REQUESTS):

@@ -465,11 +465,7 @@ def test_releases_recorded_before_gates_existed_still_load() -> None:
         "step_started_at": 1.0,
         "updated_at": 2.0,
         "last": {
-            "action": "succeed",
-            "state": "succeeded",
-            "by": "x",
-            "surface": "controller",
-            "at": 2.0,
+            "action": "succeed", "state": "succeeded", "by": "x", "surface": "controller", "at": 2.0
         },
     }
     assert Release.model_validate(old).gates is None

@@ -720,9 +720,7 @@ async def test_an_edited_draft_names_the_editor_with_a_working_mention(
         if r["text"] == "draft release notes for checkout v2"
     ][-1]
     contexts = [
-        str(e["text"])
-        for b in edited.get("blocks", [])
-        if b["type"] == "context"
+        str(e["text"]) for b in edited.get("blocks", []) if b["type"] == "context"
         for e in b["elements"]
     ]
     shown = "\n".join(sections(edited) + contexts)

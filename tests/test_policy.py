@@ -118,11 +118,7 @@ def test_an_empty_service_uses_the_flags_traffic_backend() -> None:
     traffic = only_service("services:\n  checkout:\n").traffic
 
     assert (traffic.backend, traffic.url, traffic.timeout, traffic.retries) == (
-        "flags",
-        None,
-        5.0,
-        3,
-    )
+        "flags", None, 5.0, 3)
 
 
 def test_gates_default_to_none_and_a_service_may_replace_the_default_list() -> None:
@@ -210,11 +206,7 @@ def test_traffic_settings_merge_field_by_field() -> None:
 
     checkout = policy.service("checkout").traffic
     assert (checkout.backend, checkout.url, checkout.timeout, checkout.retries) == (
-        "webhook",
-        "http://hook.example",
-        2.0,
-        5,
-    )
+        "webhook", "http://hook.example", 2.0, 5)
     assert policy.service("search").traffic.backend == "flags"
 
 
@@ -291,9 +283,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             gates: [ci_build, Security-Scan]
         """,
-        "services.checkout.gates (line 3)",
-        "`Security-Scan` is not a gate name",
-        "",
+        "services.checkout.gates (line 3)", "`Security-Scan` is not a gate name", "",
     ),
     (
         "gate-listed-twice",
@@ -302,9 +292,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             gates: [tests, tests]
         """,
-        "services.checkout.gates (line 3)",
-        "a gate is listed twice",
-        "",
+        "services.checkout.gates (line 3)", "a gate is listed twice", "",
     ),
     (
         "gates-misspelt",
@@ -313,9 +301,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             gate: [tests]
         """,
-        "services.checkout.gate (line 3)",
-        "Extra inputs",
-        "did you mean `gates`?",
+        "services.checkout.gate (line 3)", "Extra inputs", "did you mean `gates`?",
     ),
     (
         "steps-not-rising",
@@ -324,9 +310,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: [10, 5, 100]
         """,
-        "services.checkout.steps (line 3)",
-        "must rise strictly, got [10, 5, 100]",
-        "",
+        "services.checkout.steps (line 3)", "must rise strictly, got [10, 5, 100]", "",
     ),
     (
         "steps-repeat-a-weight",
@@ -335,9 +319,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: [1, 10, 10, 100]
         """,
-        "services.checkout.steps (line 3)",
-        "must rise strictly",
-        "",
+        "services.checkout.steps (line 3)", "must rise strictly", "",
     ),
     (
         "steps-not-ending-at-100",
@@ -346,9 +328,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: [1, 10, 50]
         """,
-        "services.checkout.steps (line 3)",
-        "last step must be 100, got 50",
-        "",
+        "services.checkout.steps (line 3)", "last step must be 100, got 50", "",
     ),
     (
         "default-steps-not-ending-at-100",
@@ -358,9 +338,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           checkout: {}
         """,
-        "defaults.steps (line 2)",
-        "last step must be 100, got 50",
-        "",
+        "defaults.steps (line 2)", "last step must be 100, got 50", "",
     ),
     (
         "no-steps",
@@ -369,9 +347,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: []
         """,
-        "services.checkout.steps (line 3)",
-        "at least one step",
-        "",
+        "services.checkout.steps (line 3)", "at least one step", "",
     ),
     (
         "step-weight-above-100",
@@ -380,8 +356,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: [1, 150, 100]
         """,
-        "services.checkout.steps[1].weight (line 3)",
-        "less than or equal to 100",
+        "services.checkout.steps[1].weight (line 3)", "less than or equal to 100",
         "use a smaller value",
     ),
     (
@@ -393,8 +368,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
               - {weight: 1, hodl: 5m}
               - 100
         """,
-        "services.checkout.steps[0].hodl (line 4)",
-        "Extra inputs are not permitted",
+        "services.checkout.steps[0].hodl (line 4)", "Extra inputs are not permitted",
         "did you mean `hold`?",
     ),
     (
@@ -408,8 +382,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           checkout: {}
         """,
-        "defaults.metrics[0].max_ratioo (line 5)",
-        "Extra inputs are not permitted",
+        "defaults.metrics[0].max_ratioo (line 5)", "Extra inputs are not permitted",
         "did you mean `max_ratio`?",
     ),
     (
@@ -420,8 +393,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
             channel: "#c"
             hodl: 5m
         """,
-        "services.checkout.hodl (line 4)",
-        "Extra inputs are not permitted",
+        "services.checkout.hodl (line 4)", "Extra inputs are not permitted",
         "did you mean `hold`?",
     ),
     (
@@ -433,8 +405,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
               backend: flags
               timeot: 3s
         """,
-        "services.checkout.traffic.timeot (line 5)",
-        "Extra inputs are not permitted",
+        "services.checkout.traffic.timeot (line 5)", "Extra inputs are not permitted",
         "did you mean `timeout`?",
     ),
     (
@@ -447,9 +418,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
                 query: 'sum(rate(errors_total[5m]))'
                 max: 1
         """,
-        "services.checkout.metrics[0].query (line 5)",
-        "must contain {version}",
-        "",
+        "services.checkout.metrics[0].query (line 5)", "must contain {version}", "",
     ),
     (
         "metric-without-a-rule",
@@ -461,9 +430,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
                 query: 'e{version}'
                 unit: ratio
         """,
-        "services.checkout.metrics[0] (line 4)",
-        "has no rule",
-        "",
+        "services.checkout.metrics[0] (line 4)", "has no rule", "",
     ),
     (
         "metric-min-above-max",
@@ -476,9 +443,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
                 min: 5
                 max: 1
         """,
-        "services.checkout.metrics[0] (line 4)",
-        "min (5.0) is above max (1.0)",
-        "",
+        "services.checkout.metrics[0] (line 4)", "min (5.0) is above max (1.0)", "",
     ),
     (
         "metric-with-non-positive-ratio",
@@ -488,8 +453,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
             metrics:
               - {name: lat, query: 'l{version}', max_ratio: 0}
         """,
-        "services.checkout.metrics[0].max_ratio (line 4)",
-        "greater than 0",
+        "services.checkout.metrics[0].max_ratio (line 4)", "greater than 0",
         "use a larger value",
     ),
     (
@@ -500,9 +464,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
             metrics:
               - {name: lat, query: 'l{version}', max: 1, direction: sideways}
         """,
-        "services.checkout.metrics[0].direction (line 4)",
-        "",
-        "use one of the listed values",
+        "services.checkout.metrics[0].direction (line 4)", "", "use one of the listed values",
     ),
     (
         "metric-defined-twice",
@@ -513,9 +475,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
               - {name: lat, query: 'l{version}', max: 1}
               - {name: lat, query: 'l{version}', max: 2}
         """,
-        "services.checkout.metrics (line 3)",
-        "metric `lat` is defined twice",
-        "",
+        "services.checkout.metrics (line 3)", "metric `lat` is defined twice", "",
     ),
     (
         "metric-without-name",
@@ -525,9 +485,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
             metrics:
               - {query: 'l{version}', max: 1}
         """,
-        "services.checkout.metrics[0].name (line 4)",
-        "Field required",
-        "add this field",
+        "services.checkout.metrics[0].name (line 4)", "Field required", "add this field",
     ),
     (
         "metrics-not-a-list",
@@ -536,9 +494,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             metrics: 5
         """,
-        "services.checkout.metrics (line 3)",
-        "valid list",
-        "use a YAML list",
+        "services.checkout.metrics (line 3)", "valid list", "use a YAML list",
     ),
     (
         "override-of-a-default-metric-is-blamed-on-the-service-entry",
@@ -553,8 +509,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
               - name: lat
                 max_ratio: -1
         """,
-        "services.checkout.metrics[0].max_ratio (line 9)",
-        "greater than 0",
+        "services.checkout.metrics[0].max_ratio (line 9)", "greater than 0",
         "use a larger value",
     ),
     (
@@ -568,9 +523,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
             metrics:
               - {name: rps, max: 0.5}
         """,
-        "services.checkout.metrics[0] (line 7)",
-        "min (1.0) is above max (0.5)",
-        "",
+        "services.checkout.metrics[0] (line 7)", "min (1.0) is above max (0.5)", "",
     ),
     (
         "webhook-without-url",
@@ -579,9 +532,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             traffic: {backend: webhook}
         """,
-        "services.checkout.traffic (line 3)",
-        "webhook backend needs a url",
-        "",
+        "services.checkout.traffic (line 3)", "webhook backend needs a url", "",
     ),
     (
         "unknown-traffic-backend",
@@ -590,9 +541,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             traffic: {backend: istio}
         """,
-        "services.checkout.traffic.backend (line 3)",
-        "",
-        "use one of the listed values",
+        "services.checkout.traffic.backend (line 3)", "", "use one of the listed values",
     ),
     (
         "bad-duration",
@@ -601,9 +550,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             hold: 15 minutes
         """,
-        "services.checkout.hold (line 3)",
-        "`15 minutes` is not a duration",
-        "",
+        "services.checkout.hold (line 3)", "`15 minutes` is not a duration", "",
     ),
     (
         "negative-duration",
@@ -613,9 +560,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           checkout: {}
         """,
-        "defaults.bake (line 2)",
-        "cannot be negative",
-        "",
+        "defaults.bake (line 2)", "cannot be negative", "",
     ),
     (
         "bad-step-hold",
@@ -624,9 +569,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             steps: [{weight: 1, hold: soon}, 100]
         """,
-        "services.checkout.steps[0].hold (line 3)",
-        "`soon` is not a duration",
-        "",
+        "services.checkout.steps[0].hold (line 3)", "`soon` is not a duration", "",
     ),
     (
         "interval-too-short",
@@ -635,9 +578,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             interval: 10ms
         """,
-        "services.checkout.interval (line 3)",
-        "at least 50ms",
-        "",
+        "services.checkout.interval (line 3)", "at least 50ms", "",
     ),
     (
         "unknown-risk",
@@ -646,9 +587,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             risk: extreme
         """,
-        "services.checkout.risk (line 3)",
-        "",
-        "use one of the listed values",
+        "services.checkout.risk (line 3)", "", "use one of the listed values",
     ),
     (
         "deployer-that-is-not-a-principal",
@@ -657,9 +596,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout:
             deployers: [U123, 'bad user']
         """,
-        "services.checkout.deployers (line 3)",
-        "`bad user` is not a Slack user id",
-        "",
+        "services.checkout.deployers (line 3)", "`bad user` is not a Slack user id", "",
     ),
     (
         "invalid-service-name",
@@ -667,9 +604,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           Checkout: {}
         """,
-        "services.Checkout",
-        "invalid service name",
-        "lowercase",
+        "services.Checkout", "invalid service name", "lowercase",
     ),
     (
         "service-that-is-not-a-mapping",
@@ -677,9 +612,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           checkout: [1, 2]
         """,
-        "services.checkout",
-        "must be a mapping of overrides",
-        "",
+        "services.checkout", "must be a mapping of overrides", "",
     ),
     (
         "unknown-top-level-key",
@@ -689,9 +622,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout: {}
         servces_extra: 1
         """,
-        "servces_extra",
-        "unknown top-level key",
-        "",
+        "servces_extra", "unknown top-level key", "",
     ),
     (
         "misspelt-top-level-key",
@@ -701,9 +632,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
           checkout: {}
         default: {}
         """,
-        "default",
-        "unknown top-level key",
-        "did you mean `defaults`?",
+        "default", "unknown top-level key", "did you mean `defaults`?",
     ),
     (
         "no-services",
@@ -711,18 +640,14 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         defaults:
           hold: 5m
         """,
-        "services",
-        "no services defined",
-        "add `services:",
+        "services", "no services defined", "add `services:",
     ),
     (
         "services-not-a-mapping",
         """\
         services: [checkout]
         """,
-        "services",
-        "no services defined",
-        "",
+        "services", "no services defined", "",
     ),
     (
         "defaults-not-a-mapping",
@@ -731,9 +656,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         services:
           checkout: {}
         """,
-        "defaults",
-        "must be a mapping",
-        "",
+        "defaults", "must be a mapping", "",
     ),
     (
         "document-not-a-mapping",
@@ -741,9 +664,7 @@ INVALID: list[tuple[str, str, str, str, str]] = [
         - defaults
         - services
         """,
-        "(top)",
-        "must be a mapping",
-        "start with `defaults:`",
+        "(top)", "must be a mapping", "start with `defaults:`",
     ),
 ]
 
@@ -936,8 +857,8 @@ def test_known_service_lookup_returns_its_policy() -> None:
             'rate(http_requests_total{service="checkout",version="v2.4.1"}[90s])',
         ),
         (
-            'histogram_quantile(0.99, sum by (le) (rate(b{version="{version}"}[{window}])))',
-            'histogram_quantile(0.99, sum by (le) (rate(b{version="v2.4.1"}[90s])))',
+            "histogram_quantile(0.99, sum by (le) (rate(b{version=\"{version}\"}[{window}])))",
+            "histogram_quantile(0.99, sum by (le) (rate(b{version=\"v2.4.1\"}[90s])))",
         ),
         ("{version}/{version}", "v2.4.1/v2.4.1"),
         ('up{job="api"}', 'up{job="api"}'),
@@ -947,11 +868,13 @@ def test_known_service_lookup_returns_its_policy() -> None:
 def test_render_template_fills_placeholders_and_leaves_promql_braces(
     template: str, expected: str
 ) -> None:
-    assert render_template(template, service="checkout", version="v2.4.1", window="90s") == expected
+    assert render_template(template, service="checkout", version="v2.4.1",
+                           window="90s") == expected
 
 
 def test_default_requests_query_renders_completely() -> None:
-    rendered = render_template(DEFAULT_REQUESTS_QUERY, service="search", version="v9", window="60s")
+    rendered = render_template(DEFAULT_REQUESTS_QUERY, service="search", version="v9",
+                               window="60s")
 
     assert rendered == 'sum(increase(http_requests_total{service="search",version="v9"}[60s]))'
 
@@ -962,18 +885,13 @@ def test_default_requests_query_renders_completely() -> None:
 def run_check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", "check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )
 
 
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     path = tmp_path / "good.yaml"
-    path.write_text(
-        textwrap.dedent("""\
+    path.write_text(textwrap.dedent("""\
         defaults:
           hold: 5m
           metrics:
@@ -982,9 +900,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
           checkout: {}
           payments:
             risk: high
-    """),
-        encoding="utf-8",
-    )
+    """), encoding="utf-8")
 
     result = run_check_config(path)
 
@@ -997,8 +913,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
 
 def test_check_config_rejects_a_bad_file_with_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(
-        textwrap.dedent("""\
+    path.write_text(textwrap.dedent("""\
         defaults:
           metrics:
             - name: errors
@@ -1009,9 +924,7 @@ def test_check_config_rejects_a_bad_file_with_every_problem(tmp_path: Path) -> N
             hodl: 5m
             risk: extreme
         servics: {}
-    """),
-        encoding="utf-8",
-    )
+    """), encoding="utf-8")
 
     result = run_check_config(path)
 

@@ -84,7 +84,6 @@ def _table(section: str, title: str) -> str:
     assert match, f"README's Policy reference has no **{title}** table"
     return match.group(1)
 
-
 SECONDS_WRITTEN_AS_DURATIONS = {
     # Durations are written the way a policy file would (15m, not 900).
     900.0: "15m",

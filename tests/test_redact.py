@@ -101,7 +101,9 @@ SECRETS = [
         "XXXXXXXXXXXXXXXXXXXXXXXX",
         id="slack-webhook",
     ),
-    pytest.param("Server=db;Database=app;User Id=sa;Pwd=Tr0ub4dor&3;", "Tr0ub4dor", id="conn-pwd"),
+    pytest.param(
+        "Server=db;Database=app;User Id=sa;Pwd=Tr0ub4dor&3;", "Tr0ub4dor", id="conn-pwd"
+    ),
     pytest.param(
         "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=q9Zx0Y1w2V3u4T5s6R7==;",
         "q9Zx0Y1w2V3u4T5s6R7",

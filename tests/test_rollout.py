@@ -45,31 +45,20 @@ DAVE = Actor(user="dave", surface="console")  # tries the action under test
 LABEL = "checkout#7 (v2.0.0)"
 
 
-def fresh(
-    *, risk: str = "normal", weights: list[int] | None = None, holds: list[float] | None = None
-) -> Release:
+def fresh(*, risk: str = "normal", weights: list[int] | None = None,
+          holds: list[float] | None = None) -> Release:
     weights = list(WEIGHTS if weights is None else weights)
     return new_release(
-        release_id="rel-1",
-        number=7,
-        service="checkout",
-        version="v2.0.0",
-        stable_version="v1.9.0",
-        weights=weights,
+        release_id="rel-1", number=7, service="checkout", version="v2.0.0",
+        stable_version="v1.9.0", weights=weights,
         holds=list(holds if holds is not None else HOLDS[: len(weights)]),
-        interval=30.0,
-        bake=3600.0,
-        strategy=Strategy.CANARY,
-        risk=Risk(risk),
-        notes="fixes #12",
-        actor=ALICE,
-        now=NOW,
+        interval=30.0, bake=3600.0, strategy=Strategy.CANARY, risk=Risk(risk), notes="fixes #12",
+        actor=ALICE, now=NOW,
     )
 
 
-def check(
-    metric: str, outcome: Outcome, canary: float | None, control: float | None
-) -> CheckResult:
+def check(metric: str, outcome: Outcome, canary: float | None, control: float | None
+          ) -> CheckResult:
     return CheckResult(metric=metric, outcome=outcome, canary=canary, control=control, reason="")
 
 
@@ -151,10 +140,7 @@ def test_the_fixtures_reach_each_state_through_carol() -> None:
         release = in_state(state)
         assert release.state is state
         assert (release.last.by, release.last.surface, release.last.state) == (
-            "carol",
-            "api",
-            state,
-        )
+            "carol", "api", state)
 
 
 def test_the_transition_table_allows_exactly_the_expected_actions() -> None:
@@ -255,10 +241,7 @@ def test_a_normal_release_starts_progressing_at_the_first_step() -> None:
     assert (release.requested_by, release.surface) == ("alice", "slack")
     assert release.created_at == release.step_started_at == release.updated_at == NOW
     assert (release.last.action, release.last.by, release.last.reason) == (
-        Action.START,
-        "alice",
-        "started",
-    )
+        Action.START, "alice", "started")
     assert release.is_active
     assert release.label == LABEL
 
@@ -310,15 +293,11 @@ def test_advance_walks_the_steps_and_restarts_the_hold() -> None:
 
 
 def test_the_last_step_enters_baking_with_the_control_frozen_as_baseline() -> None:
-    release = at_step(3).model_copy(
-        update={
-            "last_checks": [
-                check("error_rate", Outcome.PASS, 0.011, 0.01),
-                check("latency_p99", Outcome.PASS, 0.3, 1),
-                check("conversions", Outcome.NO_DATA, None, None),
-            ]
-        }
-    )
+    release = at_step(3).model_copy(update={"last_checks": [
+        check("error_rate", Outcome.PASS, 0.011, 0.01),
+        check("latency_p99", Outcome.PASS, 0.3, 1),
+        check("conversions", Outcome.NO_DATA, None, None),
+    ]})
 
     baking = advance(release, CAROL, NOW + 9_000)
 
@@ -329,12 +308,10 @@ def test_the_last_step_enters_baking_with_the_control_frozen_as_baseline() -> No
 
 
 def test_an_existing_baseline_is_not_overwritten() -> None:
-    release = at_step(3).model_copy(
-        update={
-            "baseline": {"error_rate": 0.002},
-            "last_checks": [check("error_rate", Outcome.PASS, 0.6, 0.5)],
-        }
-    )
+    release = at_step(3).model_copy(update={
+        "baseline": {"error_rate": 0.002},
+        "last_checks": [check("error_rate", Outcome.PASS, 0.6, 0.5)],
+    })
 
     assert advance(release, CAROL, NOW + 9_000).baseline == {"error_rate": 0.002}
 
@@ -387,9 +364,8 @@ def test_approving_a_high_risk_release_starts_its_first_step() -> None:
 
 
 def test_approvals_accumulate_and_the_last_one_enters_baking() -> None:
-    release = fresh(risk=Risk.HIGH).model_copy(
-        update={"last_checks": [check("latency", Outcome.PASS, 0.26, 0.25)]}
-    )
+    release = fresh(risk=Risk.HIGH).model_copy(update={"last_checks": [
+        check("latency", Outcome.PASS, 0.26, 0.25)]})
     t = NOW
     release = approve(release, DAVE, t)
     while release.state is State.PROGRESSING:
@@ -406,12 +382,10 @@ def test_approvals_accumulate_and_the_last_one_enters_baking() -> None:
 
 @pytest.mark.parametrize("state", [State.PROGRESSING, State.PENDING_APPROVAL, State.BAKING])
 def test_pause_then_resume_restores_the_state_and_restarts_the_hold(state: State) -> None:
-    before = in_state(state).model_copy(
-        update={
-            "clean_checks_in_step": 3,
-            "counters": {"errors": MetricCounters(consecutive_failures=1, consecutive_errors=2)},
-        }
-    )
+    before = in_state(state).model_copy(update={
+        "clean_checks_in_step": 3,
+        "counters": {"errors": MetricCounters(consecutive_failures=1, consecutive_errors=2)},
+    })
 
     paused = pause(before, DAVE, NOW + 2_000, "checking dashboards")
     assert paused.state is State.PAUSED
@@ -426,10 +400,7 @@ def test_pause_then_resume_restores_the_state_and_restarts_the_hold(state: State
     assert resumed.counters.get("errors", MetricCounters()).consecutive_failures == 0
     assert resumed.counters.get("errors", MetricCounters()).consecutive_errors == 0
     assert (resumed.step, resumed.weight, resumed.awaiting_step) == (
-        before.step,
-        before.weight,
-        before.awaiting_step,
-    )
+        before.step, before.weight, before.awaiting_step)
     assert resumed.last.reason == "resumed by alice"
 
 
@@ -440,9 +411,8 @@ def test_resume_of_a_record_without_paused_from_goes_back_to_progressing() -> No
 
 
 def test_resume_keeps_the_release_wide_failure_total() -> None:
-    before = at_step(1).model_copy(
-        update={"counters": {"errors": MetricCounters(consecutive_failures=1, total_failures=4)}}
-    )
+    before = at_step(1).model_copy(update={
+        "counters": {"errors": MetricCounters(consecutive_failures=1, total_failures=4)}})
 
     resumed = resume(pause(before, DAVE, NOW + 10, "x"), DAVE, NOW + 20)
 
@@ -453,8 +423,7 @@ def test_resume_keeps_the_release_wide_failure_total() -> None:
 
 
 @pytest.mark.parametrize(
-    "state", [State.PROGRESSING, State.PENDING_APPROVAL, State.PAUSED, State.BAKING]
-)
+    "state", [State.PROGRESSING, State.PENDING_APPROVAL, State.PAUSED, State.BAKING])
 def test_start_rollback_sends_the_weight_to_zero(state: State) -> None:
     release = in_state(state)
 
@@ -505,7 +474,8 @@ def test_succeed_finishes_a_baking_release() -> None:
         (3, 600.0, True),
     ],
 )
-def test_hold_elapsed_uses_each_steps_own_hold(step: int, elapsed: float, expected: bool) -> None:
+def test_hold_elapsed_uses_each_steps_own_hold(step: int, elapsed: float,
+                                                expected: bool) -> None:
     release = at_step(step)
 
     assert hold_elapsed(release, release.step_started_at + elapsed) is expected

@@ -79,18 +79,12 @@ class Rig:
         state = await self.flags.flag(service)
         return None if state is None else state.pct
 
-    async def audit(
-        self,
-        action: str | None = None,
-        outcome: str | None = None,
-    ) -> list[AuditEntry]:
+    async def audit(self, action: str | None = None, outcome: str | None = None,
+                    ) -> list[AuditEntry]:
         """Oldest first, optionally filtered."""
         entries = reversed(await self.store.audit_tail(10_000))
-        return [
-            e
-            for e in entries
-            if (action is None or e.action == action) and (outcome is None or e.outcome == outcome)
-        ]
+        return [e for e in entries if (action is None or e.action == action)
+                and (outcome is None or e.outcome == outcome)]
 
     async def recorded(self) -> Recorder:
         await self.events.drain()
@@ -112,9 +106,8 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     await events.close()
 
 
-async def deployed(
-    rig: Rig, service: str = "checkout", actor: Actor = ALICE, version: str = "v2"
-) -> Release:
+async def deployed(rig: Rig, service: str = "checkout", actor: Actor = ALICE,
+                   version: str = "v2") -> Release:
     result = await rig.service.deploy(actor, service, version, STABLE)
     assert result.outcome is Outcome.DONE
     return result.release
@@ -135,26 +128,16 @@ async def test_deploy_starts_at_the_first_step_and_sets_the_flag(rig: Rig) -> No
     release = result.release
     assert result.outcome is Outcome.DONE
     assert (release.state, release.step, release.weight, release.applied_weight) == (
-        State.PROGRESSING,
-        0,
-        1,
-        1,
-    )
+        State.PROGRESSING, 0, 1, 1)
     assert (release.version, release.stable_version, release.requested_by) == ("v2", "v1", "alice")
     assert await stored(rig, release.id) == release
     flag = await rig.flags.flag("checkout")
     assert flag is not None
     assert (flag.pct, flag.canary_version, flag.stable_version, flag.release_id) == (
-        1,
-        "v2",
-        "v1",
-        release.id,
-    )
+        1, "v2", "v1", release.id)
     assert await rig.store.active_index() == {"checkout": release.id}
     assert [(e.action, e.actor, e.surface) for e in await rig.audit()] == [
-        ("deploy", "alice", "slack"),
-        ("traffic", "shipwatch", "controller"),
-    ]
+        ("deploy", "alice", "slack"), ("traffic", "shipwatch", "controller")]
     assert (await rig.recorded()).kinds() == [EventKind.STARTED]
 
 
@@ -208,8 +191,7 @@ async def test_deploy_with_the_same_request_id_twice_starts_one_release(rig: Rig
 
 @pytest.mark.parametrize(("locker", "deployer"), [(CI, ALICE), (ALICE, CI), (DAVE, BOB)])
 async def test_a_lock_from_any_surface_blocks_deploy_until_unlocked(
-    rig: Rig, locker: Actor, deployer: Actor
-) -> None:
+        rig: Rig, locker: Actor, deployer: Actor) -> None:
     await rig.service.lock(locker, "checkout", "  payment provider incident  ")
 
     with pytest.raises(LockedError) as caught:
@@ -245,12 +227,9 @@ async def test_fifty_concurrent_advances_make_exactly_one_step(rig: Rig) -> None
     actors = [Actor(user=f"user{i}", surface="slack") for i in range(50)]
 
     results = await asyncio.gather(
-        *(
-            rig.service.advance(actor, "checkout", expected_step=0, request_id=f"click-{i}")
-            for i, actor in enumerate(actors)
-        ),
-        return_exceptions=True,
-    )
+        *(rig.service.advance(actor, "checkout", expected_step=0, request_id=f"click-{i}")
+          for i, actor in enumerate(actors)),
+        return_exceptions=True)
 
     won = [r for r in results if isinstance(r, Result)]
     lost = [r for r in results if isinstance(r, BaseException)]
@@ -259,11 +238,7 @@ async def test_fifty_concurrent_advances_make_exactly_one_step(rig: Rig) -> None
     assert all(isinstance(e, LostRaceError | ConflictError) for e in lost), lost
     after = await stored(rig, release.id)
     assert (after.state, after.step, after.weight, after.applied_weight) == (
-        State.PROGRESSING,
-        1,
-        10,
-        10,
-    )
+        State.PROGRESSING, 1, 10, 10)
     [advance] = await rig.audit("advance", "ok")
     assert advance.detail == {"step": 1, "weight": 10}
     assert advance.actor == won[0].release.last.by
@@ -276,19 +251,17 @@ async def test_typed_advances_sent_together_move_one_step(rig: Rig) -> None:
 
     # No expected step: typed commands, from people who all saw the release at 1%.
     results = await asyncio.gather(
-        *(
-            rig.service.advance(actor, "checkout", request_id=f"typed-{i}")
-            for i, actor in enumerate(actors)
-        ),
-        return_exceptions=True,
-    )
+        *(rig.service.advance(actor, "checkout", request_id=f"typed-{i}")
+          for i, actor in enumerate(actors)),
+        return_exceptions=True)
 
     assert len([r for r in results if isinstance(r, Result)]) == 1
     assert all(isinstance(r, LostRaceError) for r in results if not isinstance(r, Result))
     assert (await stored(rig, release.id)).step == 1
 
 
-async def test_a_typed_advance_just_after_a_person_moved_the_release_does_nothing(rig: Rig) -> None:
+async def test_a_typed_advance_just_after_a_person_moved_the_release_does_nothing(
+        rig: Rig) -> None:
     release = await deployed(rig)
     await rig.service.advance(ALICE, "checkout", request_id="typed-1")
 
@@ -322,7 +295,8 @@ async def test_same_request_id_twice_is_a_duplicate_and_changes_nothing(rig: Rig
     assert (await rig.recorded()).kinds().count(EventKind.STEP_ADVANCED) == 1
 
 
-async def test_retry_of_an_applied_advance_with_its_expected_step_is_a_duplicate(rig: Rig) -> None:
+async def test_retry_of_an_applied_advance_with_its_expected_step_is_a_duplicate(
+        rig: Rig) -> None:
     # The request id must be looked at before the expected step: the retry's step is stale
     # precisely because its first delivery was applied.
     release = await deployed(rig)
@@ -355,7 +329,8 @@ async def test_retry_of_a_finished_rollback_is_a_duplicate(rig: Rig) -> None:
 
 async def test_high_risk_release_needs_an_approver_who_is_not_the_requester(rig: Rig) -> None:
     release = await deployed(rig, "payments", actor=BOB)
-    assert (release.state, release.weight, release.awaiting_step) == (State.PENDING_APPROVAL, 0, 0)
+    assert (release.state, release.weight, release.awaiting_step) == (
+        State.PENDING_APPROVAL, 0, 0)
     assert await rig.flags.flag("payments") is None  # nobody moved before approval
 
     with pytest.raises(PermissionDenied) as own:
@@ -370,32 +345,19 @@ async def test_high_risk_release_needs_an_approver_who_is_not_the_requester(rig:
 
     after = result.release
     assert (after.state, after.step, after.weight, after.applied_weight) == (
-        State.PROGRESSING,
-        0,
-        1,
-        1,
-    )
+        State.PROGRESSING, 0, 1, 1)
     assert [(a.step, a.by) for a in after.approvals] == [(0, "carol")]
     assert await stored(rig, release.id) == after
     assert await rig.flag_pct("payments") == 1
     [approval] = await rig.audit("approve", "ok")
     assert (approval.actor, approval.from_state, approval.to_state) == (
-        "carol",
-        State.PENDING_APPROVAL,
-        State.PROGRESSING,
-    )
+        "carol", State.PENDING_APPROVAL, State.PROGRESSING)
     refused = await rig.audit("approve", "refused")
     assert [(e.actor, e.reason) for e in refused] == [
-        ("bob", "requester cannot approve"),
-        ("dave", "not in ['carol']"),
-    ]
+        ("bob", "requester cannot approve"), ("dave", "not in ['carol']")]
     kinds = (await rig.recorded()).kinds("payments")
-    assert kinds == [
-        EventKind.STARTED,
-        EventKind.APPROVAL_NEEDED,
-        EventKind.APPROVED,
-        EventKind.STEP_ADVANCED,
-    ]
+    assert kinds == [EventKind.STARTED, EventKind.APPROVAL_NEEDED, EventKind.APPROVED,
+                     EventKind.STEP_ADVANCED]
 
 
 async def test_advance_of_a_high_risk_release_is_an_approval(rig: Rig) -> None:
@@ -454,10 +416,7 @@ async def test_rollback_sends_the_flag_to_zero_and_ends_rolled_back(rig: Rig) ->
     assert await rig.store.active_for("checkout") is None
     [started] = await rig.audit("rollback")
     assert (started.actor, started.to_state, started.reason) == (
-        "bob",
-        State.ROLLING_BACK,
-        "customers report errors",
-    )
+        "bob", State.ROLLING_BACK, "customers report errors")
     [done] = await rig.audit("rolled_back")
     assert done.to_state == State.ROLLED_BACK and done.detail["backend"] == "flags"
     # The finished rollback stays attributed to the person who asked for it; the audit line
@@ -476,10 +435,7 @@ async def test_pause_freezes_and_resume_restarts_the_hold(rig: Rig) -> None:
     paused = (await rig.service.pause(BOB, "checkout", "watching a dashboard")).release
 
     assert (paused.state, paused.paused_from, paused.reason) == (
-        State.PAUSED,
-        State.PROGRESSING,
-        "watching a dashboard",
-    )
+        State.PAUSED, State.PROGRESSING, "watching a dashboard")
     assert await rig.flag_pct("checkout") == 1  # traffic stays where it was
     with pytest.raises(ConflictError):
         await rig.service.advance(BOB, "checkout")
@@ -488,18 +444,12 @@ async def test_pause_freezes_and_resume_restarts_the_hold(rig: Rig) -> None:
     resumed = (await rig.service.resume(ALICE, "checkout")).release
 
     assert (resumed.state, resumed.paused_from, resumed.reason, resumed.weight) == (
-        State.PROGRESSING,
-        None,
-        "",
-        1,
-    )
+        State.PROGRESSING, None, "", 1)
     assert resumed.step_started_at > release.step_started_at
     assert resumed.counters == {}
-    assert [
-        (e.action, e.from_state, e.to_state)
-        for e in await rig.audit(outcome="ok")
-        if e.action in ("pause", "resume")
-    ] == [("pause", State.PROGRESSING, State.PAUSED), ("resume", State.PAUSED, State.PROGRESSING)]
+    assert [(e.action, e.from_state, e.to_state) for e in await rig.audit(outcome="ok")
+            if e.action in ("pause", "resume")] == [
+        ("pause", State.PROGRESSING, State.PAUSED), ("resume", State.PAUSED, State.PROGRESSING)]
     kinds = (await rig.recorded()).kinds()
     assert kinds[-2:] == [EventKind.PAUSED, EventKind.RESUMED]
 

@@ -94,13 +94,8 @@ class Served:
         await poll(answers, f"serve to answer {probe}", START_BOUND)
 
     async def deploy(self, request_id: str) -> str:
-        body = {
-            "service": "checkout",
-            "version": "v2",
-            "stable": "v1",
-            "changes": [],
-            "requested_by": "ci",
-        }
+        body = {"service": "checkout", "version": "v2", "stable": "v1", "changes": [],
+                "requested_by": "ci"}
         headers = {"Authorization": f"Bearer {API_TOKEN}", REQUEST_ID: request_id}
         async with self.http.post(f"{self.base}{ROLLOUTS}", json=body, headers=headers) as resp:
             assert resp.status == 201, await resp.text()
@@ -149,18 +144,11 @@ async def serving(
         }
         with log_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                "serve",
-                "--policy",
-                str(policy),
+                sys.executable, "-m", "bot", "serve", "--policy", str(policy),
                 # Synthetic metrics are a demo part: serve needs it said, unless given Prometheus.
                 *([] if "PROMETHEUS_URL" in env else ["--demo"]),
-                cwd=tmp_path,
-                env=inherited | settings | env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr,
+                cwd=tmp_path, env=inherited | settings | env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
             )
         try:
             yield Served(proc, f"http://127.0.0.1:{port}", log_path, http, redis_client)
@@ -227,17 +215,14 @@ class SilentPrometheus(LocalServer):
 async def test_a_round_stuck_on_its_metrics_is_cut_off_and_its_leases_still_go(
     tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    async with (
-        SilentPrometheus() as prometheus,
-        serving(
-            tmp_path,
-            redis_client,
-            redis_url,
-            PROMETHEUS_URL=prometheus.base_url,
-            SHIPWATCH_PROMETHEUS_TIMEOUT="4",
-            SHIPWATCH_SHUTDOWN_TIMEOUT="1",
-        ) as bot,
-    ):
+    async with SilentPrometheus() as prometheus, serving(
+        tmp_path,
+        redis_client,
+        redis_url,
+        PROMETHEUS_URL=prometheus.base_url,
+        SHIPWATCH_PROMETHEUS_TIMEOUT="4",
+        SHIPWATCH_SHUTDOWN_TIMEOUT="1",
+    ) as bot:
         await bot.up("/healthz")  # not /readyz: the metrics source is the thing that is down
         release_id = await bot.deploy("deploy-2")
         token = await bot.lease_token(release_id)

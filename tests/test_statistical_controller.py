@@ -78,28 +78,22 @@ async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
     actuator = TrafficActuator(store, lambda _s: flags, events)
     service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=5)
-    controller = Controller(
-        store, policy, source, actuator, events, tick=0.05, lease_ttl=1.0, owner="a"
-    )
+    controller = Controller(store, policy, source, actuator, events, tick=0.05,
+                            lease_ttl=1.0, owner="a")
     events.start()
     yield Rig(store, service, source, controller, recorder, events)
     await actuator.close()
     await events.close()
 
 
-async def run_until_done(
-    rig: Rig,
-    release_id: str,
-    *,
-    stop_at_weight: int | None = None,
-) -> Release:
+async def run_until_done(rig: Rig, release_id: str, *, stop_at_weight: int | None = None,
+                         ) -> Release:
     deadline = time.monotonic() + DEADLINE
     while True:
         release = await rig.store.get(release_id)
         assert release is not None
-        if not release.is_active or (
-            stop_at_weight is not None and release.applied_weight == stop_at_weight
-        ):
+        if not release.is_active or (stop_at_weight is not None
+                                     and release.applied_weight == stop_at_weight):
             return release
         assert time.monotonic() < deadline, f"stuck: {release.describe_state()}"
         await rig.controller.run_once()
@@ -107,8 +101,7 @@ async def run_until_done(
 
 
 async def test_a_canary_slower_than_the_control_but_under_the_limits_is_rolled_back(
-    rig: Rig,
-) -> None:
+        rig: Rig) -> None:
     release = (await rig.service.deploy(ALICE, "checkout", "v2", STABLE)).release
     await run_until_done(rig, release.id, stop_at_weight=10)
 
@@ -126,11 +119,8 @@ async def test_a_canary_slower_than_the_control_but_under_the_limits_is_rolled_b
     assert verdict["ci_low"] > 0 and verdict["mean_ratio"] > 1.1
     assert done.last_score is not None and done.last_score.verdict == "fail"
     # Not critical: it took the failure limit (2 consecutive checks), not the first one.
-    decisions = [
-        e
-        for e in reversed(await rig.store.audit_tail(500))
-        if e.action.startswith("decision:") and e.detail.get("weight") == 10
-    ]
+    decisions = [e for e in reversed(await rig.store.audit_tail(500))
+                 if e.action.startswith("decision:") and e.detail.get("weight") == 10]
     failing = [d for d in decisions if d.detail["score"] and d.detail["score"]["verdict"] == "fail"]
     assert len(failing) == 2 and failing[-1].action == "decision:rollback"
     assert failing[0].action == "decision:hold"

@@ -69,9 +69,8 @@ def entry(
 
 
 def traffic(at: float, release: str, weight: int, service: str = "checkout") -> AuditEntry:
-    return entry(
-        at, "traffic", release, service, frm="progressing", to="progressing", weight=weight
-    )
+    return entry(at, "traffic", release, service, frm="progressing", to="progressing",
+                 weight=weight)
 
 
 def stream() -> list[AuditEntry]:
@@ -101,88 +100,39 @@ def stream() -> list[AuditEntry]:
         entry(t + 10300, "decision:advance", "B", frm="progressing", to="progressing"),
         traffic(t + 10302, "B", 10),
         entry(t + 10500, "decision:rollback", "B", frm="progressing", to="rolling_back"),
-        entry(
-            t + 10504,
-            "rolled_back",
-            "B",
-            frm="rolling_back",
-            to="rolled_back",
-            rollback_seconds=4.0,
-        ),
+        entry(t + 10504, "rolled_back", "B", frm="rolling_back", to="rolled_back",
+              rollback_seconds=4.0),
         # C (payments, high risk): two approval waits, one refused approval, a pause inside
         # the second wait (it goes on), then success.
         entry(t + 20000, "deploy", "C", "payments", to="pending_approval", actor="alice"),
         entry(t + 20100, "approve", "C", "payments", outcome="refused", actor="alice"),
-        entry(
-            t + 20600,
-            "approve",
-            "C",
-            "payments",
-            frm="pending_approval",
-            to="progressing",
-            actor="carol",
-        ),
+        entry(t + 20600, "approve", "C", "payments", frm="pending_approval", to="progressing",
+              actor="carol"),
         traffic(t + 20602, "C", 1, "payments"),
-        entry(
-            t + 20900,
-            "decision:request_approval",
-            "C",
-            "payments",
-            frm="progressing",
-            to="pending_approval",
-        ),
-        entry(
-            t + 21000, "pause", "C", "payments", frm="pending_approval", to="paused", actor="carol"
-        ),
-        entry(
-            t + 21100, "resume", "C", "payments", frm="paused", to="pending_approval", actor="carol"
-        ),
-        entry(
-            t + 22700,
-            "approve",
-            "C",
-            "payments",
-            frm="pending_approval",
-            to="progressing",
-            actor="carol",
-        ),
+        entry(t + 20900, "decision:request_approval", "C", "payments", frm="progressing",
+              to="pending_approval"),
+        entry(t + 21000, "pause", "C", "payments", frm="pending_approval", to="paused",
+              actor="carol"),
+        entry(t + 21100, "resume", "C", "payments", frm="paused", to="pending_approval",
+              actor="carol"),
+        entry(t + 22700, "approve", "C", "payments", frm="pending_approval", to="progressing",
+              actor="carol"),
         traffic(t + 22702, "C", 10, "payments"),
         entry(t + 23000, "decision:advance", "C", "payments", frm="progressing", to="baking"),
         traffic(t + 23002, "C", 100, "payments"),
         entry(t + 23302, "decision:succeed", "C", "payments", frm="baking", to="succeeded"),
         # D (payments): rolled back by a person while waiting for approval.
         entry(t + 30000, "deploy", "D", "payments", to="pending_approval", actor="alice"),
-        entry(
-            t + 30900,
-            "rollback",
-            "D",
-            "payments",
-            frm="pending_approval",
-            to="rolling_back",
-            actor="alice",
-        ),
-        entry(
-            t + 30901.5,
-            "rolled_back",
-            "D",
-            "payments",
-            frm="rolling_back",
-            to="rolled_back",
-            rollback_seconds=1.5,
-        ),
+        entry(t + 30900, "rollback", "D", "payments", frm="pending_approval",
+              to="rolling_back", actor="alice"),
+        entry(t + 30901.5, "rolled_back", "D", "payments", frm="rolling_back",
+              to="rolled_back", rollback_seconds=1.5),
         # E (payments): still waiting for approval when the window ends.
         entry(t + 40000, "deploy", "E", "payments", to="pending_approval", actor="alice"),
         # H (search): its start is older than anything read; only the actuator's own
         # rollback_seconds says how long the rollback took.
-        entry(
-            t + 50,
-            "rolled_back",
-            "H",
-            "search",
-            frm="rolling_back",
-            to="rolled_back",
-            rollback_seconds=2.0,
-        ),
+        entry(t + 50, "rolled_back", "H", "search", frm="rolling_back", to="rolled_back",
+              rollback_seconds=2.0),
         # G (checkout): after the window; a lock has no release and counts for nothing.
         entry(END, "deploy", "G", to="progressing", actor="alice"),
         entry(t + 5, "lock", "", actor="alice"),
@@ -250,10 +200,7 @@ def test_approval_waits(known: ReleaseStats) -> None:
     assert payments.approvals_refused == 1
     checkout = known.by_service["checkout"]
     assert (checkout.approval_wait.count, checkout.waits_open, checkout.approvals_refused) == (
-        0,
-        0,
-        0,
-    )
+        0, 0, 0)
 
 
 def test_service_filter_keeps_one_service() -> None:
@@ -277,11 +224,8 @@ def test_window_edges_count_what_ends_inside() -> None:
     assert (s.succeeded, s.rolled_back) == (1, 0)  # F at T0+800; H (T0+50) is before it
     # Only step times ending inside: F's 1% (T0+500), A's 10% (T0+1002); A's 1% ended at
     # T0+402, before the window, and A's 50% ends exactly at the window's end.
-    assert {w: v.values for w, v in s.step_time.items()} == {
-        1: (1498.0,),
-        10: (600.0,),
-        100: (300.0,),
-    }
+    assert {w: v.values for w, v in s.step_time.items()} == {1: (1498.0,), 10: (600.0,),
+                                                              100: (300.0,)}
 
 
 def test_window_start_is_inclusive_and_end_exclusive() -> None:
@@ -367,14 +311,8 @@ async def test_audit_between_selects_by_stream_id_oldest_first(
 ) -> None:
     store = Store(redis_client)
     assert await store.audit_reach() == AuditReach(None, trimmed=False)
-    for ms, action in (
-        (1000, "a"),
-        (2000, "b"),
-        (2000, "c"),
-        (2999, "d"),
-        (3000, "e"),
-        (3001, "f"),
-    ):
+    for ms, action in ((1000, "a"), (2000, "b"), (2000, "c"), (2999, "d"), (3000, "e"),
+                       (3001, "f")):
         seq = 1 if action == "c" else 0
         await xadd_at(redis_client, f"{ms}-{seq}", entry(ms / 1000, action, "r"))
 
@@ -393,13 +331,8 @@ async def test_audit_reach_knows_when_the_capped_stream_was_trimmed(
     store = Store(redis_client)
     for i in range(5):
         flat = entry(float(i), "traffic", "r").fields()
-        await redis_client.xadd(
-            keys.audit(),
-            dict(zip(flat[::2], flat[1::2], strict=True)),
-            id=f"{(i + 1) * 1000}-0",
-            maxlen=3,
-            approximate=False,
-        )
+        await redis_client.xadd(keys.audit(), dict(zip(flat[::2], flat[1::2], strict=True)),
+                                id=f"{(i + 1) * 1000}-0", maxlen=3, approximate=False)
 
     assert await store.audit_reach() == AuditReach(3.0, trimmed=True)
 
@@ -412,9 +345,8 @@ async def test_audit_between_pages_a_long_stream_and_skips_actions(
         for i in range(2500):
             e = entry(10 + i / 1000, "decision:hold" if i % 2 else "traffic", f"r{i}")
             flat = e.fields()
-            pipe.xadd(
-                keys.audit(), dict(zip(flat[::2], flat[1::2], strict=True)), id=f"{10_000 + i}-0"
-            )
+            pipe.xadd(keys.audit(), dict(zip(flat[::2], flat[1::2], strict=True)),
+                      id=f"{10_000 + i}-0")
         await pipe.execute()
 
     everything = await store.audit_between(0, page=300)
@@ -489,9 +421,8 @@ async def test_rollout_stats_shows_a_success_and_an_automatic_rollback(
     actuator = TrafficActuator(store, lambda _service: flags, events)
     service = ReleaseService(store, policy, actuator, events)
     source = SyntheticSource(seed=3)
-    controller = Controller(
-        store, policy, source, actuator, events, tick=0.05, lease_ttl=0.5, owner="stats"
-    )
+    controller = Controller(store, policy, source, actuator, events, tick=0.05,
+                            lease_ttl=0.5, owner="stats")
     events.start()
     try:
         first = await dispatch.run(service, parse("/deploy checkout v2 --stable v1"), ALICE)
@@ -573,9 +504,8 @@ def recent_stream(now: float) -> list[AuditEntry]:
     """The hand-written stream moved to end an hour ago, and only what is in a 7-day window
     (its entries before the window would be older than the lookback here)."""
     shift = now - 3600 - 41_000 - T0
-    return [
-        dataclasses.replace(e, at=e.at + shift) for e in stream() if T0 - 1000 <= e.at < T0 + 41_000
-    ]
+    return [dataclasses.replace(e, at=e.at + shift) for e in stream()
+            if T0 - 1000 <= e.at < T0 + 41_000]
 
 
 @pytest.fixture
@@ -596,46 +526,22 @@ async def test_metrics_endpoint_serves_release_stats(slack_rig: SlackRig) -> Non
 
     # Unlike in the pure tests F's deploy is inside the window here: 6 started.
     assert samples(families, "shipwatch_release_deploys", window="7d") == {
-        ALL: 6.0,
-        "checkout": 3.0,
-        "payments": 3.0,
-        "search": 0.0,
-    }
+        ALL: 6.0, "checkout": 3.0, "payments": 3.0, "search": 0.0}
     assert samples(families, "shipwatch_release_deploys_per_day", **week) == {"": 6 / 7}
     assert samples(families, "shipwatch_release_finished", **week) == {
-        "succeeded": 3.0,
-        "rolled_back": 3.0,
-    }
+        "succeeded": 3.0, "rolled_back": 3.0}
     assert samples(families, "shipwatch_release_rollback_ratio", window="30d") == {
-        ALL: 0.5,
-        "checkout": 1 / 3,
-        "payments": 0.5,
-        "search": 1.0,
-    }
+        ALL: 0.5, "checkout": 1 / 3, "payments": 0.5, "search": 1.0}
     assert samples(families, "shipwatch_release_lead_time_seconds", **week) == {
-        "0.5": 1502.0,
-        "0.9": 3002.0,
-        "1": 3002.0,
-    }
+        "0.5": 1502.0, "0.9": 3002.0, "1": 3002.0}
     assert samples(families, "shipwatch_release_rollback_time_seconds", **week) == {
-        "0.5": 2.0,
-        "0.9": 4.0,
-        "1": 4.0,
-    }
+        "0.5": 2.0, "0.9": 4.0, "1": 4.0}
     assert samples(families, "shipwatch_release_step_time_seconds", quantile="0.5", **week) == {
-        "1": 899.0,
-        "10": 450.0,
-        "50": 600.0,
-        "100": 300.0,
-    }
-    assert samples(
-        families, "shipwatch_release_approval_wait_seconds", service="payments", window="7d"
-    ) == {"0.5": 1200.0, "0.9": 1800.0, "1": 1800.0}
+        "1": 899.0, "10": 450.0, "50": 600.0, "100": 300.0}
+    assert samples(families, "shipwatch_release_approval_wait_seconds", service="payments",
+                   window="7d") == {"0.5": 1200.0, "0.9": 1800.0, "1": 1800.0}
     assert samples(families, "shipwatch_release_approval_waits", **week) == {
-        "approved": 2.0,
-        "rolled_back": 1.0,
-        "waiting": 1.0,
-    }
+        "approved": 2.0, "rolled_back": 1.0, "waiting": 1.0}
     assert samples(families, "shipwatch_release_approvals_refused", **week) == {"": 1.0}
     [oldest] = samples(families, "shipwatch_audit_oldest_timestamp_seconds").values()
     assert abs(oldest - time.time()) < 60  # the entries were all just added
@@ -670,9 +576,7 @@ async def test_refresh_is_cached_and_reads_only_what_is_new(
     assert again is True
     # The second read continued after the first: B is added, A is not counted twice.
     assert series_values(series, "shipwatch_release_deploys", service=ALL) == {
-        "7d": 2.0,
-        "30d": 2.0,
-    }
+        "7d": 2.0, "30d": 2.0}
 
 
 def failure_count() -> float:
@@ -697,6 +601,4 @@ async def test_a_redis_failure_keeps_the_last_values_and_is_counted(tmp_path: Pa
     assert refreshed is False
     assert failure_count() == failures + 1
     assert series_values(series, "shipwatch_release_deploys", service=ALL) == {
-        "7d": 1.0,
-        "30d": 1.0,
-    }
+        "7d": 1.0, "30d": 1.0}

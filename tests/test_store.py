@@ -26,49 +26,24 @@ def store(redis_client: aioredis.Redis) -> Store:
     return Store(redis_client)
 
 
-def make_release(
-    release_id: str, service: str = "checkout", version: str = "v2", actor: Actor = ALICE
-) -> Release:
+def make_release(release_id: str, service: str = "checkout", version: str = "v2",
+                 actor: Actor = ALICE) -> Release:
     return rollout.new_release(
-        release_id=release_id,
-        number=1,
-        service=service,
-        version=version,
-        stable_version="v1",
-        weights=[1, 10, 100],
-        holds=[1.0, 1.0, 1.0],
-        interval=0.1,
-        bake=1.0,
-        strategy=Strategy.CANARY,
-        risk=Risk.NORMAL,
-        notes="",
-        actor=actor,
-        now=time.time(),
-    )
+        release_id=release_id, number=1, service=service, version=version,
+        stable_version="v1", weights=[1, 10, 100], holds=[1.0, 1.0, 1.0], interval=0.1,
+        bake=1.0, strategy=Strategy.CANARY, risk=Risk.NORMAL, notes="", actor=actor,
+        now=time.time())
 
 
 def deploy_audit(release: Release, actor: Actor = ALICE) -> AuditEntry:
-    return AuditEntry(
-        action="deploy",
-        actor=actor.user,
-        surface=actor.surface,
-        service=release.service,
-        release_id=release.id,
-        to_state=release.state,
-    )
+    return AuditEntry(action="deploy", actor=actor.user, surface=actor.surface,
+                      service=release.service, release_id=release.id, to_state=release.state)
 
 
 def move_audit(old: Release, new: Release, action: str, actor: Actor = ALICE) -> AuditEntry:
-    return AuditEntry(
-        action=action,
-        actor=actor.user,
-        surface=actor.surface,
-        service=old.service,
-        release_id=old.id,
-        from_state=old.state,
-        to_state=new.state,
-        detail={"weight": new.weight},
-    )
+    return AuditEntry(action=action, actor=actor.user, surface=actor.surface,
+                      service=old.service, release_id=old.id, from_state=old.state,
+                      to_state=new.state, detail={"weight": new.weight})
 
 
 async def created(store: Store, release_id: str = "rel-1", service: str = "checkout") -> Release:
@@ -102,12 +77,7 @@ async def test_create_and_get_round_trip(store: Store, redis_client: aioredis.Re
     assert [r.id for r in await store.history("checkout")] == ["rel-1"]
     [entry] = await store.audit_tail()
     assert (entry.action, entry.actor, entry.surface, entry.release_id, entry.to_state) == (
-        "deploy",
-        "alice",
-        "slack",
-        "rel-1",
-        State.PROGRESSING,
-    )
+        "deploy", "alice", "slack", "rel-1", State.PROGRESSING)
 
 
 async def test_second_create_for_an_active_service_is_refused(store: Store) -> None:
@@ -131,16 +101,10 @@ async def test_create_for_another_service_is_independent(store: Store) -> None:
 
 
 async def test_create_on_a_locked_service_is_refused(store: Store) -> None:
-    lock = Lock(
-        service="checkout",
-        by="carol",
-        reason="freeze for black friday",
-        at=time.time(),
-        surface="api",
-    )
-    status, _ = await store.lock(
-        lock, AuditEntry(action="lock", actor="carol", surface="api", service="checkout")
-    )
+    lock = Lock(service="checkout", by="carol", reason="freeze for black friday",
+                at=time.time(), surface="api")
+    status, _ = await store.lock(lock, AuditEntry(action="lock", actor="carol", surface="api",
+                                                  service="checkout"))
     assert status is LockStatus.OK
     release = make_release("rel-1")
 
@@ -149,10 +113,7 @@ async def test_create_on_a_locked_service_is_refused(store: Store) -> None:
     assert result.status is CreateStatus.LOCKED
     assert result.lock is not None
     assert (result.lock.by, result.lock.reason, result.lock.surface) == (
-        "carol",
-        "freeze for black friday",
-        "api",
-    )
+        "carol", "freeze for black friday", "api")
     assert "carol" in result.lock.describe() and "black friday" in result.lock.describe()
     assert await store.get("rel-1") is None
     assert await store.active_index() == {}
@@ -201,9 +162,8 @@ async def test_lock_twice_returns_the_holder_and_unlock_lifts_it(store: Store) -
     status, holder = await store.lock(other, audit)
     assert status is LockStatus.LOCKED and (holder.by, holder.reason) == ("carol", "incident")
 
-    status, removed = await store.unlock(
-        "checkout", AuditEntry(action="unlock", actor="carol", surface="api", service="checkout")
-    )
+    status, removed = await store.unlock("checkout", AuditEntry(action="unlock", actor="carol",
+                                                                surface="api", service="checkout"))
     assert status is LockStatus.OK and removed is not None and removed.by == "carol"
     assert await store.get_lock("checkout") is None
     assert await store.unlock("checkout", audit) == (LockStatus.NONE, None)
@@ -220,9 +180,8 @@ async def test_commit_bumps_rev_and_writes_one_audit_entry(store: Store) -> None
     release = await created(store)
     moved = rollout.advance(release, ALICE, time.time(), "by hand")
 
-    result = await store.commit(
-        moved, expected_rev=release.rev, audit=move_audit(release, moved, "advance")
-    )
+    result = await store.commit(moved, expected_rev=release.rev,
+                                audit=move_audit(release, moved, "advance"))
 
     assert result.status is CommitStatus.OK
     assert result.current is not None and result.current.rev == release.rev + 1
@@ -233,11 +192,7 @@ async def test_commit_bumps_rev_and_writes_one_audit_entry(store: Store) -> None
     assert [e.action for e in entries] == ["deploy", "advance"]
     advance = entries[1]
     assert (advance.actor, advance.surface, advance.from_state, advance.to_state) == (
-        "alice",
-        "slack",
-        State.PROGRESSING,
-        State.PROGRESSING,
-    )
+        "alice", "slack", State.PROGRESSING, State.PROGRESSING)
     assert advance.detail == {"weight": 10}
 
 
@@ -254,22 +209,17 @@ async def test_commit_with_stale_rev_is_a_conflict_with_the_winner(store: Store)
     now = time.time()
     winner = rollout.advance(release, ALICE, now, "alice first")
     loser = rollout.pause(release, BOB, now, "bob second")
-    won = await store.commit(
-        winner, expected_rev=release.rev, audit=move_audit(release, winner, "advance")
-    )
+    won = await store.commit(winner, expected_rev=release.rev,
+                             audit=move_audit(release, winner, "advance"))
     assert won.status is CommitStatus.OK
 
-    result = await store.commit(
-        loser, expected_rev=release.rev, audit=move_audit(release, loser, "pause", BOB)
-    )
+    result = await store.commit(loser, expected_rev=release.rev,
+                                audit=move_audit(release, loser, "pause", BOB))
 
     assert result.status is CommitStatus.CONFLICT
     assert result.current is not None
     assert (result.current.rev, result.current.step, result.current.last.by) == (
-        release.rev + 1,
-        1,
-        "alice",
-    )
+        release.rev + 1, 1, "alice")
     stored = await store.get(release.id)
     assert stored is not None and stored.state is State.PROGRESSING and stored.step == 1
     assert [e.action for e in await audit_oldest_first(store)] == ["deploy", "advance"]
@@ -289,22 +239,15 @@ async def test_commit_with_a_wrong_fencing_token_is_fenced(store: Store) -> None
     moved = rollout.advance(release, rollout.CONTROLLER, time.time(), "hold passed")
 
     for bad in (token + 1, token - 1):
-        result = await store.commit(
-            moved,
-            expected_rev=release.rev,
-            audit=move_audit(release, moved, "decision:advance"),
-            fence=bad,
-        )
+        result = await store.commit(moved, expected_rev=release.rev,
+                                    audit=move_audit(release, moved, "decision:advance"),
+                                    fence=bad)
         assert result.status is CommitStatus.FENCED
     assert await store.get(release.id) == release
     assert len(await store.audit_tail()) == 1
 
-    ok = await store.commit(
-        moved,
-        expected_rev=release.rev,
-        audit=move_audit(release, moved, "decision:advance"),
-        fence=token,
-    )
+    ok = await store.commit(moved, expected_rev=release.rev,
+                            audit=move_audit(release, moved, "decision:advance"), fence=token)
     assert ok.status is CommitStatus.OK
 
 
@@ -319,25 +262,18 @@ async def test_commit_with_a_fence_but_no_lease_is_fenced(store: Store) -> None:
 async def test_same_request_id_twice_is_a_duplicate_and_changes_nothing(store: Store) -> None:
     release = await created(store)
     moved = rollout.advance(release, ALICE, time.time(), "")
-    first = await store.commit(
-        moved,
-        expected_rev=release.rev,
-        audit=move_audit(release, moved, "advance"),
-        request_id="req-7",
-        result={"release_id": release.id, "step": 1},
-    )
+    first = await store.commit(moved, expected_rev=release.rev,
+                               audit=move_audit(release, moved, "advance"), request_id="req-7",
+                               result={"release_id": release.id, "step": 1})
     assert first.status is CommitStatus.OK
     after_first = await store.get(release.id)
     assert after_first is not None
 
     # The retry is built from the fresh record, so the rev check alone would let it through.
     again = rollout.advance(after_first, ALICE, time.time(), "")
-    second = await store.commit(
-        again,
-        expected_rev=after_first.rev,
-        audit=move_audit(after_first, again, "advance"),
-        request_id="req-7",
-    )
+    second = await store.commit(again, expected_rev=after_first.rev,
+                                audit=move_audit(after_first, again, "advance"),
+                                request_id="req-7")
 
     assert second.status is CommitStatus.DUPLICATE
     assert second.previous_result == {"release_id": release.id, "step": 1}
@@ -349,14 +285,12 @@ async def test_audit_gets_one_entry_per_commit_in_order(store: Store) -> None:
     release = await created(store)
     now = time.time()
     paused = rollout.pause(release, BOB, now, "looks odd")
-    r1 = await store.commit(
-        paused, expected_rev=release.rev, audit=move_audit(release, paused, "pause", BOB)
-    )
+    r1 = await store.commit(paused, expected_rev=release.rev,
+                            audit=move_audit(release, paused, "pause", BOB))
     assert r1.current is not None
     resumed = rollout.resume(r1.current, ALICE, now)
-    r2 = await store.commit(
-        resumed, expected_rev=r1.current.rev, audit=move_audit(r1.current, resumed, "resume")
-    )
+    r2 = await store.commit(resumed, expected_rev=r1.current.rev,
+                            audit=move_audit(r1.current, resumed, "resume"))
     assert r2.status is CommitStatus.OK
 
     entries = await audit_oldest_first(store)
@@ -387,8 +321,7 @@ async def test_terminal_commit_leaves_the_active_index(store: Store) -> None:
     assert [(r.id, r.state) for r in history] == [(release.id, State.ROLLED_BACK)]
     # The service is free again.
     assert (await store.create(make_release("rel-2"), deploy_audit(release))).status is (
-        CreateStatus.OK
-    )
+        CreateStatus.OK)
 
 
 async def test_terminal_commit_of_an_old_release_keeps_the_new_one_indexed(store: Store) -> None:
@@ -400,8 +333,7 @@ async def test_terminal_commit_of_an_old_release_keeps_the_new_one_indexed(store
 
     done = rollout.finish_rollback(r1.current, rollout.CONTROLLER, time.time())
     assert (await store.commit(done, expected_rev=r1.current.rev, audit=None)).status is (
-        CommitStatus.OK
-    )
+        CommitStatus.OK)
     assert await store.active_index() == {"checkout": "rel-2"}
 
 

@@ -22,9 +22,8 @@ def metric(name: str = "m", /, **rules: object) -> Metric:
 
 def _query(side: Side) -> MetricQuery:
     promql, version = (CANARY_PROMQL, "v2") if side is Side.CANARY else (CONTROL_PROMQL, "v1")
-    return MetricQuery(
-        key=f"m:{side}", promql=promql, metric="m", service="checkout", version=version, side=side
-    )
+    return MetricQuery(key=f"m:{side}", promql=promql, metric="m", service="checkout",
+                       version=version, side=side)
 
 
 def canary(value: float) -> QueryResult:
@@ -49,224 +48,72 @@ class Case:
 
 CASES = [
     # Absolute limits.
-    Case(
-        "below-max",
-        metric(max=0.05),
-        0.04,
-        0.01,
-        Outcome.PASS,
-        reason=("m: 0.04 within limits (control 0.01)",),
-    ),
+    Case("below-max", metric(max=0.05), 0.04, 0.01, Outcome.PASS,
+         reason=("m: 0.04 within limits (control 0.01)",)),
     Case("at-max-passes", metric(max=0.05), 0.05, 0.01, Outcome.PASS),
-    Case(
-        "above-max",
-        metric(max=0.05),
-        0.07,
-        0.01,
-        Outcome.FAIL,
-        "max 0.05",
-        ("m: 0.07 > max 0.05 (control 0.01)",),
-    ),
-    Case(
-        "above-max-with-unit",
-        metric(max=1.5, unit="s"),
-        2.0,
-        0.5,
-        Outcome.FAIL,
-        "max 1.5 s",
-        ("2 s > max 1.5 s", "(control 0.5 s)"),
-    ),
-    Case(
-        "below-min",
-        metric(min=0.9),
-        0.8,
-        0.95,
-        Outcome.FAIL,
-        "min 0.9",
-        ("m: 0.8 < min 0.9", "(control 0.95)"),
-    ),
+    Case("above-max", metric(max=0.05), 0.07, 0.01, Outcome.FAIL, "max 0.05",
+         ("m: 0.07 > max 0.05 (control 0.01)",)),
+    Case("above-max-with-unit", metric(max=1.5, unit="s"), 2.0, 0.5, Outcome.FAIL, "max 1.5 s",
+         ("2 s > max 1.5 s", "(control 0.5 s)")),
+    Case("below-min", metric(min=0.9), 0.8, 0.95, Outcome.FAIL, "min 0.9",
+         ("m: 0.8 < min 0.9", "(control 0.95)")),
     Case("at-min-passes", metric(min=0.9), 0.9, 0.95, Outcome.PASS),
     Case("between-min-and-max", metric(min=1, max=10), 5, 5, Outcome.PASS),
     # Ratio against the control, per direction.
-    Case(
-        "ratio-up-fails",
-        metric(max_ratio=2),
-        0.3,
-        0.1,
-        Outcome.FAIL,
-        "ratio 2x",
-        ("m: 0.3 is 3.00x control (limit 2x)",),
-    ),
+    Case("ratio-up-fails", metric(max_ratio=2), 0.3, 0.1, Outcome.FAIL, "ratio 2x",
+         ("m: 0.3 is 3.00x control (limit 2x)",)),
     Case("ratio-up-at-limit", metric(max_ratio=2), 0.2, 0.1, Outcome.PASS),
     Case("ratio-up-ignores-drop", metric(max_ratio=2), 0.01, 0.1, Outcome.PASS),
-    Case(
-        "ratio-down-fails",
-        metric(max_ratio=2, direction="decrease"),
-        0.04,
-        0.1,
-        Outcome.FAIL,
-        "ratio 1/2x",
-        ("0.04 is 0.40x control (limit 1/2x)",),
-    ),
-    Case(
-        "ratio-down-ignores-rise", metric(max_ratio=2, direction="decrease"), 0.9, 0.1, Outcome.PASS
-    ),
-    Case(
-        "ratio-down-canary-zero",
-        metric(max_ratio=2, direction="decrease"),
-        0.0,
-        0.1,
-        Outcome.FAIL,
-        "ratio 1/2x",
-        ("0 against control 0.1 (limit 1/2x)",),
-    ),
-    Case(
-        "ratio-either-rise",
-        metric(max_ratio=2, direction="either"),
-        0.5,
-        0.1,
-        Outcome.FAIL,
-        "ratio 2x",
-        ("5.00x control",),
-    ),
-    Case(
-        "ratio-either-drop",
-        metric(max_ratio=2, direction="either"),
-        0.04,
-        0.1,
-        Outcome.FAIL,
-        "ratio 1/2x",
-        ("0.40x control",),
-    ),
-    Case("ratio-either-inside", metric(max_ratio=2, direction="either"), 0.15, 0.1, Outcome.PASS),
+    Case("ratio-down-fails", metric(max_ratio=2, direction="decrease"), 0.04, 0.1,
+         Outcome.FAIL, "ratio 1/2x", ("0.04 is 0.40x control (limit 1/2x)",)),
+    Case("ratio-down-ignores-rise", metric(max_ratio=2, direction="decrease"), 0.9, 0.1,
+         Outcome.PASS),
+    Case("ratio-down-canary-zero", metric(max_ratio=2, direction="decrease"), 0.0, 0.1,
+         Outcome.FAIL, "ratio 1/2x", ("0 against control 0.1 (limit 1/2x)",)),
+    Case("ratio-either-rise", metric(max_ratio=2, direction="either"), 0.5, 0.1,
+         Outcome.FAIL, "ratio 2x", ("5.00x control",)),
+    Case("ratio-either-drop", metric(max_ratio=2, direction="either"), 0.04, 0.1,
+         Outcome.FAIL, "ratio 1/2x", ("0.40x control",)),
+    Case("ratio-either-inside", metric(max_ratio=2, direction="either"), 0.15, 0.1,
+         Outcome.PASS),
     # Difference against the control.
-    Case(
-        "diff-up-fails",
-        metric(max_diff=0.01),
-        0.03,
-        0.01,
-        Outcome.FAIL,
-        "diff +0.01",
-        ("0.03 is 0.02 above control (limit +0.01)",),
-    ),
+    Case("diff-up-fails", metric(max_diff=0.01), 0.03, 0.01, Outcome.FAIL, "diff +0.01",
+         ("0.03 is 0.02 above control (limit +0.01)",)),
     Case("diff-up-inside", metric(max_diff=0.01), 0.015, 0.01, Outcome.PASS),
     Case("diff-up-ignores-drop", metric(max_diff=0.01), 0.0, 0.5, Outcome.PASS),
-    Case(
-        "diff-down-fails",
-        metric(max_diff=0.01, direction="decrease"),
-        0.97,
-        0.99,
-        Outcome.FAIL,
-        "diff -0.01",
-        ("0.97 is 0.02 below control (limit -0.01)",),
-    ),
-    Case(
-        "diff-down-ignores-rise",
-        metric(max_diff=0.01, direction="decrease"),
-        0.5,
-        0.1,
-        Outcome.PASS,
-    ),
-    Case(
-        "diff-either-drop",
-        metric(max_diff=1, direction="either"),
-        3,
-        5,
-        Outcome.FAIL,
-        "diff -1",
-        ("below control",),
-    ),
+    Case("diff-down-fails", metric(max_diff=0.01, direction="decrease"), 0.97, 0.99,
+         Outcome.FAIL, "diff -0.01", ("0.97 is 0.02 below control (limit -0.01)",)),
+    Case("diff-down-ignores-rise", metric(max_diff=0.01, direction="decrease"), 0.5, 0.1,
+         Outcome.PASS),
+    Case("diff-either-drop", metric(max_diff=1, direction="either"), 3, 5, Outcome.FAIL,
+         "diff -1", ("below control",)),
     # A control at zero: the ratio is undefined.
-    Case(
-        "zero-control-ratio-only-fails",
-        metric(max_ratio=2),
-        0.001,
-        0.0,
-        Outcome.FAIL,
-        "ratio 2x",
-        ("0.001 against control 0 (limit 2x)",),
-    ),
+    Case("zero-control-ratio-only-fails", metric(max_ratio=2), 0.001, 0.0, Outcome.FAIL,
+         "ratio 2x", ("0.001 against control 0 (limit 2x)",)),
     Case("zero-control-ratio-only-both-zero", metric(max_ratio=2), 0.0, 0.0, Outcome.PASS),
-    Case(
-        "zero-control-diff-decides-pass",
-        metric(max_ratio=2, max_diff=0.01),
-        0.001,
-        0.0,
-        Outcome.PASS,
-        reason=("0.001 within limits (control 0)",),
-    ),
-    Case(
-        "zero-control-diff-decides-fail",
-        metric(max_ratio=2, max_diff=0.01),
-        0.02,
-        0.0,
-        Outcome.FAIL,
-        "diff +0.01",
-        ("0.02 is 0.02 above control",),
-    ),
-    Case(
-        "zero-control-decrease-is-not-worse",
-        metric(max_ratio=2, direction="decrease"),
-        0.5,
-        0.0,
-        Outcome.PASS,
-    ),
+    Case("zero-control-diff-decides-pass", metric(max_ratio=2, max_diff=0.01), 0.001, 0.0,
+         Outcome.PASS, reason=("0.001 within limits (control 0)",)),
+    Case("zero-control-diff-decides-fail", metric(max_ratio=2, max_diff=0.01), 0.02, 0.0,
+         Outcome.FAIL, "diff +0.01", ("0.02 is 0.02 above control",)),
+    Case("zero-control-decrease-is-not-worse", metric(max_ratio=2, direction="decrease"),
+         0.5, 0.0, Outcome.PASS),
     # Warn levels are reported, never fail.
-    Case(
-        "warn-max-passes",
-        metric(max=1, warn_max=0.5),
-        0.7,
-        0.1,
-        Outcome.PASS,
-        warning="m: 0.7 > warn_max 0.5",
-    ),
-    Case(
-        "warn-min-passes",
-        metric(min=0.5, warn_min=0.9),
-        0.8,
-        0.95,
-        Outcome.PASS,
-        warning="m: 0.8 < warn_min 0.9",
-    ),
-    Case(
-        "warn-ratio-passes",
-        metric(max_ratio=3, warn_ratio=1.5),
-        0.2,
-        0.1,
-        Outcome.PASS,
-        warning="m: 0.2 is 2.00x control (limit 1.5x)",
-    ),
-    Case(
-        "warn-diff-passes",
-        metric(max_diff=1, warn_diff=0.1),
-        0.3,
-        0.1,
-        Outcome.PASS,
-        warning="0.3 is 0.2 above control (limit +0.1)",
-    ),
-    Case(
-        "warn-only-metric", metric(warn_max=0.5), 9.0, 0.1, Outcome.PASS, warning="9 > warn_max 0.5"
-    ),
+    Case("warn-max-passes", metric(max=1, warn_max=0.5), 0.7, 0.1, Outcome.PASS,
+         warning="m: 0.7 > warn_max 0.5"),
+    Case("warn-min-passes", metric(min=0.5, warn_min=0.9), 0.8, 0.95, Outcome.PASS,
+         warning="m: 0.8 < warn_min 0.9"),
+    Case("warn-ratio-passes", metric(max_ratio=3, warn_ratio=1.5), 0.2, 0.1, Outcome.PASS,
+         warning="m: 0.2 is 2.00x control (limit 1.5x)"),
+    Case("warn-diff-passes", metric(max_diff=1, warn_diff=0.1), 0.3, 0.1, Outcome.PASS,
+         warning="0.3 is 0.2 above control (limit +0.1)"),
+    Case("warn-only-metric", metric(warn_max=0.5), 9.0, 0.1, Outcome.PASS,
+         warning="9 > warn_max 0.5"),
     Case("below-warn-no-warning", metric(max=1, warn_max=0.5), 0.4, 0.1, Outcome.PASS),
-    Case(
-        "fail-keeps-the-warnings",
-        metric(max=1, warn_max=0.5, max_ratio=2, warn_ratio=1.5),
-        0.7,
-        0.3,
-        Outcome.FAIL,
-        "ratio 2x",
-        ("0.7 is 2.33x control (limit 2x)",),
-        "0.7 > warn_max 0.5",
-    ),
-    Case(
-        "first-failure-decides",
-        metric(max=0.05, max_ratio=2),
-        0.5,
-        0.1,
-        Outcome.FAIL,
-        "max 0.05",
-        ("0.5 > max 0.05",),
-    ),
+    Case("fail-keeps-the-warnings", metric(max=1, warn_max=0.5, max_ratio=2, warn_ratio=1.5),
+         0.7, 0.3, Outcome.FAIL, "ratio 2x", ("0.7 is 2.33x control (limit 2x)",),
+         "0.7 > warn_max 0.5"),
+    Case("first-failure-decides", metric(max=0.05, max_ratio=2), 0.5, 0.1, Outcome.FAIL,
+         "max 0.05", ("0.5 > max 0.05",)),
 ]
 
 
@@ -301,9 +148,8 @@ def test_judge_table(case: Case) -> None:
         (5_000.0, Outcome.FAIL, "0.5 > max 0.05"),
     ],
 )
-def test_min_requests_guards_the_verdict(
-    requests: float | None, outcome: Outcome, fragment: str
-) -> None:
+def test_min_requests_guards_the_verdict(requests: float | None, outcome: Outcome,
+                                         fragment: str) -> None:
     result = judge(metric(max=0.05, min_requests=20), canary(0.5), control(0.01), requests)
 
     assert result.outcome is outcome
@@ -387,9 +233,8 @@ def test_a_failed_control_query_is_an_error_only_when_a_relative_rule_needs_it(
         ({"max": 0.1, "max_ratio": 2}, None, Outcome.FAIL, "m: 0.5 > max 0.1"),
     ],
 )
-def test_missing_control_data(
-    rules: dict[str, float], control_result: str | None, outcome: Outcome, fragment: str
-) -> None:
+def test_missing_control_data(rules: dict[str, float], control_result: str | None,
+                              outcome: Outcome, fragment: str) -> None:
     ctl = QueryResult.no_data(_query(Side.CONTROL)) if control_result else None
 
     result = judge(metric(**rules), canary(0.5), ctl, requests=1_000)
@@ -412,7 +257,8 @@ def test_missing_control_data(
 def test_a_baseline_number_is_compared_and_named_while_baking(
     rules: dict[str, float], value: float, outcome: Outcome, fragment: str
 ) -> None:
-    result = judge(metric(**rules), canary(value), 0.1, requests=1_000, control_label="baseline")
+    result = judge(metric(**rules), canary(value), 0.1, requests=1_000,
+                   control_label="baseline")
 
     assert result.outcome is outcome
     assert fragment in result.reason
@@ -421,7 +267,8 @@ def test_a_baseline_number_is_compared_and_named_while_baking(
 
 
 def test_no_baseline_while_baking_names_the_baseline() -> None:
-    result = judge(metric(max_ratio=2), canary(0.5), None, requests=1_000, control_label="baseline")
+    result = judge(metric(max_ratio=2), canary(0.5), None, requests=1_000,
+                   control_label="baseline")
 
     assert result.outcome is Outcome.NO_DATA
     assert result.reason == "m: no baseline data to compare with"
@@ -432,13 +279,8 @@ def test_require_control_false_passes_relative_rules_with_nothing_to_compare(
     value: float,
 ) -> None:
     # First release of a service: no control and no baseline; hold on absolute rules only.
-    result = judge(
-        metric(max_ratio=2, max_diff=0.1),
-        canary(value),
-        None,
-        requests=1_000,
-        require_control=False,
-    )
+    result = judge(metric(max_ratio=2, max_diff=0.1), canary(value), None, requests=1_000,
+                   require_control=False)
 
     assert result.outcome is Outcome.PASS
     assert result.control is None
@@ -498,10 +340,8 @@ def test_a_thin_control_is_no_verdict_for_a_rule_against_the_control() -> None:
     assert result.outcome is Outcome.NO_DATA
     assert "control saw 3 requests (needs 100)" in result.reason
     unknown = Traffic(canary=500, control=None, control_counted=True)
-    assert (
-        judge(metric(max_ratio=2, min_requests=100), canary(0.5), control(0.05), unknown).outcome
-        is Outcome.NO_DATA
-    )
+    assert judge(metric(max_ratio=2, min_requests=100), canary(0.5), control(0.05), unknown
+                 ).outcome is Outcome.NO_DATA
 
 
 def test_a_thin_control_does_not_hold_back_an_absolute_limit() -> None:
