@@ -5,7 +5,6 @@ by the controller, HAProxy down, and a map HAProxy does not know."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,10 +16,15 @@ from bot.engine.events import EventKind
 from bot.engine.service import Outcome
 from bot.errors import ConflictError, TrafficError
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor, Release, State, advance
+from bot.release.rollout import Actor, Release, State
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
-from tests.support.engines import app_driving, rounds_until
+from tests.support.engines import (
+    a_decided_step_lost_in_a_crash_is_applied,
+    app_driving,
+    paused_when_the_engine_stops,
+    rounds_until,
+)
 from tests.support.engines import canary_users as through_engine
 from tests.support.haproxy import HAProxy, haproxy_running
 from tests.support.recorder import Recorder
@@ -159,46 +163,19 @@ async def test_an_engine_that_cannot_be_reached_is_named_at_start(
 async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
     app: tuple[App, Recorder], haproxy: HAProxy
 ) -> None:
-    core, _ = app
-    alice = Actor(user="alice", surface="slack")
-    release = (
-        await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
-    ).release
-    backend = core.backends["checkout"]
-    assert await backend.current("checkout") == Applied(10)
-    # The process decided the next step and stored it, then died before HAProxy heard of it.
-    stored = await core.store.get(release.id)
-    assert stored is not None
-    decided = advance(stored, alice, time.time(), "advanced, then the process died")
-    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
-    assert committed.status.value == "ok"
-    assert await backend.current("checkout") == Applied(10)
-
-    assert await rounds_until(core, backend, "checkout", Applied(50)) == Applied(50)
-    after = await core.store.get(release.id)
-    assert after is not None and after.applied_weight == 50
+    await a_decided_step_lost_in_a_crash_is_applied(app[0], "checkout")
+    share = 100 * len(await canary_users(haproxy)) / USERS
+    assert abs(share - 50) <= TOLERANCE, f"{share:.1f}% on the canary at 50%"
 
 
 async def test_haproxy_down_mid_release_pauses_it_with_the_reason(
     app: tuple[App, Recorder], haproxy: HAProxy
 ) -> None:
-    core, recorder = app
-    alice = Actor(user="alice", surface="slack")
-    started = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
-    haproxy.stop()
+    async def stop() -> None:
+        haproxy.stop()
 
-    current = started.release
-    for _ in range(40):
-        await core.controller.run_once()
-        current = await core.store.get(started.release.id) or current
-        if current.state.value == "paused":
-            break
-        await asyncio.sleep(0.05)
-
-    assert current.state.value == "paused"
-    assert current.reason.startswith("cannot read back the traffic engine: cannot reach HAProxy")
-    await core.events.drain()
-    assert EventKind.PAUSED in recorder.kinds("checkout")
+    paused = await paused_when_the_engine_stops(*app, "checkout", stop)
+    assert paused.reason.startswith("cannot read back the traffic engine: cannot reach HAProxy")
 
 
 # --- after a success: the canary pool serves everyone until handed back --------------------
@@ -284,3 +261,22 @@ async def test_a_deploy_while_haproxy_cannot_be_read_is_refused_and_changes_noth
     with pytest.raises(TrafficError, match=r"^cannot deploy v2: the traffic engine of `checkout`"):
         await core.service.deploy(Actor(user="bob", surface="slack"), "checkout", "v2")
     assert await core.store.active_for("checkout") is None
+
+
+async def test_a_canary_share_no_release_of_ours_set_refuses_a_deploy_with_the_way_out(
+    app: tuple[App, Recorder], haproxy: HAProxy
+) -> None:
+    core, _ = app
+    # Someone set a share by hand on the runtime API; shipwatch has no release running.
+    answer = await RuntimeApi(haproxy.socket).run(f"add map {haproxy.map_file} checkout 30")
+    assert answer.strip() == ""
+    with pytest.raises(ConflictError) as refused:
+        await core.service.deploy(Actor(user="bob", surface="slack"), "checkout", "v2")
+    assert str(refused.value) == (
+        "cannot deploy v2: the canary pool of `checkout` still serves 30% of users, and no "
+        "release of it is running. Set it to 0% in the traffic engine (or finish whatever set "
+        "it), then deploy again."
+    )
+    assert await core.store.active_for("checkout") is None
+    [refusal] = [a for a in await core.store.audit_between(0) if a.outcome == "refused"]
+    assert refusal.reason == "canary pool at 30%"

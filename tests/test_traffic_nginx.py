@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,15 @@ from bot.app import App
 from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor, advance
+from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.nginx import NginxBackend
-from tests.support.engines import app_driving, rounds_until
+from tests.support.engines import (
+    a_decided_step_lost_in_a_crash_is_applied,
+    app_driving,
+    paused_when_the_engine_stops,
+    rounds_until,
+)
 from tests.support.engines import canary_users as through_engine
 from tests.support.nginx import EMPTY_INCLUDE, Nginx, nginx_running
 from tests.support.recorder import Recorder
@@ -171,24 +175,7 @@ async def test_an_engine_that_cannot_be_reached_is_named_at_start(
 async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
     app: tuple[App, Recorder], nginx: Nginx
 ) -> None:
-    core, _ = app
-    alice = Actor(user="alice", surface="slack")
-    release = (
-        await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
-    ).release
-    backend = core.backends["checkout"]
-    assert await backend.current("checkout") == Applied(10)
-    # The process decided the next step and stored it, then died before NGINX heard of it.
-    stored = await core.store.get(release.id)
-    assert stored is not None
-    decided = advance(stored, alice, time.time(), "advanced, then the process died")
-    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
-    assert committed.status.value == "ok"
-    assert await backend.current("checkout") == Applied(10)
-
-    assert await rounds_until(core, backend, "checkout", Applied(50)) == Applied(50)
-    after = await core.store.get(release.id)
-    assert after is not None and after.applied_weight == 50
+    await a_decided_step_lost_in_a_crash_is_applied(app[0], "checkout")
     assert "50% canary;" in (nginx.tmp / "split-checkout.conf").read_text(encoding="utf-8")
     share = 100 * len(await canary_users(nginx)) / USERS
     assert abs(share - 50) <= TOLERANCE, f"{share:.1f}% on the canary at 50%"
@@ -197,23 +184,11 @@ async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_n
 async def test_nginx_down_mid_release_pauses_it_with_the_reason(
     app: tuple[App, Recorder], nginx: Nginx
 ) -> None:
-    core, recorder = app
-    alice = Actor(user="alice", surface="slack")
-    started = await core.service.deploy(alice, "checkout", "v2", DeployOptions(stable="v1"))
-    nginx.stop()
+    async def stop() -> None:
+        nginx.stop()
 
-    current = started.release
-    for _ in range(40):
-        await core.controller.run_once()
-        current = await core.store.get(started.release.id) or current
-        if current.state.value == "paused":
-            break
-        await asyncio.sleep(0.05)
-
-    assert current.state.value == "paused"
+    paused = await paused_when_the_engine_stops(*app, "checkout", stop)
     marker = nginx.marker_url.replace("{service}", "checkout")
-    assert current.reason.startswith(
+    assert paused.reason.startswith(
         f"cannot read back the traffic engine: cannot read NGINX's marker {marker} ("
-    ), current.reason
-    await core.events.drain()
-    assert EventKind.PAUSED in recorder.kinds("checkout")
+    ), paused.reason

@@ -25,10 +25,15 @@ from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.flags import normalized_number
 from bot.release.request import DeployOptions
-from bot.release.rollout import Actor, advance
+from bot.release.rollout import Actor
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.unleash import UnleashBackend
-from tests.support.engines import app_driving, rounds_until
+from tests.support.engines import (
+    a_decided_step_lost_in_a_crash_is_applied,
+    app_driving,
+    paused_when_the_engine_stops,
+    rounds_until,
+)
 from tests.support.procs import free_port, require_binary
 from tests.support.recorder import Recorder
 from tests.support.unleash import ADMIN_TOKEN, CLIENT_TOKEN, ENGINES, Unleash, unleash_running
@@ -195,6 +200,8 @@ async def bot_on(
     monkeypatch.setenv("UNLEASH_ADMIN_TOKEN", ADMIN_TOKEN)
     traffic = {"backend": "unleash", "unleash_url": server.url}
     async with app_driving(redis_url, "ledger", traffic) as built:
+        # The server outlives each test (Redis does not): every test starts with no canary.
+        await built[0].backends["ledger"].apply(change("ledger", 0, TrafficAction.ROLLBACK))
         yield built
 
 
@@ -232,22 +239,7 @@ async def test_a_rollout_changed_in_unleash_is_found_and_set_back(
 async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
     app: tuple[App, Recorder],
 ) -> None:
-    core, _ = app
-    alice = Actor(user="alice", surface="slack")
-    release = (await core.service.deploy(alice, "ledger", "v2", DeployOptions(stable="v1"))).release
-    backend = core.backends["ledger"]
-    assert await backend.current("ledger") == Applied(10)
-    # The process decided the next step and stored it, then died before Unleash heard of it.
-    stored = await core.store.get(release.id)
-    assert stored is not None
-    decided = advance(stored, alice, time.time(), "advanced, then the process died")
-    committed = await core.store.commit(decided, expected_rev=stored.rev, audit=None)
-    assert committed.status.value == "ok"
-    assert await backend.current("ledger") == Applied(10)
-
-    assert await rounds_until(core, backend, "ledger", Applied(50)) == Applied(50)
-    after = await core.store.get(release.id)
-    assert after is not None and after.applied_weight == 50
+    await a_decided_step_lost_in_a_crash_is_applied(app[0], "ledger")
 
 
 @pytest.fixture
@@ -268,22 +260,11 @@ async def test_unleash_down_mid_release_pauses_it_with_the_reason(
 ) -> None:
     server, stop = unleash_to_stop
     async with bot_on(server, redis_url, monkeypatch) as (core, recorder):
-        alice = Actor(user="alice", surface="slack")
-        started = await core.service.deploy(alice, "ledger", "v2", DeployOptions(stable="v1"))
-        assert await core.backends["ledger"].current("ledger") == Applied(10)
-        await asyncio.to_thread(stop)  # Unleash first, then its PostgreSQL
 
-        current = started.release
-        for _ in range(40):
-            await core.controller.run_once()
-            current = await core.store.get(started.release.id) or current
-            if current.state.value == "paused":
-                break
-            await asyncio.sleep(0.05)
+        async def stopped() -> None:
+            await asyncio.to_thread(stop)  # Unleash first, then its PostgreSQL
 
-        assert current.state.value == "paused"
-        assert current.reason.startswith(
+        paused = await paused_when_the_engine_stops(core, recorder, "ledger", stopped)
+        assert paused.reason.startswith(
             f"cannot read back the traffic engine: cannot reach Unleash at {server.url} ("
-        ), current.reason
-        await core.events.drain()
-        assert EventKind.PAUSED in recorder.kinds("ledger")
+        ), paused.reason

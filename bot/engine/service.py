@@ -212,14 +212,21 @@ class ReleaseService:
         if applied is None or not applied.weight:
             return
         last = previous[0] if previous else None
-        since = f" since {last.label} {last.state.value}" if last else ""
         await self._refuse(actor, service, "deploy", f"canary pool at {applied.weight}%")
-        stable = f"`{last.version}`" if last else "the version it runs"
-        raise ConflictError(
+        head = (
             f"cannot deploy {version.strip()}: the canary pool of `{service}` still serves "
-            f"{applied.weight}% of users{since}. Put {stable} on the stable pool, then "
-            f"`/rollout handback {service}` moves everyone there; deploy the new build to the "
-            "canary pool after that."
+            f"{applied.weight}% of users"
+        )
+        if last is not None and last.state is State.SUCCEEDED:
+            raise ConflictError(
+                f"{head} since {last.label} succeeded. Put `{last.version}` on the stable pool, "
+                f"then `/rollout handback {service}` moves everyone there; deploy the new build "
+                "to the canary pool after that."
+            )
+        # Nothing of ours put it there (or it was changed after our last release ended).
+        raise ConflictError(
+            f"{head}, and no release of it is running. Set it to 0% in the traffic engine (or "
+            "finish whatever set it), then deploy again."
         )
 
     async def hand_back(self, actor: Actor, service: str, request_id: str = "") -> Result:

@@ -4,14 +4,18 @@ an engine, users counted through an engine, and controller rounds until the engi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
 
 from bot.app import App, build_app
 from bot.config import Settings
+from bot.engine.events import EventKind
 from bot.release.policy import parse_policy
+from bot.release.request import DeployOptions
+from bot.release.rollout import Actor, Release, State, advance
 from bot.traffic.base import Applied, TrafficBackend
 from tests.support.recorder import Recorder
 
@@ -79,3 +83,44 @@ async def canary_users(
 
         answers = await asyncio.gather(*(ask(u) for u in users))
     return {u for u, a in zip(users, answers, strict=True) if a == "canary"}
+
+
+async def a_decided_step_lost_in_a_crash_is_applied(app: App, service: str) -> None:
+    """Deploy ``service`` (10%), store its next step (50%) as a process does before it dies
+    without telling the engine, then check that the controller's next rounds apply it."""
+    alice = Actor(user="alice", surface="slack")
+    release = (await app.service.deploy(alice, service, "v2", DeployOptions(stable="v1"))).release
+    backend = app.backends[service]
+    assert await backend.current(service) == Applied(10)
+    stored = await app.store.get(release.id)
+    assert stored is not None
+    decided = advance(stored, alice, time.time(), "advanced, then the process died")
+    committed = await app.store.commit(decided, expected_rev=stored.rev, audit=None)
+    assert committed.status.value == "ok"
+    assert await backend.current(service) == Applied(10)
+
+    assert await rounds_until(app, backend, service, Applied(50)) == Applied(50)
+    after = await app.store.get(release.id)
+    assert after is not None and after.applied_weight == 50
+
+
+async def paused_when_the_engine_stops(
+    app: App, recorder: Recorder, service: str, stop: Callable[[], Awaitable[None]]
+) -> Release:
+    """Deploy ``service``, ``stop`` its engine, run controller rounds until the release pauses
+    (it must, with a PAUSED event); the paused release."""
+    alice = Actor(user="alice", surface="slack")
+    started = await app.service.deploy(alice, service, "v2", DeployOptions(stable="v1"))
+    assert await app.backends[service].current(service) == Applied(10)
+    await stop()
+    current = started.release
+    for _ in range(40):
+        await app.controller.run_once()
+        current = await app.store.get(started.release.id) or current
+        if current.state is State.PAUSED:
+            break
+        await asyncio.sleep(0.05)
+    assert current.state is State.PAUSED, current.describe_state()
+    await app.events.drain()
+    assert EventKind.PAUSED in recorder.kinds(service)
+    return current
