@@ -9,16 +9,14 @@ for production, with the user id taken from the query instead of a header.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from bot.demo.daemon import Daemon, find, free_port, version_of
-from bot.demo.proxy import START_TIMEOUT_S, Pools, until_listening
+from bot.demo.daemon import find
+from bot.demo.proxy import Pools, ProxyProcess
 
-# A unix socket's path must fit in sun_path (108 bytes with its terminator).
+# sun_path is 108 bytes with its terminator; a margin for the name.
 _SOCKET_PATH_MAX = 100
 
 _GLOBAL = """\
@@ -57,51 +55,31 @@ def haproxy_config(socket: str, map_file: str, entries: Mapping[str, tuple[int, 
     return _GLOBAL.format(socket=socket) + "".join(services)
 
 
-class DemoHAProxy:
+class DemoHAProxy(ProxyProcess):
     engine = "haproxy"
-
-    def __init__(self, binary: str, data_dir: Path) -> None:
-        self.binary = binary
-        self.data_dir = data_dir
-        self.label = "HAProxy"
-        self._ports: dict[str, int] = {}
-        self._workdir: Path | None = None
-        self._socket_dir: Path | None = None  # when the data directory's path is too long
-        self._daemon = Daemon("haproxy", data_dir / "haproxy.log")
+    product = "HAProxy"
 
     @property
     def _socket(self) -> Path:
-        assert self._workdir is not None
-        return (self._socket_dir or self._workdir) / "admin.sock"
+        # A unix socket's path must fit in sun_path: a short directory of its own when not.
+        near = self.workdir / "admin.sock"
+        return self._scratch[0] / "admin.sock" if self._scratch else near
 
     @property
     def _map(self) -> Path:
-        assert self._workdir is not None
-        return self._workdir / "canary.map"
+        return self.workdir / "canary.map"
 
     async def start(self, pools: Mapping[str, Pools]) -> None:
-        version = await version_of(self.binary, "-v")
-        self.label = f"HAProxy {version}".strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._workdir = Path(tempfile.mkdtemp(prefix="haproxy-", dir=self.data_dir))
-        if len(str(self._workdir / "admin.sock")) > _SOCKET_PATH_MAX:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="shipwatch-haproxy-"))
+        ports = await self._prepare(list(pools))
+        if len(str(self.workdir / "admin.sock")) > _SOCKET_PATH_MAX:
+            self._scratch.append(Path(tempfile.mkdtemp(prefix="shipwatch-haproxy-")))
         self._map.write_text("", encoding="utf-8")
-        self._ports = {name: free_port() for name in pools}
-        entries = {name: (self._ports[name], p) for name, p in pools.items()}
-        config = self._workdir / "haproxy.cfg"
+        entries = {name: (ports[name], p) for name, p in pools.items()}
+        config = self.workdir / "haproxy.cfg"
         config.write_text(
             haproxy_config(str(self._socket), str(self._map), entries), encoding="utf-8"
         )
-        try:
-            await self._daemon.start([self.binary, "-f", str(config), "-db"])
-            await until_listening(list(self._ports.values()), self._daemon.exited, START_TIMEOUT_S)
-        except BaseException:
-            await self.stop()
-            raise
-
-    def entry(self, service: str) -> str:
-        return f"http://127.0.0.1:{self._ports[service]}"
+        await self._run([self.binary, "-f", str(config), "-db"])
 
     def traffic(self, service: str) -> dict[str, str]:
         return {
@@ -110,13 +88,6 @@ class DemoHAProxy:
             "mode": "map",
             "map_file": str(self._map),
         }
-
-    async def stop(self) -> None:
-        await self._daemon.stop()
-        for workdir in (self._workdir, self._socket_dir):
-            if workdir is not None:
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
-        self._workdir = self._socket_dir = None
 
 
 def find_haproxy() -> str | None:

@@ -9,15 +9,12 @@ name; a marker location shows the percent the running workers apply. Every chang
 
 from __future__ import annotations
 
-import asyncio
 import shlex
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from bot.demo.daemon import Daemon, find, free_port, version_of
-from bot.demo.proxy import START_TIMEOUT_S, Pools, until_listening
+from bot.demo.daemon import find
+from bot.demo.proxy import Pools, ProxyProcess
 from bot.traffic.nginx import render_include, variable
 
 SPLIT_KEY = "${arg_user}"
@@ -50,38 +47,23 @@ _SERVICE = """\
 """
 
 
-class DemoNginx:
+class DemoNginx(ProxyProcess):
     engine = "nginx"
-
-    def __init__(self, binary: str, data_dir: Path) -> None:
-        self.binary = binary
-        self.data_dir = data_dir
-        self.label = "NGINX"
-        self._ports: dict[str, int] = {}
-        self._workdir: Path | None = None
-        self._daemon = Daemon("nginx", data_dir / "nginx.log")
-
-    def _dir(self) -> Path:
-        assert self._workdir is not None
-        return self._workdir
+    product = "NGINX"
 
     def _include(self, service: str) -> Path:
-        return self._dir() / f"split-{service}.conf"
+        return self.workdir / f"split-{service}.conf"
 
     def _command(self, *args: str) -> list[str]:
-        d = self._dir()
+        d = self.workdir
         conf = d / "nginx.conf"
         # -e: NGINX opens its default error log before reading the config; not ours to write.
         return [self.binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"), *args]
 
     async def start(self, pools: Mapping[str, Pools]) -> None:
-        version = await version_of(self.binary, "-v")
-        self.label = f"NGINX {version}".strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._workdir = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.data_dir))
+        ports = await self._prepare(list(pools))
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self._workdir / sub).mkdir()
-        self._ports = {name: free_port() for name in pools}
+            (self.workdir / sub).mkdir()
         services = []
         for name, p in pools.items():
             # Everyone on stable until shipwatch writes its first step.
@@ -92,22 +74,14 @@ class DemoNginx:
                     upstream=variable(name),
                     stable=p.stable,
                     canary=p.canary,
-                    port=self._ports[name],
+                    port=ports[name],
                     service=name,
                 )
             )
-        (self._workdir / "nginx.conf").write_text(
-            _HTTP.format(dir=self._workdir, services="".join(services)), encoding="utf-8"
+        (self.workdir / "nginx.conf").write_text(
+            _HTTP.format(dir=self.workdir, services="".join(services)), encoding="utf-8"
         )
-        try:
-            await self._daemon.start(self._command("-g", "daemon off;"))
-            await until_listening(list(self._ports.values()), self._daemon.exited, START_TIMEOUT_S)
-        except BaseException:
-            await self.stop()
-            raise
-
-    def entry(self, service: str) -> str:
-        return f"http://127.0.0.1:{self._ports[service]}"
+        await self._run(self._command("-g", "daemon off;"))
 
     def traffic(self, service: str) -> dict[str, str]:
         return {
@@ -118,12 +92,6 @@ class DemoNginx:
             "marker_url": f"{self.entry(service)}/shipwatch/{service}",
             "split_key": SPLIT_KEY,
         }
-
-    async def stop(self) -> None:
-        await self._daemon.stop()
-        workdir, self._workdir = self._workdir, None
-        if workdir is not None:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
 def find_nginx() -> str | None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from bot.demo.daemon import Daemon, free_port, version_of
 from bot.errors import TrafficError
 
 # How long a proxy may take to listen on every entry point after it starts.
@@ -66,3 +70,55 @@ async def until_listening(ports: list[int], exited: Callable[[], str], timeout: 
             waiting.pop(0)
             continue
         await asyncio.sleep(0.1)
+
+
+class ProxyProcess:
+    """What running a proxy for the demo takes whatever the proxy: its version for the label, a
+    working directory under the data directory, a free port per service, the process started
+    and watched until every entry point listens, and all of it stopped and removed again."""
+
+    engine = ""  # the traffic backend's name, also the log's and the directory's
+    product = ""  # how the proxy calls itself: "HAProxy"
+
+    def __init__(self, binary: str, data_dir: Path) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.label = self.product
+        self._ports: dict[str, int] = {}
+        self._workdir: Path | None = None
+        self._scratch: list[Path] = []  # directories of ours outside the working directory
+        self._daemon = Daemon(self.engine, data_dir / f"{self.engine}.log")
+
+    @property
+    def workdir(self) -> Path:
+        assert self._workdir is not None, "start() first"
+        return self._workdir
+
+    async def _prepare(self, services: Sequence[str]) -> dict[str, int]:
+        """The label, the working directory and a port per service; the ports."""
+        version = await version_of(self.binary, "-v")
+        self.label = f"{self.product} {version}".strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.engine}-", dir=self.data_dir))
+        self._ports = {name: free_port() for name in services}
+        return self._ports
+
+    async def _run(self, args: Sequence[str]) -> None:
+        """Start the proxy and wait until every entry point listens; nothing is left running
+        when it does not."""
+        try:
+            await self._daemon.start(args)
+            await until_listening(list(self._ports.values()), self._daemon.exited, START_TIMEOUT_S)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def entry(self, service: str) -> str:
+        return f"http://127.0.0.1:{self._ports[service]}"
+
+    async def stop(self) -> None:
+        await self._daemon.stop()
+        for directory in (self._workdir, *self._scratch):
+            if directory is not None:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+        self._workdir, self._scratch = None, []
