@@ -122,7 +122,7 @@ class PermissionDenied(UserError):
         self.allowed = allowed
         who = ", ".join(allowed) if allowed else "nobody is configured"
         super().__init__(
-            f"you may not {action} `{service}`",
+            f"you may not {action.replace('_', ' ')} `{service}`",
             hint=f"who may: {who} (edit the service's policy to change this)",
         )
 

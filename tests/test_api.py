@@ -400,6 +400,8 @@ async def test_a_pipeline_hands_back_after_a_success_and_not_before(rig: SlackRi
     assert (await handback(rig, "checkout", who, token=PAYMENTS))[0] == 403
     status, answer = await handback(rig, "checkout", {"requested_by": "a (via b)"})
     assert status == 422 and "requested_by" in json.dumps(answer)
+    status, answer = await handback(rig, "ledger", who)  # only alice may release ledger
+    assert (status, answer["error"]) == (403, "you may not hand back `ledger`")
 
     assert (await post(rig, body()))[0] == 201
     status, answer = await handback(rig, "checkout", who)
@@ -423,7 +425,9 @@ async def test_a_pipeline_hands_back_after_a_success_and_not_before(rig: SlackRi
     assert flag is not None and (flag.weight, flag.stable_version) == (0, "v2")
     status, answer = await handback(rig, "checkout", who)
     assert (status, answer["duplicate"]) == (200, True)
-    [audit] = await rig.audit("hand_back")
+    audits = await rig.audit("hand_back")
+    assert [(a.outcome, a.service) for a in audits] == [("refused", "ledger"), ("ok", "checkout")]
+    audit = audits[1]
     assert audit.actor == "octocat (via github)"
     assert audit.request_id == "api:github:run-7"
 
