@@ -46,7 +46,7 @@ class _Said:
     approvers: Sequence[str]
     metrics: Sequence[Metric]
     page: str  # the on-call mention line, "" when nobody is on call
-    hands_back: bool = False  # the engine routes between pools: a success leaves the canary's
+    hands_back: bool = False  # the engine routes between two pools: a success needs a handback
 
     @property
     def release(self) -> Release:
