@@ -11,7 +11,7 @@ window) and the engine moving users: the embedded ``flags``; a real ``haproxy`` 
 in front of a stable and a canary pool; ``unleash`` (a real Unleash on PostgreSQL, started
 here) with the sample service asking Unleash's Python SDK, refreshing every second.
 
-Each run deploys v2 at 10% (a long hold keeps it there), waits for one clean check and then a
+Each run deploys v2 at 25% (a long hold keeps it there), waits for one clean check and then a
 different fraction of the interval, makes v2 fail (alternately 20% errors and 4x latency) and
 measures from that moment until every user who was on the canary gets stable again through
 the engine (the users asking in passes; a pass counts from when it was sent). Backends are
@@ -54,6 +54,7 @@ BACKENDS: tuple[TrafficMode, ...] = ("flags", "haproxy", "nginx", "unleash")
 SERVICE = "checkout"
 PROBE_USERS = [f"u{n}" for n in range(200)]  # the load generator's first 200 users
 TARGET_S = 5.0
+FIRST_WEIGHT = 25
 DEADLINE_S = 60.0
 ACTOR = Actor(user="bench", surface="api")
 
@@ -64,7 +65,7 @@ class Run:
     backend: str
     fault: str
     phase_s: float
-    on_canary: int  # probe users the engine had on the canary before the fault
+    on_canary: int  # probe users (of 200) the engine had on the canary before the fault
     decided_s: float  # onset -> the rollback decision
     all_stable_s: float  # onset -> the first pass in which every one of them got stable
 
@@ -92,10 +93,11 @@ async def one_run(
         fleet = rig.fleet
         assert fleet is not None and choice.prometheus_url
         sp = rig.policy.service(SERVICE)
-        # Stay at the first step: the fault comes while it holds.
-        policy = rig.policy.model_copy(
-            update={"services": {SERVICE: sp.model_copy(update={"hold": 3600.0})}}
-        )
+        # Hold at 25% (a quarter of the load, so a p99 over the window rests on a hundred
+        # requests, not a handful): the fault comes while it holds.
+        steps = [s for s in sp.steps if s.weight >= FIRST_WEIGHT]
+        update = {"hold": 3600.0, "steps": steps}
+        policy = rig.policy.model_copy(update={"services": {SERVICE: sp.model_copy(update=update)}})
         settings = Settings.model_validate(
             {"REDIS_URL": redis_url, "PROMETHEUS_URL": choice.prometheus_url,
              "SHIPWATCH_CONTROLLER_TICK": 0.2, "SHIPWATCH_DATA_DIR": str(data)}
@@ -135,6 +137,7 @@ async def _measure(
         while not on_canary:
             answers = await versions_of(session, entry, PROBE_USERS)
             on_canary = [u for u, v in zip(PROBE_USERS, answers, strict=True) if v == "v2"]
+            await asyncio.sleep(0.1)
         assert settled.last_eval_at is not None
         phase = interval * (index % 5) / 5
         await asyncio.sleep(max(0.0, settled.last_eval_at + interval + phase - time.time()))

@@ -236,6 +236,8 @@ def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
         )
     if traffic.backend == "unleash":
         return _unleash(traffic)
+    if traffic.backend == "argo-rollouts":
+        return _argo_rollouts(traffic)
     if traffic.backend == "webhook":
         return _webhook(traffic)
     return flags
@@ -261,6 +263,30 @@ def _unleash(traffic: TrafficSettings) -> UnleashBackend:
         project=traffic.project,
         environment=traffic.environment,
         flag=traffic.flag or "",
+        timeout=traffic.timeout,
+    )
+
+
+def _argo_rollouts(traffic: TrafficSettings) -> TrafficBackend:
+    try:
+        # The Kubernetes client is an extra: only services on Kubernetes engines need it.
+        from bot.traffic.argo_rollouts import ArgoRolloutsBackend  # noqa: PLC0415
+    except ImportError as exc:
+        raise PolicyError(
+            "traffic",
+            [
+                PolicyProblem(
+                    "traffic.backend",
+                    f"argo-rollouts needs the Kubernetes client, which is not installed ({exc})",
+                    "install shipwatch with its k8s extra: pip install 'shipwatch[k8s]'",
+                )
+            ],
+        ) from exc
+    return ArgoRolloutsBackend(
+        namespace=traffic.namespace,
+        rollout=traffic.rollout or "",
+        kubeconfig=traffic.kubeconfig,
+        step_timeout=traffic.step_timeout,
         timeout=traffic.timeout,
     )
 

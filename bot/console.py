@@ -92,8 +92,7 @@ class ConsoleNotifier:
             oncall=oncall,
             approvers=approvers,
             metrics=metrics,
-            seen_within=sp.traffic.seen_within if sp else None,
-            hands_back=sp.traffic.hands_back if sp else False,
+            traffic=sp.traffic if sp else None,
         )
         text, _ = render_text(message)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.at))

@@ -129,8 +129,7 @@ class SlackNotifier:
             oncall=sp.oncall,
             approvers=sp.approvers,
             metrics=sp.metrics,
-            seen_within=sp.traffic.seen_within,
-            hands_back=sp.traffic.hands_back,
+            traffic=sp.traffic,
         )
 
     def _status(self, release: Release) -> Message:

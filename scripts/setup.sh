@@ -31,7 +31,7 @@ fi
 # lock with ./scripts/lock.sh and commit both.
 stamp=.venv/.shipwatch-locked
 if [ ! -f "$stamp" ] || [ uv.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  ./scripts/uv.sh sync --locked --extra dev --quiet
+  ./scripts/uv.sh sync --locked --extra dev --extra k8s --quiet
   touch "$stamp"
 fi
 

@@ -30,7 +30,7 @@ from bot.release.buttons import (
     stale_reason,
 )
 from bot.release.checks import CheckResult, Outcome, ScoreRecord
-from bot.release.policy import Metric, Risk, Strategy, parse_policy
+from bot.release.policy import Metric, Risk, Strategy, TrafficSettings, parse_policy
 from bot.release.rollout import (
     CONTROLLER,
     Actor,
@@ -526,7 +526,8 @@ def test_every_event_validates(kind: EventKind, with_checks: bool) -> None:
 
 
 def test_a_success_on_a_pool_engine_says_how_to_hand_back_and_the_handback_says_who() -> None:
-    done = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""), hands_back=True)
+    pools = TrafficSettings(backend="webhook", url="https://lb.example/shipwatch")
+    done = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""), traffic=pools)
     assert_valid(done)
     assert (
         "Everyone is on the canary pool. Put `v2.4.1` on the stable pool too, then "
@@ -534,6 +535,12 @@ def test_a_success_on_a_pool_engine_says_how_to_hand_back_and_the_handback_says_
     ) in all_text(done)
     plain = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""))
     assert "handback" not in all_text(plain)  # the embedded flags carry the versions
+    argo = TrafficSettings(backend="argo-rollouts", namespace="shop")
+    by_argo = event_message(ReleaseEvent(EventKind.SUCCEEDED, succeeded(), ""), traffic=argo)
+    assert "handback" not in all_text(by_argo)  # Argo makes the canary stable itself
+    aborted = event_message(ReleaseEvent(EventKind.ROLLED_BACK, rolled_back(), ""), traffic=argo)
+    assert_valid(aborted)
+    assert "the Rollout's `spec.template` still names `v2.4.1`" in all_text(aborted)
 
     back = event_message(ReleaseEvent(EventKind.HANDED_BACK, succeeded(), "", actor="U045EF6GH"))
     assert_valid(back)
@@ -923,11 +930,14 @@ def test_hostile_text_pings_nobody_in_any_event_or_status_message(kind: EventKin
         assert not [c for c in NEVER_SHOWN if c in sent]
 
 
+UNLEASH = TrafficSettings(backend="unleash", unleash_url="http://unleash:4242")  # 15 s refresh
+
+
 def test_a_step_through_an_engine_applications_poll_says_when_they_see_it() -> None:
     moved = event_message(
-        ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "hold passed"), seen_within=15.0
+        ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "hold passed"), traffic=UNLEASH
     )
-    held = event_message(ReleaseEvent(EventKind.PAUSED, paused()), seen_within=15.0)
+    held = event_message(ReleaseEvent(EventKind.PAUSED, paused()), traffic=UNLEASH)
     direct = event_message(ReleaseEvent(EventKind.STEP_ADVANCED, progressing(), "hold passed"))
 
     assert "applications see it within 15s" in all_text(moved)

@@ -94,6 +94,7 @@ SECONDS_WRITTEN_AS_DURATIONS = {
     10.0: "10s",
     5.0: "5s",
     15.0: "15s",
+    120.0: "2m",
 }
 
 

@@ -23,6 +23,7 @@ from bot.store.store import CommitStatus, Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
 from bot.traffic.base import (
     Applied,
+    PlanChecker,
     TrafficAction,
     TrafficBackend,
     TrafficChange,
@@ -112,6 +113,14 @@ class TrafficActuator:
     async def current(self, service: str) -> Applied | None:
         """What the service's engine applies now; TrafficError when it cannot be read."""
         return await self.backend_for(service).current(service)
+
+    async def plan_problem(self, service: str, weights: list[int]) -> str:
+        """How the engine's own steps differ from ``weights`` ("" when they agree, or when the
+        engine has no steps of its own); TrafficError when it cannot be read."""
+        backend = self.backend_for(service)
+        if isinstance(backend, PlanChecker):
+            return await backend.check_plan(service, weights)
+        return ""
 
     async def hand_back(self, release: Release) -> None:
         """Everyone of a succeeded ``release``'s service to the stable pool (0%), read back;

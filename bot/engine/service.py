@@ -141,6 +141,7 @@ class ReleaseService:
         if sp.traffic.hands_back:
             await self._require_handed_back(actor, service, version, previous)
         plan = plan_release(sp, service, version, opts, previous)
+        await self._require_engine_agrees(actor, service, plan.version, plan.weights)
         gates = await self._check_gates(actor, sp, service, plan.version, opts)
         release = rollout.new_release(
             release_id=uuid.uuid4().hex[:12],
@@ -228,6 +229,25 @@ class ReleaseService:
             f"{head}, and no release of it is running. Set it to 0% in the traffic engine (or "
             "finish whatever set it), then deploy again."
         )
+
+    async def _require_engine_agrees(
+        self, actor: Actor, service: str, version: str, weights: list[int]
+    ) -> None:
+        """An engine with steps of its own (Argo Rollouts) must have the plan's steps."""
+        try:
+            problem = await self.actuator.plan_problem(service, weights)
+        except TrafficError as exc:
+            await self._refuse(actor, service, "deploy", f"traffic engine unreadable: {exc}")
+            raise TrafficError(
+                f"cannot deploy {version.strip()}: {exc}. Nothing was changed; try again once "
+                "the traffic engine answers."
+            ) from exc
+        if problem:
+            await self._refuse(actor, service, "deploy", f"engine steps differ: {problem}")
+            raise ConflictError(
+                f"cannot deploy {version.strip()}: {problem}. Make the engine's steps match "
+                "(or the service's `steps` in the policy), then deploy again."
+            )
 
     async def hand_back(self, actor: Actor, service: str, request_id: str = "") -> Result:
         """After a success, once the stable pool runs the released version too: everyone to

@@ -196,7 +196,7 @@ class TicketSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    backend: Literal["flags", "webhook", "haproxy", "nginx", "unleash"] = "flags"
+    backend: Literal["flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts"] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
     # unset: not read back (no drift repair)
@@ -226,12 +226,19 @@ class TrafficSettings(_Strict):
     environment: str = "development"
     flag: str | None = None  # an existing flag to drive; default shipwatch.<service>
     sdk_refresh: Seconds = 15.0  # unleash: how often the applications' SDKs fetch the flags
+    # argo-rollouts: the Rollout (default: the service's name) in its namespace, the kubeconfig
+    # (default: the pod's service account), and how long Argo may take to carry out a step
+    namespace: str = "default"
+    rollout: str | None = None
+    kubeconfig: str | None = None
+    step_timeout: Seconds = 120.0
 
     @property
     def hands_back(self) -> bool:
         """Whether a succeeded release leaves everyone on a canary pool until it is handed back
-        (engines that route between two deployments; the embedded flags carry the versions)."""
-        return self.backend != "flags"
+        (engines that route between two deployments). The embedded flags carry both versions,
+        and Argo Rollouts makes the canary stable itself when its steps end."""
+        return self.backend not in ("flags", "argo-rollouts")
 
     @property
     def seen_within(self) -> float | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.release.durations import format_duration
-from bot.release.policy import Metric
+from bot.release.policy import Metric, TrafficSettings
 from bot.release.rollout import CONTROLLER, Release
 from bot.render.checks import (
     checks_blocks,
@@ -46,7 +46,7 @@ class _Said:
     approvers: Sequence[str]
     metrics: Sequence[Metric]
     page: str  # the on-call mention line, "" when nobody is on call
-    hands_back: bool = False  # the engine routes between two pools: a success needs a handback
+    traffic: TrafficSettings | None = None  # the service's engine, for what it implies
 
     @property
     def release(self) -> Release:
@@ -69,21 +69,20 @@ def event_message(
     oncall: str = "",
     approvers: Sequence[str] = (),
     metrics: Sequence[Metric] = (),
-    seen_within: float | None = None,
-    hands_back: bool = False,
+    traffic: TrafficSettings | None = None,
 ) -> Message:
     """The thread reply for ``event``: every sentence is composed here, from the event's data.
-    ``seen_within``: how long applications take to see a traffic change (their SDK's refresh),
-    when the engine is one they poll. ``hands_back``: the engine routes between a stable and a
-    canary pool, so a success is followed by a handback."""
+    ``traffic``: the service's engine, for what it implies (applications that see a change
+    only at their SDK's next refresh, a success that needs a handback, a template Argo keeps)."""
     page = f"🔔 On-call: {mention(oncall)}" if oncall.strip() else ""
-    said = _Said(event, approvers, metrics, page, hands_back)
+    said = _Said(event, approvers, metrics, page, traffic)
     build = _REPLIES.get(event.kind)
     if build is None:  # a kind added later still gets a readable line
         r = event.release
         blocks, text = [section_block(f"{release_title(r)}: {esc(event.detail)}")], event.detail
     else:
         blocks, text = build(said)
+    seen_within = traffic.seen_within if traffic is not None else None
     if seen_within is not None and event.kind in _MOVES_TRAFFIC:
         blocks = [
             *blocks,
@@ -195,7 +194,7 @@ def _succeeded(s: _Said) -> _Reply:
     took = format_duration(max(0.0, (r.finished_at or s.event.at) - r.created_at))
     line = f"🎉 {release_title(r)} is live for everyone. Took {took}."
     blocks = [section_block(line)]
-    if s.hands_back:
+    if s.traffic is not None and s.traffic.hands_back:
         blocks.append(
             context_block(
                 f"Everyone is on the canary pool. Put `{esc(r.version)}` on the stable pool too, "
@@ -239,6 +238,15 @@ def _rollback(s: _Said) -> _Reply:
         blocks.append(section_block("*What failed*\n" + "\n".join(failing)))
     if score := score_line(r):
         blocks.append(context_block(score))
+    keeps_template = s.traffic is not None and s.traffic.backend == "argo-rollouts"
+    if keeps_template and event.kind is EventKind.ROLLED_BACK:
+        blocks.append(
+            context_block(
+                f"Argo Rollouts aborted the canary; the Rollout's `spec.template` still names "
+                f"`{esc(r.version)}`, so the next revision your pipeline sets replaces it (or "
+                "put the stable image back in git)."
+            )
+        )
     if s.page:
         blocks.append(section_block(s.page))
     return blocks, f"{r.service} {r.version} {verb}: {r.reason or event.detail}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class TrafficAction(StrEnum):
@@ -59,3 +59,12 @@ class TrafficBackend(Protocol):
     async def current(self, service: str) -> Applied | None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PlanChecker(Protocol):
+    """An engine with steps of its own (Argo Rollouts): they must agree with a release's plan
+    before it starts. ``check_plan`` says how they differ ("" when they agree); TrafficError
+    when the engine cannot be read."""
+
+    async def check_plan(self, service: str, weights: list[int]) -> str: ...

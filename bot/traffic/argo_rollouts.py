@@ -1,0 +1,295 @@
+"""Traffic backend that walks an Argo Rollouts canary, step by step, from shipwatch's verdicts.
+
+Argo Rollouts moves the traffic (through the Rollout's own traffic router); shipwatch decides
+when. The Rollout's canary steps mirror shipwatch's ladder, a ``setWeight: N`` followed by an
+indefinite ``pause: {}`` for every step below 100% (checked when a release starts, naming the
+step that differs). The team's pipeline changes the pod template (or ``set_image`` does, where
+GitOps does not own the Rollout); Argo starts the canary and pauses at the first step. Then:
+
+- a step is what ``kubectl argo rollouts promote`` does: a merge patch of the ``status``
+  subresource clearing ``pauseConditions``, sent only while the Rollout is paused right before
+  that step's ``setWeight``; Argo moves on and pauses again; shipwatch waits until it has;
+- promote (100%) clears the last pause: Argo finishes the steps and makes the canary stable;
+- rollback is ``{"status": {"abort": true}}``, one write, retried by the controller until it
+  lands; ``spec.template`` still names the new version afterwards (Argo keeps it), which the
+  thread says;
+- read-back: ``status.canary.weights.canary.weight`` (0 once aborted; 100 once the steps are
+  done and the canary became stable), with ``currentStepIndex``, ``pauseConditions`` and
+  ``phase`` for the errors.
+
+The client is the official ``kubernetes_asyncio`` (the ``k8s`` extra), from a kubeconfig file or,
+without one, the pod's service account. Every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as kube
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from bot.errors import TrafficError
+from bot.traffic.base import Applied, TrafficAction, TrafficChange, target_weight
+
+GROUP = "argoproj.io"
+VERSION = "v1alpha1"
+PLURAL = "rollouts"
+MERGE_PATCH = "application/merge-patch+json"
+POLL_S = 0.2  # how often a step's progress is read while Argo carries it out
+
+Json = dict[str, Any]
+
+
+def ladder_of(steps: list[Any]) -> list[int]:
+    """The ``setWeight`` values of a Rollout's canary steps, in order."""
+    return [int(s["setWeight"]) for s in steps if isinstance(s, dict) and "setWeight" in s]
+
+
+def mirror_problem(steps: list[Any], weights: list[int]) -> str:
+    """Why the Rollout's steps do not mirror shipwatch's ladder ("" when they do).
+
+    Expected: for each weight below 100, ``setWeight: w`` then ``pause: {}`` (no duration, so
+    Argo waits for shipwatch); a last ``setWeight: 100`` is allowed."""
+    expected: list[Json] = []
+    for w in weights:
+        if w < 100:
+            expected += [{"setWeight": w}, {"pause": {}}]
+    found = list(steps)
+    if found and found[-1] == {"setWeight": 100}:
+        found.pop()
+    for index, want in enumerate(expected):
+        got = found[index] if index < len(found) else None
+        if got != want:
+            shown = json.dumps(got, sort_keys=True) if got is not None else "nothing"
+            return (
+                f"step {index + 1} of the Rollout is {shown}, and shipwatch's ladder "
+                f"({' → '.join(f'{w}%' for w in weights)}) needs {json.dumps(want)} there"
+            )
+    if len(found) > len(expected):
+        extra = json.dumps(found[len(expected)], sort_keys=True)
+        return f"the Rollout has steps after its last pause that shipwatch does not drive: {extra}"
+    return ""
+
+
+def _status(obj: Json) -> Json:
+    status = obj.get("status")
+    return status if isinstance(status, dict) else {}
+
+
+def _steps(obj: Json) -> list[Any]:
+    canary = ((obj.get("spec") or {}).get("strategy") or {}).get("canary") or {}
+    steps = canary.get("steps") or []
+    return steps if isinstance(steps, list) else []
+
+
+def completed(obj: Json) -> bool:
+    """Argo ran every step and made the canary the stable version."""
+    status = _status(obj)
+    index = status.get("currentStepIndex")
+    return (
+        isinstance(index, int)
+        and index >= len(_steps(obj))
+        and bool(status.get("stableRS"))
+        and status.get("stableRS") == status.get("currentPodHash")
+    )
+
+
+def weight_of(obj: Json) -> int | None:
+    """The percent of users on the canary, as the Rollout's status says."""
+    status = _status(obj)
+    if status.get("abort"):
+        return 0
+    if completed(obj):
+        return 100
+    weight = (((status.get("canary") or {}).get("weights") or {}).get("canary") or {}).get("weight")
+    return int(weight) if isinstance(weight, int) else None
+
+
+def paused_before(obj: Json) -> int | None:
+    """The ``setWeight`` the Rollout would go to when its pause is cleared (100 at the last
+    pause), or None when it is not paused at a step."""
+    status = _status(obj)
+    if not status.get("pauseConditions"):
+        return None
+    index = status.get("currentStepIndex")
+    steps = _steps(obj)
+    if not isinstance(index, int) or index >= len(steps) or "pause" not in steps[index]:
+        return None
+    following = ladder_of(steps[index + 1 :])
+    return following[0] if following else 100
+
+
+def where(obj: Json) -> str:
+    """The Rollout's position in words, for errors."""
+    status = _status(obj)
+    weight = weight_of(obj)
+    paused = " (paused)" if status.get("pauseConditions") else ""
+    return (
+        f"phase {status.get('phase', '?')}, step index {status.get('currentStepIndex', '?')}, "
+        f"canary weight {weight if weight is not None else '?'}%{paused}"
+    )
+
+
+class ArgoRolloutsBackend:
+    name = "argo-rollouts"
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        rollout: str = "",
+        kubeconfig: str | None = None,
+        step_timeout: float = 120.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.namespace = namespace
+        self.rollout = rollout
+        self.kubeconfig = kubeconfig
+        self.step_timeout = step_timeout
+        self.timeout = timeout
+        self._client: kube.ApiClient | None = None
+
+    def rollout_of(self, service: str) -> str:
+        return self.rollout or service
+
+    # --- the port -----------------------------------------------------------------------------
+
+    async def check_plan(self, service: str, weights: list[int]) -> str:
+        obj = await self._get(service)
+        problem = mirror_problem(_steps(obj), weights)
+        if problem:
+            return f"Rollout {self.namespace}/{self.rollout_of(service)}: {problem}"
+        return ""
+
+    async def apply(self, change: TrafficChange) -> None:
+        service = change.service
+        if change.action is TrafficAction.ROLLBACK:
+            await self._patch_status(service, {"status": {"abort": True}})
+            return
+        if change.action is TrafficAction.HAND_BACK:
+            return  # Argo made the canary stable itself when its steps ended
+        want = target_weight(change)
+        obj = await self._get(service)
+        if _status(obj).get("abort"):
+            raise TrafficError(
+                f"Rollout {self._name(service)} is aborted ({where(obj)}): a new revision (a "
+                "changed pod template) starts a new canary"
+            )
+        if self._reached(obj, want):
+            return
+        if change.action is not TrafficAction.START:
+            next_weight = paused_before(obj)
+            if next_weight != want:
+                raise TrafficError(
+                    f"Rollout {self._name(service)} is not paused right before {want}% "
+                    f"({where(obj)}); shipwatch moves it only from there"
+                )
+            await self._patch_status(service, {"status": {"pauseConditions": None}})
+        await self._until_reached(service, want)
+
+    async def current(self, service: str) -> Applied:
+        return Applied(weight_of(await self._get(service)))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # --- waiting for Argo -----------------------------------------------------------------------
+
+    @staticmethod
+    def _reached(obj: Json, want: int) -> bool:
+        if want >= 100:
+            return completed(obj)
+        # A step is reached once Argo set its weight and paused again (or moved on).
+        return weight_of(obj) == want and paused_before(obj) != want
+
+    async def _until_reached(self, service: str, want: int) -> None:
+        deadline = time.monotonic() + self.step_timeout
+        while True:
+            obj = await self._get(service)
+            if self._reached(obj, want):
+                return
+            if _status(obj).get("abort"):
+                raise TrafficError(f"Rollout {self._name(service)} was aborted ({where(obj)})")
+            if time.monotonic() >= deadline:
+                raise TrafficError(
+                    f"Argo Rollouts did not bring {self._name(service)} to {want}% within "
+                    f"{self.step_timeout:g}s ({where(obj)})"
+                )
+            await asyncio.sleep(POLL_S)
+
+    # --- the Kubernetes API ---------------------------------------------------------------------
+
+    def _name(self, service: str) -> str:
+        return f"{self.namespace}/{self.rollout_of(service)}"
+
+    async def _api(self) -> kube.CustomObjectsApi:
+        if self._client is None:
+            try:
+                if self.kubeconfig:
+                    self._client = await kube_config.new_client_from_config(
+                        config_file=self.kubeconfig
+                    )
+                else:
+                    configuration = kube.Configuration()
+                    kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                        client_configuration=configuration
+                    )
+                    self._client = kube.ApiClient(configuration=configuration)
+            except (ConfigException, OSError) as exc:
+                where_from = self.kubeconfig or "the pod's service account"
+                raise TrafficError(
+                    f"cannot configure the Kubernetes client from {where_from}: {exc}"
+                ) from exc
+        return kube.CustomObjectsApi(self._client)
+
+    async def _get(self, service: str) -> Json:
+        api = await self._api()
+        found: Json = await self._call(
+            f"reading Rollout {self._name(service)}",
+            api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.rollout_of(service),
+                _request_timeout=self.timeout,
+            ),
+        )  # fmt: skip
+        return found
+
+    async def _patch_status(self, service: str, body: Json) -> None:
+        api = await self._api()
+        # The client would send a dict as a JSON patch: say what it is. (The client's stubs
+        # leave out `_content_type`, which its code reads.)
+        await self._call(
+            f"patching the status of Rollout {self._name(service)}",
+            api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                GROUP, VERSION, self.namespace, PLURAL, self.rollout_of(service), body,
+                _content_type=MERGE_PATCH, _request_timeout=self.timeout,
+            ),
+        )  # fmt: skip
+
+    async def _call(self, what: str, call: Any) -> Any:
+        try:
+            return await asyncio.wait_for(call, self.timeout + 1)
+        except ApiException as exc:
+            raise TrafficError(f"the Kubernetes API refused {what}: {_said(exc)}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TrafficError(
+                f"cannot reach the Kubernetes API {what} ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def _said(exc: ApiException) -> str:
+    """HTTP status and the Status object's message (a Kubernetes error's own words)."""
+    message = ""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    except (TypeError, ValueError):
+        message = str(exc.body or "")[:300]
+    return f"HTTP {exc.status} {exc.reason}: {message}".rstrip(": ")
