@@ -17,8 +17,7 @@ GitOps does not own the Rollout); Argo starts the canary and pauses at the first
   done and the canary became stable), with ``currentStepIndex``, ``pauseConditions`` and
   ``phase`` for the errors.
 
-The client is the official ``kubernetes_asyncio`` (the ``k8s`` extra), from a kubeconfig file or,
-without one, the pod's service account. Every call has a timeout.
+The Kubernetes API is reached through bot.traffic.kube (the official client, the ``k8s`` extra).
 """
 
 from __future__ import annotations
@@ -28,22 +27,14 @@ import json
 import time
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio import client as kube
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
-
 from bot.errors import TrafficError
 from bot.traffic.base import Applied, TrafficAction, TrafficChange, target_weight
+from bot.traffic.kube import Json, KubeObjects, Ref
 
 GROUP = "argoproj.io"
 VERSION = "v1alpha1"
 PLURAL = "rollouts"
-MERGE_PATCH = "application/merge-patch+json"
 POLL_S = 0.2  # how often a step's progress is read while Argo carries it out
-
-Json = dict[str, Any]
 
 
 def ladder_of(steps: list[Any]) -> list[int]:
@@ -150,10 +141,8 @@ class ArgoRolloutsBackend:
     ) -> None:
         self.namespace = namespace
         self.rollout = rollout
-        self.kubeconfig = kubeconfig
         self.step_timeout = step_timeout
-        self.timeout = timeout
-        self._client: kube.ApiClient | None = None
+        self.kube = KubeObjects(kubeconfig=kubeconfig, timeout=timeout)
 
     def rollout_of(self, service: str) -> str:
         return self.rollout or service
@@ -197,9 +186,7 @@ class ArgoRolloutsBackend:
         return Applied(weight_of(await self._get(service)))
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self.kube.close()
 
     # --- waiting for Argo -----------------------------------------------------------------------
 
@@ -230,66 +217,11 @@ class ArgoRolloutsBackend:
     def _name(self, service: str) -> str:
         return f"{self.namespace}/{self.rollout_of(service)}"
 
-    async def _api(self) -> kube.CustomObjectsApi:
-        if self._client is None:
-            try:
-                if self.kubeconfig:
-                    self._client = await kube_config.new_client_from_config(
-                        config_file=self.kubeconfig
-                    )
-                else:
-                    configuration = kube.Configuration()
-                    kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                        client_configuration=configuration
-                    )
-                    self._client = kube.ApiClient(configuration=configuration)
-            except (ConfigException, OSError) as exc:
-                where_from = self.kubeconfig or "the pod's service account"
-                raise TrafficError(
-                    f"cannot configure the Kubernetes client from {where_from}: {exc}"
-                ) from exc
-        return kube.CustomObjectsApi(self._client)
+    def _ref(self, service: str) -> Ref:
+        return Ref("Rollout", GROUP, VERSION, PLURAL, self.namespace, self.rollout_of(service))
 
     async def _get(self, service: str) -> Json:
-        api = await self._api()
-        found: Json = await self._call(
-            f"reading Rollout {self._name(service)}",
-            api.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.rollout_of(service),
-                _request_timeout=self.timeout,
-            ),
-        )  # fmt: skip
-        return found
+        return await self.kube.get(self._ref(service))
 
     async def _patch_status(self, service: str, body: Json) -> None:
-        api = await self._api()
-        # The client would send a dict as a JSON patch: say what it is. (The client's stubs
-        # leave out `_content_type`, which its code reads.)
-        await self._call(
-            f"patching the status of Rollout {self._name(service)}",
-            api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                GROUP, VERSION, self.namespace, PLURAL, self.rollout_of(service), body,
-                _content_type=MERGE_PATCH, _request_timeout=self.timeout,
-            ),
-        )  # fmt: skip
-
-    async def _call(self, what: str, call: Any) -> Any:
-        try:
-            return await asyncio.wait_for(call, self.timeout + 1)
-        except ApiException as exc:
-            raise TrafficError(f"the Kubernetes API refused {what}: {_said(exc)}") from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TrafficError(
-                f"cannot reach the Kubernetes API {what} ({type(exc).__name__}: {exc})"
-            ) from exc
-
-
-def _said(exc: ApiException) -> str:
-    """HTTP status and the Status object's message (a Kubernetes error's own words)."""
-    message = ""
-    try:
-        body = json.loads(exc.body) if exc.body else {}
-        message = str(body.get("message", "")) if isinstance(body, dict) else ""
-    except (TypeError, ValueError):
-        message = str(exc.body or "")[:300]
-    return f"HTTP {exc.status} {exc.reason}: {message}".rstrip(": ")
+        await self.kube.patch_status(self._ref(service), body)
