@@ -236,8 +236,8 @@ def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
         )
     if traffic.backend == "unleash":
         return _unleash(traffic)
-    if traffic.backend == "argo-rollouts":
-        return _argo_rollouts(traffic)
+    if traffic.backend in ("argo-rollouts", "gateway-api"):
+        return _kubernetes(traffic)
     if traffic.backend == "webhook":
         return _webhook(traffic)
     return flags
@@ -267,21 +267,34 @@ def _unleash(traffic: TrafficSettings) -> UnleashBackend:
     )
 
 
-def _argo_rollouts(traffic: TrafficSettings) -> TrafficBackend:
+def _kubernetes(traffic: TrafficSettings) -> TrafficBackend:
     try:
         # The Kubernetes client is an extra: only services on Kubernetes engines need it.
         from bot.traffic.argo_rollouts import ArgoRolloutsBackend  # noqa: PLC0415
+        from bot.traffic.gateway_api import GatewayApiBackend  # noqa: PLC0415
     except ImportError as exc:
         raise PolicyError(
             "traffic",
             [
                 PolicyProblem(
                     "traffic.backend",
-                    f"argo-rollouts needs the Kubernetes client, which is not installed ({exc})",
+                    f"{traffic.backend} needs the Kubernetes client, which is not installed "
+                    f"({exc})",
                     "install shipwatch with its k8s extra: pip install 'shipwatch[k8s]'",
                 )
             ],
         ) from exc
+    if traffic.backend == "gateway-api":
+        return GatewayApiBackend(
+            namespace=traffic.namespace,
+            route=traffic.route or "",
+            kind=traffic.route_kind,
+            rule=traffic.rule,
+            stable_backend=traffic.stable_backend or "",
+            canary_backend=traffic.canary_backend or "",
+            kubeconfig=traffic.kubeconfig,
+            timeout=traffic.timeout,
+        )
     return ArgoRolloutsBackend(
         namespace=traffic.namespace,
         rollout=traffic.rollout or "",

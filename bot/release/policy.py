@@ -196,7 +196,9 @@ class TicketSettings(_Strict):
 
 
 class TrafficSettings(_Strict):
-    backend: Literal["flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts"] = "flags"
+    backend: Literal[
+        "flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts", "gateway-api"
+    ] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
     # unset: not read back (no drift repair)
@@ -226,12 +228,20 @@ class TrafficSettings(_Strict):
     environment: str = "development"
     flag: str | None = None  # an existing flag to drive; default shipwatch.<service>
     sdk_refresh: Seconds = 15.0  # unleash: how often the applications' SDKs fetch the flags
-    # argo-rollouts: the Rollout (default: the service's name) in its namespace, the kubeconfig
-    # (default: the pod's service account), and how long Argo may take to carry out a step
+    # argo-rollouts and gateway-api: the namespace and the kubeconfig (default: the pod's
+    # service account); argo-rollouts: the Rollout (default: the service's name) and how long
+    # Argo may take to carry out a step
     namespace: str = "default"
     rollout: str | None = None
     kubeconfig: str | None = None
     step_timeout: Seconds = 120.0
+    # gateway-api: the route (default: the service's name), its kind, the rule's index, and the
+    # two backends it splits between (default: <service>-stable and <service>-canary)
+    route: str | None = None
+    route_kind: Literal["HTTPRoute", "VirtualService"] = "HTTPRoute"
+    rule: int = Field(default=0, ge=0)
+    stable_backend: str | None = None
+    canary_backend: str | None = None
 
     @property
     def hands_back(self) -> bool:

@@ -137,6 +137,9 @@ class KubeApi(LocalServer):
         self.requests: list[tuple[str, str, str]] = []  # method, path, content type
         # Called after every successful write (the stand-in controllers react here).
         self.on_write: list[Callable[[Key], None]] = []
+        # Another writer that touches an object right after each of its next N reads, so a
+        # write based on what was read meets a newer resourceVersion (a conflict storm).
+        self.meddle: dict[Key, int] = {}
         self._version = 1000
 
     @property
@@ -231,7 +234,11 @@ class KubeApi(LocalServer):
         if current is None:
             return status(404, "NotFound", f'{kind} "{name}" not found', name=name, group=group)
         if verb == "get":
-            return web.json_response(current)
+            answer = web.json_response(current)
+            if self.meddle.get(key, 0) > 0:
+                self.meddle[key] -= 1
+                self.bump(key)
+            return answer
         raw = await request.read()
         if verb == "update":
             try:
