@@ -12,6 +12,7 @@ from bot.config import DEFAULT_POLICY, Settings
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus, Notifier
+from bot.engine.flagger_gate import FlaggerGate
 from bot.engine.gates import GateChecker
 from bot.engine.service import ReleaseService
 from bot.errors import PolicyError, PolicyProblem, StoreError, TrafficError
@@ -24,6 +25,7 @@ from bot.release.policy import Policy, TrafficSettings, embedded_policy, load_po
 from bot.store.embedded_redis import EmbeddedRedis
 from bot.store.store import Store
 from bot.traffic.base import TrafficBackend
+from bot.traffic.flagger import FlaggerBackend
 from bot.traffic.flags import FlagsBackend
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from bot.traffic.nginx import NginxBackend
@@ -72,6 +74,7 @@ class App:
     narrator: Narrator | None = None
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
+    flagger: FlaggerGate | None = None
 
     @property
     def demo_metrics(self) -> bool:
@@ -209,6 +212,7 @@ async def build_app(
         embedded_redis=embedded,
         backends=backends,
         narrator=narrator,
+        flagger=FlaggerGate(service, store),
     )
 
 
@@ -238,6 +242,8 @@ def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:
         return _unleash(traffic)
     if traffic.backend in ("argo-rollouts", "gateway-api"):
         return _kubernetes(traffic)
+    if traffic.backend == "flagger":
+        return FlaggerBackend()
     if traffic.backend == "webhook":
         return _webhook(traffic)
     return flags

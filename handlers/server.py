@@ -23,7 +23,7 @@ from bot.observe import telemetry
 from bot.observe.logs import log_context, request_id_from
 from bot.observe.release_metrics import ReleaseMetrics
 from bot.release.policy import Policy
-from handlers.api.routes import api_routes
+from handlers.api.engines import api_routes
 from handlers.api.tokens import load_tokens
 from handlers.app import build_bolt
 from handlers.client import slack_error, web_client

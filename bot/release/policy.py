@@ -197,7 +197,7 @@ class TicketSettings(_Strict):
 
 class TrafficSettings(_Strict):
     backend: Literal[
-        "flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts", "gateway-api"
+        "flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts", "gateway-api", "flagger"
     ] = "flags"
     url: str | None = None  # webhook
     # webhook: where shipwatch reads back what the receiver applies ({service} filled in);
@@ -247,8 +247,8 @@ class TrafficSettings(_Strict):
     def hands_back(self) -> bool:
         """Whether a succeeded release leaves everyone on a canary pool until it is handed back
         (engines that route between two deployments). The embedded flags carry both versions,
-        and Argo Rollouts makes the canary stable itself when its steps end."""
-        return self.backend not in ("flags", "argo-rollouts")
+        and Argo Rollouts and Flagger make the canary the primary themselves."""
+        return self.backend not in ("flags", "argo-rollouts", "flagger")
 
     @property
     def seen_within(self) -> float | None:

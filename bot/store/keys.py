@@ -162,3 +162,9 @@ def writing_jobs() -> str:
     """Sorted set of 'kind|release id' writing under way -> when its claim lapses; a job left by
     a process that stopped is picked up by the next one."""
     return f"{PREFIX}writing:jobs"
+
+
+def granted_steps(release_id: str) -> str:
+    """How many weight increases an engine that asks first (Flagger) was allowed for a
+    release (integer string, expiring with the release's life)."""
+    return f"{PREFIX}granted:{release_id}"

@@ -120,3 +120,14 @@ redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then redis.call('SET', KEYS[2], cur, 'EX', ARGV[2]) end
 return {'ok', cur}
 """
+
+# KEYS: granted counter. ARGV: allowed count, ttl seconds. One more grant if fewer than allowed
+# were given: 1 (granted) or 0 (not now), atomically across replicas.
+GRANT_STEP = """
+local given = tonumber(redis.call('GET', KEYS[1]) or '0')
+if given < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], given + 1, 'EX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""

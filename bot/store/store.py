@@ -40,6 +40,7 @@ from bot.store.redis_io import translated as _translated
 IDEMPOTENCY_TTL_S = 24 * 3600
 HISTORY_LEN = 500
 SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
+GRANT_TTL_S = 30 * 86400  # longer than any release lasts
 SERIES_TTL_S = 30 * 86400
 
 
@@ -113,6 +114,7 @@ class Store:
         self._drop_leases = redis.register_script(scripts.DROP_LEASES)
         self._lock = redis.register_script(scripts.LOCK)
         self._unlock = redis.register_script(scripts.UNLOCK)
+        self._grant_step = redis.register_script(scripts.GRANT_STEP)
         self.outbox = Outbox(redis)  # what the bot owes chat, kept until chat has it
         self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
 
@@ -471,6 +473,16 @@ class Store:
         """True once per event id: deliveries retried by the platform are acted on once."""
         async with _translated("deduplicating an event"):
             return bool(await self.redis.set(keys.seen_event(event_id), "1", nx=True, ex=ttl))
+
+    async def grant_step(self, release_id: str, allowed: int, ttl: int = GRANT_TTL_S) -> bool:
+        """One more weight increase for an engine that asks first, if fewer than ``allowed``
+        were granted for the release; atomic, so a retried or duplicated ask is never granted
+        twice past what the release allows."""
+        async with _translated("granting a step"):
+            granted = await self._grant_step(
+                keys=[keys.granted_steps(release_id)], args=[allowed, ttl]
+            )
+        return bool(granted)
 
     # --- leases -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from handlers.api.answers import (
 )
 from handlers.api.records import RELEASES, ROLLOUTS, lock_json, record, status_url, summary
 from handlers.api.schema import HandbackRequest, Json, ReleasesQuery, RolloutRequest
-from handlers.api.tokens import ENV, ApiToken, TokenRing, load_tokens
+from handlers.api.tokens import ENV, ApiToken, TokenRing
 from handlers.context import Core
 
 log = logging.getLogger(__name__)
@@ -250,8 +250,3 @@ class RolloutApi:
         except ShipwatchError as exc:
             log.warning("could not read what blocks %s: %s", service, exc)
         return out
-
-
-def api_routes(core: Core) -> list[web.RouteDef]:
-    """The API's routes for ``web_app``; they need nothing of Slack."""
-    return RolloutApi(core, load_tokens(core.app.settings, core.app.policy)).routes()
