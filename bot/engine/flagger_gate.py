@@ -119,10 +119,7 @@ class FlaggerGate:
     async def _release_of(self, call: CanaryCall) -> Release | None:
         """The release this Canary revision became: the active one, else the latest, when it
         is of this version."""
-        release = await self.store.active_for(call.service)
-        if release is None:
-            history = await self.store.history(call.service, limit=1)
-            release = history[0] if history else None
+        release = await self.service.status(call.service)
         if release is None or release.version != call.version:
             return None
         return release

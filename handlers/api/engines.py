@@ -94,20 +94,13 @@ class EngineApi(RolloutApi):
         return web.json_response(out, status=200 if answer.yes else 403)
 
     async def verdict(self, request: web.Request) -> web.Response:
-        caller = self._caller(request)
-        if isinstance(caller, web.Response):
-            return caller
-        service = request.match_info["service"]
-        if not caller.allows(service):
-            return forbidden_answer(caller, service, "read")
+        scoped = self._scoped(request, "read")
+        if isinstance(scoped, web.Response):
+            return scoped
+        caller, service = scoped
         try:
-            self.core.app.policy.service(service)
             # The running release, else the last one: a rollback stays a "fail" to the engine.
-            store = self.core.app.store
-            release = await store.active_for(service)
-            if release is None:
-                history = await store.history(service, limit=1)
-                release = history[0] if history else None
+            release = await self.core.app.service.status(service)
         except Exception as exc:
             return await self._failure(exc, service, caller)
         judged = verdict_of(release)

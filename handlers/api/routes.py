@@ -61,6 +61,16 @@ class RolloutApi:
             return unauthorized_answer("unknown token", invalid=True)
         return token
 
+    def _scoped(self, request: web.Request, verb: str) -> tuple[ApiToken, str] | web.Response:
+        """The caller and the ``{service}`` of the path it may ``verb``, or the 401/403."""
+        caller = self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        service = request.match_info["service"]
+        if not caller.allows(service):
+            return forbidden_answer(caller, service, verb)
+        return caller, service
+
     async def start(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
         if isinstance(caller, web.Response):
@@ -121,12 +131,10 @@ class RolloutApi:
 
     async def hand_back(self, request: web.Request) -> web.Response:
         """The pipeline's last step after a success: the stable pool runs the version now."""
-        caller = self._caller(request)
-        if isinstance(caller, web.Response):
-            return caller
-        service = request.match_info["service"]
-        if not caller.allows(service):
-            return forbidden_answer(caller, service, "hand back")
+        scoped = self._scoped(request, "hand back")
+        if isinstance(scoped, web.Response):
+            return scoped
+        caller, service = scoped
         try:
             body = HandbackRequest.model_validate_json(await request.read() or b"{}")
         except web.HTTPRequestEntityTooLarge:
@@ -149,12 +157,10 @@ class RolloutApi:
         )
 
     async def status(self, request: web.Request) -> web.Response:
-        caller = self._caller(request)
-        if isinstance(caller, web.Response):
-            return caller
-        service = request.match_info["service"]
-        if not caller.allows(service):
-            return forbidden_answer(caller, service, "read")
+        scoped = self._scoped(request, "read")
+        if isinstance(scoped, web.Response):
+            return scoped
+        caller, service = scoped
         try:
             release = await self.core.app.service.status(service)
         except Exception as exc:
