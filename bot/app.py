@@ -307,6 +307,8 @@ def _kubernetes(traffic: TrafficSettings) -> TrafficBackend:
         kubeconfig=traffic.kubeconfig,
         step_timeout=traffic.step_timeout,
         timeout=traffic.timeout,
+        set_image=traffic.set_image,
+        container=traffic.container or "",
     )
 
 

@@ -24,7 +24,7 @@ from bot.engine.events import EventKind
 from bot.errors import ConflictError, TrafficError
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
-from bot.traffic.argo_rollouts import ArgoRolloutsBackend, mirror_problem
+from bot.traffic.argo_rollouts import ArgoRolloutsBackend, mirror_problem, with_tag
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from tests.support.argo import GROUP, PLURAL, ArgoController, rollout
 from tests.support.engines import a_decided_step_lost_in_a_crash_is_applied, app_driving
@@ -278,3 +278,62 @@ async def test_the_stand_in_refuses_patches_the_way_a_real_api_server_does(
         assert cluster.api.objects[KEY]["spec"]["replicas"] == 6
     finally:
         await api_client.close()
+
+
+# --- set_image: /deploy changes the image where no GitOps tool owns the Rollout ---------------
+
+
+@pytest.fixture
+async def setting_images(
+    cluster: Cluster, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[App, Recorder]]:
+    traffic = {
+        "backend": "argo-rollouts",
+        "namespace": NAMESPACE,
+        "kubeconfig": config_file(tmp_path, cluster.api),
+        "step_timeout": "3s",
+        "set_image": "true",
+    }
+    async with app_driving(redis_url, "checkout", traffic) as built:
+        yield built
+
+
+def image(cluster: Cluster) -> str:
+    return str(cluster.api.objects[KEY]["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+async def test_deploy_sets_the_image_and_argo_starts_the_canary(
+    setting_images: tuple[App, Recorder], cluster: Cluster
+) -> None:
+    core, _ = setting_images
+    cluster.api.meddle[KEY] = 2  # someone else writes the Rollout twice meanwhile
+
+    await core.service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+
+    assert image(cluster) == "shop/checkout:v2"
+    assert await core.backends["checkout"].current("checkout") == Applied(10)
+    # At least one write met a newer resourceVersion (409) and was read and written again.
+    assert sum(1 for m, _, _ in cluster.api.requests if m == "PUT") >= 2
+
+
+async def test_a_rollout_a_gitops_tool_owns_gets_no_image_from_shipwatch(
+    setting_images: tuple[App, Recorder], cluster: Cluster
+) -> None:
+    core, _ = setting_images
+    cluster.api.objects[KEY]["metadata"]["labels"] = {"argocd.argoproj.io/instance": "shop"}
+
+    with pytest.raises(ConflictError, match=r"it is managed by Argo CD, which would put the old"):
+        await core.service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+
+    assert image(cluster) == "shop/checkout:v1"
+    assert await core.store.active_for("checkout") is None
+
+
+def test_an_image_gets_the_release_as_its_tag() -> None:
+    assert (
+        with_tag("registry:5000/shop/checkout:v1", "v2.4.1") == "registry:5000/shop/checkout:v2.4.1"
+    )
+    assert with_tag("checkout@sha256:0123abcd", "v2") == "checkout:v2"
+    assert with_tag("ghcr.io/acme/checkout", "2026-12-06_1") == "ghcr.io/acme/checkout:2026-12-06_1"
+    with pytest.raises(TrafficError, match="cannot be an image tag"):
+        with_tag("checkout:v1", "v2+build.7")

@@ -235,6 +235,10 @@ class TrafficSettings(_Strict):
     rollout: str | None = None
     kubeconfig: str | None = None
     step_timeout: Seconds = 120.0
+    # argo-rollouts: /deploy sets the container's image to the release's version (refused on a
+    # Rollout a GitOps tool owns); the container (default: the first)
+    set_image: bool = False
+    container: str | None = None
     # gateway-api: the route (default: the service's name), its kind, the rule's index, and the
     # two backends it splits between (default: <service>-stable and <service>-canary)
     route: str | None = None

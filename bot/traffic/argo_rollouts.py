@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from bot.traffic.kube import Json, KubeObjects, Ref
 GROUP = "argoproj.io"
 VERSION = "v1alpha1"
 PLURAL = "rollouts"
+CONFLICT_RETRIES = 5
 POLL_S = 0.2  # how often a step's progress is read while Argo carries it out
 
 
@@ -66,6 +68,33 @@ def mirror_problem(steps: list[Any], weights: list[int]) -> str:
         extra = json.dumps(found[len(expected)], sort_keys=True)
         return f"the Rollout has steps after its last pause that shipwatch does not drive: {extra}"
     return ""
+
+
+# Labels and annotations by which Argo CD and Flux mark what they own (and would revert).
+GITOPS_MARKS = {
+    "argocd.argoproj.io/instance": "Argo CD",
+    "argocd.argoproj.io/tracking-id": "Argo CD",
+    "kustomize.toolkit.fluxcd.io/name": "Flux",
+    "helm.toolkit.fluxcd.io/name": "Flux",
+}
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def gitops_owner(obj: Json) -> str:
+    """The GitOps tool that owns the object ("" when none does)."""
+    meta = obj.get("metadata") or {}
+    marks = {**(meta.get("labels") or {}), **(meta.get("annotations") or {})}
+    return next((tool for mark, tool in GITOPS_MARKS.items() if mark in marks), "")
+
+
+def with_tag(image: str, tag: str) -> str:
+    """``image`` with its tag (and digest) replaced by ``tag``."""
+    if not _TAG.match(tag):
+        raise TrafficError(f"`{tag}` cannot be an image tag (letters, digits, _ . - only)")
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}:{tag}" if head else f"{last}:{tag}"
 
 
 def _status(obj: Json) -> Json:
@@ -138,9 +167,13 @@ class ArgoRolloutsBackend:
         kubeconfig: str | None = None,
         step_timeout: float = 120.0,
         timeout: float = 5.0,
+        set_image: bool = False,
+        container: str = "",
     ) -> None:
         self.namespace = namespace
         self.rollout = rollout
+        self.set_image = set_image
+        self.container = container
         self.step_timeout = step_timeout
         self.kube = KubeObjects(kubeconfig=kubeconfig, timeout=timeout)
 
@@ -152,8 +185,13 @@ class ArgoRolloutsBackend:
     async def check_plan(self, service: str, weights: list[int]) -> str:
         obj = await self._get(service)
         problem = mirror_problem(_steps(obj), weights)
+        if not problem and self.set_image and (owner := gitops_owner(obj)):
+            problem = (
+                f"it is managed by {owner}, which would put the old image back: shipwatch does "
+                "not set images there (leave out `set_image` and let git change the image)"
+            )
         if problem:
-            return f"Rollout {self.namespace}/{self.rollout_of(service)}: {problem}"
+            return f"Rollout {self._name(service)}: {problem}"
         return ""
 
     async def apply(self, change: TrafficChange) -> None:
@@ -164,6 +202,8 @@ class ArgoRolloutsBackend:
         if change.action is TrafficAction.HAND_BACK:
             return  # Argo made the canary stable itself when its steps ended
         want = target_weight(change)
+        if change.action is TrafficAction.START and self.set_image:
+            await self._set_image(service, change.version)
         obj = await self._get(service)
         if _status(obj).get("abort"):
             raise TrafficError(
@@ -187,6 +227,35 @@ class ArgoRolloutsBackend:
 
     async def close(self) -> None:
         await self.kube.close()
+
+    # --- setting the image, where no GitOps tool owns the Rollout --------------------------------
+
+    async def _set_image(self, service: str, version: str) -> None:
+        """What ``kubectl argo rollouts set image`` does: the container's image at the new tag,
+        written with the resourceVersion read (a 409 is read and written again)."""
+        ref = self._ref(service)
+        for _ in range(CONFLICT_RETRIES):
+            obj = await self._get(service)
+            if owner := gitops_owner(obj):
+                raise TrafficError(f"{ref} is managed by {owner}: shipwatch does not set its image")
+            container = self._container(obj, ref)
+            image = with_tag(str(container.get("image", "")), version)
+            if container.get("image") == image:
+                return
+            container["image"] = image
+            if await self.kube.replace(ref, obj) is not None:
+                return
+        raise TrafficError(f"{ref} changed under every one of {CONFLICT_RETRIES} image writes")
+
+    def _container(self, obj: Json, ref: Ref) -> Json:
+        template = (obj.get("spec") or {}).get("template") or {}
+        containers = (template.get("spec") or {}).get("containers") or []
+        named = [c for c in containers if not self.container or c.get("name") == self.container]
+        if not named:
+            have = ", ".join(str(c.get("name")) for c in containers) or "none"
+            raise TrafficError(f"{ref} has no container {self.container} (it has: {have})")
+        found: Json = named[0]
+        return found
 
     # --- waiting for Argo -----------------------------------------------------------------------
 
