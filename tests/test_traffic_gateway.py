@@ -22,7 +22,7 @@ from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
 from bot.traffic.base import Applied, TrafficAction, TrafficChange
 from bot.traffic.gateway_api import CONFLICT_RETRIES, GatewayApiBackend
-from tests.support.engines import app_driving
+from tests.support.engines import a_decided_step_lost_in_a_crash_is_applied, app_driving
 from tests.support.kube_api import KubeApi, kubeconfig
 from tests.support.recorder import Recorder
 
@@ -244,3 +244,22 @@ async def test_an_istio_virtual_service_is_weighted_the_same_way(
         assert [r["weight"] for r in routes["spec"]["http"][0]["route"]] == [75, 25]
     finally:
         await backend.close()
+
+
+async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
+    app: tuple[App, Recorder], kube_api: KubeApi
+) -> None:
+    await a_decided_step_lost_in_a_crash_is_applied(app[0], "checkout")
+    assert weights(kube_api) == {"checkout-stable": 50, "checkout-canary": 50}
+
+
+async def test_a_rollback_in_the_whole_bot_weights_the_canary_zero(
+    app: tuple[App, Recorder], kube_api: KubeApi
+) -> None:
+    core, _ = app
+    await core.service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+    result = await core.service.rollback(ALICE, "checkout", "errors doubled")
+    await core.actuator.drain()
+    stored = await core.store.get(result.release.id)
+    assert stored is not None and stored.state is State.ROLLED_BACK
+    assert weights(kube_api) == {"checkout-stable": 100, "checkout-canary": 0}
