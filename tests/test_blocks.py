@@ -541,6 +541,12 @@ def test_a_success_on_a_pool_engine_says_how_to_hand_back_and_the_handback_says_
     aborted = event_message(ReleaseEvent(EventKind.ROLLED_BACK, rolled_back(), ""), traffic=argo)
     assert_valid(aborted)
     assert "the Rollout's `spec.template` still names `v2.4.1`" in all_text(aborted)
+    flagger = TrafficSettings(backend="flagger")
+    asked = event_message(ReleaseEvent(EventKind.ROLLED_BACK, rolled_back(), ""), traffic=flagger)
+    assert "Flagger rolls the canary back when it next calls its `rollback` webhook" in all_text(
+        asked
+    )
+    assert "spec.template" not in all_text(asked)
 
     back = event_message(ReleaseEvent(EventKind.HANDED_BACK, succeeded(), "", actor="U045EF6GH"))
     assert_valid(back)
@@ -623,9 +629,7 @@ def test_rollback_names_the_failing_value_limit_and_control_and_pages(kind: Even
 
 
 def test_traffic_failure_is_loud() -> None:
-    event = ReleaseEvent(
-        EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503"
-    )
+    event = ReleaseEvent(EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503")
     message = event_message(event, oncall=ONCALL)
     assert message.blocks[0]["type"] == "header"
     assert "FAILED" in message.blocks[0]["text"]["text"]

@@ -238,13 +238,20 @@ def _rollback(s: _Said) -> _Reply:
         blocks.append(section_block("*What failed*\n" + "\n".join(failing)))
     if score := score_line(r):
         blocks.append(context_block(score))
-    keeps_template = s.traffic is not None and s.traffic.backend == "argo-rollouts"
-    if keeps_template and event.kind is EventKind.ROLLED_BACK:
+    engine = s.traffic.backend if s.traffic is not None else ""
+    if engine == "argo-rollouts" and event.kind is EventKind.ROLLED_BACK:
         blocks.append(
             context_block(
                 f"Argo Rollouts aborted the canary; the Rollout's `spec.template` still names "
                 f"`{esc(r.version)}`, so the next revision your pipeline sets replaces it (or "
                 "put the stable image back in git)."
+            )
+        )
+    if engine == "flagger" and event.kind is EventKind.ROLLED_BACK:
+        blocks.append(
+            context_block(
+                "Flagger rolls the canary back when it next calls its `rollback` webhook (at "
+                "its next analysis round); its Canary's status shows when it has."
             )
         )
     if s.page:
