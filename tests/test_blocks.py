@@ -629,7 +629,9 @@ def test_rollback_names_the_failing_value_limit_and_control_and_pages(kind: Even
 
 
 def test_traffic_failure_is_loud() -> None:
-    event = ReleaseEvent(EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503")
+    event = ReleaseEvent(
+        EventKind.TRAFFIC_FAILED, rolling_back(), "the webhook answered 503"
+    )
     message = event_message(event, oncall=ONCALL)
     assert message.blocks[0]["type"] == "header"
     assert "FAILED" in message.blocks[0]["text"]["text"]
