@@ -52,6 +52,12 @@ services:
     metrics:
       - name: latency_p99
         dry_run: true
+  fine:
+    metrics:
+      - name: latency_p99
+        judge: mann_whitney
+        lookback: 1h
+        step: 100ms
 """
 ALICE = Actor(user="alice", surface="slack")
 STABLE = DeployOptions(stable="v1")
@@ -172,3 +178,18 @@ async def test_a_failing_dry_run_metric_is_reported_but_never_rolls_back(rig: Ri
 
     assert seen_fail
     assert current.state is State.SUCCEEDED
+
+
+async def test_a_series_longer_than_the_judge_takes_is_judged_on_its_latest_samples(
+        rig: Rig) -> None:
+    stored = (await rig.service.deploy(ALICE, "fine", "v2", STABLE)).release
+    for _ in range(100):
+        await rig.controller.run_once()
+        stored = await rig.store.get(stored.id) or stored
+        if stored.last_checks:
+            break
+        await asyncio.sleep(0.01)
+    [latency] = [c for c in stored.last_checks if c.metric == "latency_p99"]
+    # 1 h at 100 ms is 36,000 samples a side: judged (off the event loop) on the latest.
+    assert latency.reason.endswith("(judged on the last 20,000 of 36,000 samples)")
+    assert latency.verdict is not None and latency.verdict["classification"] == "pass"

@@ -34,6 +34,9 @@ from bot.store.audit import AuditEntry
 from bot.store.store import CommitStatus, Store
 
 log = logging.getLogger(__name__)
+# Series points of one release (both sides, every metric) from which its judgement runs in a
+# worker thread: above it the statistical judge takes milliseconds (bench/judge_bench.py).
+OFF_LOOP_POINTS = 2_000
 
 ANALYZED = frozenset({State.PROGRESSING, State.PENDING_APPROVAL, State.PAUSED, State.BAKING})
 
@@ -189,7 +192,7 @@ class Controller:
         if not plans:
             return stats
         instant, series = await self._ask(plans, now, stats)
-        judged = [(p, self._judge(p, instant, series)) for p in plans]
+        judged = [(p, await self._judged(p, instant, series)) for p in plans]
         # Rollbacks first: they must never wait behind bookkeeping of healthy releases.
         judged.sort(key=lambda pj: pj[1][1].verdict is not Verdict.ROLLBACK)
         await asyncio.gather(
@@ -237,6 +240,19 @@ class Controller:
         instant = {r.key: r for r in instant_answer}
         series = {r.key: r for answer in series_answers for r in answer}
         return instant, series
+
+    async def _judged(
+        self,
+        p: analysis.Plan,
+        instant: dict[str, QueryResult],
+        series: dict[str, SeriesResult],
+    ) -> tuple[analysis.Analysis, Decision]:
+        """The plan judged: on the loop for short series, in a worker thread for long ones, so
+        judging minutes of fine-grained samples never delays Slack or another release."""
+        points = sum(len(series[q.query.key].values) for q in p.series if q.query.key in series)
+        if points >= OFF_LOOP_POINTS:
+            return await asyncio.to_thread(self._judge, p, instant, series)
+        return self._judge(p, instant, series)
 
     def _judge(
         self,

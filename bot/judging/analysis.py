@@ -35,6 +35,10 @@ from bot.release.durations import prometheus_range
 from bot.release.policy import Metric, ServicePolicy, render_template
 from bot.release.rollout import Release, State
 
+# The most samples per side the statistical judge takes from one series (the most recent):
+# a lookback/step that asks for more still gets a verdict, in bounded time and memory.
+MAX_SERIES = 20_000
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -220,12 +224,13 @@ def _statistical_check(
                 query=side.query,
                 reason=f"{metric.name}: range query failed: {side.error}",
             ), None
-    verdict = classify(
-        list(control.values) if control else [],
-        list(canary.values) if canary else [],
-        judge_config(metric),
-        name=metric.name,
-    )
+    control_values = list(control.values[-MAX_SERIES:]) if control else []
+    canary_values = list(canary.values[-MAX_SERIES:]) if canary else []
+    verdict = classify(control_values, canary_values, judge_config(metric), name=metric.name)
+    longest = max((len(s.values) for s in (canary, control) if s is not None), default=0)
+    reason = verdict.reason
+    if longest > MAX_SERIES:
+        reason += f" (judged on the last {MAX_SERIES:,} of {longest:,} samples)"
     outcome = {
         Classification.PASS: Outcome.PASS,
         Classification.HIGH: Outcome.FAIL,
@@ -239,7 +244,7 @@ def _statistical_check(
         outcome=outcome,
         canary=verdict.experiment_mean,
         control=verdict.control_mean,
-        reason=verdict.reason,
+        reason=reason,
         limit=f"mann-whitney {metric.confidence:.0%}",
         critical=verdict.critical,
         dry_run=metric.dry_run,
