@@ -171,6 +171,9 @@ class _ArrayShiftStatistic:
         self.x_gap = float(np.min(np.diff(x_values))) if len(x_values) > 1 else math.inf
         self.x_ties = _tie_sum(x_counts)
         self.y_ties = _tie_sum(self.y_counts)
+        # y values below each distinct y value (and all of them past the last): one search of
+        # the distinct values then gives both the pairs below and the exact hits.
+        self.y_below = np.concatenate(([0], np.cumsum(self.y_counts)))
         self._cache: dict[float, tuple[float, float]] = {}
 
     def __call__(self, d: float) -> tuple[float, float]:
@@ -178,7 +181,8 @@ class _ArrayShiftStatistic:
         if cached is not None:
             return cached
         xd = self.x - d
-        below = int(np.searchsorted(self.y, xd, side="left").sum())
+        at = np.searchsorted(self.y_values, xd, side="left")
+        below = int(self.y_below[at].sum())
         if self.x_gap > 4 * math.ulp(max(abs(float(xd[0])), abs(float(xd[-1])))):
             ties = self.x_ties
         else:
@@ -186,7 +190,6 @@ class _ArrayShiftStatistic:
             ties = self.x_ties if len(xd_counts) == self.x_distinct else _tie_sum(xd_counts)
         ties += self.y_ties
         # x - d values that land exactly on a y value form tie groups with them.
-        at = np.searchsorted(self.y_values, xd, side="left")
         inside = at < len(self.y_values)
         hits = np.zeros(len(xd), dtype=bool)
         hits[inside] = self.y_values[at[inside]] == xd[inside]
@@ -292,6 +295,10 @@ def _zeroin(  # noqa: C901, PLR0912
 
 
 def _finite(values: Sequence[float]) -> list[float]:
+    if len(values) >= ARRAY_FROM:
+        array = np.asarray(values, dtype=np.float64)
+        finite: list[float] = array[np.isfinite(array)].tolist()
+        return finite
     return [float(v) for v in values if math.isfinite(v)]
 
 
@@ -484,6 +491,13 @@ def _clean(values: Sequence[float], strategy: NanStrategy) -> list[float]:
     return _finite(values)
 
 
+def _same_samples(x: list[float], y: list[float]) -> bool:
+    """The two sides hold the same values (in any order)."""
+    if len(x) >= ARRAY_FROM:
+        return bool(np.array_equal(np.sort(np.asarray(x)), np.sort(np.asarray(y))))
+    return sorted(x) == sorted(y)
+
+
 def _cles(experiment: Sequence[float], control: Sequence[float]) -> float:
     """P(X > Y) + P(X == Y) / 2 for X from experiment and Y from control."""
     if max(len(experiment), len(control)) >= ARRAY_FROM:
@@ -625,7 +639,7 @@ def classify(  # noqa: C901, PLR0912, PLR0915
     else:
         effect = ratio
 
-    if sorted(x) == sorted(y):
+    if len(x) == len(y) and _same_samples(x, y):
         return verdict(
             Classification.PASS,
             f"{name} passes: canary and control samples are identical",
