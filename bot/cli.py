@@ -40,7 +40,7 @@ SERVE_ENTRY_POINTS = "shipwatch.serve"
 
 class Server(Protocol):
     def __call__(
-        self, settings: Settings, policy: Policy, *, controller: bool, socket: bool
+        self, settings: Settings, policy: Policy, *, role: str, socket: bool
     ) -> Coroutine[None, None, int]: ...
 
 
@@ -53,6 +53,10 @@ def _slack_server() -> Server:
             "`pip install .` or ./scripts/setup.sh"
         )
     return cast(Server, next(iter(found)).load())
+
+
+# What one `serve` process does (README, "Operations").
+ROLES = ("all", "web", "controller")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,7 +127,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
     serve.add_argument(
-        "--no-controller", action="store_true", help="do not drive releases in this process"
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="`web`: answer Slack and the API only; `controller`: drive releases and write to "
+        "Slack, serving only /healthz, /readyz and /metrics; `all` (the default): both. Run "
+        "them as separate processes so acks never wait behind a controller round",
+    )
+    serve.add_argument(
+        "--no-controller",
+        action="store_true",
+        help="the same as --role web (do not drive releases in this process)",
     )
     serve.add_argument(
         "--demo",
@@ -159,19 +173,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _demo(settings, policy, interactive, args.metrics, args.traffic, args.unleash_url)
             )
         if args.command == "serve":
-            if refused := _demo_parts(settings, policy, allowed=args.demo) or _unjudged(policy):
-                print(f"refusing to start: {refused}", file=sys.stderr)
-                return 2
-            serve = _slack_server()
-            return asyncio.run(
-                serve(settings, policy, controller=not args.no_controller, socket=args.socket)
-            )
+            return _serve(args, settings, policy)
     except ShipwatchError as exc:
         print(f"shipwatch: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _serve(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    if refused := _demo_parts(settings, policy, allowed=args.demo) or _unjudged(policy):
+        print(f"refusing to start: {refused}", file=sys.stderr)
+        return 2
+    if args.no_controller and args.role == "controller":
+        print(
+            "refusing to start: --no-controller contradicts --role controller; give one of them",
+            file=sys.stderr,
+        )
+        return 2
+    role = "web" if args.no_controller else args.role
+    serve = _slack_server()
+    return asyncio.run(serve(settings, policy, role=role, socket=args.socket))
 
 
 def _demo_parts(settings: Settings, policy: Policy, *, allowed: bool) -> str:

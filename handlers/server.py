@@ -95,7 +95,9 @@ class AccessLog(AbstractAccessLogger):
         )
 
 
-def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
+def web_app(core: Core, bolt: AsyncApp | None, *, faces: bool = True) -> web.Application:
+    """The HTTP server: the probes and /metrics always; with ``faces``, Slack's events and the
+    API too (a controller-only process answers neither, so nothing is acked there)."""
     # A little over the events limit, so an oversized event is answered by our 413 (with its
     # log line) rather than aiohttp's bare one.
     app = web.Application(
@@ -131,15 +133,11 @@ def web_app(core: Core, bolt: AsyncApp | None) -> web.Application:
         )
 
     app.add_routes(
-        [
-            web.post("/slack/events", slack_events),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics),
-            # The CI API needs nothing of Slack: it is served with or without bolt.
-            *api_routes(core),
-        ]
+        [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
     )
+    if faces:
+        # The CI API needs nothing of Slack: it is served with or without bolt.
+        app.add_routes([web.post("/slack/events", slack_events), *api_routes(core)])
     return app
 
 
@@ -177,10 +175,15 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
 
 
 async def serve(
-    settings: Settings, policy: Policy, *, controller: bool = True, socket: bool = False
+    settings: Settings, policy: Policy, *, role: str = "all", socket: bool = False
 ) -> int:
+    """Run one `serve` process: ``role`` "web" answers Slack and the API, "controller" drives
+    releases (and serves only the probes and /metrics), "all" does both."""
     if socket and settings.slack_app_token is None:
         raise ShipwatchError("--socket needs SLACK_APP_TOKEN (an xapp- token)")
+    if socket and role == "controller":
+        raise ShipwatchError("--socket connects Slack's events: it needs --role web or all")
+    controller = role != "web"
     core, notifier = await build_core(settings, policy)
     assert settings.slack_signing_secret is not None
     bolt = build_bolt(core, settings.slack_signing_secret.get_secret_value())
@@ -196,7 +199,7 @@ async def serve(
             loop.add_signal_handler(sig, on_signal, sig)
     core.app.start()
     notifier.start()
-    app = web_app(core, None if socket else bolt)
+    app = web_app(core, None if socket else bolt, faces=role != "controller")
     runner = web.AppRunner(
         app,
         access_log_class=AccessLog,
@@ -219,9 +222,10 @@ async def serve(
             ) from exc
         raise
     log.info(
-        "listening on :%d (%s); metrics from %s",
+        "listening on :%d (%s, role %s); metrics from %s",
         settings.port,
         "Socket Mode" if socket else "HTTP",
+        role,
         core.app.source.name,
     )
     for service, why in (await core.app.unreachable_engines()).items():

@@ -206,6 +206,24 @@ async def test_api_works_without_slack_in_the_web_app(rig: SlackRig) -> None:
         await server.close()
 
 
+async def test_a_controller_process_serves_only_its_probes_and_metrics(rig: SlackRig) -> None:
+    # `serve --role controller`: nothing that acks Slack or answers a pipeline runs there.
+    server = TestServer(web_app(rig.core, None, faces=False))
+    await server.start_server()
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with rig.http.get(str(server.make_url(path))) as resp:
+                assert resp.status == 200, path
+        async with rig.http.post(str(server.make_url("/slack/events"))) as resp:
+            assert resp.status == 404
+        url = str(server.make_url(ROLLOUTS))
+        async with rig.http.post(url, json=body(), headers=bearer(GITHUB)) as resp:
+            assert resp.status == 404
+    finally:
+        await server.close()
+    assert await rig.releases("checkout") == []
+
+
 # --- who may ask ----------------------------------------------------------------------------
 
 

@@ -60,6 +60,15 @@ def test_with_demo_it_goes_on_to_start(tmp_path: Path, args: list[str]) -> None:
     assert done.returncode != 0
 
 
+def test_no_controller_and_the_controller_role_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "shipwatch.yaml").write_text(POLICY)
+    done = serve(tmp_path, "--demo", "--no-controller", "--role", "controller")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "refusing to start: --no-controller contradicts --role controller; give one of them"
+    )
+
+
 async def test_a_serve_that_cannot_listen_stops_its_embedded_redis(tmp_path: Path) -> None:
     (tmp_path / "shipwatch.yaml").write_text(POLICY)
     data = tmp_path / "data"
