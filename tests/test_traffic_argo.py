@@ -337,3 +337,21 @@ def test_an_image_gets_the_release_as_its_tag() -> None:
     assert with_tag("ghcr.io/acme/checkout", "2026-12-06_1") == "ghcr.io/acme/checkout:2026-12-06_1"
     with pytest.raises(TrafficError, match="cannot be an image tag"):
         with_tag("checkout:v1", "v2+build.7")
+
+
+async def test_after_a_rollback_the_next_release_sets_its_image_and_starts_a_new_canary(
+    setting_images: tuple[App, Recorder], cluster: Cluster
+) -> None:
+    core, _ = setting_images
+    await core.service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+    await core.service.rollback(ALICE, "checkout", "p99 doubled")
+    await core.actuator.drain()
+    assert cluster.api.objects[KEY]["status"]["abort"] is True
+
+    # The abort still shows when the new image is written; Argo clears it a moment later.
+    started = await core.service.deploy(ALICE, "checkout", "v3", DeployOptions(stable="v1"))
+
+    assert started.release.state is State.PROGRESSING
+    assert image(cluster) == "shop/checkout:v3"
+    assert await core.backends["checkout"].current("checkout") == Applied(10)
+    assert "abort" not in cluster.api.objects[KEY]["status"]

@@ -204,8 +204,11 @@ class ArgoRolloutsBackend:
         want = target_weight(change)
         if change.action is TrafficAction.START and self.set_image:
             await self._set_image(service, change.version)
+        starting = change.action is TrafficAction.START
         obj = await self._get(service)
-        if _status(obj).get("abort"):
+        # At a start the last release's abort may still show until Argo takes up the new
+        # revision (the image just set, or the pipeline's): that is waited for below.
+        if _status(obj).get("abort") and not starting:
             raise TrafficError(
                 f"Rollout {self._name(service)} is aborted ({where(obj)}): a new revision (a "
                 "changed pod template) starts a new canary"
@@ -220,7 +223,7 @@ class ArgoRolloutsBackend:
                     f"({where(obj)}); shipwatch moves it only from there"
                 )
             await self._patch_status(service, {"status": {"pauseConditions": None}})
-        await self._until_reached(service, want)
+        await self._until_reached(service, want, starting=starting)
 
     async def current(self, service: str) -> Applied:
         return Applied(weight_of(await self._get(service)))
@@ -266,18 +269,25 @@ class ArgoRolloutsBackend:
         # A step is reached once Argo set its weight and paused again (or moved on).
         return weight_of(obj) == want and paused_before(obj) != want
 
-    async def _until_reached(self, service: str, want: int) -> None:
+    async def _until_reached(self, service: str, want: int, *, starting: bool = False) -> None:
         deadline = time.monotonic() + self.step_timeout
         while True:
             obj = await self._get(service)
             if self._reached(obj, want):
                 return
-            if _status(obj).get("abort"):
+            aborted = bool(_status(obj).get("abort"))
+            if aborted and not starting:
                 raise TrafficError(f"Rollout {self._name(service)} was aborted ({where(obj)})")
             if time.monotonic() >= deadline:
+                hint = (
+                    "; it is still aborted: a new revision (a changed pod template) starts a "
+                    "new canary"
+                    if aborted
+                    else ""
+                )
                 raise TrafficError(
                     f"Argo Rollouts did not bring {self._name(service)} to {want}% within "
-                    f"{self.step_timeout:g}s ({where(obj)})"
+                    f"{self.step_timeout:g}s ({where(obj)}){hint}"
                 )
             await asyncio.sleep(POLL_S)
 
