@@ -65,17 +65,22 @@ def new_revision(api: KubeApi, image: str = "shop/checkout:v2") -> None:
     api.edit(KEY, set_image)
 
 
-@pytest.fixture
-async def app(
-    cluster: Cluster, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
-) -> AsyncIterator[tuple[App, Recorder]]:
-    traffic = {
+def argo_traffic(cluster: Cluster, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The policy's traffic block for checkout's Rollout in the stand-in."""
+    return {
         "backend": "argo-rollouts",
         "namespace": NAMESPACE,
         "kubeconfig": config_file(tmp_path, cluster.api),
         "step_timeout": "3s",
+        **extra,
     }
-    async with app_driving(redis_url, "checkout", traffic) as built:
+
+
+@pytest.fixture
+async def app(
+    cluster: Cluster, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[App, Recorder]]:
+    async with app_driving(redis_url, "checkout", argo_traffic(cluster, tmp_path)) as built:
         yield built
 
 
@@ -287,13 +292,7 @@ async def test_the_stand_in_refuses_patches_the_way_a_real_api_server_does(
 async def setting_images(
     cluster: Cluster, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[tuple[App, Recorder]]:
-    traffic = {
-        "backend": "argo-rollouts",
-        "namespace": NAMESPACE,
-        "kubeconfig": config_file(tmp_path, cluster.api),
-        "step_timeout": "3s",
-        "set_image": "true",
-    }
+    traffic = argo_traffic(cluster, tmp_path, set_image="true")
     async with app_driving(redis_url, "checkout", traffic) as built:
         yield built
 

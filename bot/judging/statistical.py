@@ -140,16 +140,7 @@ class _ShiftStatistic:
             b = self.y_counts[value]
             ties += 3 * a * b * (a + b)
             equal += a * b
-        # 2 * below + equal = 2 * (rank sum of x - nx(nx+1)/2): an integer, so dz is exact,
-        # as R's sum of half-integer midranks is.
-        dz = (2 * below + equal) / 2 - self.nx * self.ny / 2
-
-        n = self.nx + self.ny
-        # Same operation order as R, so SIGMA is bit-identical.
-        sigma = math.sqrt((self.nx * self.ny / 12) * ((n + 1) - ties / (n * (n - 1))))
-        if sigma == 0:
-            raise ValueError("cannot compute a confidence interval: all observations are tied")
-        result = (dz, sigma)
+        result = _centred(self.nx, self.ny, below, equal, ties)
         self._cache[d] = result
         return result
 
@@ -199,14 +190,23 @@ class _ArrayShiftStatistic:
             b = self.y_counts[np.searchsorted(self.y_values, values)]
             ties += int(np.sum(3 * a * b * (a + b)))
             equal = int(np.sum(a * b))
-        dz = (2 * below + equal) / 2 - self.nx * self.ny / 2
-        n = self.nx + self.ny
-        sigma = math.sqrt((self.nx * self.ny / 12) * ((n + 1) - ties / (n * (n - 1))))
-        if sigma == 0:
-            raise ValueError("cannot compute a confidence interval: all observations are tied")
-        result = (dz, sigma)
+        result = _centred(self.nx, self.ny, below, equal, ties)
         self._cache[d] = result
         return result
+
+
+def _centred(nx: float, ny: float, below: int, equal: int, ties: int) -> tuple[float, float]:
+    """``(dz, sigma)`` from the pair counts of one shift: ``below`` pairs with y < x - d,
+    ``equal`` with y == x - d, and the combined sample's tie sum."""
+    # 2 * below + equal = 2 * (rank sum of x - nx(nx+1)/2): an integer, so dz is exact, as R's
+    # sum of half-integer midranks is.
+    dz = (2 * below + equal) / 2 - nx * ny / 2
+    n = nx + ny
+    # Same operation order as R, so SIGMA is bit-identical.
+    sigma = math.sqrt((nx * ny / 12) * ((n + 1) - ties / (n * (n - 1))))
+    if sigma == 0:
+        raise ValueError("cannot compute a confidence interval: all observations are tied")
+    return dz, sigma
 
 
 def _tie_sum(counts: npt.NDArray[np.int64]) -> int:

@@ -19,7 +19,6 @@ GitOps tools revert writes made outside git: exclude these weights from Argo CD 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from bot.errors import TrafficError
@@ -75,14 +74,12 @@ class GatewayApiBackend:
         want = target_weight(change)
         ref = self._ref(change.service)
         for _ in range(CONFLICT_RETRIES):
-            obj = await self.kube.get(ref)
-            stable, canary = self._backends(obj, change.service)
+            route = await self.kube.get(ref)
+            stable, canary = self._backends(route, change.service)
             if (self._weight(canary), self._weight(stable)) == (want, 100 - want):
                 return
-            updated = copy.deepcopy(obj)
-            stable, canary = self._backends(updated, change.service)
-            canary["weight"], stable["weight"] = want, 100 - want
-            if await self.kube.replace(ref, updated) is not None:
+            canary["weight"], stable["weight"] = want, 100 - want  # in the copy just read
+            if await self.kube.replace(ref, route) is not None:
                 return
         raise TrafficError(
             f"{ref} changed under every one of {CONFLICT_RETRIES} writes of {want}%: something "

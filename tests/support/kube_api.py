@@ -159,9 +159,6 @@ class KubeApi(LocalServer):
         self.objects[key] = stored
         return stored
 
-    def get(self, group: str, namespace: str, plural: str, name: str) -> Json:
-        return self.objects[(group, namespace, plural, name)]
-
     def update_status(self, key: Key, change: Callable[[Json], None]) -> None:
         """A controller writing ``status`` (through the status subresource, as they do)."""
         obj = self.objects[key]
