@@ -4,10 +4,10 @@ Run from the project root::
 
     .venv/bin/python -m bench.stats_bench [--entries 200000] [--repeat 5]
 
-A private redis-server gets an audit stream as large as the cap (AUDIT_MAXLEN) spread over the
-last 30 days, shaped like the controller writes it: per release a deploy, a confirmed traffic
-change per step, a decision every round (mostly holds), then success or a rollback (one in
-ten). It then times, side by side in one run:
+A private redis-server gets an audit stream of ``--entries`` entries (200,000 by default)
+spread over the last 30 days, shaped like the controller writes it: per release a deploy, a
+confirmed traffic change per step, a decision every round (mostly holds), then success or a
+rollback (one in ten). It then times, side by side in one run:
 
 - ``/rollout stats --days 7`` and ``--days 30`` as the command computes them (read the window
   plus the look-back from Redis, compute, render), from the lifecycle stream it reads and, for
@@ -37,7 +37,7 @@ from redis.typing import EncodableT
 from bot.observe import stats
 from bot.observe.release_metrics import ReleaseMetrics, ReleaseSeries
 from bot.store import keys
-from bot.store.audit import AUDIT_MAXLEN, ROUTINE_ACTIONS, AuditEntry, AuditStream
+from bot.store.audit import ROUTINE_ACTIONS, AuditEntry, AuditStream
 from bot.store.store import Store
 from tests.support.procs import redis_server
 
@@ -162,7 +162,6 @@ async def run(entries: int, repeat: int, url: str) -> dict[str, object]:
     await client.aclose()
     return {
         "entries": written,
-        "audit_maxlen": AUDIT_MAXLEN,
         "repeat": repeat,
         "median_ms": {k: round(statistics.median(v), 1) for k, v in results.items()},
         "max_ms": {k: round(max(v), 1) for k, v in results.items()},
@@ -173,12 +172,12 @@ async def run(entries: int, repeat: int, url: str) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--entries", type=int, default=AUDIT_MAXLEN)
+    parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as url:
         out = asyncio.run(run(args.entries, args.repeat, url))
-    print(f"audit stream: {out['entries']:,} entries over 30 days (cap {AUDIT_MAXLEN:,})")
+    print(f"audit stream: {out['entries']:,} entries over 30 days")
     print(f"{'operation':<30}{'median ms':>12}{'max ms':>10}")
     medians, maxes = out["median_ms"], out["max_ms"]
     assert isinstance(medians, dict) and isinstance(maxes, dict)

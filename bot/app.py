@@ -160,7 +160,9 @@ async def build_app(
         embedded = EmbeddedRedis(settings.data_dir)
         url = await embedded.start()
     try:
-        store = await Store.connect(url)
+        store = await Store.connect(
+            url, retention=policy.retention, min_replicas=settings.redis_min_replicas
+        )
     except StoreError:
         if embedded is not None:
             await embedded.stop()
@@ -181,7 +183,7 @@ async def build_app(
         return backends.get(service, flags)
 
     actuator = TrafficActuator(store, backend_for, events)
-    service = ReleaseService(store, policy, actuator, events, gates=gates)
+    service = ReleaseService(store, policy, actuator, events, gates=gates, source=source)
     controller = Controller(
         store,
         policy,

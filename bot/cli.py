@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,9 +28,16 @@ from bot.demo.rig import (
     demo_policy,
     scripted_input,
 )
-from bot.errors import PolicyError, ShipwatchError
+from bot.errors import MetricsError, PolicyError, ShipwatchError, UserError
+from bot.judging.backtest_report import to_dict
+from bot.observe.backtest import BacktestRequest, run_backtest
 from bot.observe.logs import configure_logging
+from bot.release.durations import parse_duration
 from bot.release.policy import Policy, load_policy, require_judged
+from bot.render.backtest import render_report
+from bot.render.sizing import first_step_setting
+from bot.store.embedded_redis import EmbeddedRedis
+from bot.writing.backtest_chart import render_png as backtest_png
 
 log = logging.getLogger("shipwatch")
 
@@ -145,7 +154,76 @@ def _parser() -> argparse.ArgumentParser:
         help="allow the demo parts: synthetic metrics without PROMETHEUS_URL and the embedded "
         "demo policy without a policy file (every status message then says DEMO METRICS)",
     )
+    _backtest_parser(sub)
     return parser
+
+
+def _backtest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bt = sub.add_parser(
+        "backtest",
+        help="judge a policy on the history in Prometheus: past releases, A/A false "
+        "rollbacks, injected faults, and the settings to use",
+    )
+    bt.add_argument("--policy", type=Path, help="policy file (default: $SHIPWATCH_POLICY)")
+    bt.add_argument(
+        "--prometheus-url", metavar="URL", help="the Prometheus to read (default: $PROMETHEUS_URL)"
+    )
+    bt.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="S",
+        help="a service to backtest (repeatable; default: every service with metrics)",
+    )
+    bt.add_argument(
+        "--since", default="7d", metavar="DURATION", help="how much history (default: 7d)"
+    )
+    bt.add_argument(
+        "--aa-windows",
+        type=int,
+        default=20,
+        metavar="N",
+        help="A/A releases simulated across the history (default: 20)",
+    )
+    bt.add_argument(
+        "--aa-offset",
+        metavar="DURATION",
+        help="how much earlier the A/A canary side reads the stable series (default: the "
+        "longest window or lookback of the service's metrics)",
+    )
+    bt.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="EFFECT",
+        help="a fault on the canary side, e.g. error_rate=+20%%, latency_p99=+300ms, "
+        "latency_p99=x1.1 (repeatable)",
+    )
+    bt.add_argument(
+        "--target-false-rate",
+        type=float,
+        default=0.01,
+        metavar="RATE",
+        help="the A/A false rollbacks per release the suggestion stays under (default: 0.01)",
+    )
+    bt.add_argument(
+        "--stable",
+        default="",
+        metavar="VERSION",
+        help="the stable version to judge A/A (default: from the audit's releases)",
+    )
+    bt.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="where the audit is (default: $REDIS_URL, or the embedded Redis of "
+        "$SHIPWATCH_DATA_DIR when it runs)",
+    )
+    bt.add_argument("--no-audit", action="store_true", help="do not replay past releases")
+    bt.add_argument(
+        "--no-suggest", action="store_true", help="judge the policy as written only (no grid)"
+    )
+    bt.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    bt.add_argument("--chart", type=Path, metavar="FILE", help="write a PNG chart")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings, args.command)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "backtest":
+        return _backtest(args, settings)
     if getattr(args, "policy", None):
         settings = settings.model_copy(update={"policy_path": args.policy})
     try:
@@ -244,6 +324,7 @@ def _check_config(path: Path) -> int:
             f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
             f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}"
         )
+        print(f"  {first_step_setting(sp, name)}")
     # Secrets are often absent where the file is checked (a CI job): said, not refused; `serve`
     # refuses to start without them.
     for name in sorted(n for n in policy.secret_envs() if not os.environ.get(n)):
@@ -329,3 +410,92 @@ async def _console(settings: Settings, policy: Policy, user: str) -> int:
         return await Console(app, user).run()
     finally:
         await app.close()
+
+
+# --- backtest ----------------------------------------------------------------------------------
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    """Read, judge, print; then the files. Anything the user must fix: one message, exit 2,
+    and nothing written."""
+    try:
+        request = _backtest_request(args, settings)
+        for target in (args.json, args.chart):
+            if target is not None and not target.resolve().parent.is_dir():
+                raise UserError(
+                    f"cannot write {target}: its directory does not exist",
+                    hint="create it, or give another path",
+                )
+        report = asyncio.run(run_backtest(request, time.time()))
+    except MetricsError as exc:
+        print(
+            f"shipwatch backtest: {exc}\nfix --prometheus-url (or PROMETHEUS_URL), or the "
+            "policy's query",
+            file=sys.stderr,
+        )
+        return 2
+    except UserError as exc:
+        print(f"shipwatch backtest: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(render_report(report), end="")
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_dict(report), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if args.chart is not None:
+        png = backtest_png(report)
+        if png is None:
+            print(f"{args.chart}: not written, no A/A window fitted the history")
+        else:
+            args.chart.write_bytes(png)
+            print(f"wrote {args.chart}")
+    return 0
+
+
+def _backtest_request(args: argparse.Namespace, settings: Settings) -> BacktestRequest:
+    if args.policy:
+        settings = settings.model_copy(update={"policy_path": args.policy})
+    policy = resolve_policy(settings)
+    url = args.prometheus_url or settings.prometheus_url
+    if not url:
+        raise UserError(
+            "no Prometheus to read",
+            hint="give --prometheus-url http://prometheus:9090 (or set PROMETHEUS_URL)",
+        )
+    try:
+        since = parse_duration(args.since)
+        offset = parse_duration(args.aa_offset) if args.aa_offset else None
+    except ValueError as exc:
+        raise UserError(str(exc), hint="e.g. --since 7d, --aa-offset 5m") from exc
+    redis_url, note = _audit_redis(args, settings)
+    return BacktestRequest(
+        policy=policy,
+        services=tuple(args.service),
+        since=since,
+        prometheus_url=url,
+        prometheus_timeout=settings.prometheus_timeout,
+        redis_url=redis_url,
+        redis_note=note,
+        aa_windows=args.aa_windows,
+        inject=tuple(args.inject),
+        target=args.target_false_rate,
+        stable=args.stable.strip(),
+        offset=offset,
+        suggest=not args.no_suggest,
+    )
+
+
+def _audit_redis(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str]:
+    """Where the audit is, or why it is not read (skipped, never an error)."""
+    if args.no_audit:
+        return None, "skipped (--no-audit)"
+    if args.redis_url or settings.redis_url:
+        return args.redis_url or settings.redis_url, ""
+    embedded = EmbeddedRedis(settings.data_dir)
+    if embedded.socket.exists():
+        return embedded.url, ""
+    return None, (
+        "skipped: no Redis to read it from (set REDIS_URL or --redis-url; no embedded Redis "
+        f"runs under {settings.data_dir})"
+    )

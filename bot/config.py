@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     # Unset: an embedded redis-server is started under data_dir (unix socket, AOF on).
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    # Replicas every release change must reach before it is acted on. Unset: 1 behind Sentinel
+    # (a failover then loses no step), 0 for a single Redis.
+    redis_min_replicas: int | None = Field(default=None, ge=0, alias="SHIPWATCH_REDIS_MIN_REPLICAS")
     # Unset: the synthetic demo source is used, and says so.
     prometheus_url: str | None = Field(default=None, alias="PROMETHEUS_URL")
     prometheus_timeout: float = Field(default=5.0, alias="SHIPWATCH_PROMETHEUS_TIMEOUT")

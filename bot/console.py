@@ -28,7 +28,7 @@ from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Actor, Release, Surface
-from bot.render.errors import report
+from bot.render.errors import report, said
 from bot.render.kit import Choice
 from bot.render.status import status_for
 from bot.render.terminal import render_text
@@ -197,7 +197,7 @@ class Console:
             if failed.kind is Failure.BUG:
                 self.say(f"✗ something went wrong (ref {failed.ref}); the log has the details")
             else:
-                self.say(f"✗ {exc}")
+                self.say(f"✗ {said(exc)}")
 
     # The console's own words (a number, as, wait, await, fault, help) before the shared grammar:
     # one flat dispatch.

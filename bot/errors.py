@@ -6,7 +6,9 @@
     │   ├── CommandError       a command could not be parsed
     │   ├── UnknownServiceError
     │   ├── PermissionDenied   the actor may not do this; names who may
-    │   └── GatesNotPassed     a required pre-release gate has not passed (bot.engine.gates)
+    │   ├── GatesNotPassed     a required pre-release gate has not passed (bot.engine.gates)
+    │   └── FirstStepTooThin   `first_step: require`: the first step would get no verdict
+    │                          at the service's traffic (bot.engine.sizing)
     ├── ConflictError          the release is not in a state that allows this
     │   ├── AlreadyActiveError another release of the service is running
     │   ├── LockedError        the service is locked
@@ -17,7 +19,9 @@
         ├── TrafficError       the traffic backend
         ├── LLMError           the LLM (bot.writing.llm; callers fall back to template text)
         ├── TicketError        an incident-ticket sink (bot.writing.tickets)
-        └── GatesUnavailable   the CI status URL the gates are read from (bot.engine.gates)
+        ├── GatesUnavailable   the CI status URL the gates are read from (bot.engine.gates)
+        └── FirstStepUnsized   `first_step: require` and the traffic could not be read
+                               (a subclass of MetricsError; bot.engine.sizing)
     PromptError                a prompt template is missing or lacks a variable (writing.prompts)
 
 Third-party exceptions are translated once, at the client boundary, with ``raise ... from``.

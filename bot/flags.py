@@ -42,8 +42,10 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from bot.store import keys
+from bot.store.connection import is_sentinel, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +299,7 @@ class FlagClient:
             raise RuntimeError("FlagClient already started")
         # Our own retry loop (with a reload after every reconnect) replaces redis-py's: its
         # silent pub/sub reconnect would resubscribe without re-reading the hash.
-        self._redis = redis.Redis.from_url(
+        self._redis = _connect(
             self._url,
             decode_responses=True,
             socket_connect_timeout=2.0,
@@ -539,3 +541,23 @@ class FlagClient:
                 self._on_change(service, state)
             except Exception:
                 log.exception("flags: on_change callback failed for %s", service)
+
+
+def _connect(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url``; behind Sentinel (``redis+sentinel://…``, as the bot takes it) the
+    master the sentinels name, found again by the reconnect loop after a failover."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    spec = parse_sentinel_url(url)
+    timeouts: dict[str, Any] = {
+        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+    }
+    sentinel = Sentinel(
+        list(spec.sentinels),
+        sentinel_kwargs={"password": spec.sentinel_password, **timeouts},
+        **timeouts,
+    )
+    client: redis.Redis = sentinel.master_for(
+        spec.master, db=spec.db, username=spec.username, password=spec.password, **options
+    )
+    return client

@@ -27,7 +27,6 @@ from bot.render.thread import (
     notes_modal,
 )
 from handlers.client import slack_error
-from handlers.commands import ack_only
 from handlers.context import Core, error_message
 from handlers.people import actor_for
 
@@ -37,13 +36,18 @@ MODAL_BUDGET_S = 2.5  # of the 3 s Slack gives a view submission's answer
 
 
 def register(app: AsyncApp, core: Core) -> None:
-    # Ack alone answers Slack; the click is handled right after, as a lazy listener.
-    async def work(body: dict[str, Any], action: dict[str, Any]) -> None:
-        with log_context(trigger_id=body.get("trigger_id"), action_ts=action.get("action_ts")):
-            await on_button(core, body, action)
+    # Ack alone answers Slack; the click is handled right after (handlers.after_ack).
+    async def ack_then_work(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+
+        async def work() -> None:
+            with log_context(trigger_id=body.get("trigger_id"), action_ts=action.get("action_ts")):
+                await on_button(core, body, action)
+
+        core.after_ack.submit(work)
 
     for action_id in ButtonAction:
-        app.action(action_id.value)(ack=ack_only, lazy=[work])
+        app.action(action_id.value)(ack_then_work)
 
     async def edit(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()

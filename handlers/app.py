@@ -13,17 +13,16 @@ log = logging.getLogger(__name__)
 
 
 def build_bolt(core: Core, signing_secret: str) -> AsyncApp:
-    # process_before_response: bolt answers as soon as the ack function returns, instead of
-    # polling every 10 ms for an ack from a listener running in the background; the real
-    # work is registered as lazy listeners that run after the answer.
+    # process_before_response: bolt answers as soon as the listener returns, instead of
+    # polling every 10 ms for an ack from a listener running in the background; listeners
+    # only ack and queue the real work (handlers.after_ack), so they return at once.
     bolt = AsyncApp(
         client=core.client,
         signing_secret=signing_secret,
         name="shipwatch",
         process_before_response=True,
     )
-    # The core is handed to each handler when it is registered: bolt deep-copies the request
-    # context for lazy listeners, which must not copy clients and connections.
+    # The core is handed to each handler when it is registered, not put in bolt's context.
     commands.register(bolt, core)
     actions.register(bolt, core)
     events.register(bolt, core)

@@ -13,6 +13,7 @@ from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release.commands import USAGE, Verb, parse
 from bot.render.kit import ephemeral
+from bot.render.sizing import with_sizing
 from handlers.context import Core, error_message, status_of
 from handlers.inbound import unescaped
 from handlers.people import actor_for
@@ -21,18 +22,19 @@ COMMANDS = ("/deploy", "/advance", "/rollback", "/rollout")
 
 
 def register(app: AsyncApp, core: Core) -> None:
-    # Ack alone answers the HTTP request (within Slack's 3 s, before any work); the work runs
-    # after it as a lazy listener.
-    async def work(command: dict[str, Any]) -> None:
-        with log_context(trigger_id=command.get("trigger_id")):
-            await on_command(core, command)
+    # The ack alone answers the HTTP request (within Slack's 3 s, before any work); the work
+    # waits its turn after it (handlers.after_ack).
+    async def ack_then_work(ack: AsyncAck, command: dict[str, Any]) -> None:
+        await ack()
+
+        async def work() -> None:
+            with log_context(trigger_id=command.get("trigger_id")):
+                await on_command(core, command)
+
+        core.after_ack.submit(work)
 
     for name in COMMANDS:
-        app.command(name)(ack=ack_only, lazy=[work])
-
-
-async def ack_only(ack: AsyncAck) -> None:
-    await ack()
+        app.command(name)(ack_then_work)
 
 
 async def on_command(core: Core, command: dict[str, Any]) -> None:
@@ -58,6 +60,6 @@ async def on_command(core: Core, command: dict[str, Any]) -> None:
         if reply.release is not None and cmd.verb is Verb.STATUS:
             message = status_of(core, reply.release)
         else:
-            message = ephemeral(reply.text)
+            message = ephemeral(with_sizing(reply.text, reply.sizing))
     await core.responses.send(str(command.get("response_url", "")), message)
     telemetry.COMMANDS.labels(name).observe(time.perf_counter() - started)

@@ -12,6 +12,7 @@ from bot.release.rollout import Release
 from bot.render.errors import chat_error, report
 from bot.render.kit import Message
 from bot.render.status import status_for
+from handlers.after_ack import AfterAck
 from handlers.notifier import SlackNotifier
 from handlers.responses import ResponseUrls
 
@@ -24,6 +25,7 @@ class Core:
     client: AsyncWebClient
     notifier: SlackNotifier
     responses: ResponseUrls = field(default_factory=ResponseUrls)
+    after_ack: AfterAck = field(default_factory=AfterAck)  # what requests ask, after the ack
     bot_user_id: str = ""  # learnt from auth.test at start; used to spot mentions
 
 

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.observe.logs import log_context
@@ -14,7 +14,6 @@ from bot.release.rollout import Release
 from bot.render.kit import plain_message
 from bot.render.thread import answer_message
 from handlers.client import slack_error
-from handlers.commands import ack_only
 from handlers.context import Core, status_of
 from handlers.inbound import unescaped
 
@@ -22,16 +21,27 @@ log = logging.getLogger(__name__)
 
 
 def register(app: AsyncApp, core: Core) -> None:
-    async def work(body: dict[str, Any], event: dict[str, Any]) -> None:
-        with log_context(event_id=body.get("event_id")):
-            await on_mention(core, body, event)
+    # Ack alone answers Slack; the event is handled right after (handlers.after_ack).
+    async def mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> None:
+        await ack()
 
-    async def reply(body: dict[str, Any], event: dict[str, Any]) -> None:
-        with log_context(event_id=body.get("event_id")):
-            await on_thread_reply(core, body, event)
+        async def work() -> None:
+            with log_context(event_id=body.get("event_id")):
+                await on_mention(core, body, event)
 
-    app.event("app_mention")(ack=ack_only, lazy=[work])
-    app.event("message")(ack=ack_only, lazy=[reply])
+        core.after_ack.submit(work)
+
+    async def message(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> None:
+        await ack()
+
+        async def work() -> None:
+            with log_context(event_id=body.get("event_id")):
+                await on_thread_reply(core, body, event)
+
+        core.after_ack.submit(work)
+
+    app.event("app_mention")(mention)
+    app.event("message")(message)
 
 
 async def on_mention(core: Core, body: dict[str, Any], event: dict[str, Any]) -> None:

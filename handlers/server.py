@@ -294,6 +294,8 @@ async def _shut_down(
         log.info("shutdown: this process holds no leases now", extra={"phase": "leases"})
     log.info("shutdown: closing the HTTP server", extra={"phase": "http"})
     await runner.cleanup()
+    # What was acknowledged is owed: the replies and clicks queued behind the acks.
+    await core.after_ack.drain(max(left(), FLUSH_FLOOR_S))
     log.info("shutdown: delivering pending messages", extra={"phase": "flush"})
     # Even when the round used the whole budget, a rollback's messages deserve a moment.
     flush = max(left(), FLUSH_FLOOR_S)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_debs=()
-for bin in redis-server prometheus haproxy nginx; do
+for bin in redis-server redis-sentinel prometheus haproxy nginx; do
   # haproxy and nginx live in /usr/sbin, which a non-root PATH may lack.
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_debs+=("$bin")
 done

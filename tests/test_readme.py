@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from bot.config import Settings
 from bot.release import policy
 from bot.release.durations import parse_duration
+from bot.release.retention import Retention
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -76,6 +77,7 @@ MODELS: list[tuple[str, str, type[BaseModel]]] = [
     ("Traffic", "", policy.TrafficSettings),
     ("Tickets", "webhook.", policy.WebhookTickets),
     ("Tickets", "github.", policy.GitHubTickets),
+    ("Retention", "", Retention),
 ]
 
 
@@ -95,6 +97,10 @@ SECONDS_WRITTEN_AS_DURATIONS = {
     5.0: "5s",
     15.0: "15s",
     120.0: "2m",
+    7 * 86400.0: "7d",
+    14 * 86400.0: "14d",
+    30 * 86400.0: "30d",
+    400 * 86400.0: "400d",
 }
 
 

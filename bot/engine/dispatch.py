@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from bot.engine.service import Outcome, ReleaseService
+from bot.judging.sizing import Sizing
 from bot.observe import stats
 from bot.release.commands import STATS_DAYS, USAGE, Command, Verb
 from bot.release.durations import format_duration
@@ -25,6 +26,7 @@ class Reply:
     text: str
     release: Release | None = None  # the release the command acted on or showed
     duplicate: bool = False
+    sizing: Sizing | None = None  # deploy: its first step against the service's traffic
 
 
 async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: str = "") -> Reply:
@@ -47,7 +49,9 @@ async def run(service: ReleaseService, cmd: Command, actor: Actor, request_id: s
         return await _read(service, cmd, actor, request_id)
     duplicate = result.outcome is Outcome.DUPLICATE
     text = result.message or result.release.describe_state()
-    return Reply(("(already applied) " if duplicate else "") + text, result.release, duplicate)
+    return Reply(
+        ("(already applied) " if duplicate else "") + text, result.release, duplicate, result.sizing
+    )
 
 
 async def _read(service: ReleaseService, cmd: Command, actor: Actor, request_id: str = "") -> Reply:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from bot.judging.sizing import Sizing
 from bot.observe.logs import log_context
 from bot.release.checks import CheckResult
 from bot.release.rollout import Release
@@ -68,6 +69,7 @@ class ReleaseEvent:
     files: Sequence[tuple[str, bytes]] = ()  # (file name, content) to attach, e.g. a chart
     seconds: float | None = None  # ROLLED_BACK: from the decision to traffic back on stable
     link: str = ""  # TICKET_FILED: where the ticket is; "" when filing it failed
+    sizing: Sizing | None = None  # STARTED: the first step against the service's traffic
 
 
 class Notifier(Protocol):

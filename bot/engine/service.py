@@ -11,13 +11,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from bot.engine.actuator import TrafficActuator
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.engine.gates import GateChecker
+from bot.engine.sizing import audit_reason, refusal, size
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -28,6 +29,8 @@ from bot.errors import (
     TrafficError,
     UserError,
 )
+from bot.judging.sizing import Sizing
+from bot.metrics.base import MetricSource
 from bot.release import rollout
 from bot.release.plan import plan_release
 from bot.release.policy import Policy, Risk, ServicePolicy
@@ -51,6 +54,7 @@ class Result:
     outcome: Outcome
     release: Release
     message: str
+    sizing: Sizing | None = None  # deploy: the first step against the service's traffic
 
 
 class ReleaseService:
@@ -62,6 +66,7 @@ class ReleaseService:
         events: EventBus,
         clock: Callable[[], float] = time.time,
         gates: GateChecker | None = None,
+        source: MetricSource | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -70,6 +75,8 @@ class ReleaseService:
         self.clock = clock
         # Without a checker, gates can only come from the caller (no status URL is known).
         self.gates = gates or GateChecker()
+        # Where a deploy reads the service's traffic to size its first step; None: not sized.
+        self.source = source
 
     # --- permissions ------------------------------------------------------------------------
 
@@ -141,6 +148,16 @@ class ReleaseService:
         if sp.traffic.hands_back:
             await self._require_handed_back(actor, service, version, previous)
         plan = plan_release(sp, service, version, opts, previous)
+        # Sized before the engine is asked: `auto` may change the steps the engine must match.
+        sizing = await size(self.source, sp, service, plan, explicit=opts.steps is not None)
+        if sizing is not None:
+            if sizing.refused:
+                await self._refuse(
+                    actor, service, "deploy", audit_reason(sizing),
+                    detail={"first_step": sizing.as_json()},
+                )  # fmt: skip
+                raise refusal(sizing)
+            plan = replace(plan, weights=list(sizing.weights), holds=list(sizing.holds))
         await self._require_engine_agrees(actor, service, plan.version, plan.weights)
         gates = await self._check_gates(actor, sp, service, plan.version, opts)
         release = rollout.new_release(
@@ -159,14 +176,21 @@ class ReleaseService:
             actor=actor,
             now=self.clock(),
         ).model_copy(update={"changes": [dict(c) for c in opts.changes], "gates": gates})
-        created = await self.store.create(release, _deploy_audit(release, request_id), request_id)
+        created = await self.store.create(
+            release, _deploy_audit(release, request_id, sizing), request_id
+        )
         if created.status is CreateStatus.DUPLICATE:
             existing = await self.store.get(created.release_id)
             assert existing is not None
             return Result(Outcome.DUPLICATE, existing, "this request was already applied")
         if created.status is not CreateStatus.OK:
             raise await self._not_created(actor, release, created)
-        return Result(Outcome.DONE, await self._start(release, actor), _started_text(release))
+        return Result(
+            Outcome.DONE,
+            await self._start(release, actor, sizing),
+            _started_text(release),
+            sizing,
+        )
 
     async def _not_created(
         self, actor: Actor, release: Release, created: CreateResult
@@ -292,9 +316,9 @@ class ReleaseService:
             "pool is free for the next build",
         )
 
-    async def _start(self, release: Release, actor: Actor) -> Release:
+    async def _start(self, release: Release, actor: Actor, sizing: Sizing | None = None) -> Release:
         """Announce a created release and move its first traffic (or ask for approval)."""
-        self.events.emit(ReleaseEvent(EventKind.STARTED, release, actor=actor.user))
+        self.events.emit(ReleaseEvent(EventKind.STARTED, release, actor=actor.user, sizing=sizing))
         if release.state is State.PENDING_APPROVAL:
             self.events.emit(ReleaseEvent(EventKind.APPROVAL_NEEDED, release, actor=actor.user))
             return release
@@ -612,7 +636,7 @@ class ReleaseService:
         return await self.store.history(service, limit)
 
 
-def _deploy_audit(release: Release, request_id: str) -> AuditEntry:
+def _deploy_audit(release: Release, request_id: str, sizing: Sizing | None) -> AuditEntry:
     gates = release.gates
     return AuditEntry(
         action="deploy",
@@ -630,6 +654,7 @@ def _deploy_audit(release: Release, request_id: str) -> AuditEntry:
             "stable": release.stable_version,
             **({"gates": gates.model_dump()} if gates else {}),
             "forced": bool(gates and gates.forced),
+            **({"first_step": sizing.as_json()} if sizing else {}),
         },
     )
 

@@ -87,9 +87,12 @@ def plan(release: Release, sp: ServicePolicy) -> Plan:
     series: list[SeriesQuery] = []
 
     def query(name: str, template: str, window: float, side: Side, version: str) -> MetricQuery:
+        rendered_window = prometheus_range(window)
         promql = render_template(
-            template, service=release.service, version=version, window=prometheus_range(window)
+            template, service=release.service, version=version, window=rendered_window
         )
+        # The template and window travel with the query so the source can ask one query per
+        # template for every release of the round instead of one per release.
         return MetricQuery(
             key=query_key(release.id, name, side),
             promql=promql,
@@ -97,6 +100,8 @@ def plan(release: Release, sp: ServicePolicy) -> Plan:
             service=release.service,
             version=version,
             side=side,
+            template=template,
+            window=rendered_window,
         )
 
     baking = release.state is State.BAKING

@@ -143,6 +143,12 @@ def too_little_traffic(
     return ""
 
 
+def counts_control(metric: Metric) -> bool:
+    """Whether the guard above asks the control for ``min_requests`` too: the statistical judge
+    always compares both sides; the threshold rules only when a rule is against the control."""
+    return metric.uses_statistics or _needs_control(metric)
+
+
 def _needs_control(metric: Metric) -> bool:
     return metric.max_ratio is not None or metric.max_diff is not None
 

@@ -9,6 +9,9 @@ from typing import Protocol
 
 # The metric name of the canary's request count (the minimum-traffic guard's query).
 REQUESTS_METRIC = "requests"
+# The metric name of the stable version's request count before a release starts, when it
+# serves every request (first-step sizing: bot.judging.sizing). Same query as REQUESTS_METRIC.
+TOTAL_REQUESTS_METRIC = "total_requests"
 
 
 class Side(StrEnum):
@@ -25,7 +28,12 @@ class QueryStatus(StrEnum):
 @dataclass(frozen=True)
 class MetricQuery:
     """One instant query: the rendered PromQL plus what it is about (the synthetic source
-    reads the metric/service/version/side; Prometheus only the PromQL)."""
+    reads the metric/service/version/side; Prometheus the PromQL).
+
+    ``template`` and ``window`` are what ``promql`` was rendered from; when they are set,
+    Prometheus may answer the queries of many releases that share them in one request
+    (``bot.metrics.promql_batch``). Left empty, the query is asked as it is.
+    """
 
     key: str
     promql: str
@@ -33,6 +41,8 @@ class MetricQuery:
     service: str
     version: str
     side: Side
+    template: str = ""
+    window: str = ""
 
 
 @dataclass(frozen=True)

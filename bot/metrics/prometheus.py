@@ -1,8 +1,23 @@
 """Metrics source that asks a real Prometheus, through ``prometheus-api-client``.
 
 Every judgement needs a handful of instant queries per release (canary and control, one per
-metric), and with several releases running a tick can easily need dozens. Sending each as its
-own HTTP request multiplies the round trips, so ``query`` batches them:
+metric), and with several releases running a tick can easily need thousands. Two ways keep
+the number of HTTP requests down.
+
+**One query per template.** A query that says which template and window it was rendered
+from (``MetricQuery.template``/``window``, filled by the analysis plan) is grouped with the
+other releases' queries of the same template and window, and the group is asked as ONE
+query over all their (service, version) pairs (``bot.metrics.promql_batch`` rewrites it and
+splits the answer back by the two labels), so a round costs about one request per template
+whatever the number of releases; a group whose regexes would pass
+``max_template_batch_chars`` is split into a few requests. A template the rewrite cannot
+prove safe (``topk``, ``scalar(``, ``on()`` without both labels, …) goes the per-release way
+below. So does a group Prometheus refuses (4xx, ``bad_data``) or whose answer does not split
+into one series per pair: in the same call, and the template is then not tried batched for
+``unbatchable_for`` seconds (logged once, at warning, with the reason). A connection error or
+a timeout is not retried query by query: every query of the group gets the error.
+
+**Per release, joined with ``or``.** Everything else:
 
 * identical PromQL within one call is asked once;
 * each distinct query is tagged with a label of its own,
@@ -51,6 +66,15 @@ from urllib3.util.retry import Retry
 
 from bot.errors import MetricsError
 from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, SeriesResult
+from bot.metrics.promql_batch import (
+    AmbiguousAnswerError,
+    BatchTemplate,
+    NotBatchableError,
+    Pair,
+    analyse,
+    encodable,
+)
+from bot.release.policy import render_template
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +91,17 @@ _PARAM_PREFIX = 'invalid parameter "query": '
 # Long enough for Prometheus' reason, short enough for a Slack message.
 _MAX_MESSAGE = 300
 _SERIES_PREVIEW = 3
+# The longest query text of one template batch, about 1,000 typical (service, version) pairs.
+# Prometheus itself takes far longer text (it arrives as a form body, not in the URL), but a
+# query is evaluated on one core and bounded by the same timeout as any other request:
+# several requests of this size run side by side on the executor (and on Prometheus' cores),
+# one timing out costs the checks of its own releases only, and the text stays under the
+# request-size limits of the proxies that commonly sit in front of Prometheus.
+MAX_TEMPLATE_BATCH_CHARS = 20_000
+# How long a template whose batched query Prometheus refused (or whose answer did not split)
+# is asked per release before it is tried batched again: a fixed Prometheus or policy gets the
+# saving back, a broken one costs one extra request per this period.
+UNBATCHABLE_FOR = 600.0
 
 
 class PrometheusQueryError(MetricsError):
@@ -107,6 +142,16 @@ class _RequestFailed(Exception):
     def narrowable(self) -> bool:
         """Whether the failure is about the query text, so asking fewer queries may succeed."""
         return self.status in _NARROWABLE_STATUSES
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The queries of many releases rendered from one template and window; ``members`` maps
+    each (service, version) pair to the indexes of the queries asking for it."""
+
+    batch: BatchTemplate
+    window: str
+    members: dict[Pair, list[int]]
 
 
 @dataclass(frozen=True)
@@ -152,6 +197,9 @@ class PrometheusSource:
         max_batch_chars: int = 6000,
         executor: ThreadPoolExecutor | None = None,
         headers: dict[str, str] | None = None,
+        batch_templates: bool = True,
+        max_template_batch_chars: int = MAX_TEMPLATE_BATCH_CHARS,
+        unbatchable_for: float = UNBATCHABLE_FOR,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -160,6 +208,14 @@ class PrometheusSource:
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.max_batch_chars = max_batch_chars
+        # False: every query goes the per-release way (how benchmarks measure the difference).
+        self.batch_templates = batch_templates
+        self.max_template_batch_chars = max_template_batch_chars
+        self.unbatchable_for = unbatchable_for
+        # Template -> monotonic time until which it is asked per release (Prometheus refused
+        # its batched form); templates the rewrite refuses, already logged once.
+        self._unbatchable: dict[str, float] = {}
+        self._explained: set[str] = set()
         # No retries on the way: the client's default retries 5xx and connection errors with
         # backoff for seconds, which would blow through our timeout and hide an outage from
         # the judge. One immediate reconnect only, for a refused or reset connect.
@@ -182,13 +238,37 @@ class PrometheusSource:
         )
         self._closed = False
         # Counters for tests and benchmarks: HTTP requests sent (instant, range and checks),
-        # and batched requests Prometheus refused, which were then narrowed down.
+        # batched requests Prometheus refused, which were then narrowed down, requests that
+        # answered a template's group of releases, and such requests whose queries had to be
+        # asked per release after all (refused, or an answer that did not split).
         self.requests_made = 0
         self.batches_narrowed = 0
+        self.template_requests = 0
+        self.template_fallbacks = 0
 
     # -- MetricSource ----------------------------------------------------------------------
 
     async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
+        groups, rest = self._template_groups(queries)
+        outcomes: dict[int, _Outcome] = {}
+        fallback: list[int] = []
+        # The groups and the per-release rest go out together; a group that falls back is
+        # asked per release once the first answers are in.
+        each, batched = await asyncio.gather(
+            self._query_each([queries[i] for i in rest]),
+            asyncio.gather(*(self._instant_group(g) for g in groups)),
+        )
+        outcomes.update(zip(rest, each, strict=True))
+        for answered, failed in batched:
+            outcomes.update(answered)
+            fallback += failed
+        if fallback:
+            again = await self._query_each([queries[i] for i in fallback])
+            outcomes.update(zip(fallback, again, strict=True))
+        return [outcomes[i].result_for(q) for i, q in enumerate(queries)]
+
+    async def _query_each(self, queries: Sequence[MetricQuery]) -> list[_Outcome]:
+        """Per-release answers, the per-release PromQL of several queries joined with ``or``."""
         # Deduplicate: canary and control of different releases often share a query, and a
         # key may be asked twice in one tick; a dict keeps first-seen order.
         index: dict[str, int] = {}
@@ -208,7 +288,7 @@ class PrometheusSource:
         answers: dict[int, _Outcome] = {}
         for part in await asyncio.gather(*(self._resolve(promqls, c) for c in chunks)):
             answers.update(part)
-        return [answers[index[q.promql]].result_for(q) for q in queries]
+        return [answers[index[q.promql]] for q in queries]
 
     async def check(self) -> None:
         """Raise MetricsError unless Prometheus answers a trivial query correctly.
@@ -288,26 +368,47 @@ class PrometheusSource:
     ) -> list[SeriesResult]:
         """Range queries for the statistical judge, batched like instant ones.
 
-        A batch that Prometheus rejects is asked query by query, so an error is attributed to
-        its own query and the good ones still get their samples.
+        A template's group of releases is one range query, split back by pair, as for
+        ``query``. A batch that Prometheus rejects is asked query by query, so an error is
+        attributed to its own query and the good ones still get their samples.
         """
-        index: dict[str, int] = {}
-        for q in queries:
-            index.setdefault(q.promql, len(index))
-        promqls = list(index)
         window = {
             "start_time": _as_datetime(start),
             "end_time": _as_datetime(end),
             "step": f"{step:g}",
         }
+        groups, rest = self._template_groups(queries)
+        found: dict[int, tuple[list[float], str]] = {}
+        fallback: list[int] = []
+        each, batched = await asyncio.gather(
+            self._series_each([queries[i] for i in rest], window),
+            asyncio.gather(*(self._series_group(g, window) for g in groups)),
+        )
+        found.update(zip(rest, each, strict=True))
+        for answered, failed in batched:
+            found.update(answered)
+            fallback += failed
+        if fallback:
+            again = await self._series_each([queries[i] for i in fallback], window)
+            found.update(zip(fallback, again, strict=True))
+        out = []
+        for i, q in enumerate(queries):
+            values, error = found[i]
+            out.append(SeriesResult.failed(q, error) if error else SeriesResult.ok(q, values))
+        return out
+
+    async def _series_each(
+        self, queries: Sequence[MetricQuery], window: dict[str, object]
+    ) -> list[tuple[list[float], str]]:
+        """Per-release samples (or an error text), several queries per request."""
+        index: dict[str, int] = {}
+        for q in queries:
+            index.setdefault(q.promql, len(index))
+        promqls = list(index)
         found: dict[int, tuple[list[float], str]] = {}
         for chunk in self._chunks(promqls):
             found.update(await self._series_chunk(promqls, chunk, window))
-        out = []
-        for q in queries:
-            values, error = found[index[q.promql]]
-            out.append(SeriesResult.failed(q, error) if error else SeriesResult.ok(q, values))
-        return out
+        return [found[index[q.promql]] for q in queries]
 
     async def _series_chunk(
         self, promqls: Sequence[str], chunk: list[int], window: dict[str, object]
@@ -333,6 +434,148 @@ class PrometheusSource:
         except _RequestFailed as exc:
             return [], exc.message
         return _series_values(raw if isinstance(raw, list) else [])
+
+    # -- one query per template ----------------------------------------------------------------
+
+    def _template_groups(self, queries: Sequence[MetricQuery]) -> tuple[list[_Group], list[int]]:
+        """The queries that can be asked per template, grouped by (template, window), and the
+        indexes of the others. A group of one pair gains nothing, so it stays with the others:
+        they share requests with ``or``."""
+        by_template: dict[tuple[str, str], dict[Pair, list[int]]] = {}
+        batches: dict[str, BatchTemplate] = {}
+        rest: list[int] = []
+        for i, q in enumerate(queries):
+            batch = self._batchable(q) if self.batch_templates else None
+            if batch is None:
+                rest.append(i)
+                continue
+            batches[q.template] = batch
+            members = by_template.setdefault((q.template, q.window), {})
+            members.setdefault((q.service, q.version), []).append(i)
+        groups: list[_Group] = []
+        for (template, window), members in by_template.items():
+            if len(members) < 2:
+                rest += [i for indexes in members.values() for i in indexes]
+            else:
+                groups.append(_Group(batches[template], window, members))
+        rest.sort()
+        return groups, rest
+
+    def _batchable(self, q: MetricQuery) -> BatchTemplate | None:
+        if not q.template or not q.window:
+            return None
+        until = self._unbatchable.get(q.template)
+        if until is not None:
+            if asyncio.get_running_loop().time() < until:
+                return None
+            del self._unbatchable[q.template]
+        try:
+            batch = analyse(q.template)
+        except NotBatchableError as exc:
+            if q.template not in self._explained:
+                self._explained.add(q.template)
+                logger.info("asking %r per release: %s", q.template, exc.reason)
+            return None
+        # The batched query stands for the per-release one only if that is what was rendered
+        # from the template; a value that cannot be encoded is left to fail on its own.
+        rendered = render_template(
+            q.template, service=q.service, version=q.version, window=q.window
+        )
+        if rendered != q.promql or not (encodable(q.service) and encodable(q.version)):
+            return None
+        return batch
+
+    def _give_up(self, template: str, reason: str) -> None:
+        """Ask ``template`` per release for a while; say so once."""
+        self.template_fallbacks += 1
+        if template not in self._unbatchable:
+            logger.warning(
+                "asking %r per release for the next %gs: its query for many releases failed: %s",
+                template,
+                self.unbatchable_for,
+                reason,
+            )
+        self._unbatchable[template] = asyncio.get_running_loop().time() + self.unbatchable_for
+
+    async def _instant_group(self, group: _Group) -> tuple[dict[int, _Outcome], list[int]]:
+        """Answers of a group (one request per chunk of pairs), and the indexes of the queries
+        that have to be asked per release after all."""
+        chunks = group.batch.chunks(group.window, group.members, self.max_template_batch_chars)
+        answered: dict[int, _Outcome] = {}
+        fallback: list[int] = []
+        for part, failed in await asyncio.gather(
+            *(self._instant_chunk(group, c) for c in chunks)
+        ):
+            answered.update(part)
+            fallback += failed
+        return answered, fallback
+
+    async def _instant_chunk(
+        self, group: _Group, pairs: list[Pair]
+    ) -> tuple[dict[int, _Outcome], list[int]]:
+        indexes = [i for p in pairs for i in group.members[p]]
+        text = group.batch.render(group.window, pairs)
+        try:
+            raw = await self._call(self._client.custom_query, query=text)
+        except _RequestFailed as exc:
+            if exc.narrowable:
+                self._give_up(group.batch.template, exc.message)
+                return {}, indexes
+            logger.warning("Prometheus query for %d releases failed: %s", len(pairs), exc.message)
+            return dict.fromkeys(indexes, _error(exc.message)), []
+        self.template_requests += 1
+        try:
+            found = _split_group(group.batch, raw, pairs, "value")
+        except AmbiguousAnswerError as exc:
+            self._give_up(group.batch.template, str(exc))
+            return {}, indexes
+        answered: dict[int, _Outcome] = {}
+        for pair in pairs:
+            series = found.get(pair)
+            outcome = _vector_outcome([series] if series is not None else [])
+            answered.update(dict.fromkeys(group.members[pair], outcome))
+        return answered, []
+
+    async def _series_group(
+        self, group: _Group, window: dict[str, object]
+    ) -> tuple[dict[int, tuple[list[float], str]], list[int]]:
+        chunks = group.batch.chunks(group.window, group.members, self.max_template_batch_chars)
+        answered: dict[int, tuple[list[float], str]] = {}
+        fallback: list[int] = []
+        for part, failed in await asyncio.gather(
+            *(self._series_group_chunk(group, c, window) for c in chunks)
+        ):
+            answered.update(part)
+            fallback += failed
+        return answered, fallback
+
+    async def _series_group_chunk(
+        self, group: _Group, pairs: list[Pair], window: dict[str, object]
+    ) -> tuple[dict[int, tuple[list[float], str]], list[int]]:
+        indexes = [i for p in pairs for i in group.members[p]]
+        text = group.batch.render(group.window, pairs)
+        try:
+            raw = await self._call(self._client.custom_query_range, query=text, **window)
+        except _RequestFailed as exc:
+            if exc.narrowable:
+                self._give_up(group.batch.template, exc.message)
+                return {}, indexes
+            logger.warning(
+                "Prometheus range query for %d releases failed: %s", len(pairs), exc.message
+            )
+            return dict.fromkeys(indexes, ([], exc.message)), []
+        self.template_requests += 1
+        try:
+            found = _split_group(group.batch, raw, pairs, "values")
+        except AmbiguousAnswerError as exc:
+            self._give_up(group.batch.template, str(exc))
+            return {}, indexes
+        answered: dict[int, tuple[list[float], str]] = {}
+        for pair in pairs:
+            series = found.get(pair)
+            values = _series_values([series] if series is not None else [])
+            answered.update(dict.fromkeys(group.members[pair], values))
+        return answered, []
 
     # -- batching ----------------------------------------------------------------------------
 
@@ -506,6 +749,21 @@ def _culprit(
         if start <= offset < end:
             return item
     return None
+
+
+def _split_group(
+    batch: BatchTemplate, raw: object, pairs: Sequence[Pair], samples: str
+) -> dict[Pair, object]:
+    """The answer of a template's group split by pair; ``samples`` is the key every series
+    must carry ("value" for an instant vector, "values" for a range query's matrix). Anything
+    else (a scalar, a range vector from an instant query) is what the per-release queries
+    should report, each in its own words, so it counts as not splitting."""
+    if not isinstance(raw, list):
+        raise AmbiguousAnswerError(f"the answer is not a list of series: {_shorten(repr(raw))}")
+    for series in raw:
+        if not isinstance(series, dict) or samples not in series:
+            raise AmbiguousAnswerError(f"unexpected series in the answer: {_shorten(repr(series))}")
+    return batch.split(raw, set(pairs))
 
 
 def _split_batch(raw: object, items: Sequence[int]) -> dict[int, _Outcome]:

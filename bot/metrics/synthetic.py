@@ -11,7 +11,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.metrics.base import REQUESTS_METRIC, MetricQuery, QueryResult, SeriesResult
+from bot.metrics.base import (
+    REQUESTS_METRIC,
+    TOTAL_REQUESTS_METRIC,
+    MetricQuery,
+    QueryResult,
+    SeriesResult,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,9 @@ DEFAULT_PROFILES = {
     "latency_p95": Profile(0.18, 0.08),
     "success_rate": Profile(0.996, 0.001),
     REQUESTS_METRIC: Profile(600.0, 0.1),
+    # Before a release, the stable version serves everything: 100 times the canary's count
+    # above at 1%, so the demo's first step is big enough for its min_requests.
+    TOTAL_REQUESTS_METRIC: Profile(60_000.0, 0.1),
 }
 FALLBACK = Profile(1.0, 0.05)
 

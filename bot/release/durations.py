@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -51,3 +54,7 @@ def prometheus_range(seconds: float) -> str:
     """A Prometheus range selector duration; never below 1s."""
     whole = max(1, round(seconds))
     return f"{whole}s"
+
+
+# A duration field of a policy model: "15m" or a number of seconds in the file, seconds in code.
+Seconds = Annotated[float, BeforeValidator(parse_duration)]

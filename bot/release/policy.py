@@ -27,9 +27,8 @@ from pydantic import (
 )
 
 from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
-from bot.release.durations import parse_duration
-
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
+from bot.release.durations import Seconds
+from bot.release.retention import Retention
 
 PLACEHOLDERS = ("{service}", "{version}", "{window}")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -61,6 +60,16 @@ class NoDataPolicy(StrEnum):
     HOLD = "hold"  # keep the step, do not advance, do not count a failure
     PAUSE = "pause"  # pause the release and say why
     FAIL = "fail"  # count as a failed check
+
+
+class FirstStep(StrEnum):
+    """What a deploy does when its first step would give the canary too few requests for
+    ``min_requests`` at the traffic the service serves now (bot.judging.sizing)."""
+
+    FIXED = "fixed"  # no check: start at the first step as planned
+    WARN = "warn"  # start as planned, and say so in the reply and the thread
+    REQUIRE = "require"  # refuse the deploy (also when the traffic cannot be read)
+    AUTO = "auto"  # start at the smallest step that gives enough
 
 
 class _Strict(BaseModel):
@@ -317,6 +326,8 @@ class ServicePolicy(_Strict):
     resume_after_rounds: int = Field(default=3, ge=0, le=1000)
     # A service with no metrics ships on time alone: allowed only when the policy says so.
     unjudged: bool = False
+    # Whether the first step is sized to the traffic the service serves when the deploy starts.
+    first_step: FirstStep = FirstStep.WARN
 
     @field_validator("steps")
     @classmethod
@@ -394,6 +405,7 @@ class Policy(BaseModel):
 
     source: str
     services: dict[str, ServicePolicy]
+    retention: Retention = Retention()
 
     def secret_envs(self) -> set[str]:
         """Names of the environment variables that hold secrets the policy refers to (webhook
@@ -420,7 +432,7 @@ class Policy(BaseModel):
 
 # --- loading -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"defaults", "services"}
+_TOP_KEYS = {"defaults", "services", "retention"}
 
 
 def load_policy(path: Path) -> Policy:
@@ -531,9 +543,35 @@ def parse_policy(text: str, source: str) -> Policy:  # noqa: C901, PLR0912
         problems += [p for p in found if p.path.startswith("services.")]
         if not found:
             services[name] = ServicePolicy.model_validate(merged)
+    retention, retention_problems = _retention(raw.get("retention"), lines)
+    problems += retention_problems
     if problems:
         raise PolicyError(source, _dedupe(problems))
-    return Policy(source=source, services=services)
+    return Policy(source=source, services=services, retention=retention)
+
+
+def _retention(
+    raw: object, lines: dict[tuple[str | int, ...], int]
+) -> tuple[Retention, list[PolicyProblem]]:
+    """The top-level ``retention:`` (defaults when absent), or what is wrong with it."""
+    if raw is None:
+        return Retention(), []
+    if not isinstance(raw, dict):
+        return Retention(), [
+            PolicyProblem("retention", "must be a mapping", "e.g. `retention: {lifecycle: 400d}`")
+        ]
+    try:
+        return Retention.model_validate(raw), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path: list[str | int] = ["retention", *err["loc"]]
+            hint = _HINTS.get(err["type"], "")
+            if err["type"] == "extra_forbidden":
+                hint = _did_you_mean(str(err["loc"][-1]), set(Retention.model_fields)) or hint
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(PolicyProblem(_render_path(path, lines), message, hint))
+        return Retention(), problems
 
 
 def require_judged(policy: Policy) -> None:

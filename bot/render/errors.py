@@ -11,10 +11,12 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from bot.engine.sizing import SizingRefusal
 from bot.errors import CommandError, Failure, JustMovedError, PermissionDenied, failure_of
 from bot.redact import redact
 from bot.render.kit import Message, ephemeral, mrkdwn_message
 from bot.render.mrkdwn import esc, mention
+from bot.render.sizing import sizing_refusal
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def chat_error(exc: BaseException, failed: Failed) -> Message:
         )
     if isinstance(exc, CommandError):
         return ephemeral(f"{mark} {exc.args[0]}", usage=exc.usage)
+    if isinstance(exc, SizingRefusal):
+        return ephemeral(f"{mark} {sizing_refusal(exc.sizing)}")
     if isinstance(exc, PermissionDenied):
         # The people who may are mentions made from their ids; the rest is escaped text.
         who = ", ".join(mention(a) for a in exc.allowed) or "nobody is configured"
@@ -95,3 +99,11 @@ def chat_error(exc: BaseException, failed: Failed) -> Message:
             f"well, send the command again in {exc.wait:.0f}s."
         )
     return ephemeral(f"{mark} {exc}")
+
+
+def said(exc: BaseException) -> str:
+    """A refusal in words on the surfaces that show plain text (the console, the API): the
+    exception's own message, or, for a refusal that carries data, its rendering."""
+    if isinstance(exc, SizingRefusal):
+        return sizing_refusal(exc.sizing)
+    return str(exc)

@@ -28,6 +28,7 @@ from bot.render.kit import (
     section_block,
 )
 from bot.render.mrkdwn import clip, esc, mention
+from bot.render.sizing import sizing_note
 from bot.render.status import approval_text, by_whom, more_pointer, release_title, step_text
 
 ACTION_EDIT_NOTES = "shipwatch_edit_notes"
@@ -110,7 +111,10 @@ def _started(s: _Said) -> _Reply:
         )
     if r.gates is not None and r.gates.forced:
         blocks.append(section_block(forced_text(r.gates)))
-    return blocks, f"{actor} started {r.service} {r.version}"
+    sized = sizing_note(s.event.sizing) if s.event.sizing is not None else ""
+    if sized:
+        blocks.append(section_block(esc(sized)))
+    return blocks, f"{actor} started {r.service} {r.version}" + (f"; {sized}" if sized else "")
 
 
 def _step_advanced(s: _Said) -> _Reply:

@@ -13,9 +13,6 @@ from typing import Any
 from bot.release.rollout import Actor, Release
 from bot.store import keys
 
-AUDIT_MAXLEN = 200_000
-# The lifecycle stream gets ~15 entries per release: 100,000 is months of releases.
-LIFECYCLE_MAXLEN = 100_000
 # Audit actions that only say "judged, nothing changed": in the audit stream, not the lifecycle.
 ROUTINE_ACTIONS = frozenset({"decision:hold"})
 AUDIT_PAGE = 1000  # entries per XRANGE when reading the audit stream by time
@@ -30,10 +27,6 @@ class AuditStream(StrEnum):
     @property
     def key(self) -> str:
         return keys.audit() if self is AuditStream.FULL else keys.lifecycle()
-
-    @property
-    def maxlen(self) -> int:
-        return AUDIT_MAXLEN if self is AuditStream.FULL else LIFECYCLE_MAXLEN
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,21 @@
 """Every Redis key and channel shipwatch uses. Nothing else in the code spells a key.
 
-All keys live under one prefix so a shared Redis can be inspected (and cleaned) safely.
+All keys live under one prefix so a shared Redis can be inspected (and cleaned) safely. The
+prefix is a hash tag: on Redis Cluster every key hashes to the one slot of ``shipwatch``, so
+the Lua scripts that change several keys at once (a transition, its audit entries, the active
+index) run there as on a single Redis. The flag keys are the exception (see ``flags``).
 """
 
 from __future__ import annotations
 
-PREFIX = "shipwatch:"
+PREFIX = "{shipwatch}:"
+# Where keys lived before the hash tag; a store moves them under PREFIX once (bot.store.migrate).
+LEGACY_PREFIX = "shipwatch:"
+
+
+def schema() -> str:
+    """The layout version of the keys, set once legacy keys were moved (bot.store.migrate)."""
+    return f"{PREFIX}schema"
 
 
 def release(release_id: str) -> str:
@@ -56,13 +66,16 @@ def fence(release_id: str) -> str:
 
 
 def flags() -> str:
-    """Hash service -> JSON flag state {pct, canary_version, stable_version, release_id, seq}."""
-    return f"{PREFIX}flags"
+    """Hash service -> JSON flag state {pct, canary_version, stable_version, release_id, seq}.
+
+    Its name is the flag SDKs' contract with applications, so it keeps the untagged prefix
+    they read; no script touches it together with another key, so Cluster does not mind."""
+    return f"{LEGACY_PREFIX}flags"
 
 
 def flags_channel() -> str:
     """Pub/sub channel on which every flag change is published (same JSON plus the service)."""
-    return f"{PREFIX}flags:changes"
+    return f"{LEGACY_PREFIX}flags:changes"
 
 
 def release_seq() -> str:

@@ -5,10 +5,20 @@ changed since it was read reports that someone else won instead of overwriting.
 
 from __future__ import annotations
 
-CREATE = """
+# Appends one audit entry to a stream, trimmed by age (MINID: entries older than the retention
+# go, exactly, so each entry is deleted once) and then by count (an approximate backstop).
+_APPEND = """
+local function append(stream, minid, maxlen, fields)
+  redis.call('XADD', stream, 'MINID', minid, '*', unpack(fields))
+  redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+end
+"""
+
+CREATE = _APPEND + """
 -- KEYS: release, active hash, history, lock, audit, idem, lifecycle
 -- ARGV: service, release id, record, idem result ('' = none), idem ttl, history len,
---       audit maxlen, lifecycle maxlen, audit fields...
+--       history ttl, audit minid, audit maxlen, lifecycle minid, lifecycle maxlen,
+--       audit fields...
 if ARGV[4] ~= '' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {'duplicate', prev} end
@@ -21,18 +31,22 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 9))
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', unpack(ARGV, 9))
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+local fields = {unpack(ARGV, 12)}
+append(KEYS[5], ARGV[8], ARGV[9], fields)
+append(KEYS[7], ARGV[10], ARGV[11], fields)
 if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
 return {'ok', ARGV[2]}
 """
 
 
-COMMIT = """
--- KEYS: release, active hash, audit, idem, lease, lifecycle
+COMMIT = _APPEND + """
+-- KEYS: release, active hash, audit, idem, lease, lifecycle, then what a finished release
+--       leaves behind: chart points, then fence, message refs, granted steps
 -- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
---       idem result ('' = none), idem ttl, audit maxlen, lifecycle maxlen ('0' = routine
---       entry, audit stream only), audit fields...
+--       idem result ('' = none), idem ttl, audit minid, audit maxlen, lifecycle minid,
+--       lifecycle maxlen ('0' = routine entry, audit stream only), finished ttl, chart ttl,
+--       audit fields...
 if ARGV[7] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {'duplicate', prev} end
@@ -46,14 +60,18 @@ if ARGV[6] ~= '' then
   if token ~= ARGV[6] then return {'fenced', lease or ''} end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[5] == '1' and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
-  redis.call('HDEL', KEYS[2], ARGV[3])
+if ARGV[5] == '1' then
+  if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then redis.call('HDEL', KEYS[2], ARGV[3]) end
+  -- A finished release is kept for the retention, counted again from each later change (a
+  -- note, a diagnosis) since SET clears a key's expiry.
+  redis.call('EXPIRE', KEYS[7], ARGV[14])
+  for i = 8, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[13]) end
+  redis.call('EXPIRE', KEYS[1], ARGV[13])
 end
-if #ARGV >= 11 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, 11))
-  if ARGV[10] ~= '0' then
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', unpack(ARGV, 11))
-  end
+if #ARGV >= 15 then
+  local fields = {unpack(ARGV, 15)}
+  append(KEYS[3], ARGV[9], ARGV[10], fields)
+  if ARGV[12] ~= '0' then append(KEYS[6], ARGV[11], ARGV[12], fields) end
 end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
 return {'ok', ''}
@@ -61,13 +79,15 @@ return {'ok', ''}
 
 
 LEASES = """
--- KEYS: lease1, fence1, lease2, fence2, ...   ARGV: owner, ttl ms
+-- KEYS: lease1, fence1, lease2, fence2, ...   ARGV: owner, ttl ms, fence ttl s
 -- Returns one fencing token per release: >0 held by us (new or renewed), 0 held by another.
+-- A fence outlives every lease it numbered by far (leases last seconds), so it can expire.
 local out = {}
 for i = 1, #KEYS, 2 do
   local cur = redis.call('GET', KEYS[i])
   if not cur then
     local token = redis.call('INCR', KEYS[i + 1])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
     redis.call('SET', KEYS[i], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
     out[#out + 1] = token
   else

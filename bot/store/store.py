@@ -8,23 +8,24 @@ read reports that someone else won instead of overwriting.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
 from bot.errors import StoreError
+from bot.release.retention import Retention
 from bot.release.rollout import Release
 from bot.store import keys, scripts
 from bot.store.audit import (
-    AUDIT_MAXLEN,
     AUDIT_PAGE,
-    LIFECYCLE_MAXLEN,
     ROUTINE_ACTIONS,
     AuditEntry,
     AuditPage,
@@ -32,16 +33,26 @@ from bot.store.audit import (
     AuditStream,
     stream_id_time,
 )
+from bot.store.connection import client_for, is_sentinel
 from bot.store.jobs import WritingJobs
+from bot.store.migrate import migrate
 from bot.store.outbox import Outbox
 from bot.store.redis_io import as_text as _text
 from bot.store.redis_io import translated as _translated
 
+log = logging.getLogger(__name__)
+
 IDEMPOTENCY_TTL_S = 24 * 3600
+# How long a release change waits to reach the replicas (min_replicas) before going on.
+REPLICA_WAIT_MS = 1000
 HISTORY_LEN = 500
 SERIES_LEN = 2000  # analysis rounds kept per release for charts (a long release is thinned)
-GRANT_TTL_S = 30 * 86400  # longer than any release lasts
-SERIES_TTL_S = 30 * 86400
+# Longer than any release lasts: what an active release writes outlives it, and the commit that
+# finishes it sets the retention from then on.
+ACTIVE_TTL_S = 30 * 86400
+GRANT_TTL_S = ACTIVE_TTL_S
+SERIES_TTL_S = ACTIVE_TTL_S
+FENCE_TTL_S = ACTIVE_TTL_S
 
 
 class CommitStatus(StrEnum):
@@ -106,8 +117,19 @@ _EMPTY_GROUP = ""
 
 
 class Store:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        min_replicas: int = 0,
+    ) -> None:
         self.redis = redis
+        # Replicas each release change must reach before it is acted on (Sentinel failover).
+        self.min_replicas = min_replicas
+        self.retention = retention or Retention()
+        self._clock = clock  # the age cut-offs of the audit streams are counted from it
         self._create = redis.register_script(scripts.CREATE)
         self._commit = redis.register_script(scripts.COMMIT)
         self._leases = redis.register_script(scripts.LEASES)
@@ -119,26 +141,41 @@ class Store:
         self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
 
     @classmethod
-    async def connect(cls, url: str) -> Store:
-        """A store on a new connection pool to ``url``, checked with a PING (StoreError if not)."""
-        # A blocking pool: a burst of commands waits briefly for a connection instead of failing
-        # with "too many connections" (the default pool raises at its limit).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=64,
-            timeout=5,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
-        store = cls(aioredis.Redis.from_pool(pool))  # the client owns the pool
+    async def connect(
+        cls, url: str, *, retention: Retention | None = None, min_replicas: int | None = None
+    ) -> Store:
+        """A store on a new client for ``url`` (a Redis or a Sentinel URL), checked with a PING
+        (StoreError if not). ``min_replicas`` defaults to 1 behind Sentinel, else 0."""
+        if min_replicas is None:
+            min_replicas = 1 if is_sentinel(url) else 0
+        store = cls(client_for(url), retention=retention, min_replicas=min_replicas)
         try:
             await store.ping()
+            await migrate(store.redis)
         except StoreError:
             await store.close()
             raise
         return store
+
+    async def _script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the store's scripts; with ``min_replicas``, return only once its writes
+        are on that many replicas (or the wait timed out, which is logged: the write stands
+        on the master, and a failover right now could lose it)."""
+        if not self.min_replicas:
+            return await script(keys=keys, args=args)
+        # WAIT counts the writes of the connection it is sent on: one pipeline, one connection.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
+            result, acked = await pipe.execute()
+        if int(acked) < self.min_replicas:
+            log.warning(
+                "a release change reached %s of %s replicas within %s ms",
+                acked,
+                self.min_replicas,
+                REPLICA_WAIT_MS,
+            )
+        return result
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -179,8 +216,9 @@ class Store:
     ) -> CreateResult:
         idem = json.dumps({"release_id": release.id, "action": "deploy"}) if request_id else ""
         async with _translated("starting a release"):
-            status, payload = await self._create(
-                keys=[
+            status, payload = await self._script(
+                self._create,
+                [
                     keys.release(release.id),
                     keys.active_index(),
                     keys.history(release.service),
@@ -189,15 +227,16 @@ class Store:
                     keys.idempotency(request_id or "-"),
                     keys.lifecycle(),
                 ],
-                args=[
+                [
                     release.service,
                     release.id,
                     _dump(release),
                     idem,
                     IDEMPOTENCY_TTL_S,
                     HISTORY_LEN,
-                    AUDIT_MAXLEN,
-                    LIFECYCLE_MAXLEN,
+                    self._kept_after_end(),
+                    *self._trim(AuditStream.FULL),
+                    *self._trim(AuditStream.LIFECYCLE),
                     *audit.fields(),
                 ],
             )
@@ -224,16 +263,21 @@ class Store:
         idem = json.dumps(result or {"release_id": new.id}) if request_id else ""
         audit_fields = audit.fields() if audit else []
         async with _translated("saving a release"):
-            status, payload = await self._commit(
-                keys=[
+            status, payload = await self._script(
+                self._commit,
+                [
                     keys.release(new.id),
                     keys.active_index(),
                     keys.audit(),
                     keys.idempotency(request_id or "-"),
                     keys.lease(new.id),
                     keys.lifecycle(),
+                    keys.series(new.id),
+                    keys.fence(new.id),
+                    keys.messages(new.id),
+                    keys.granted_steps(new.id),
                 ],
-                args=[
+                [
                     str(expected_rev),
                     _dump(record),
                     new.service,
@@ -242,8 +286,14 @@ class Store:
                     "" if fence is None else str(fence),
                     idem,
                     IDEMPOTENCY_TTL_S,
-                    AUDIT_MAXLEN,
-                    LIFECYCLE_MAXLEN if audit and audit.action not in ROUTINE_ACTIONS else 0,
+                    *self._trim(AuditStream.FULL),
+                    *(
+                        self._trim(AuditStream.LIFECYCLE)
+                        if audit and audit.action not in ROUTINE_ACTIONS
+                        else ("0", "0")
+                    ),
+                    int(self.retention.releases),
+                    int(self.retention.charts),
                     *audit_fields,
                 ],
             )
@@ -341,10 +391,30 @@ class Store:
             _translated("writing the audit log"),
             self.redis.pipeline(transaction=True) as pipe,
         ):
-            pipe.xadd(keys.audit(), mapping, maxlen=AUDIT_MAXLEN, approximate=True)
+            streams = [AuditStream.FULL]
             if entry.action not in ROUTINE_ACTIONS:
-                pipe.xadd(keys.lifecycle(), mapping, maxlen=LIFECYCLE_MAXLEN, approximate=True)
+                streams.append(AuditStream.LIFECYCLE)
+            for stream in streams:
+                minid, maxlen = self._trim(stream)
+                pipe.xadd(stream.key, mapping, minid=minid, approximate=False)
+                pipe.xtrim(stream.key, maxlen=int(maxlen), approximate=True)
             await pipe.execute()
+
+    def _trim(self, stream: AuditStream) -> tuple[str, str]:
+        """(MINID, MAXLEN) that keep ``stream`` within its retention: the id below which
+        entries are older than the kept age, and the count backstop."""
+        r = self.retention
+        age, cap = (
+            (r.audit, r.audit_max_entries)
+            if stream is AuditStream.FULL
+            else (r.lifecycle, r.lifecycle_max_entries)
+        )
+        return f"{max(0, int((self._clock() - age) * 1000))}-0", str(cap)
+
+    def _kept_after_end(self) -> int:
+        """Seconds a release's history list is kept after its last release started: the
+        retention of its records plus the longest a release runs."""
+        return int(self.retention.releases) + ACTIVE_TTL_S
 
     async def audit_tail(self, count: int = 50, service: str | None = None) -> list[AuditEntry]:
         """Newest first."""
@@ -426,7 +496,12 @@ class Store:
         length = int(info.get("length", 0))
         # entries-added exists from Redis 7; before it, a stream at its cap has been trimmed.
         added = info.get("entries-added")
-        trimmed = int(added) > length if added is not None else length >= stream.maxlen
+        cap = (
+            self.retention.audit_max_entries
+            if stream is AuditStream.FULL
+            else self.retention.lifecycle_max_entries
+        )
+        trimmed = int(added) > length if added is not None else length >= cap
         return AuditReach(oldest, trimmed)
 
     # --- chat messages ----------------------------------------------------------------------
@@ -444,8 +519,12 @@ class Store:
         ):
             for field, value in refs.items():
                 pipe.hset(keys.messages(release_id), field, value)
+            # The refs are written while the release runs; the commit that finishes it sets
+            # the retention on them (the thread link keeps this longest lifetime).
+            kept = self._kept_after_end()
+            pipe.expire(keys.messages(release_id), kept)
             if refs.get("channel") and refs.get("ts"):
-                pipe.set(keys.thread(refs["channel"], refs["ts"]), release_id)
+                pipe.set(keys.thread(refs["channel"], refs["ts"]), release_id, ex=kept)
             await pipe.execute()
 
     async def release_for_thread(self, channel: str, thread_ts: str) -> Release | None:
@@ -497,7 +576,9 @@ class Store:
         for rid in release_ids:
             key_list += [keys.lease(rid), keys.fence(rid)]
         async with _translated("taking leases"):
-            tokens = await self._leases(keys=key_list, args=[owner, max(1, int(ttl * 1000))])
+            tokens = await self._leases(
+                keys=key_list, args=[owner, max(1, int(ttl * 1000)), FENCE_TTL_S]
+            )
         return {rid: int(t) for rid, t in zip(release_ids, tokens, strict=True) if int(t) > 0}
 
     async def drop_leases(self, owner: str, release_ids: Sequence[str]) -> int:

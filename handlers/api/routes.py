@@ -10,11 +10,13 @@ from pydantic import ValidationError
 
 from bot.engine.gates import GatesNotPassed, GatesUnavailable
 from bot.engine.service import Outcome
+from bot.engine.sizing import SizingRefusal
 from bot.errors import Failure, LockedError, ShipwatchError, UnknownServiceError
 from bot.observe.logs import log_context
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
-from bot.render.errors import report
+from bot.render.errors import report, said
+from bot.render.sizing import with_sizing
 from handlers.api.answers import (
     RETRY_AFTER_S,
     error_answer,
@@ -124,7 +126,12 @@ class RolloutApi:
             extra={"release_id": release.id, "service": release.service},
         )
         return web.json_response(
-            {"release": summary(release), "message": result.message, **links},
+            {
+                "release": summary(release),
+                "message": with_sizing(result.message, result.sizing),
+                **({"first_step": result.sizing.as_json()} if result.sizing is not None else {}),
+                **links,
+            },
             status=201,
             headers={"Location": links["status_url"]},
         )
@@ -203,7 +210,9 @@ class RolloutApi:
         fields a pipeline acts on."""
         failed = report(exc, what=f"API, {caller.name} for {service}", log=log)
         status = failed.shown.http_status
-        message = str(exc.args[0]) if exc.args else str(exc)
+        # A refusal that carries data (first-step sizing) gives its rendering and its numbers.
+        sized = {"first_step": exc.sizing.as_json()} if isinstance(exc, SizingRefusal) else {}
+        message = said(exc) if sized else str(exc.args[0]) if exc.args else str(exc)
         hint = getattr(exc, "hint", "")
         match failed.kind:
             case Failure.GATES:
@@ -219,7 +228,7 @@ class RolloutApi:
             case Failure.PERMISSION:
                 return error_answer(status, message, hint=hint, service=service)
             case Failure.USAGE | Failure.INVALID:
-                return error_answer(status, message, hint=hint)
+                return error_answer(status, message, hint=hint, **sized)
             case Failure.CONFLICT:
                 blocking = await self._blocking(service, locked=isinstance(exc, LockedError))
                 return error_answer(status, str(exc), **blocking)
@@ -228,7 +237,7 @@ class RolloutApi:
                 if isinstance(exc, GatesUnavailable):
                     extra["gates"] = exc.verdict.as_json()
                 return web.json_response(
-                    {"error": str(exc), **extra},
+                    {"error": said(exc), **extra, **sized},
                     status=status,
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
