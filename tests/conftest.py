@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # gives the fast unit run and CI can prove none of the real-service tests was skipped.
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if "redis_url" in names or "sentinel" in names:
+        if "redis_url" in names or "sentinel" in names or "cluster" in names:
             item.add_marker(pytest.mark.redis)
         if "prometheus_url" in names:
             item.add_marker(pytest.mark.prometheus)

@@ -1,7 +1,8 @@
 """Redis high availability through Redis' own engines: a release driven through Redis Sentinel
 (three redis-servers, three redis-sentinels, all real) survives its master being SIGKILLed
 mid-release with no step lost or doubled; every key shares one hash slot so Redis Cluster
-runs the multi-key scripts; keys of the older layout move under the hash tag on connect."""
+runs the multi-key scripts (a whole release on a real cluster of three masters); keys of the
+older layout move under the hash tag on connect."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
-from bot.store.connection import parse_sentinel_url
+from bot.store.audit import AuditStream
+from bot.store.connection import client_for, parse_sentinel_url
 from bot.store.migrate import migrate
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
-from tests.support.sentinel import SentinelRig, sentinel_rig
+from tests.support.sentinel import SentinelRig, redis_cluster, sentinel_rig
 
 ALICE = Actor(user="alice", surface="slack")
 
@@ -77,6 +79,17 @@ def test_a_wrong_sentinel_url_says_how_to_write_it(url: str, says: str) -> None:
         parse_sentinel_url(url)
     assert says in str(err.value)
     assert "redis+sentinel://[:password@]host:26379[,host:26379]/mymaster[/0]" in err.value.hint
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis+cluster://10.0.0.1:6379/2", "takes no database or options"),
+    ("redis+cluster://10.0.0.1:6379,10.0.0.2", "`10.0.0.2` without a port"),
+])
+def test_a_wrong_cluster_url_says_how_to_write_it(url: str, says: str) -> None:
+    with pytest.raises(UserError) as err:
+        client_for(url)
+    assert says in str(err.value)
+    assert "redis+cluster://[:password@]host:6379[,host:6379]" in err.value.hint
 
 
 # --- the older layout -------------------------------------------------------------------------
@@ -194,3 +207,45 @@ async def test_a_master_killed_mid_release_loses_no_step_and_doubles_none(
         await asyncio.to_thread(app_flags.close)
         await actuator.close()
         await events.close()
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    with redis_cluster(tmp_path) as url:
+        yield url
+
+
+@pytest.mark.timeout(120)
+async def test_a_release_runs_on_a_redis_cluster_of_three_masters(cluster: str) -> None:
+    store = await Store.connect(cluster)
+    policy = parse_policy(POLICY, "test")
+    events = EventBus([])
+    flags = FlagsBackend(FlagWriter(store.redis))
+    actuator = TrafficActuator(store, lambda _s: flags, events)
+    service = ReleaseService(store, policy, actuator, events)
+    controller = Controller(store, policy, SyntheticSource(seed=1), actuator, events,
+                            tick=0.05, lease_ttl=2.0, owner="a")
+    events.start()
+    try:
+        deployed = await service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+        deadline = time.monotonic() + 60
+        while (current := await store.get(deployed.release.id)) is not None and current.is_active:
+            assert time.monotonic() < deadline, current.describe_state()
+            await controller.run_once()
+            await asyncio.sleep(0.02)
+        assert current is not None and current.state is State.SUCCEEDED
+        entries = list(reversed(await store.audit_tail(10_000)))
+        assert [e.detail["weight"] for e in entries if e.action == "traffic"] == [
+            1, 10, 25, 50, 100]
+        lifecycle = await store.audit_between(0, stream=AuditStream.LIFECYCLE)
+        actions = [e.action for e in lifecycle]
+        assert actions[0] == "deploy" and actions.count("decision:succeed") == 1
+        await store.save_message_refs(current.id, {"channel": "C1", "ts": "1.1"})
+        assert await store.release_for_thread("C1", "1.1") == current
+    finally:
+        await actuator.close()
+        await events.close()
+        await store.close()

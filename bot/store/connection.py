@@ -1,10 +1,15 @@
-"""One client for the store, from ``REDIS_URL``: a single Redis, or the master Redis Sentinel names.
+"""One client for the store, from ``REDIS_URL``: a single Redis, the master Redis Sentinel names,
+or a Redis Cluster.
 
 ``redis+sentinel://[[user]:password@]host:port[,host:port…]/master-name[/db]`` asks the
 sentinels which server is the master and follows a failover by itself (redis-py's Sentinel
 support): a command that finds the old master gone or demoted is retried against the new one.
 The URL's password is the data servers'; sentinels that require one of their own take it from
 ``?sentinel_password=``.
+
+``redis+cluster://[[user]:password@]host:port[,host:port…]`` starts from those nodes and
+learns the rest from the cluster. Every shipwatch key carries one hash tag (bot.store.keys),
+so each multi-key script and transaction runs on the one node that owns that slot.
 
 Replication is asynchronous, so a master that dies can take its last writes with it. With
 ``min_replicas`` the store waits (``WAIT``) until each release change is on that many replicas
@@ -14,9 +19,11 @@ before anything acts on it, so a failover promotes a replica that has it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -27,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.errors import UserError
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 SOCKET_TIMEOUT_S = 5.0
 # A failover takes the sentinels' down-after time plus an election: seconds. The retries span
 # about that, so a command issued mid-failover lands on the new master instead of failing.
@@ -48,22 +56,32 @@ def is_sentinel(url: str) -> bool:
     return url.lower().startswith(SENTINEL_SCHEME + "://")
 
 
+def is_cluster(url: str) -> bool:
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+def _hosts(netloc: str, example: str) -> tuple[str, str, list[tuple[str, int]]]:
+    """(username, password, [(host, port)…]) of a netloc listing several hosts."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    out: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(
+                f"REDIS_URL names a server `{item.strip()}` without a port",
+                hint=f"{example}; nothing was started",
+            )
+        out.append((host.strip("[]"), int(port)))
+    return unquote(username), unquote(password), out
+
+
 def parse_sentinel_url(url: str) -> SentinelUrl:
     """The parts of a ``redis+sentinel://`` URL, or a UserError saying how to write it."""
     example = "write it as redis+sentinel://[:password@]host:26379[,host:26379]/mymaster[/0]"
     hint = f"{example}; nothing was started"
     parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, _, hosts = netloc.rpartition("@")
-    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(
-                f"REDIS_URL names a sentinel `{item.strip()}` without a port", hint=hint
-            )
-        sentinels.append((host.strip("[]"), int(port)))
+    username, password, sentinels = _hosts(parts.netloc, example)
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise UserError("REDIS_URL must name the master the sentinels watch", hint=hint)
@@ -79,14 +97,16 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         sentinels=tuple(sentinels),
         master=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
+        username=username or None,
+        password=password or None,
         sentinel_password=sentinel_password,
     )
 
 
 def client_for(url: str, *, max_connections: int = 64) -> aioredis.Redis:
     """The store's client for ``url`` (decoded replies, a timeout on every call)."""
+    if is_cluster(url):
+        return _cluster_client(url, max_connections)
     if not is_sentinel(url):
         # A blocking pool: a burst of commands waits briefly for a connection instead of
         # failing with "too many connections" (the default pool raises at its limit).
@@ -126,3 +146,27 @@ def client_for(url: str, *, max_connections: int = 64) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
     )
     return client
+
+
+def _cluster_client(url: str, max_connections: int) -> aioredis.Redis:
+    example = "write it as redis+cluster://[:password@]host:6379[,host:6379]"
+    parts = urlsplit(url)
+    username, password, nodes = _hosts(parts.netloc, example)
+    if parts.path.strip("/") or parts.query:
+        raise UserError(
+            "REDIS_URL for a cluster takes no database or options (a cluster has database 0 only)",
+            hint=f"{example}; nothing was started",
+        )
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        username=username or None,
+        password=password or None,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(_FAILOVER_BACKOFF, _FAILOVER_RETRIES),
+    )
+    # The store uses the commands both clients share (the cluster client routes each by its
+    # keys' slot, all of them one slot here), so it takes the cluster client as a Redis.
+    return cast(aioredis.Redis, cluster)

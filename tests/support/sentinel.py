@@ -1,5 +1,6 @@
-"""A real Redis Sentinel deployment for the tests: three redis-servers (a master and two
-replicas) watched by three redis-sentinels (Debian's binary), all on free ports, stopped by pid.
+"""Real Redis high-availability deployments for the tests, on free ports, stopped by pid: three
+redis-servers (a master and two replicas) watched by three redis-sentinels (Debian's binary),
+and a Redis Cluster of three masters.
 
 The sentinels decide fast (a master silent for 1 s is down, a quorum of 2 fails it over) so a
 test can SIGKILL the master and see a replica promoted within seconds.
@@ -141,3 +142,47 @@ def sentinel_rig(tmp: Path) -> Iterator[SentinelRig]:
     finally:
         for proc in [*rig.sentinels.values(), *rig.servers.values()]:
             stop_process(proc)
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``masters`` redis-servers on free ports, slots spread over them by
+    ``redis-cli --cluster create``: the ``redis+cluster://`` URL of its nodes."""
+    cli = require_binary("redis-cli")
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = [free_port() for _ in range(masters)]
+    try:
+        for i, port in enumerate(ports):
+            data = tmp / f"cluster-{i}"
+            data.mkdir()
+            cmd = [*redis_server_cmd(port, data), "--cluster-enabled", "yes",
+                   "--cluster-config-file", str(data / "nodes.conf"),
+                   "--cluster-node-timeout", "2000"]  # fmt: skip
+            procs.append(_start(cmd, port, data / "redis.log"))
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        _wait_for_cluster(ports)
+        yield "redis+cluster://" + ",".join(nodes)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
+def _wait_for_cluster(ports: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as node:
+            while "cluster_state:ok" not in _cluster_info(node):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the cluster node on {port} never reported ok")
+                time.sleep(0.2)
+
+
+def _cluster_info(node: redis.Redis) -> str:
+    info = node.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+    if isinstance(info, dict):  # parsed by the client's callback
+        return "\n".join(f"{k}:{v}" for k, v in info.items())
+    return str(info)
