@@ -2,10 +2,12 @@
 
 Run from the project root::
 
-    .venv/bin/python -m bench.controller_bench [--releases 1000] [--rounds 15]
+    .venv/bin/python -m bench.controller_bench [--releases 1000] [--rounds 15] [--judge both]
 
 A private redis-server, N services each with one active release (two metrics, canary and
-control, plus the request-count guard: 5 queries per release) on the synthetic source, and a
+control, plus the request-count guard: 5 queries per release; with ``--judge both`` the
+latency metric's canary and control series too, judged by Mann-Whitney) on the synthetic
+source, and a
 controller whose interval is short enough that every round evaluates every release. For each
 round it records the bot process's CPU time (process_time) and wall time, and the Redis
 server's CPU from INFO. Prints a table, then one JSON object on the last line.
@@ -33,6 +35,7 @@ from bot.metrics.synthetic import SyntheticSource
 from bot.release.policy import Policy, parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
+from bot.store.connection import client_for
 from bot.store.store import Store
 from bot.traffic.flags import FlagsBackend
 from tests.support.procs import redis_server
@@ -50,9 +53,18 @@ METRICS = """
 """
 
 
-def _policy(n: int) -> Policy:
+# With --judge both, the latency metric is also compared statistically (Mann-Whitney on a
+# 60-sample series a side), as the default policy does.
+STATISTICAL = """      judge: both
+      lookback: 5m
+      step: 5s
+"""
+
+
+def _policy(n: int, judge: str = "threshold") -> Policy:
     services = "\n".join(f"  svc{i}: {{}}" for i in range(n))
-    text = f"defaults:\n  interval: 0.05s\n  hold: 1h\n  metrics:{METRICS}services:\n{services}\n"
+    metrics = METRICS + (STATISTICAL if judge == "both" else "")
+    text = f"defaults:\n  interval: 0.05s\n  hold: 1h\n  metrics:{metrics}services:\n{services}\n"
     return parse_policy(text, "bench")
 
 
@@ -61,10 +73,11 @@ async def _redis_cpu(client: aioredis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def run(n: int, rounds: int, url: str) -> dict[str, object]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+async def run(n: int, rounds: int, url: str, judge: str = "threshold") -> dict[str, object]:
+    # The store's own client (a blocking pool of 64): a round acts on every release at once.
+    client = client_for(url)
     await client.flushdb()
-    policy = _policy(n)
+    policy = _policy(n, judge)
     store = Store(client)
     events = EventBus([])
     flags = FlagsBackend(FlagWriter(client))
@@ -97,6 +110,7 @@ async def run(n: int, rounds: int, url: str) -> dict[str, object]:
     cpu_ms = statistics.median(cpu) * 1000
     return {
         "releases": n,
+        "judge": judge,
         "rounds": rounds,
         "evaluated_per_round_median": statistics.median(evaluated),
         "queries_per_round": stats.queries,
@@ -112,10 +126,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--releases", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--judge", choices=("threshold", "both"), default="threshold",
+                        help="both: the latency metric is also judged statistically")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as url:
-        result = asyncio.run(run(args.releases, args.rounds, url))
+        result = asyncio.run(run(args.releases, args.rounds, url, args.judge))
     width = max(len(k) for k in result)
     print(f"{'measure':<{width}}  value")
     print(f"{'-' * width}  -----")
