@@ -6,9 +6,6 @@ matplotlib is synchronous and CPU-bound: callers run `render_png` in a thread (o
 
 from __future__ import annotations
 
-import io
-import time
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to memory only
@@ -17,6 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from bot.judging.backtest_report import BacktestReport, ServiceReport
+from bot.writing.chart import png_bytes
 
 _LIMIT_COLOURS = ("#e63946", "#f4a261", "#2a9d8f", "#457b9d", "#6d597a")
 
@@ -31,14 +29,7 @@ def render_png(report: BacktestReport) -> bytes | None:
         for row, s in zip(axes, drawn, strict=True):
             _rates(row[0], s)
             _detection(row[1], s)
-        fig.tight_layout()
-        out = io.BytesIO()
-        fig.savefig(
-            out,
-            format="png",
-            metadata={"Software": "shipwatch", "Creation Time": time.strftime("%Y-%m-%d")},
-        )
-        return out.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
 

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to memory only
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def render_png(
@@ -61,16 +62,21 @@ def render_png(
         ax.set_title(title or f"{metric}: canary vs control", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = io.BytesIO()
-        fig.savefig(
-            out,
-            format="png",
-            metadata={"Software": "shipwatch", "Creation Time": time.strftime("%Y-%m-%d")},
-        )
-        return out.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` laid out and encoded as PNG, stamped with who drew it and on which day."""
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(
+        out,
+        format="png",
+        metadata={"Software": "shipwatch", "Creation Time": time.strftime("%Y-%m-%d")},
+    )
+    return out.getvalue()
 
 
 def _nan(value: float | None) -> float:
