@@ -155,7 +155,9 @@ def redis_cluster(tmp: Path, masters: int = 3) -> Iterator[str]:
         for i, port in enumerate(ports):
             data = tmp / f"cluster-{i}"
             data.mkdir()
+            # The bus port defaults to port + 10000, past 65535 for a high free port: name one.
             cmd = [*redis_server_cmd(port, data), "--cluster-enabled", "yes",
+                   "--cluster-port", str(free_port()),
                    "--cluster-config-file", str(data / "nodes.conf"),
                    "--cluster-node-timeout", "2000"]  # fmt: skip
             procs.append(_start(cmd, port, data / "redis.log"))
