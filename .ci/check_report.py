@@ -17,11 +17,11 @@ def main(path: str) -> int:
            if c.find("skipped") is None}
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m",
-         "redis or prometheus or haproxy or nginx or unleash"],
+         "redis or prometheus or haproxy or nginx or unleash or chromium"],
         capture_output=True, text=True, check=False).stdout
     real = [line for line in collected.splitlines() if "::" in line]
     print(f"report: {total} tests, {failed} failed, {skipped} skipped; "
-          f"{len(real)} need a real service (redis, prometheus, haproxy, nginx, unleash)")
+          f"{len(real)} need a real service (redis, prometheus, haproxy, nginx, unleash, chromium)")
     if total == 0 or failed or skipped:
         print("CI: tests failed, were skipped, or none ran", file=sys.stderr)
         return 1

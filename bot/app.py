@@ -33,6 +33,7 @@ from bot.traffic.unleash import UnleashBackend
 from bot.traffic.webhook import WebhookBackend
 from bot.writing.llm import LLM
 from bot.writing.narrator import Narrator
+from bot.writing.paging.pager import Pager
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class App:
     service: ReleaseService
     controller: Controller
     narrator: Narrator | None = None
+    pager: Pager | None = None
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
     flagger: FlaggerGate | None = None
@@ -109,6 +111,8 @@ class App:
         async def settle() -> None:
             await self.actuator.drain()
             await self.events.drain()
+            if self.pager is not None:
+                await self.pager.drain()
             if self.narrator is not None:
                 await self.narrator.drain()
                 await self.events.drain()
@@ -123,6 +127,8 @@ class App:
         await self.controller.close()
         if self.narrator is not None:
             await self.narrator.close()
+        if self.pager is not None:
+            await self.pager.close()
         await self.actuator.close()
         await self.service.gates.close()
         await self.events.close()
@@ -202,6 +208,9 @@ async def build_app(
     )
     narrator = Narrator(store, llm, events, policy)
     events.notifiers.append(narrator)
+    # Pages go out from their own tasks, beside the rollback that the event reports as decided.
+    pager = Pager(policy, events)
+    events.notifiers.append(pager)
     return App(
         settings=settings,
         policy=policy,
@@ -214,6 +223,7 @@ async def build_app(
         embedded_redis=embedded,
         backends=backends,
         narrator=narrator,
+        pager=pager,
         flagger=FlaggerGate(service, store),
     )
 

@@ -35,6 +35,7 @@ from bot.observe.logs import configure_logging
 from bot.release.durations import parse_duration
 from bot.release.policy import Policy, load_policy, require_judged
 from bot.render.backtest import render_report
+from bot.render.policy_words import explain_service
 from bot.render.sizing import first_step_setting
 from bot.store.embedded_redis import EmbeddedRedis
 from bot.writing.backtest_chart import render_png as backtest_png
@@ -325,6 +326,8 @@ def _check_config(path: Path) -> int:
             f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}"
         )
         print(f"  {first_step_setting(sp, name)}")
+        for line in explain_service(sp):
+            print(f"  {line}")
     # Secrets are often absent where the file is checked (a CI job): said, not refused; `serve`
     # refuses to start without them.
     for name in sorted(n for n in policy.secret_envs() if not os.environ.get(n)):

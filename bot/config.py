@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     gates_token: SecretStr | None = Field(default=None, alias="SHIPWATCH_GATES_TOKEN")
     gates_timeout: float = Field(default=5.0, gt=0, alias="SHIPWATCH_GATES_TIMEOUT")
     port: int = Field(default=3000, alias="PORT")
+    # The release page (GET /releases/...): the key its signed links are made with, and the
+    # address people reach `serve` at. Both are needed for links to be posted; without the key
+    # the page answers only to an API token (nothing is derived from the other secrets).
+    page_secret: SecretStr | None = Field(default=None, alias="SHIPWATCH_PAGE_SECRET")
+    public_url: str | None = Field(default=None, alias="SHIPWATCH_PUBLIC_URL")
     # How fast shipwatch writes to one Slack channel: Slack takes about one message a second
     # per channel, with short bursts; above that it answers 429.
     slack_channel_rate: float = Field(default=1.0, gt=0, alias="SHIPWATCH_SLACK_CHANNEL_RATE")
@@ -74,6 +79,7 @@ class Settings(BaseSettings):
             self.slack_app_token,
             self.openai_api_key,
             self.gates_token,
+            self.page_secret,
         ]
         values = [s.get_secret_value() for s in given if s is not None]
         if self.api_tokens is not None:

@@ -19,6 +19,7 @@
         ├── TrafficError       the traffic backend
         ├── LLMError           the LLM (bot.writing.llm; callers fall back to template text)
         ├── TicketError        an incident-ticket sink (bot.writing.tickets)
+        ├── PageError          a paging service: PagerDuty, Opsgenie (bot.writing.paging)
         ├── GatesUnavailable   the CI status URL the gates are read from (bot.engine.gates)
         └── FirstStepUnsized   `first_step: require` and the traffic could not be read
                                (a subclass of MetricsError; bot.engine.sizing)

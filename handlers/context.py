@@ -31,7 +31,12 @@ class Core:
 
 def status_of(core: Core, release: Release) -> Message:
     """The release's status message with what its service's policy adds (on-call, limits)."""
-    return status_for(release, core.app.policy, demo_metrics=core.app.demo_metrics)
+    return status_for(
+        release,
+        core.app.policy,
+        demo_metrics=core.app.demo_metrics,
+        page_url=core.notifier.page_url(release),
+    )
 
 
 def error_message(exc: Exception, *, what: str) -> Message:

@@ -15,6 +15,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.events import EventKind, ReleaseEvent
+from bot.page_links import PageLinks
 from bot.release.policy import Policy
 from bot.release.rollout import Release
 from bot.render.kit import Message
@@ -58,6 +59,8 @@ class SlackNotifier:
         self.store = store
         self._policy = policy
         self.demo_metrics = demo_metrics  # every status message says so
+        # Signed links to the release page (none unless its key and public URL are set).
+        self.page_links = PageLinks()
         self.writer = OutboxWriter(
             writer_client, store, self._status, owner=owner, rate=rate, burst=burst
         )
@@ -73,7 +76,7 @@ class SlackNotifier:
         if event.kind is EventKind.NOTES_FINAL:
             sp = self._policy.services.get(release.service)
             channel = (sp.announce_channel or sp.channel) if sp else DEFAULT_CHANNEL
-            message = event_message(event)
+            message = event_message(event, page_url=self.page_url(release))
             await self.store.outbox.add(
                 channel, release.id, EntryKind.POST, text=message.text, blocks=message.blocks,
                 item_id=new_entry_id(),
@@ -103,6 +106,11 @@ class SlackNotifier:
         )  # fmt: skip
         self.writer.wake()
 
+    def page_url(self, release: Release) -> str:
+        """The release page's signed link, "" when links are off. Signed from the record's
+        last change, so re-rendering an unchanged release gives the same text."""
+        return self.page_links.url_for(release.service, release.id, release.updated_at)
+
     def channel_of(self, release: Release) -> str:
         sp = self._policy.services.get(release.service)
         return sp.channel if sp else DEFAULT_CHANNEL
@@ -122,15 +130,19 @@ class SlackNotifier:
 
     def _event(self, event: ReleaseEvent) -> Message:
         sp = self._policy.services.get(event.release.service)
+        page_url = self.page_url(event.release)
         if sp is None:
-            return event_message(event)
+            return event_message(event, page_url=page_url)
         return event_message(
             event,
             oncall=sp.oncall,
             approvers=sp.approvers,
-            metrics=sp.metrics,
+            metrics=sp.metrics_at(event.release.step_weight),  # a step's own limits
             traffic=sp.traffic,
+            page_url=page_url,
         )
 
     def _status(self, release: Release) -> Message:
-        return status_for(release, self._policy, demo_metrics=self.demo_metrics)
+        return status_for(
+            release, self._policy, demo_metrics=self.demo_metrics, page_url=self.page_url(release)
+        )

@@ -22,6 +22,7 @@ from bot.errors import ShipwatchError
 from bot.observe import telemetry
 from bot.observe.logs import log_context, request_id_from
 from bot.observe.release_metrics import ReleaseMetrics
+from bot.page_links import PageLinks
 from bot.release.policy import Policy
 from handlers.api.engines import api_routes
 from handlers.api.tokens import load_tokens
@@ -30,6 +31,7 @@ from handlers.client import slack_error, web_client
 from handlers.context import Core
 from handlers.inbound import MAX_BODY, events_endpoint
 from handlers.notifier import SlackNotifier
+from handlers.pages.routes import page_routes
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ def web_app(core: Core, bolt: AsyncApp | None, *, faces: bool = True) -> web.App
     if faces:
         # The CI API needs nothing of Slack: it is served with or without bolt.
         app.add_routes([web.post("/slack/events", slack_events), *api_routes(core)])
+        # The release page: read-only, for people outside Slack (links are posted there).
+        app.add_routes(page_routes(core, app[DRAINING]))
     return app
 
 
@@ -168,9 +172,12 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
         raise ShipwatchError(
             f"Slack refused the bot token ({slack_error(exc)}): check SLACK_BOT_TOKEN"
         ) from exc
+    notifier.page_links = PageLinks.from_settings(settings.page_secret, settings.public_url)
     app.events.notifiers.append(notifier)
     if app.narrator is not None:
         app.narrator.link_for = notifier.permalink
+    if app.pager is not None:
+        app.pager.link_for = notifier.permalink
     return Core(app, client, notifier, bot_user_id=bot_user_id), notifier
 
 

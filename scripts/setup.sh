@@ -15,6 +15,8 @@ need_debs=("${need_debs[@]/#nginx/nginx-light}")
 # PostgreSQL, for the Unleash server the tests start (initdb is not on PATH in Debian's package).
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
   || need_debs+=(postgresql)
+# Chromium, headless, for the release page's browser tests (Playwright drives Debian's binary).
+command -v chromium >/dev/null 2>&1 || need_debs+=(chromium)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_debs[*]} with apt-get" >&2

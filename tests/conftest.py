@@ -48,5 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.nginx)
         if "unleash" in names:
             item.add_marker(pytest.mark.unleash)
+        if "chromium" in names:
+            item.add_marker(pytest.mark.chromium)
         if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_SECONDS))

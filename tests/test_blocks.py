@@ -497,6 +497,8 @@ EVENT_STATE = {
     EventKind.NOTES_DRAFT: progressing,
     EventKind.NOTES_FINAL: succeeded,
     EventKind.TICKET_FILED: rolled_back,
+    EventKind.PAGED: rolled_back,
+    EventKind.PAGE_FAILED: rolling_back,
     EventKind.HANDED_BACK: succeeded,
 }
 

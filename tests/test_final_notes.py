@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from bot.judging.summary import summarize
 from bot.release.checks import CheckResult, Outcome
-from bot.release.policy import Risk, Strategy
+from bot.release.policy import Metric, Risk, Strategy
 from bot.release.rollout import Actor, MetricCounters, Release, new_release
-from bot.writing.narrator import WRITTEN_LIMIT, capped, how_it_went
+from bot.release.summary import CompletionSummary
+from bot.render.summary import summary_note
+from bot.writing.narrator import WRITTEN_LIMIT, capped
 
 
 def shipped(
@@ -34,28 +37,35 @@ def check(metric: str, outcome: Outcome, **more: object) -> CheckResult:
     return CheckResult(metric=metric, outcome=outcome, canary=1.0, control=1.0, reason="", **more)  # type: ignore[arg-type]
 
 
+def summary_of(release: Release, metrics: list[Metric]) -> CompletionSummary:
+    return summarize(release, metrics, [], [])
+
+
+def metric(name: str, **more: object) -> Metric:
+    return Metric(name=name, query='q{v="{version}"}', max=2.0, **more)
+
+
 def test_a_release_no_metric_judged_says_so() -> None:
-    assert how_it_went(shipped([])) == "No metrics were judged."
+    assert summary_note(summary_of(shipped([]), [])) == "no metrics were judged"
     dry = [check("latency", Outcome.FAIL, dry_run=True)]
-    assert how_it_went(shipped(dry)) == "No metrics were judged."
+    said = summary_note(summary_of(shipped(dry), [metric("latency", dry_run=True)]))
+    assert said == "no metrics were judged"
 
 
-def test_all_passing_says_how_many() -> None:
-    said = how_it_went(shipped([check("errors", Outcome.PASS), check("latency", Outcome.PASS)]))
-    assert said == "2 of 2 metric(s) passed at the last check."
+def test_all_passing_is_nominal() -> None:
+    checks = [check("errors", Outcome.PASS), check("latency", Outcome.PASS)]
+    summary = summary_of(shipped(checks), [metric("errors"), metric("latency")])
+    assert summary_note(summary) == "all metrics nominal"
 
 
-def test_warnings_and_failures_on_the_way_are_named() -> None:
+def test_a_warning_at_the_last_check_is_named() -> None:
     checks = [
         check("errors", Outcome.PASS, warning="near its limit"),
         check("latency", Outcome.PASS),
     ]
-    counters = {"latency": MetricCounters(total_failures=2), "errors": MetricCounters()}
-    said = how_it_went(shipped(checks, counters))
-    assert said == (
-        "2 of 2 metric(s) passed at the last check. Warnings: errors. "
-        "Failed checks on the way: latency."
-    )
+    summary = summary_of(shipped(checks), [metric("errors"), metric("latency")])
+    assert not summary.nominal
+    assert summary_note(summary) == "1 warning at the last check"
 
 
 def test_a_flood_from_the_model_is_cut_to_one_message_saying_so() -> None:

@@ -30,9 +30,9 @@ from bot.release.durations import format_duration
 from bot.release.policy import Policy
 from bot.release.rollout import Release, State
 from bot.render.mrkdwn import esc
+from bot.render.summary import summary_note
 from bot.render.thread import ACTION_EDIT_NOTES, NOTES_INPUT_ACTION, NOTES_INPUT_BLOCK, NOTES_MODAL
 from bot.traffic.flags import FlagsBackend
-from bot.writing.narrator import how_it_went
 from bot.writing.prompts import render
 from tests.support.openai_api import OpenAIStandIn
 from tests.support.slack_api import SlackStandIn
@@ -76,11 +76,12 @@ DIAGNOSIS_REPLY = (
     "Suggested next step: compare traces of the cart totals endpoint on canary and stable."
 )
 NOTES_REPLY = "• Cart totals show up faster.\n• Checking out takes fewer clicks."
+COMPLETION_REPLY = "Faster cart totals reached every customer, and the rollout went quietly."
 ANSWER_REPLY = (
     "It was rolled back by U0ALICE, who gave the reason: customers see errors. "
     "A person has to deploy again with the bot's own commands."
 )
-TEMPLATES = ("diagnosis", "release_notes", "answer")
+TEMPLATES = ("diagnosis", "release_notes", "answer", "completion")
 
 # Fault to ROLLED_BACK and the flag at 0%: the controller evaluates every 100 ms and the
 # latency metric is critical, so one failed check rolls back. A hanging LLM must not move it.
@@ -613,7 +614,9 @@ async def test_questions_in_the_thread_are_answered_from_a_fenced_redacted_promp
 async def test_release_notes_are_drafted_edited_in_a_modal_and_announced(
     start_rig: RigMaker, openai_api: OpenAIStandIn
 ) -> None:
-    openai_api.respond_with(scripted({"release_notes": NOTES_REPLY}))
+    openai_api.respond_with(
+        scripted({"release_notes": NOTES_REPLY, "completion": COMPLETION_REPLY})
+    )
     rig = await start_rig(llm_settings(openai_api))
 
     ts = await deploy(rig, "faster cart totals")
@@ -688,13 +691,21 @@ async def test_release_notes_are_drafted_edited_in_a_modal_and_announced(
     [announcement] = rig.slack.messages("#releases")
     shipped = await rig.release("checkout")
     took = format_duration((shipped.finished_at or 0.0) - shipped.created_at)
-    # Built from the record: the real duration and what the checks said, never a stock line.
-    assert final.detail.startswith(f"checkout v2 shipped to 100% of users in {took}. ")
-    assert how_it_went(shipped) in final.detail
-    assert "metric(s) passed at the last check." in final.detail
-    assert final.detail.endswith(f"\n{edited}")
-    assert sections(announcement) == ["📣 *checkout v2 shipped to 100%.*", esc(final.detail)]
-    assert announcement["text"] == esc(f"checkout v2 shipped: {final.detail}")
+    # Built from the record: the real duration, the notes as edited and the completion
+    # summary; the model's paragraph comes last, labelled.
+    assert shipped.summary is not None
+    assert final.detail == f"{COMPLETION_REPLY}\n_(written by {MODEL} from the release record)_"
+    shown = sections(announcement)
+    assert shown[0] == f"📣 *checkout v2 shipped to 100% of users* in {took}."
+    assert shown[1] == f"*What shipped*\n{esc(edited)}"
+    assert shown[-1] == esc(final.detail)
+    assert announcement["text"] == esc(
+        f"checkout v2 shipped to 100% in {took}: {summary_note(shipped.summary)}"
+    )
+    [asked] = requests_for(openai_api, "completion")
+    _, user = prompt_pair(asked)
+    assert edited.splitlines()[0] in user  # the notes as edited, with the facts
+    assert "How the rollout went" in user
     assert "thread_ts" not in announcement
     assert (await rig.release("checkout")).state is State.SUCCEEDED
     rig.validate_blocks()

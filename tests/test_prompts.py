@@ -38,6 +38,14 @@ CONTEXTS: dict[str, Context] = {
         "notes": ev.notes,
         "changes": ev.changes,
     },
+    "completion.system": lambda ev: {},
+    "completion.user": lambda ev: {
+        "service": ev.service,
+        "version": ev.version,
+        "notes": ev.notes,
+        "changes": ev.changes,
+        "facts": ["Not every metric was nominal throughout."],
+    },
     "answer.system": lambda ev: {},
     "answer.user": lambda ev: {"evidence": ev, "question": QUESTION, "thread": THREAD},
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.actuator import TrafficActuator
+from bot.engine.completion import completion_summary
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import DependencyError, StoreError
 from bot.judging import analysis
@@ -182,12 +183,13 @@ class Controller:
                 continue
             if release.state not in ANALYZED:
                 continue
-            if release.last_eval_at is not None and now - release.last_eval_at < release.interval:
+            due = release.step_interval  # a step may be judged more or less often
+            if release.last_eval_at is not None and now - release.last_eval_at < due:
                 continue
             sp = policy.services.get(release.service)
             if sp is None:
                 continue
-            plans.append(analysis.plan(release, sp))
+            plans.append(analysis.plan(release, sp, at=now))
         plans = await self._reconciled(plans, tokens)
         if not plans:
             return stats
@@ -263,7 +265,7 @@ class Controller:
         result = analysis.analyse(p, instant, series)
         decision = decide(
             p.release,
-            p.sp.metrics,
+            p.metrics,
             result.checks,
             self.clock(),
             score=result.score,
@@ -299,6 +301,7 @@ class Controller:
                         if decision.clean
                         else 0,
                         "readable_rounds": decision.readable_rounds,
+                        "step_points": result.step_points,
                     }
                 )
                 verdict = decision.verdict
@@ -307,6 +310,10 @@ class Controller:
                 except Exception as exc:  # an illegal move is a bug; hold and say so
                     log.error("%s: cannot %s: %s", release.label, verdict.value, exc)
                     new, event, verdict = booked, None, Verdict.HOLD
+                if verdict is Verdict.SUCCEED:
+                    # The record that ends the release keeps what it went through.
+                    summary = await completion_summary(self.store, new, plan.sp.metrics)
+                    new = new.model_copy(update={"summary": summary})
                 audit = AuditEntry.transition(
                     f"decision:{verdict.value}",
                     CONTROLLER,

@@ -48,6 +48,21 @@ class EventKind(StrEnum):
     NOTES_DRAFT = "notes_draft"
     NOTES_FINAL = "notes_final"  # goes to the announcement channel, not the thread
     TICKET_FILED = "ticket_filed"
+    # The on-call paging services (PagerDuty, Opsgenie) took a page or its resolve (PAGED), or
+    # at least one of them did not (PAGE_FAILED); ``page`` says which and why.
+    PAGED = "paged"
+    PAGE_FAILED = "page_failed"
+
+
+@dataclass(frozen=True)
+class PageReport:
+    """What one paging action (a trigger or a resolve) did, service by service."""
+
+    action: str  # "trigger" | "resolve"
+    key: str  # the release's dedup key (PagerDuty) and alias (Opsgenie)
+    done: tuple[str, ...] = ()  # the paging services that took it, e.g. ("PagerDuty",)
+    failed: tuple[tuple[str, str], ...] = ()  # (paging service, why), the why redacted
+    finding: bool = False  # paged for a finding after the release, not for a rollback
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,7 @@ class ReleaseEvent:
     seconds: float | None = None  # ROLLED_BACK: from the decision to traffic back on stable
     link: str = ""  # TICKET_FILED: where the ticket is; "" when filing it failed
     sizing: Sizing | None = None  # STARTED: the first step against the service's traffic
+    page: PageReport | None = None  # PAGED, PAGE_FAILED: what each paging service did
 
 
 class Notifier(Protocol):

@@ -32,8 +32,8 @@ from bot.errors import (
 from bot.judging.sizing import Sizing
 from bot.metrics.base import MetricSource
 from bot.release import rollout
-from bot.release.plan import plan_release
-from bot.release.policy import Policy, Risk, ServicePolicy
+from bot.release.plan import plan_release, step_settings
+from bot.release.policy import Policy, ServicePolicy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, GateRecord, Release, State
 from bot.store.audit import AuditEntry
@@ -160,6 +160,7 @@ class ReleaseService:
             plan = replace(plan, weights=list(sizing.weights), holds=list(sizing.holds))
         await self._require_engine_agrees(actor, service, plan.version, plan.weights)
         gates = await self._check_gates(actor, sp, service, plan.version, opts)
+        intervals, approval_steps = step_settings(sp, plan.weights)
         release = rollout.new_release(
             release_id=uuid.uuid4().hex[:12],
             number=await self.store.next_number(),
@@ -175,6 +176,8 @@ class ReleaseService:
             notes=opts.notes,
             actor=actor,
             now=self.clock(),
+            intervals=intervals,
+            approval_steps=approval_steps,
         ).model_copy(update={"changes": [dict(c) for c in opts.changes], "gates": gates})
         created = await self.store.create(
             release, _deploy_audit(release, request_id, sizing), request_id
@@ -415,7 +418,8 @@ class ReleaseService:
         if expected_step is None:
             self._refuse_a_second_typed_move(current)
             expected_step = current.step
-        if current.state is State.PENDING_APPROVAL or current.risk is Risk.HIGH:
+        # A step that asks for approval (or high risk) is entered by an approval, not a skip.
+        if current.state is State.PENDING_APPROVAL or current.needs_approval(current.step + 1):
             return await self.approve(
                 actor, service, expected_step=expected_step, request_id=request_id
             )

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bot.judging import step_rules
 from bot.judging.statistical import (
     Classification,
     JudgeConfig,
@@ -46,6 +47,8 @@ class Plan:
     sp: ServicePolicy
     instant: list[MetricQuery]
     series: list[SeriesQuery]
+    metrics: list[Metric] = field(default_factory=list)  # as judged at the release's step
+    at: float | None = None  # the round's time (a trend's newest point); None: not known
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Analysis:
     checks: list[CheckResult]
     score: ScoreResult | None = None
     verdicts: list[tuple[str, MetricVerdict]] = field(default_factory=list)
+    # The step's trend points with this round's added: what the record keeps after the round.
+    step_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def query_key(release_id: str, metric: str, side: Side) -> str:
@@ -82,8 +87,14 @@ def query_key(release_id: str, metric: str, side: Side) -> str:
     return f"{release_id}|{metric}|{side.value}"
 
 
-def plan(release: Release, sp: ServicePolicy) -> Plan:
+def metrics_for(release: Release, sp: ServicePolicy) -> list[Metric]:
+    """The metrics as judged where the release stands (a step may override the service's)."""
+    return sp.metrics_at(release.step_weight)
+
+
+def plan(release: Release, sp: ServicePolicy, at: float | None = None) -> Plan:
     instant: list[MetricQuery] = []
+    metrics = metrics_for(release, sp)
     series: list[SeriesQuery] = []
 
     def query(name: str, template: str, window: float, side: Side, version: str) -> MetricQuery:
@@ -108,19 +119,21 @@ def plan(release: Release, sp: ServicePolicy) -> Plan:
     sides = [(Side.CANARY, release.version)]
     if not baking and release.stable_version:
         sides.append((Side.CONTROL, release.stable_version))
-    for m in sp.metrics:
+    for m in metrics:
         window = m.window or sp.window
         for side, version in sides:
-            if m.uses_thresholds:
+            # The rules against the canary's own past read its instant value too.
+            own_only = m.uses_step_rules and side is Side.CANARY
+            if m.uses_thresholds or own_only:
                 instant.append(query(m.name, m.query, window, side, version))
             if m.uses_statistics and not baking:
                 series.append(
                     SeriesQuery(query(m.name, m.query, window, side, version), m.lookback, m.step)
                 )
-    if any(m.min_requests for m in sp.metrics):
+    if any(m.min_requests for m in metrics):
         for side, version in sides:  # both sides: a thin control is no verdict either
             instant.append(query(REQUESTS_METRIC, sp.requests_query, sp.window, side, version))
-    return Plan(release, sp, instant, series)
+    return Plan(release, sp, instant, series, metrics, at)
 
 
 def analyse(
@@ -136,7 +149,8 @@ def analyse(
     )
     checks: list[CheckResult] = []
     verdicts: list[tuple[str, MetricVerdict]] = []
-    for metric in p.sp.metrics:
+    points: dict[str, list[tuple[float, float]]] = {}
+    for metric in p.metrics:
         parts: list[CheckResult] = []
         if metric.uses_thresholds:
             parts.append(_threshold_check(release, metric, instant, request_count))
@@ -145,6 +159,9 @@ def analyse(
             parts.append(check)
             if verdict is not None and not metric.dry_run:
                 verdicts.append((metric.group or metric.name, verdict))
+        if metric.uses_step_rules:
+            own, points[metric.name] = _step_rule_checks(p, metric, instant, request_count)
+            parts += own
         checks.append(_combine(metric, parts))
     result = None
     if verdicts:
@@ -155,7 +172,34 @@ def analyse(
             p.sp.score.pass_threshold,
             p.sp.score.marginal_threshold,
         )
-    return Analysis(checks, result, verdicts)
+    return Analysis(checks, result, verdicts, {k: v for k, v in points.items() if v})
+
+
+def _step_rule_checks(
+    p: Plan, metric: Metric, instant: Mapping[str, QueryResult], requests: Traffic
+) -> tuple[list[CheckResult], list[tuple[float, float]]]:
+    """The canary against its own past (the previous step's end, the step's slope), and the
+    step's trend points including this round's value."""
+    release = p.release
+    stored = list(release.step_points.get(metric.name, []))
+    canary = instant.get(query_key(release.id, metric.name, Side.CANARY))
+    value = canary.value if canary is not None and canary.status is QueryStatus.OK else None
+    if value is None or too_little_traffic(metric, requests, against_control=False):
+        # No verdict of its own: the threshold judge (or the statistical one) says why.
+        return [], stored if metric.trend is not None else []
+    checks: list[CheckResult] = []
+    here = f"{release.step_weight}%"
+    if metric.vs_previous_step is not None:
+        before = release.step_ends.get(release.step - 1, {}).get(metric.name)
+        at = f"{release.weights[release.step - 1]}%" if release.step > 0 else ""
+        rule = metric.vs_previous_step
+        checks.append(step_rules.vs_previous_check(metric, rule, value, before, at))
+    if metric.trend is None:
+        return checks, []
+    series = stored if p.at is None else [*stored, (p.at, value)]
+    series = series[-step_rules.MAX_TREND_POINTS :]
+    checks.append(step_rules.trend_check(metric, metric.trend, series, here))
+    return checks, series
 
 
 def _threshold_check(

@@ -13,7 +13,8 @@ from enum import StrEnum
 from bot.judging.analysis import ScoreResult
 from bot.judging.statistical import ScoreClass
 from bot.release.checks import CheckResult, Outcome
-from bot.release.policy import Metric, NoDataPolicy, Risk
+from bot.release.durations import format_duration
+from bot.release.policy import Metric, NoDataPolicy
 from bot.release.rollout import MetricCounters, Release, State, hold_elapsed
 
 
@@ -53,6 +54,7 @@ def decide(  # noqa: C901, PLR0912, PLR0915
 ) -> Decision:
     by_name = {m.name: m for m in metrics}
     counters = {name: c.model_copy() for name, c in release.counters.items()}
+    holding: list[str] = []
     rollback: list[str] = []
     pause: list[str] = []
     unreadable = 0  # of the pause reasons, those that are only errors reading a metric
@@ -71,22 +73,20 @@ def decide(  # noqa: C901, PLR0912, PLR0915
         if outcome is Outcome.PASS:
             c.consecutive_failures = 0
             c.consecutive_errors = 0
+            c.failing_since = None
         elif outcome is Outcome.FAIL:
             c.consecutive_failures += 1
             c.total_failures += 1
             c.consecutive_errors = 0
-            if check.critical:
-                rollback.append(f"critical metric failed: {check.reason}")
-            elif c.consecutive_failures >= metric.failure_limit:
-                rollback.append(
-                    f"{check.reason}, {c.consecutive_failures} consecutive "
-                    f"failed check(s) (limit {metric.failure_limit})"
-                )
-            elif c.total_failures >= metric.total_failure_limit:
-                rollback.append(
-                    f"{check.reason}, {c.total_failures} failed checks in this "
-                    f"release (limit {metric.total_failure_limit})"
-                )
+            if c.failing_since is None:
+                c.failing_since = now
+            why = _limit_reached(check, metric, c)
+            lasted = now - c.failing_since
+            if why and metric.for_ is not None and lasted < metric.for_:
+                # `for:` and the limits must both hold: a breach younger than `for` holds.
+                holding.append(breach_too_young(check, lasted, metric.for_))
+            elif why:
+                rollback.append(why)
         elif outcome is Outcome.ERROR:
             errored = True
             c.consecutive_errors += 1
@@ -99,7 +99,6 @@ def decide(  # noqa: C901, PLR0912, PLR0915
         elif outcome is Outcome.NO_DATA and metric.no_data is NoDataPolicy.PAUSE:
             pause.append(check.reason)
 
-    holding: list[str] = []
     if score is not None:
         # The score is judged like a metric of its own: a failing score counts towards its
         # consecutive limit (a blip does not roll back), a marginal one only holds.
@@ -133,7 +132,7 @@ def decide(  # noqa: C901, PLR0912, PLR0915
     if release.state is State.PROGRESSING and hold_elapsed(release, now):
         if release.is_last_step:
             return Decision(Verdict.HOLD, "at the last step", counters, clean)
-        if release.risk is Risk.HIGH:
+        if release.needs_approval(release.step + 1):
             return Decision(
                 Verdict.REQUEST_APPROVAL,
                 "hold passed; the next step needs approval",
@@ -146,6 +145,31 @@ def decide(  # noqa: C901, PLR0912, PLR0915
             Verdict.SUCCEED, "bake window passed with every check green", counters, clean
         )
     return Decision(Verdict.HOLD, "checks green, holding", counters, clean)
+
+
+def _limit_reached(check: CheckResult, metric: Metric, c: MetricCounters) -> str:
+    """Why a failing metric's limits call for a rollback ("" while they do not)."""
+    if check.critical:
+        return f"critical metric failed: {check.reason}"
+    if c.consecutive_failures >= metric.failure_limit:
+        return (
+            f"{check.reason}, {c.consecutive_failures} consecutive "
+            f"failed check(s) (limit {metric.failure_limit})"
+        )
+    if c.total_failures >= metric.total_failure_limit:
+        return (
+            f"{check.reason}, {c.total_failures} failed checks in this "
+            f"release (limit {metric.total_failure_limit})"
+        )
+    return ""
+
+
+def breach_too_young(check: CheckResult, lasted: float, needed: float) -> str:
+    # The check's own reason is said with the other failing checks: only the wait is added.
+    return (
+        f"{check.metric} failing for {format_duration(lasted)} of the "
+        f"{format_duration(needed)} it must last before it rolls back"
+    )
 
 
 def _after_outage(

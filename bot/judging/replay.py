@@ -21,14 +21,14 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot.judging.analysis import Analysis, Plan, analyse, plan
+from bot.judging.analysis import Analysis, Plan, analyse, metrics_for, plan
 from bot.judging.decision import SCORE_COUNTER, Decision, Verdict, decide
 from bot.judging.effects import Effect
 from bot.judging.history import History
 from bot.metrics.base import QueryResult, SeriesResult, Side
 from bot.release import rollout
 from bot.release.checks import Outcome
-from bot.release.plan import plan_release
+from bot.release.plan import plan_release, step_settings
 from bot.release.policy import ServicePolicy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State, Surface
@@ -141,7 +141,7 @@ class Judge:
     cache: AnalysisCache = field(default_factory=dict)
 
     def round(self, release: Release, now: float) -> tuple[Analysis, Decision]:
-        key = (
+        key: tuple[object, ...] = (
             now,
             release.version,
             release.stable_version,
@@ -149,14 +149,17 @@ class Judge:
             release.step,
             tuple(sorted(release.baseline.items())),
         )
+        if any(m.uses_step_rules for m in metrics_for(release, self.sp)):
+            # The canary's own past (the step's points, the previous step's end) enters too.
+            key = (*key, release.step_started_at, repr(sorted(release.step_ends.items())))
         analysis = self.cache.get(key)
         if analysis is None:
-            p = plan(release, self.sp)
+            p = plan(release, self.sp, at=now)
             analysis = analyse(p, *self.lens.answers(p, now))
             self.cache[key] = analysis
         decision = decide(
             release,
-            self.sp.metrics,
+            metrics_for(release, self.sp),
             analysis.checks,
             now,
             score=analysis.score,
@@ -174,6 +177,7 @@ def start_release(
     # The ladder alone: it does not depend on the versions (which plan_release would refuse
     # as equal in an A/A pair).
     p = plan_release(sp, service, "next", DeployOptions(stable="current"), [])
+    intervals, approval_steps = step_settings(sp, p.weights)
     release = rollout.new_release(
         release_id=f"backtest-{service}",
         number=0,
@@ -189,6 +193,8 @@ def start_release(
         notes="",
         actor=BACKTEST,
         now=now,
+        intervals=intervals,
+        approval_steps=approval_steps,
     )
     if release.state is State.PENDING_APPROVAL:
         release = rollout.approve(release, BACKTEST, now)
@@ -205,6 +211,7 @@ def booked(release: Release, analysis: Analysis, decision: Decision, now: float)
             "evaluations": release.evaluations + 1,
             "clean_checks_in_step": release.clean_checks_in_step + 1 if decision.clean else 0,
             "readable_rounds": decision.readable_rounds,
+            "step_points": analysis.step_points,
         }
     )
 
@@ -234,8 +241,11 @@ def simulate(
     controller judges a new release at its next tick) and one every interval after it."""
     release = start_release(judge.sp, service, version, stable, start)
     rounds: list[Round] = []
-    for k in range(MAX_ROUNDS):
-        now = start + k * judge.sp.interval
+    # Rounds come every interval of the step the release is at (a step may set its own);
+    # counted from where the interval last changed, so times stay exact multiples.
+    base, k, interval = start, 0, release.step_interval
+    for _ in range(MAX_ROUNDS):
+        now = base + k * interval
         if now > until:
             break
         analysis, decision = judge.round(release, now)
@@ -253,6 +263,9 @@ def simulate(
         elif verdict is Verdict.REQUEST_APPROVAL:
             asked = rollout.request_approval(release, BACKTEST, now, decision.reason)
             release = rollout.approve(asked, BACKTEST, now)
+        k += 1
+        if release.step_interval != interval:
+            base, k, interval = now, 1, release.step_interval
     end = rounds[-1].at if rounds else start
     return Run(start, "unfinished", "the history ended first", tuple(rounds), end)
 
@@ -278,11 +291,14 @@ def replay(
 ) -> Run:
     """What the policy would have decided at each round of a past release whose steps were
     taken at the recorded times, from ``start`` until it left its canary (``until``)."""
-    release = _with_weights(start_release(judge.sp, service, version, stable, start), weights)
+    release = _with_weights(
+        start_release(judge.sp, service, version, stable, start), weights, judge.sp
+    )
     pending = sorted(moves, key=lambda m: m.at)
     rounds: list[Round] = []
-    for k in range(MAX_ROUNDS):
-        now = start + k * judge.sp.interval
+    base, k, interval = start, 0, release.step_interval  # as in simulate
+    for _ in range(MAX_ROUNDS):
+        now = base + k * interval
         if now > until:
             break
         while pending and pending[0].at <= now:
@@ -293,6 +309,9 @@ def replay(
         outcome = _final(decision.verdict)
         if outcome is not None:
             return Run(start, outcome, decision.reason, tuple(rounds), now)
+        k += 1
+        if release.step_interval != interval:
+            base, k, interval = now, 1, release.step_interval
     end = rounds[-1].at if rounds else start
     why = "no rollback before the release left its canary"
     return Run(start, "unfinished", why, tuple(rounds), end)
@@ -307,13 +326,22 @@ def _final(verdict: Verdict) -> RunOutcome | None:
     return finals.get(verdict)
 
 
-def _with_weights(release: Release, weights: Sequence[int]) -> Release:
-    """The recorded ladder (a deploy may have had its own --steps), holds from the policy."""
+def _with_weights(release: Release, weights: Sequence[int], sp: ServicePolicy) -> Release:
+    """The recorded ladder (a deploy may have had its own --steps), holds from the policy,
+    and each step's interval and approval found by weight as a deploy finds them."""
     if list(weights) == release.weights or not weights:
         return release
     holds = [release.holds[0]] * len(weights)
+    intervals, approval_steps = step_settings(sp, weights)
     return release.model_copy(
-        update={"weights": list(weights), "holds": holds, "weight": weights[0], "step": 0}
+        update={
+            "weights": list(weights),
+            "holds": holds,
+            "weight": weights[0],
+            "step": 0,
+            "intervals": intervals,
+            "approval_steps": approval_steps,
+        }
     )
 
 

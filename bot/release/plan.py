@@ -70,6 +70,12 @@ def plan_release(
     )
 
 
+def step_settings(sp: ServicePolicy, weights: Sequence[int]) -> tuple[list[float], list[bool]]:
+    """Each step's analysis interval and whether entering it waits for a person, found by
+    weight in the policy's steps (the ladder may be --steps or sized to the traffic)."""
+    return [sp.interval_at(w) for w in weights], [sp.approval_at(w) for w in weights]
+
+
 def checked_version(version: str) -> str:
     """``version`` without surrounding blanks; UserError naming what a version may hold."""
     version = version.strip()

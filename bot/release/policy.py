@@ -29,6 +29,7 @@ from pydantic import (
 from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
 from bot.release.durations import Seconds
 from bot.release.retention import Retention
+from bot.release.rules import Trend, VsPreviousStep
 
 PLACEHOLDERS = ("{service}", "{version}", "{window}")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -38,6 +39,7 @@ ONCALL_ID = re.compile(r"^(?=[A-Z0-9]*[0-9])[UWS][A-Z0-9]{2,}$")
 # A pre-release gate's name (ci_build, tests, security_scan, compliance): the key CI reports
 # its result under, so it must survive URLs, JSON and YAML unquoted.
 GATE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MIN_INTERVAL_S = 0.05
 
 
 class Risk(StrEnum):
@@ -76,18 +78,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Step(_Strict):
-    weight: int = Field(ge=0, le=100)
-    hold: Seconds | None = None  # None: the service's hold
-
-
-def _coerce_step(value: Any) -> Any:
-    return {"weight": value} if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-StepSpec = Annotated[Step, BeforeValidator(_coerce_step)]
-
-
 class Metric(_Strict):
     """One metric and the rules that judge the canary on it."""
 
@@ -114,6 +104,11 @@ class Metric(_Strict):
     total_failure_limit: int = Field(default=5, ge=1)  # failed checks in the whole release
     error_limit: int = Field(default=3, ge=1)  # consecutive query errors that pause
     window: Seconds | None = None  # {window}; None: the service's window
+    # A failure counts towards a rollback only once the breach has lasted this long (failing
+    # rounds in a row spanning it); the limits above must be reached as well.
+    for_: Seconds | None = Field(default=None, alias="for")
+    vs_previous_step: VsPreviousStep | None = None
+    trend: Trend | None = None
 
     # Which judge decides: the rules above, the Mann-Whitney comparison of canary and control
     # series (Kayenta's semantics), or both (a metric fails if either says so).
@@ -131,9 +126,16 @@ class Metric(_Strict):
     nan_strategy: Literal["remove", "replace"] = "remove"
     must_have_data: bool = False
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     @property
     def uses_thresholds(self) -> bool:
         return self.judge in ("threshold", "both")
+
+    @property
+    def uses_step_rules(self) -> bool:
+        """Whether a rule needs the canary's own value each round (beyond its limits)."""
+        return self.vs_previous_step is not None or self.trend is not None
 
     @property
     def uses_statistics(self) -> bool:
@@ -152,10 +154,11 @@ class Metric(_Strict):
     def _has_a_rule(self) -> Metric:
         rules = (self.max, self.min, self.max_ratio, self.max_diff)
         warns = (self.warn_max, self.warn_min, self.warn_ratio, self.warn_diff)
-        if self.uses_thresholds and all(r is None for r in (*rules, *warns)):
+        step_rules = (self.vs_previous_step, self.trend)
+        if self.uses_thresholds and all(r is None for r in (*rules, *warns, *step_rules)):
             raise ValueError(
-                "the metric has no rule: set max, min, max_ratio or max_diff, "
-                "or `judge: mann_whitney` to compare canary and control statistically"
+                "the metric has no rule: set max, min, max_ratio, max_diff, vs_previous_step "
+                "or trend, or `judge: mann_whitney` to compare canary and control statistically"
             )
         if self.uses_statistics and self.step * 3 > self.lookback:
             raise ValueError(
@@ -164,6 +167,59 @@ class Metric(_Strict):
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
         return self
+
+
+class Step(_Strict):
+    """One rung of the ladder, and what differs there from the rest of the release."""
+
+    weight: int = Field(ge=0, le=100)
+    hold: Seconds | None = None  # None: the service's hold
+    interval: Seconds | None = None  # None: the service's interval
+    # A person must approve before the release enters this step (risk: high asks at every step).
+    approval: bool = False
+    # The service's metrics as judged at this step: entries merge by name with the service's
+    # (an entry with a new name is a metric judged at this step only).
+    metrics: list[Metric] = Field(default_factory=list)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_positive(cls, value: float | None) -> float | None:
+        if value is not None and value < MIN_INTERVAL_S:
+            raise ValueError("the analysis interval must be at least 50ms")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _named_once(cls, metrics: list[Metric]) -> list[Metric]:
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a metric is listed twice at step {names}")
+        return metrics
+
+
+def _coerce_step(value: Any) -> Any:
+    return {"weight": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _raw(value: Any) -> Any:
+    """A metric as the mapping the file would have written (models built in code included)."""
+    if isinstance(value, Metric):
+        return value.model_dump(by_alias=True, exclude_unset=True)
+    return value
+
+
+def _step_with_merged_metrics(step: Any, service: dict[str, dict[str, Any]]) -> Any:
+    if not isinstance(step, dict) or not isinstance(step.get("metrics"), list):
+        return step
+    merged = []
+    for entry in step["metrics"]:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        base = service.get(name) if isinstance(name, str) else None
+        merged.append({**base, **entry} if base is not None else entry)
+    return {**step, "metrics": merged}
+
+
+StepSpec = Annotated[Step, BeforeValidator(_coerce_step)]
 
 
 class ScoreSettings(_Strict):
@@ -202,6 +258,48 @@ class TicketSettings(_Strict):
 
     webhook: WebhookTickets | None = None
     github: GitHubTickets | None = None
+
+
+class PagerDutyPaging(_Strict):
+    """PagerDuty's Events API v2: one alert per release, keyed by the release."""
+
+    routing_key_env: str = "PAGERDUTY_ROUTING_KEY"  # env var holding the integration key
+    severity: Literal["critical", "error", "warning", "info"] = "critical"
+    url: str = "https://events.pagerduty.com"  # the Events API's base (EU: events.eu.…)
+    timeout: Seconds = 10.0
+    retries: int = Field(default=2, ge=0, le=5)  # after a 429 or a 5xx, with backoff
+
+
+class OpsgeniePaging(_Strict):
+    """Opsgenie's Alert API: one alert per release, its alias the release's key."""
+
+    api_key_env: str = "OPSGENIE_API_KEY"  # env var holding an API integration's key
+    url: str = "https://api.opsgenie.com"  # or https://api.eu.opsgenie.com
+    priority: Literal["P1", "P2", "P3", "P4", "P5"] = "P1"
+    # Who is alerted, as Opsgenie names them: {type: team|user|escalation|schedule, name|id}.
+    responders: list[dict[str, str]] = Field(default_factory=list)
+    timeout: Seconds = 10.0
+    retries: int = Field(default=2, ge=0, le=5)
+
+    @field_validator("responders")
+    @classmethod
+    def _responders(cls, values: list[dict[str, str]]) -> list[dict[str, str]]:
+        for r in values:
+            if r.get("type") not in ("team", "user", "escalation", "schedule"):
+                raise ValueError("a responder's `type` is team, user, escalation or schedule")
+            if not (r.get("name") or r.get("id") or r.get("username")):
+                raise ValueError("a responder needs a `name`, `id` or (a user) `username`")
+        return values
+
+
+class PagingSettings(_Strict):
+    """Who is paged when the controller rolls a release back (any or both)."""
+
+    pagerduty: PagerDutyPaging | None = None
+    opsgenie: OpsgeniePaging | None = None
+    # The page is resolved when the release ends (the rollback completed): the service is
+    # back on its stable version. False leaves it for the on-call to resolve.
+    resolve_on_end: bool = True
 
 
 class TrafficSettings(_Strict):
@@ -318,6 +416,7 @@ class ServicePolicy(_Strict):
     metrics: list[Metric] = Field(default_factory=list)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     tickets: TicketSettings = Field(default_factory=TicketSettings)
+    paging: PagingSettings = Field(default_factory=PagingSettings)
     announce_channel: str = "#releases"  # where the "shipped" announcement goes
     # Pre-release gates that must have passed before a release starts (engine.gates); empty: none.
     gates: list[str] = Field(default_factory=list)
@@ -328,6 +427,22 @@ class ServicePolicy(_Strict):
     unjudged: bool = False
     # Whether the first step is sized to the traffic the service serves when the deploy starts.
     first_step: FirstStep = FirstStep.WARN
+
+    @model_validator(mode="before")
+    @classmethod
+    def _step_metrics_merge(cls, data: Any) -> Any:
+        """A step's metric entries are overrides of the service's metric of the same name (a
+        step sets `max: 0.02` without repeating the query): merged here, before validation,
+        so each step holds whole metrics and errors point at the step's entry."""
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+            return data
+        service = {
+            m["name"]: m
+            for m in (_raw(m) for m in data.get("metrics") or [])
+            if isinstance(m, dict) and isinstance(m.get("name"), str)
+        }
+        steps = [_step_with_merged_metrics(step, service) for step in data["steps"]]
+        return {**data, "steps": steps}
 
     @field_validator("steps")
     @classmethod
@@ -344,7 +459,7 @@ class ServicePolicy(_Strict):
     @field_validator("interval")
     @classmethod
     def _interval_positive(cls, value: float) -> float:
-        if value < 0.05:
+        if value < MIN_INTERVAL_S:
             raise ValueError("the analysis interval must be at least 50ms")
         return value
 
@@ -395,6 +510,28 @@ class ServicePolicy(_Strict):
         step = self.steps[step_index]
         return self.hold if step.hold is None else step.hold
 
+    # A release's ladder may differ from the policy's (--steps, a first step sized to the
+    # traffic): its steps find their settings by weight ("at 25%"), not by position.
+    def step_at(self, weight: int) -> Step | None:
+        return next((s for s in self.steps if s.weight == weight), None)
+
+    def interval_at(self, weight: int) -> float:
+        step = self.step_at(weight)
+        return self.interval if step is None or step.interval is None else step.interval
+
+    def approval_at(self, weight: int) -> bool:
+        step = self.step_at(weight)
+        return step is not None and step.approval
+
+    def metrics_at(self, weight: int) -> list[Metric]:
+        """The metrics as judged at ``weight``: the service's, with the step's by name."""
+        step = self.step_at(weight)
+        if step is None or not step.metrics:
+            return list(self.metrics)
+        own = {m.name: m for m in step.metrics}
+        merged = [own.pop(m.name, m) for m in self.metrics]
+        return [*merged, *own.values()]
+
     @property
     def weights(self) -> list[int]:
         return [s.weight for s in self.steps]
@@ -409,7 +546,7 @@ class Policy(BaseModel):
 
     def secret_envs(self) -> set[str]:
         """Names of the environment variables that hold secrets the policy refers to (webhook
-        and ticket signing secrets, the GitHub token)."""
+        and ticket signing secrets, the GitHub token, paging keys)."""
         names: set[str] = set()
         for sp in self.services.values():
             names.add(sp.traffic.secret_env or "")
@@ -419,6 +556,10 @@ class Policy(BaseModel):
                 names.add(sp.tickets.webhook.secret_env or "")
             if sp.tickets.github is not None:
                 names.add(sp.tickets.github.token_env)
+            if sp.paging.pagerduty is not None:
+                names.add(sp.paging.pagerduty.routing_key_env)
+            if sp.paging.opsgenie is not None:
+                names.add(sp.paging.opsgenie.api_key_env)
         return names - {""}
 
     def service(self, name: str) -> ServicePolicy:
@@ -624,7 +765,7 @@ def _merge(  # noqa: C901
     default's name overrides just the fields it sets; new names are added."""
     merged = copy.deepcopy(defaults)
     for key, value in override.items():
-        mergeable = key in ("traffic", "score", "tickets")
+        mergeable = key in ("traffic", "score", "tickets", "paging")
         if mergeable and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         elif key != "metrics":
@@ -697,6 +838,14 @@ def _validate(
     return []
 
 
+# The paging section's models by key (`pagerduty` and `opsgenie` only occur under `paging`).
+_PAGING_PARTS: dict[str, type[BaseModel]] = {
+    "paging": PagingSettings,
+    "pagerduty": PagerDutyPaging,
+    "opsgenie": OpsgeniePaging,
+}
+
+
 def _fields_at(loc: list[Any]) -> set[str]:
     model: type[BaseModel] = ServicePolicy
     for part in loc[:-1]:
@@ -713,6 +862,8 @@ def _fields_at(loc: list[Any]) -> set[str]:
             model = ScoreSettings
         elif part == "tickets":
             model = TicketSettings
+        elif str(part) in _PAGING_PARTS:
+            model = _PAGING_PARTS[str(part)]
         elif part == "steps":
             model = Step
     return set(model.model_fields)

@@ -16,6 +16,7 @@ from bot.errors import ConflictError
 from bot.release.checks import CheckResult, ScoreRecord
 from bot.release.durations import format_duration
 from bot.release.policy import Risk, Strategy
+from bot.release.summary import CompletionSummary
 
 # The version of the release record's JSON shape; bump it with a migration when a field changes
 # meaning, so a record written by an older bot is read as what it is.
@@ -121,6 +122,9 @@ class MetricCounters(BaseModel):
     consecutive_failures: int = 0
     total_failures: int = 0
     consecutive_errors: int = 0
+    # When the failing rounds in a row began (None: the last verdict passed): a metric with
+    # `for:` rolls back only once its breach has lasted that long.
+    failing_since: float | None = None
 
 
 class Approval(BaseModel):
@@ -165,6 +169,9 @@ class Release(BaseModel):
     holds: list[float]
     interval: float
     bake: float
+    # Per step (empty: the release-wide ``interval``, and approvals by ``risk`` only).
+    intervals: list[float] = Field(default_factory=list)
+    approval_steps: list[bool] = Field(default_factory=list)  # True: a person approves entry
     notes: str = ""
     changes: list[dict[str, Any]] = Field(default_factory=list)  # [{title, pr, author, url}]
     gates: GateRecord | None = None  # None: the service required no gates
@@ -197,6 +204,12 @@ class Release(BaseModel):
     clean_checks_in_step: int = 0
     baseline: dict[str, float] = Field(default_factory=dict)
     rollback_started_at: float | None = None
+    # What the release went through, built once when it succeeds (bot.judging.summary).
+    summary: CompletionSummary | None = None
+    # Each step left: the canary's last value per metric there (what vs_previous_step reads).
+    step_ends: dict[int, dict[str, float]] = Field(default_factory=dict)
+    # The current step's rounds, (time, canary value) per metric with a trend rule.
+    step_points: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
 
     rev: int = 0
 
@@ -215,6 +228,22 @@ class Release(BaseModel):
     @property
     def is_last_step(self) -> bool:
         return self.step >= len(self.weights) - 1
+
+    @property
+    def step_weight(self) -> int:
+        """The current step's weight: what the step's policy is found by (``weight`` is 0
+        once a rollback starts, and before a first step that waits for approval)."""
+        return self.weights[self.step]
+
+    @property
+    def step_interval(self) -> float:
+        """How often the current step is judged."""
+        return self.intervals[self.step] if self.step < len(self.intervals) else self.interval
+
+    def needs_approval(self, step: int) -> bool:
+        """Whether entering ``step`` waits for a person: high risk, or the step asks for it."""
+        asked = step < len(self.approval_steps) and self.approval_steps[step]
+        return self.risk is Risk.HIGH or asked
 
     def describe_state(self) -> str:
         """'is progressing at 10% (step 2/5), put there by alice via slack 3m ago: reason'."""
@@ -270,6 +299,11 @@ def _enter_step(
     if weight >= 100 and not release.baseline:
         # Freeze the control's last numbers: they are the baseline the bake compares against.
         extra.setdefault("baseline", _control_values(release))
+    if step > release.step:
+        # Leaving a step: its canary numbers are what the next step is compared with.
+        ends = {**release.step_ends, release.step: _canary_values(release)}
+        extra.setdefault("step_ends", ends)
+    extra.setdefault("step_points", {})
     return _move(
         release,
         action,
@@ -288,6 +322,10 @@ def _enter_step(
 
 def _control_values(release: Release) -> dict[str, float]:
     return {c.metric: float(c.control) for c in release.last_checks if c.control is not None}
+
+
+def _canary_values(release: Release) -> dict[str, float]:
+    return {c.metric: float(c.canary) for c in release.last_checks if c.canary is not None}
 
 
 # A step moved by a person this recently is the step a second typed advance was meant for: two
@@ -435,9 +473,13 @@ def new_release(
     notes: str,
     actor: Actor,
     now: float,
+    intervals: list[float] | None = None,
+    approval_steps: list[bool] | None = None,
 ) -> Release:
-    """A fresh release. High risk waits for approval before any step that moves users."""
-    needs_approval = risk is Risk.HIGH and weights[0] > 0
+    """A fresh release. High risk (or a first step that asks for it) waits for approval
+    before any step that moves users."""
+    first_asks = bool(approval_steps and approval_steps[0])
+    needs_approval = (risk is Risk.HIGH or first_asks) and weights[0] > 0
     # A single-step plan ([100]) has nothing to hold at: it goes straight to the bake.
     first = State.BAKING if weights[0] >= 100 else State.PROGRESSING
     state = State.PENDING_APPROVAL if needs_approval else first
@@ -455,6 +497,8 @@ def new_release(
         holds=holds,
         interval=interval,
         bake=bake,
+        intervals=list(intervals or []),
+        approval_steps=list(approval_steps or []),
         notes=notes,
         state=state,
         step=0,

@@ -27,6 +27,7 @@ from bot.render.kit import (
     section_block,
 )
 from bot.render.mrkdwn import esc, mention, mentions
+from bot.render.summary import page_link, summary_blocks, summary_note
 
 STATE_BADGE: dict[State, tuple[str, str]] = {
     State.PENDING_APPROVAL: ("✋", "waiting for approval"),
@@ -155,7 +156,7 @@ def _buttons(release: Release) -> list[dict[str, Any]]:
         # High risk: the same "next step" click is an approval. The service's advance hands
         # high-risk releases to approve, so one action id covers both and the approve id stays
         # bound to the pending state (a late second click cannot approve a step twice).
-        label = "Approve next step" if release.risk is Risk.HIGH else "Advance"
+        label = "Approve next step" if release.needs_approval(release.step + 1) else "Advance"
         return [
             button_element(label, ButtonAction.ADVANCE, value, style="primary"),
             pause,
@@ -185,19 +186,27 @@ DEMO_METRICS = (
 )
 
 
-def status_for(release: Release, policy: Policy, *, demo_metrics: bool = False) -> Message:
+def status_for(
+    release: Release,
+    policy: Policy,
+    *,
+    demo_metrics: bool = False,
+    page_url: str | None = None,
+) -> Message:
     """The status message with what the release's service policy adds (on-call, approvers,
-    limits); the same for Slack and the console."""
+    limits); the same for Slack and the console. ``page_url``: the release's page, when one
+    is served."""
     sp = policy.services.get(release.service)
     if sp is None:
-        return status_message(release, demo_metrics=demo_metrics)
+        return status_message(release, demo_metrics=demo_metrics, page_url=page_url)
     return status_message(
         release,
         oncall=sp.oncall,
         approvers=sp.approvers,
-        metrics=sp.metrics,
+        metrics=sp.metrics_at(release.step_weight),  # a step may judge by its own limits
         demo_metrics=demo_metrics,
         unjudged=sp.unjudged,
+        page_url=page_url,
     )
 
 
@@ -210,6 +219,7 @@ def status_message(
     metrics: Sequence[Metric] = (),
     demo_metrics: bool = False,
     unjudged: bool = False,
+    page_url: str | None = None,
 ) -> Message:
     """The one message per release, updated in place as it moves.
 
@@ -242,14 +252,7 @@ def status_message(
 
     blocks += _why_blocks(release, badge, approvers)
 
-    if release.last_checks:
-        seen = ""
-        if release.last_eval_at is not None:
-            seen = f" · checked {format_duration(max(0.0, now - release.last_eval_at))} ago"
-        blocks.append({"type": "divider"})
-        blocks += checks_blocks(
-            release, release.last_checks, metrics, f"*Canary vs {control_label_of(release)}*{seen}"
-        )
+    blocks += _numbers_blocks(release, metrics, now)
 
     last = release.last
     reason = f": {esc(last.reason)}" if last.reason else ""
@@ -259,6 +262,8 @@ def status_message(
             f"{format_duration(max(0.0, now - last.at))} ago{reason}"
         )
     )
+    if link := page_link(page_url):
+        blocks.append(context_block(f"📄 {link}"))
     if buttons := _buttons(release):
         blocks.append({"type": "actions", "elements": buttons})
 
@@ -267,7 +272,25 @@ def status_message(
     text = f"{badge} {release.service} {release.version} {verb}{words}{where}"
     if release.reason and release.state is not State.SUCCEEDED:
         text += f": {release.reason}"
+    if release.state is State.SUCCEEDED and release.summary is not None:
+        text += f": {summary_note(release.summary)}"
     return fit(blocks, text)
+
+
+def _numbers_blocks(
+    release: Release, metrics: Sequence[Metric], now: float
+) -> list[dict[str, Any]]:
+    """The canary against its control: the last checks while it runs; once it succeeded, the
+    completion summary (what the whole release went through, its last numbers included)."""
+    if release.state is State.SUCCEEDED and release.summary is not None:
+        return [{"type": "divider"}, *summary_blocks(release.summary)]
+    if not release.last_checks:
+        return []
+    seen = ""
+    if release.last_eval_at is not None:
+        seen = f" · checked {format_duration(max(0.0, now - release.last_eval_at))} ago"
+    label = f"*Canary vs {control_label_of(release)}*{seen}"
+    return [{"type": "divider"}, *checks_blocks(release, release.last_checks, metrics, label)]
 
 
 def _why_blocks(release: Release, badge: str, approvers: Sequence[str]) -> list[dict[str, Any]]:

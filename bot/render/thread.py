@@ -30,6 +30,7 @@ from bot.render.kit import (
 from bot.render.mrkdwn import clip, esc, mention
 from bot.render.sizing import sizing_note
 from bot.render.status import approval_text, by_whom, more_pointer, release_title, step_text
+from bot.render.summary import page_link, summary_blocks, summary_note
 
 ACTION_EDIT_NOTES = "shipwatch_edit_notes"
 NOTES_MODAL = "shipwatch_notes_modal"  # callback_id of the release-notes edit modal
@@ -37,6 +38,7 @@ NOTES_INPUT_BLOCK = "notes"
 NOTES_INPUT_ACTION = "notes_text"
 # Notes and reasons in a thread reply are kept short; the status message has room for more.
 EVENT_NOTES = 500
+ANNOUNCED_NOTES = 2000  # the announcement has room for the notes as written
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class _Said:
     metrics: Sequence[Metric]
     page: str  # the on-call mention line, "" when nobody is on call
     traffic: TrafficSettings | None = None  # the service's engine, for what it implies
+    page_url: str | None = None  # the release's page, linked from the success and announcement
 
     @property
     def release(self) -> Release:
@@ -71,12 +74,14 @@ def event_message(
     approvers: Sequence[str] = (),
     metrics: Sequence[Metric] = (),
     traffic: TrafficSettings | None = None,
+    page_url: str | None = None,
 ) -> Message:
     """The thread reply for ``event``: every sentence is composed here, from the event's data.
     ``traffic``: the service's engine, for what it implies (applications that see a change
-    only at their SDK's next refresh, a success that needs a handback, a template Argo keeps)."""
+    only at their SDK's next refresh, a success that needs a handback, a template Argo keeps).
+    ``page_url``: the release's page, linked from the success and the announcement."""
     page = f"🔔 On-call: {mention(oncall)}" if oncall.strip() else ""
-    said = _Said(event, approvers, metrics, page, traffic)
+    said = _Said(event, approvers, metrics, page, traffic, page_url)
     build = _REPLIES.get(event.kind)
     if build is None:  # a kind added later still gets a readable line
         r = event.release
@@ -198,6 +203,11 @@ def _succeeded(s: _Said) -> _Reply:
     took = format_duration(max(0.0, (r.finished_at or s.event.at) - r.created_at))
     line = f"🎉 {release_title(r)} is live for everyone. Took {took}."
     blocks = [section_block(line)]
+    # The summary is on the record of every release that succeeded since it was added.
+    if r.summary is not None:
+        blocks += summary_blocks(r.summary, page_url=s.page_url)
+    elif link := page_link(s.page_url):
+        blocks.append(context_block(f"📄 {link}"))
     if s.traffic is not None and s.traffic.hands_back:
         blocks.append(
             context_block(
@@ -206,7 +216,8 @@ def _succeeded(s: _Said) -> _Reply:
                 "canary pool for the next build."
             )
         )
-    return blocks, f"{r.service} {r.version} succeeded in {took}"
+    note = f"; {summary_note(r.summary)}" if r.summary is not None else ""
+    return blocks, f"{r.service} {r.version} succeeded in {took}{note}"
 
 
 def _handed_back(s: _Said) -> _Reply:
@@ -275,9 +286,7 @@ def _diagnosis(s: _Said) -> _Reply:
 def _notes(s: _Said) -> _Reply:
     r, event = s.release, s.event
     if event.kind is EventKind.NOTES_FINAL:
-        blocks = [section_block(f"📣 *{esc(r.service)} {esc(r.version)} shipped to 100%.*")]
-        blocks += [section_block(esc(part)) for part in paragraphs(event.detail)]
-        return blocks, f"{r.service} {r.version} shipped: {event.detail}"
+        return announcement(r, event.detail, page_url=s.page_url)
     blocks = [section_block(f"📝 *Draft release notes for {release_title(r)}*")]
     blocks += [section_block(esc(part)) for part in paragraphs(event.detail)]
     if event.actor != CONTROLLER.user:
@@ -285,6 +294,29 @@ def _notes(s: _Said) -> _Reply:
     edit = button_element("Edit notes", ACTION_EDIT_NOTES, r.id)
     blocks.append({"type": "actions", "elements": [edit]})
     return blocks, f"draft release notes for {r.service} {r.version}"
+
+
+def announcement(release: Release, written: str, *, page_url: str | None = None) -> _Reply:
+    """The announcement of a release that shipped: what shipped (the notes or the change
+    list), the completion summary's numbers, and ``written``, the paragraph a model phrased
+    from the summary with its label (or the label saying why there is none)."""
+    r = release
+    took = format_duration(max(0.0, (r.finished_at or r.updated_at) - r.created_at))
+    head = f"📣 *{esc(r.service)} {esc(r.version)} shipped to 100% of users* in {took}."
+    blocks = [section_block(head)]
+    what = r.notes.strip() or "\n".join(
+        f"• {str(c.get('title', '')).strip()}" for c in r.changes if c.get("title")
+    )
+    shipped = what or "(no release notes were given)"
+    blocks.append(section_block(f"*What shipped*\n{clip(esc(shipped), ANNOUNCED_NOTES)}"))
+    if r.summary is not None:
+        blocks += summary_blocks(r.summary, page_url=page_url)
+    elif link := page_link(page_url):
+        blocks.append(context_block(f"📄 {link}"))
+    if written.strip():
+        blocks += [section_block(esc(part)) for part in paragraphs(written)]
+    note = summary_note(r.summary) if r.summary is not None else "no summary was kept"
+    return blocks, f"{r.service} {r.version} shipped to 100% in {took}: {note}"
 
 
 def _ticket_filed(s: _Said) -> _Reply:
@@ -297,6 +329,39 @@ def _ticket_filed(s: _Said) -> _Reply:
     return [
         section_block(f"🎫 {esc(what)}")
     ], f"incident ticket for {r.service} {r.version}: {what}"
+
+
+def _paged(s: _Said) -> _Reply:
+    """What the paging services did with a page or its resolve; a failure says who to page by
+    hand instead, since the on-call was not reached."""
+    r, report = s.release, s.event.page
+    if report is None:  # nothing to say beyond the kind
+        return [section_block(f"📟 Paging for {release_title(r)}.")], (
+            f"paging for {r.service} {r.version}"
+        )
+    resolving = report.action == "resolve"
+    lines: list[str] = []
+    if report.done:
+        where = " and ".join(report.done)
+        if resolving:
+            said = f"Page resolved in {where}: the release has ended."
+        elif report.finding:
+            said = f"Paged the on-call through {where} about a finding after the release."
+        else:
+            said = f"Paged the on-call through {where}: shipwatch rolled this release back."
+        lines.append(f"📟 {said} Key `{report.key}`.")
+    for name, why in report.failed:
+        what = "Resolving the page" if resolving else "Paging the on-call"
+        lines.append(f"⚠️ {what} through {name} failed: {clip(why, EVENT_NOTES, markup=False)}")
+    blocks = [section_block(esc(line)) for line in lines]
+    if report.failed and not resolving:
+        blocks.append(
+            section_block(
+                f"{s.page or '🔔 No on-call is configured for this service in Slack.'}\n"
+                "The rollback is not affected; page the on-call by hand."
+            )
+        )
+    return blocks, f"paging for {r.service} {r.version}: {' '.join(lines)}"
 
 
 def _traffic_failed(s: _Said) -> _Reply:
@@ -344,6 +409,8 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.NOTES_DRAFT: _notes,
     EventKind.NOTES_FINAL: _notes,
     EventKind.TICKET_FILED: _ticket_filed,
+    EventKind.PAGED: _paged,
+    EventKind.PAGE_FAILED: _paged,
     EventKind.TRAFFIC_FAILED: _traffic_failed,
     EventKind.TRAFFIC_REPAIRED: _traffic_repaired,
     EventKind.HANDED_BACK: _handed_back,

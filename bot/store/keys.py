@@ -111,6 +111,11 @@ def series(release_id: str) -> str:
     return f"{PREFIX}series:{release_id}"
 
 
+def diagnosis(release_id: str) -> str:
+    """The text of a release's rollback diagnosis, for its release page (expires)."""
+    return f"{PREFIX}diagnosis:{release_id}"
+
+
 # --- the chat outbox (bot.store.outbox) ---------------------------------------------------------
 
 

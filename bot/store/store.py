@@ -39,6 +39,7 @@ from bot.store.migrate import migrate
 from bot.store.outbox import Outbox
 from bot.store.redis_io import as_text as _text
 from bot.store.redis_io import translated as _translated
+from bot.store.writings import Writings
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class Store:
         self._grant_step = redis.register_script(scripts.GRANT_STEP)
         self.outbox = Outbox(redis)  # what the bot owes chat, kept until chat has it
         self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
+        # Written after the fact (a diagnosis), kept as long as the finished release's record.
+        self.writings = Writings(redis, lambda: self.retention.releases)
 
     @classmethod
     async def connect(

@@ -18,16 +18,14 @@ from typing import Any
 
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.errors import ShipwatchError, StoreError
-from bot.judging.decision import SCORE_COUNTER
 from bot.observe.logs import log_context
 from bot.redact import redact, redact_obj
-from bot.release.checks import Outcome
-from bot.release.durations import format_duration
 from bot.release.policy import Policy
 from bot.release.rollout import Release, Surface
 from bot.store.store import Store
 from bot.tasks import CLOSE_TIMEOUT_S, cancel_and_wait
 from bot.writing.chart import render_png
+from bot.writing.completion import summary_facts, without_numbers
 from bot.writing.evidence import (
     NO_LLM_LABEL,
     Evidence,
@@ -195,6 +193,10 @@ class Narrator:
         )
         files = await self._chart(release, evidence)
         self.events.emit(ReleaseEvent(EventKind.DIAGNOSIS, release, text, files=files))
+        try:
+            await self.store.writings.save_diagnosis(release.id, text)  # for the release page
+        except StoreError as exc:
+            log.warning("the diagnosis is in the thread but not kept for the page: %s", exc)
         if release.last.surface is Surface.CONTROLLER:
             await self._file_tickets(release, evidence, text)
         return text
@@ -274,15 +276,21 @@ class Narrator:
         return text
 
     async def final_notes(self, release: Release) -> str:
-        took = (release.finished_at or release.updated_at) - release.created_at
-        what = release.notes.strip() or (
-            "\n".join(f"• {c.get('title', '')}" for c in release.changes)
-            or "(no release notes were given)"
+        """The announcement's paragraph: the model phrases the completion summary (its
+        warnings and near misses included) with the notes; the announcement's numbers are
+        rendered from the summary, so a sentence of the model's with a number is dropped.
+        Without a model (or without a usable answer) only the label is said."""
+        written, label = await self._write(
+            "completion",
+            service=release.service,
+            version=release.version,
+            notes=redact(release.notes),
+            changes=redact_obj(release.changes),
+            facts=summary_facts(release.summary),
         )
-        text = (
-            f"{release.service} {release.version} shipped to 100% of users in "
-            f"{format_duration(max(0.0, took))}. {how_it_went(release)}\n{what}"
-        )
+        metrics = [m.name for m in release.summary.metrics] if release.summary else []
+        kept = without_numbers(written, (release.service, release.version, *metrics))
+        text = f"{kept}\n{label}" if kept else label
         self.events.emit(ReleaseEvent(EventKind.NOTES_FINAL, release, text))
         return text
 
@@ -329,25 +337,6 @@ class Narrator:
     def _tickets_from_policy(self, service: str) -> TicketSinks | None:
         sp = self._policy.services.get(service)
         return TicketSinks(sp.tickets) if sp is not None else None
-
-
-def how_it_went(release: Release) -> str:
-    """What the record says of the release's metrics, for the completion announcement: never
-    "all nominal" unless the checks said so."""
-    judged = [c for c in release.last_checks if not c.dry_run]
-    if not judged:
-        return "No metrics were judged."
-    failed_on_the_way = sorted(
-        name for name, c in release.counters.items() if c.total_failures and name != SCORE_COUNTER
-    )
-    warned = sorted(c.metric for c in judged if c.warning)
-    passed = sum(c.outcome is Outcome.PASS for c in judged)
-    said = f"{passed} of {len(judged)} metric(s) passed at the last check."
-    if warned:
-        said += f" Warnings: {', '.join(warned)}."
-    if failed_on_the_way:
-        said += f" Failed checks on the way: {', '.join(failed_on_the_way)}."
-    return said
 
 
 # What a model may add to one post: a flood of text is cut here, so the whole answer fits one
