@@ -7,14 +7,17 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.config import DEFAULT_POLICY, Settings
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
+from bot.engine.digest import DigestScheduler
 from bot.engine.events import EventBus, Notifier
 from bot.engine.flagger_gate import FlaggerGate
 from bot.engine.gates import GateChecker
 from bot.engine.service import ReleaseService
+from bot.engine.watch import Watcher
 from bot.errors import PolicyError, PolicyProblem, StoreError, TrafficError
 from bot.flags import FlagWriter
 from bot.metrics.base import MetricSource
@@ -22,6 +25,9 @@ from bot.metrics.prometheus import PrometheusSource
 from bot.metrics.synthetic import SyntheticSource
 from bot.redact import remember_secrets
 from bot.release.policy import Policy, TrafficSettings, embedded_policy, load_policy
+from bot.release.rollout import Release
+from bot.release.watch import WatchRecord
+from bot.render.watch import finding_summary
 from bot.store.embedded_redis import EmbeddedRedis
 from bot.store.store import Store
 from bot.traffic.base import TrafficBackend
@@ -77,6 +83,10 @@ class App:
     embedded_redis: EmbeddedRedis | None = None
     backends: dict[str, TrafficBackend] = field(default_factory=dict)
     flagger: FlaggerGate | None = None
+    # The daily digest; run beside the controller by the processes that drive releases.
+    digest: DigestScheduler | None = None
+    # The post-release watch of succeeded releases; run beside the controller.
+    watcher: Watcher | None = None
 
     @property
     def demo_metrics(self) -> bool:
@@ -88,6 +98,19 @@ class App:
         self.events.start()
         if self.narrator is not None:
             self.narrator.start()
+
+    async def drive(self, stop: asyncio.Event) -> None:
+        """What a process that drives releases runs until ``stop``: the controller and, beside
+        it, the post-release watch (slow rounds of their own, so neither delays the other)."""
+        watching = (
+            asyncio.create_task(self.watcher.run(stop), name="watch") if self.watcher else None
+        )
+        try:
+            await self.controller.run(stop)
+        finally:
+            if watching is not None:
+                stop.set()  # the controller ended (even by an error): the watch ends with it
+                await asyncio.wait({watching})
 
     async def unreachable_engines(self) -> dict[str, str]:
         """Service -> why its traffic engine cannot be read now (services on the flags backend
@@ -211,6 +234,16 @@ async def build_app(
     # Pages go out from their own tasks, beside the rollback that the event reports as decided.
     pager = Pager(policy, events)
     events.notifiers.append(pager)
+
+    async def page_finding(release: Release, watch: WatchRecord) -> None:
+        sp = policy.services.get(release.service)
+        summary = finding_summary(release, watch, sp.metrics if sp else ())
+        await pager.page_finding(release, summary, _finding_details(watch))
+
+    watcher = Watcher(
+        store, policy, source, events, page=page_finding, tick=settings.controller_tick, owner=owner
+    )
+    events.notifiers.append(watcher)  # a success starts the release's watch
     return App(
         settings=settings,
         policy=policy,
@@ -225,7 +258,17 @@ async def build_app(
         narrator=narrator,
         pager=pager,
         flagger=FlaggerGate(service, store),
+        digest=DigestScheduler(store, policy),
+        watcher=watcher,
     )
+
+
+def _finding_details(watch: WatchRecord) -> dict[str, Any]:
+    """The finding as data for the page's details (numbers, never sentences)."""
+    f = watch.finding
+    if f is None:
+        return {}
+    return {"metric": f.metric, "value": f.value, "baseline": f.baseline, "limit": f.limit}
 
 
 def _backend(traffic: TrafficSettings, flags: FlagsBackend) -> TrafficBackend:

@@ -20,6 +20,7 @@ from typing import Protocol, TextIO
 from bot.app import App
 from bot.engine import dispatch
 from bot.engine.clicks import ClickStatus, NotAButton, click
+from bot.engine.digest import Digest
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.engine.service import Outcome
 from bot.errors import Failure
@@ -28,6 +29,7 @@ from bot.release.commands import Verb, parse
 from bot.release.durations import parse_duration
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Actor, Release, Surface
+from bot.render.digest import digest_message
 from bot.render.errors import report, said
 from bot.render.kit import Choice
 from bot.render.status import status_for
@@ -102,6 +104,11 @@ class ConsoleNotifier:
             lines.append(f"  (`status {event.release.service}` shows the buttons)")
         print("\n".join(lines), file=self.out, flush=True)
 
+    async def post_digest(self, digest: Digest) -> None:
+        """The daily digest, as the channel post Slack would get."""
+        text, _ = render_text(digest_message(digest))
+        print(f"[digest to {digest.channel}] {text}", file=self.out, flush=True)
+
 
 class Console:
     def __init__(
@@ -131,6 +138,13 @@ class Console:
     async def run(self) -> int:
         stop = asyncio.Event()
         controller = asyncio.create_task(self.app.controller.run(stop), name="controller")
+        faces = self.app.events.notifiers
+        printer = next((n for n in faces if isinstance(n, ConsoleNotifier)), None)
+        digest = (
+            asyncio.create_task(self.app.digest.run(stop, printer), name="digest")
+            if self.app.digest is not None and printer is not None
+            else None
+        )
         self.app.start()
         source = self.app.source
         self.say(
@@ -158,6 +172,8 @@ class Console:
         finally:
             stop.set()
             await controller
+            if digest is not None:
+                await digest
             await self.app.events.drain()
         return 0
 

@@ -10,14 +10,17 @@ restarted bot keeps editing the same message.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.engine.digest import Digest
 from bot.engine.events import EventKind, ReleaseEvent
 from bot.page_links import PageLinks
 from bot.release.policy import Policy
 from bot.release.rollout import Release
+from bot.render.digest import digest_message
 from bot.render.kit import Message
 from bot.render.status import status_for
 from bot.render.thread import event_message
@@ -59,6 +62,8 @@ class SlackNotifier:
         self.store = store
         self._policy = policy
         self.demo_metrics = demo_metrics  # every status message says so
+        # The daily digest's optional model summary (bot.writing.digest); None: none.
+        self.summarize: Callable[[Digest], Awaitable[tuple[str, str]]] | None = None
         # Signed links to the release page (none unless its key and public URL are set).
         self.page_links = PageLinks()
         self.writer = OutboxWriter(
@@ -96,6 +101,16 @@ class SlackNotifier:
                 channel, release.id, EntryKind.FILES, files=tuple(event.files),
                 item_id=new_entry_id(),
             )  # fmt: skip
+        self.writer.wake()
+
+    async def post_digest(self, digest: Digest) -> None:
+        """The daily digest: a post of its own in the channel, in the channel's line."""
+        summary, label = await self.summarize(digest) if self.summarize else ("", "")
+        message = digest_message(digest, summary=summary, label=label)
+        await self.store.outbox.add(
+            digest.channel, f"digest:{digest.day.isoformat()}", EntryKind.POST,
+            text=message.text, blocks=message.blocks, item_id=new_entry_id(),
+        )  # fmt: skip
         self.writer.wake()
 
     async def reply(self, release: Release, message: Message) -> None:

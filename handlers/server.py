@@ -24,6 +24,7 @@ from bot.observe.logs import log_context, request_id_from
 from bot.observe.release_metrics import ReleaseMetrics
 from bot.page_links import PageLinks
 from bot.release.policy import Policy
+from bot.writing.digest import DigestWriter
 from handlers.api.engines import api_routes
 from handlers.api.tokens import load_tokens
 from handlers.app import build_bolt
@@ -178,6 +179,8 @@ async def build_core(settings: Settings, policy: Policy) -> tuple[Core, SlackNot
         app.narrator.link_for = notifier.permalink
     if app.pager is not None:
         app.pager.link_for = notifier.permalink
+    if app.narrator is not None:
+        notifier.summarize = DigestWriter(app.narrator.llm).summarize
     return Core(app, client, notifier, bot_user_id=bot_user_id), notifier
 
 
@@ -246,7 +249,7 @@ async def serve(
         socket_handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
         await socket_handler.connect_async()  # type: ignore[no-untyped-call]
     control = (
-        asyncio.create_task(core.app.controller.run(stop), name="controller")
+        asyncio.create_task(_drive(core, notifier, stop), name="controller")
         if controller
         else None
     )
@@ -256,6 +259,20 @@ async def serve(
         stop.set()  # also when we got here by an exception: the controller must stop too
         await _shut_down(settings, core, notifier, app, runner, socket_handler, control)
     return 0
+
+
+async def _drive(core: Core, notifier: SlackNotifier, stop: asyncio.Event) -> None:
+    """The controller and, beside it, the daily digest; both end when ``stop`` is set."""
+    digest = core.app.digest
+    posting = (
+        asyncio.create_task(digest.run(stop, notifier), name="digest") if digest else None
+    )
+    try:
+        await core.app.drive(stop)  # the controller and the post-release watch
+    finally:
+        if posting is not None:
+            stop.set()  # the controller ended (even by an error): the digest ends with it
+            await asyncio.wait({posting})
 
 
 async def _shut_down(

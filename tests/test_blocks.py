@@ -500,6 +500,9 @@ EVENT_STATE = {
     EventKind.PAGED: rolled_back,
     EventKind.PAGE_FAILED: rolling_back,
     EventKind.HANDED_BACK: succeeded,
+    EventKind.WATCH_FINDING: succeeded,
+    EventKind.WATCH_CLOSED: succeeded,
+    EventKind.WATCH_SUPERSEDED: succeeded,
 }
 
 

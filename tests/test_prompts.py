@@ -46,6 +46,8 @@ CONTEXTS: dict[str, Context] = {
         "changes": ev.changes,
         "facts": ["Not every metric was nominal throughout."],
     },
+    "digest.system": lambda ev: {},
+    "digest.user": lambda ev: {"facts": ["Release of checkout is paused."]},
     "answer.system": lambda ev: {},
     "answer.user": lambda ev: {"evidence": ev, "question": QUESTION, "thread": THREAD},
 }

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from bot.config import Settings
 from bot.release import policy
+from bot.release.digest import DigestSettings
 from bot.release.durations import parse_duration
 from bot.release.retention import Retention
 from bot.release.rules import Trend, VsPreviousStep
@@ -84,6 +85,8 @@ MODELS: list[tuple[str, str, type[BaseModel]]] = [
     ("Paging", "", policy.PagingSettings),
     ("Paging", "pagerduty.", policy.PagerDutyPaging),
     ("Paging", "opsgenie.", policy.OpsgeniePaging),
+    ("Watch", "", policy.WatchSettings),
+    ("Digest", "", DigestSettings),
     ("Retention", "", Retention),
 ]
 
@@ -104,6 +107,8 @@ SECONDS_WRITTEN_AS_DURATIONS = {
     5.0: "5s",
     15.0: "15s",
     120.0: "2m",
+    86400.0: "24h",
+    7200.0: "2h",
     7 * 86400.0: "7d",
     14 * 86400.0: "14d",
     30 * 86400.0: "30d",

@@ -13,7 +13,8 @@ from enum import StrEnum
 
 from bot.engine.service import ReleaseService, Result
 from bot.errors import UserError
-from bot.release.buttons import ButtonAction, parse_button_value, stale_reason
+from bot.release.buttons import ButtonAction, ButtonRef, parse_button_value, stale_reason
+from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, Surface
 
 # Who clicked, once the release (and so its service's policy) is known.
@@ -67,7 +68,7 @@ async def click(
     release = await service.store.get(ref.release_id)
     if release is None:
         return Click(ClickStatus.UNKNOWN_RELEASE)
-    if stale := stale_reason(release, ref, action_id):
+    if stale := await _stale(service, release, ref, action_id):
         return Click(ClickStatus.STALE, release, stale=stale)
     action = ButtonAction(action_id)  # stale_reason has refused any other
     actor = await clicker(release)
@@ -89,4 +90,23 @@ async def click(
             result = await service.resume(actor, name, request_id)
         case ButtonAction.ROLLBACK:
             result = await service.rollback(actor, name, reason, request_id)
+        case ButtonAction.ROLL_BACK_TO:
+            # A fast release of the version this one replaced, judged like any release:
+            # the deploy checks who may deploy, the lock and a release already under way.
+            back = DeployOptions(steps=[100], stable=release.version)
+            result = await service.deploy(
+                actor, name, release.stable_version or "", back, request_id
+            )
     return Click(ClickStatus.APPLIED, release, result)
+
+
+async def _stale(service: ReleaseService, release: Release, ref: ButtonRef, action_id: str) -> str:
+    """Why the click no longer applies ("" when it does). Going back from a release that a newer
+    one replaced since would replace the newer one, with a control that is not running."""
+    if stale := stale_reason(release, ref, action_id):
+        return stale
+    if action_id == ButtonAction.ROLL_BACK_TO:
+        newest = await service.store.history(release.service, limit=1)
+        if newest and newest[0].id != release.id:
+            return f"{newest[0].label} started since"
+    return ""

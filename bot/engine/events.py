@@ -19,6 +19,7 @@ from bot.judging.sizing import Sizing
 from bot.observe.logs import log_context
 from bot.release.checks import CheckResult
 from bot.release.rollout import Release
+from bot.release.watch import WatchRecord
 from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ class EventKind(StrEnum):
     # at least one of them did not (PAGE_FAILED); ``page`` says which and why.
     PAGED = "paged"
     PAGE_FAILED = "page_failed"
+    # The post-release watch (bot.engine.watch): its one finding, its closing report, and its end
+    # when a newer release of the service started; ``watch`` carries the numbers.
+    WATCH_FINDING = "watch_finding"
+    WATCH_CLOSED = "watch_closed"
+    WATCH_SUPERSEDED = "watch_superseded"
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class ReleaseEvent:
     link: str = ""  # TICKET_FILED: where the ticket is; "" when filing it failed
     sizing: Sizing | None = None  # STARTED: the first step against the service's traffic
     page: PageReport | None = None  # PAGED, PAGE_FAILED: what each paging service did
+    watch: WatchRecord | None = None  # WATCH_*: the watch as it stood
 
 
 class Notifier(Protocol):

@@ -19,6 +19,8 @@ class ButtonAction(StrEnum):
     PAUSE = "shipwatch_pause"
     RESUME = "shipwatch_resume"
     ROLLBACK = "shipwatch_rollback"
+    # On a post-release watch's finding: a fast release of the version the release replaced.
+    ROLL_BACK_TO = "shipwatch_roll_back_to"
 
 
 # Which state each button is offered in. A click is only acted on while the release is still
@@ -33,6 +35,8 @@ _OFFERED_IN: dict[ButtonAction, frozenset[State]] = {
     ButtonAction.ROLLBACK: frozenset(
         {State.PROGRESSING, State.PENDING_APPROVAL, State.PAUSED, State.BAKING}
     ),
+    # The release is finished; its button starts a new one (which the deploy checks as any).
+    ButtonAction.ROLL_BACK_TO: frozenset({State.SUCCEEDED}),
 }
 # Clicks that move the release forward are tied to the step they were shown at; pausing and
 # rolling back stay valid while the release moves on (they are the safe direction, and a
@@ -75,7 +79,7 @@ def stale_reason(release: Release, ref: ButtonRef, action_id: str) -> str:
         return f"unknown button `{action_id[:40]}`"
     if ref.release_id != release.id:
         return f"that button belongs to another release than {release.label}"
-    if not release.is_active:
+    if not release.is_active and action is not ButtonAction.ROLL_BACK_TO:
         return release.describe_state()
     if release.state not in _OFFERED_IN[action]:
         return release.describe_state()

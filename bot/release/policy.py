@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from bot.errors import PolicyError, PolicyProblem, UnknownServiceError
+from bot.release.digest import DigestSettings
 from bot.release.durations import Seconds
 from bot.release.retention import Retention
 from bot.release.rules import Trend, VsPreviousStep
@@ -302,6 +303,17 @@ class PagingSettings(_Strict):
     resolve_on_end: bool = True
 
 
+# The longest a post-release watch may run: the seeds' "14 days stable".
+MAX_WATCH_WINDOW = 14 * 86400.0
+
+
+class WatchSettings(_Strict):
+    """The watch after a release succeeded: how long, and how often it judges (0 window: off)."""
+
+    window: Seconds = Field(default=86400.0, ge=0, le=MAX_WATCH_WINDOW)
+    interval: Seconds = Field(default=300.0, gt=0)
+
+
 class TrafficSettings(_Strict):
     backend: Literal[
         "flags", "webhook", "haproxy", "nginx", "unleash", "argo-rollouts", "gateway-api", "flagger"
@@ -417,6 +429,7 @@ class ServicePolicy(_Strict):
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     tickets: TicketSettings = Field(default_factory=TicketSettings)
     paging: PagingSettings = Field(default_factory=PagingSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
     announce_channel: str = "#releases"  # where the "shipped" announcement goes
     # Pre-release gates that must have passed before a release starts (engine.gates); empty: none.
     gates: list[str] = Field(default_factory=list)
@@ -427,6 +440,8 @@ class ServicePolicy(_Strict):
     unjudged: bool = False
     # Whether the first step is sized to the traffic the service serves when the deploy starts.
     first_step: FirstStep = FirstStep.WARN
+    # A daily standup post of its long releases in `channel` (None: no digest).
+    digest: DigestSettings | None = None
 
     @model_validator(mode="before")
     @classmethod

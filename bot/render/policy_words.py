@@ -59,6 +59,11 @@ def explain_service(sp: ServicePolicy) -> list[str]:
                 lines.append(f"{at}: {_vs_previous(m, weights[i - 1])}")
             if m.trend is not None and m.name in overridden:
                 lines.append(f"{at}: {_trend(m)}")
+    if sp.digest is not None:
+        lines.append(
+            f"daily digest in {sp.channel} at {sp.digest.at} {sp.digest.timezone}, listing "
+            f"releases on steps that hold {duration_words(sp.digest.min_hold)} or more"
+        )
     return lines
 
 

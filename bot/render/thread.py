@@ -10,6 +10,7 @@ from bot.engine.events import EventKind, ReleaseEvent
 from bot.release.durations import format_duration
 from bot.release.policy import Metric, TrafficSettings
 from bot.release.rollout import CONTROLLER, Release
+from bot.render import watch as watch_words
 from bot.render.checks import (
     checks_blocks,
     control_label_of,
@@ -393,6 +394,18 @@ def _traffic_repaired(s: _Said) -> _Reply:
     )
 
 
+def _watch(s: _Said) -> _Reply:
+    r, event, w = s.release, s.event, s.event.watch
+    if w is None:  # every watch event carries its record; a bare one says what it is
+        line = f"{r.service} {r.version}: post-release watch ({event.kind.value})"
+        return [section_block(f"{release_title(r)}: post-release watch")], line
+    if event.kind is EventKind.WATCH_FINDING:
+        return watch_words.finding_reply(r, w, s.metrics)
+    if event.kind is EventKind.WATCH_SUPERSEDED:
+        return watch_words.superseded_reply(r, w, event.detail)
+    return watch_words.closed_reply(r, w, s.metrics)
+
+
 _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.STARTED: _started,
     EventKind.STEP_ADVANCED: _step_advanced,
@@ -414,6 +427,9 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.TRAFFIC_FAILED: _traffic_failed,
     EventKind.TRAFFIC_REPAIRED: _traffic_repaired,
     EventKind.HANDED_BACK: _handed_back,
+    EventKind.WATCH_FINDING: _watch,
+    EventKind.WATCH_CLOSED: _watch,
+    EventKind.WATCH_SUPERSEDED: _watch,
 }
 
 

@@ -186,3 +186,28 @@ def granted_steps(release_id: str) -> str:
     """How many weight increases an engine that asks first (Flagger) was allowed for a
     release (integer string, expiring with the release's life)."""
     return f"{PREFIX}granted:{release_id}"
+
+
+def watch(release_id: str) -> str:
+    """JSON record of a succeeded release's post-release watch (bot.release.watch); expires."""
+    return f"{PREFIX}watch:{release_id}"
+
+
+def watches() -> str:
+    """Set of the release ids whose watch is running: what the watchers visit each round."""
+    return f"{PREFIX}watches"
+
+
+def watch_lease(release_id: str) -> str:
+    """'{owner}|{token}' of the process running a release's watch; expires unless renewed."""
+    return f"{PREFIX}watch-lease:{release_id}"
+
+
+def watch_fence(release_id: str) -> str:
+    """Fencing counter of the watch leases of a release."""
+    return f"{PREFIX}watch-fence:{release_id}"
+
+
+def digest_posted(channel: str, day: str) -> str:
+    """Marker that a channel's daily digest for a local date (YYYY-MM-DD) was claimed; expires."""
+    return f"{PREFIX}digest:{channel}:{day}"

@@ -39,6 +39,7 @@ from bot.store.migrate import migrate
 from bot.store.outbox import Outbox
 from bot.store.redis_io import as_text as _text
 from bot.store.redis_io import translated as _translated
+from bot.store.watches import Watches
 from bot.store.writings import Writings
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class Store:
         self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
         # Written after the fact (a diagnosis), kept as long as the finished release's record.
         self.writings = Writings(redis, lambda: self.retention.releases)
+        self.watches = Watches(redis)  # the post-release watches of succeeded releases
 
     @classmethod
     async def connect(
@@ -550,6 +552,13 @@ class Store:
         async with _translated("reading data points"):
             raw = await self.redis.lrange(keys.series(release_id), 0, -1)
         return [json.loads(_text(r)) for r in raw]
+
+    async def claim_digest(self, channel: str, day: str, ttl: int = 3 * 86400) -> bool:
+        """True for the one process that posts a channel's digest of a local day (SET NX):
+        replicas that find the marker set skip it. It outlives the day, then expires."""
+        async with _translated("claiming a daily digest"):
+            key = keys.digest_posted(channel, day)
+            return bool(await self.redis.set(key, "1", nx=True, ex=ttl))
 
     async def first_time(self, event_id: str, ttl: int = 3600) -> bool:
         """True once per event id: deliveries retried by the platform are acted on once."""
