@@ -503,6 +503,8 @@ EVENT_STATE = {
     EventKind.WATCH_FINDING: succeeded,
     EventKind.WATCH_CLOSED: succeeded,
     EventKind.WATCH_SUPERSEDED: succeeded,
+    EventKind.HOOKS_PASSED: progressing,
+    EventKind.HOOK_FAILED: progressing,
 }
 
 

@@ -135,6 +135,11 @@ def test_demo_plays_both_releases_on_a_real_prometheus(
     assert "sample service: checkout v3: latency ×4 (median latency now 240 ms)" in out
     rollback = next(line for line in out.splitlines() if "Rolling back checkout `v3`" in line)
     assert re.search(r"latency_p99: [0-9.]+ s is [0-9.]+x control \(limit 2x\)", rollback)
+    # The blue-green release reaches 100% on what Prometheus measured on its idle colour, which
+    # the switch hook's synthetic load gave requests (no user reaches it before the switch).
+    assert "The step hooks before 100% passed for" in out
+    assert re.search(r"synthetic load on `http://127\.0\.0\.1:\d+/preview/v2`: \d+ of", out)
+    assert "search `v2` is live for everyone" in out
     # Nothing it started is left: no Prometheus, no TSDB; its log stays for reading.
     assert not _prometheus_processes(data)
     assert not list(data.glob("prometheus-*"))

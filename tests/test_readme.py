@@ -76,6 +76,8 @@ MODELS: list[tuple[str, str, type[BaseModel]]] = [
     ("Service", "", policy.ServicePolicy),
     ("Metric", "", policy.Metric),
     ("Step", "", policy.Step),
+    ("Hook", "", policy.Hook),
+    ("Hook", "load.", policy.LoadHook),
     ("vs_previous_step", "", VsPreviousStep),
     ("Trend", "", Trend),
     ("Score", "", policy.ScoreSettings),

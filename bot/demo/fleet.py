@@ -86,6 +86,11 @@ class SampleFleet:
         """Where users of ``service`` send their requests."""
         return self.proxy.entry(service) if self.proxy else self.instances[service][0].url
 
+    def preview(self, service: str) -> str:
+        """Where any version of ``service`` is served whatever the routing says (``{version}``
+        left for the hook to fill): how a blue-green release reaches its idle colour."""
+        return f"{self.instances[service][0].url}/preview/{{version}}"
+
     def deploy(self, service: str, *, stable: str = "", canary: str = "") -> None:
         """Put ``stable`` and ``canary`` (either may be "") where users of ``service`` meet them."""
         group = self.instances.get(service)

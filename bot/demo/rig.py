@@ -35,7 +35,15 @@ from bot.demo.proxy import DemoProxy
 from bot.demo.unleash import SDK_REFRESH_S, UnleashRouter
 from bot.engine.events import Notifier
 from bot.errors import MetricsError, TrafficError, UserError
-from bot.release.policy import Metric, Policy, ServicePolicy, TrafficSettings
+from bot.release.policy import (
+    Hook,
+    LoadHook,
+    Metric,
+    Policy,
+    ServicePolicy,
+    Strategy,
+    TrafficSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,10 @@ SCRIPT = [
     "await checkout",
     "wait 1s",
     "history checkout",
+    "# 3. A blue-green release: checks on the idle colour at 0% (with synthetic load on it, since",
+    "#    no user reaches it yet), then one switch to 100%.",
+    "deploy search v2 --stable v1",
+    "await search",
 ]
 
 SCRAPE_INTERVAL = 1.0
@@ -114,6 +126,29 @@ def for_real_metrics(policy: Policy) -> Policy:
 
     return policy.model_copy(
         update={"services": {name: service(sp) for name, sp in policy.services.items()}}
+    )
+
+
+# Before a blue-green switch, the idle colour gets synthetic load for this long: enough for
+# REAL_MIN_REQUESTS in the demo's window and the demo's hold, with room for scrapes.
+SWITCH_LOAD_S = 10.0
+SWITCH_LOAD_RATE = 20.0
+
+
+def with_switch_load(policy: Policy, fleet: SampleFleet) -> Policy:
+    """Blue-green services whose policy sets no switch hooks get one: synthetic load on the idle
+    colour's preview address, so the pre-switch checks judge real requests (at 0% no user
+    reaches it)."""
+
+    def service(name: str, sp: ServicePolicy) -> ServicePolicy:
+        if sp.strategy is not Strategy.BLUE_GREEN or sp.switch_hooks or name not in fleet.instances:
+            return sp
+        load = LoadHook(url=fleet.preview(name), seconds=SWITCH_LOAD_S, rate=SWITCH_LOAD_RATE)
+        hook = Hook(load=load, timeout=SWITCH_LOAD_S * 3)
+        return sp.model_copy(update={"switch_hooks": [hook]})
+
+    return policy.model_copy(
+        update={"services": {name: service(name, sp) for name, sp in policy.services.items()}}
     )
 
 
@@ -267,7 +302,7 @@ class DemoRig:
         except (MetricsError, OSError) as exc:
             await self.close()
             return self._fallback(str(exc))
-        self.policy = for_real_metrics(self.policy)
+        self.policy = with_switch_load(for_real_metrics(self.policy), fleet)
         routed = "by the canary flag"
         traffic = ""
         if proxy is not None:

@@ -9,6 +9,9 @@ sees every version's requests apart. Without a flag (or without Redis) every req
 by the instance's own version.
 
     GET  /work?user=<id>   200 {"service", "version", "user"}, or 500 at the version's error rate
+    GET  /preview/<version>/work?user=<id>
+                           the same, served by <version> whatever the flag says: the idle
+                           colour's preview address, which a step's load hook warms up
     GET  /metrics          http_requests_total{service,version,code} and
                            http_request_duration_seconds_bucket{service,version,le}
     GET  /admin/config     the behaviour of ?version=<v> (default: every version's default)
@@ -265,7 +268,7 @@ class DemoService:
     async def _work(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         user = request.query.get("user", "anonymous")
-        version = self.version_for(user)
+        version = request.match_info.get("version") or self.version_for(user)
         failed, delay = self._next_outcome(version)
         if delay:
             await asyncio.sleep(delay)
@@ -316,6 +319,9 @@ class DemoService:
     def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/work", self._work)
+        # A version name is a Prometheus label here: bounded like a release's version.
+        preview = r"/preview/{version:[A-Za-z0-9][A-Za-z0-9._+:@~-]{0,127}}/work"
+        app.router.add_get(preview, self._work)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/admin/config", self._get_config)
         app.router.add_post("/admin/config", self._post_config)

@@ -21,6 +21,7 @@ from typing import Any
 from bot.engine.actuator import TrafficActuator
 from bot.engine.completion import completion_summary
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
+from bot.engine.hooks import HookRun, HookRunner, gated
 from bot.errors import DependencyError, StoreError
 from bot.judging import analysis
 from bot.judging.decision import Decision, Verdict, decide
@@ -29,7 +30,7 @@ from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release import rollout
 from bot.release.checks import CheckResult, ScoreRecord
-from bot.release.policy import Policy
+from bot.release.policy import Policy, ServicePolicy
 from bot.release.rollout import CONTROLLER, Release, State
 from bot.store.audit import AuditEntry
 from bot.store.store import CommitStatus, Store
@@ -65,6 +66,7 @@ class Controller:
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         concurrency: int = 64,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -77,6 +79,7 @@ class Controller:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self._sem = asyncio.Semaphore(concurrency)
+        self.hooks = hooks or HookRunner()
         self._owned: set[str] = set()
         # A failing dependency fails every round until it is back: said once, not each tick.
         self._failing: str = ""  # the kind of failure under way ("" when rounds work)
@@ -111,6 +114,7 @@ class Controller:
         # longer than a lease lives: a crashed process would have been replaced by then.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.actuator.drain(), self.lease_ttl)
+        await self.hooks.close()
         await self.close()
 
     def _round_failed(self, exc: Exception) -> None:
@@ -170,6 +174,7 @@ class Controller:
         )
         self._owned = set(tokens)
         stats.owned = len(tokens)
+        await self.hooks.retain(tokens)
         now = self.clock()
         policy = self.policy
         plans: list[analysis.Plan] = []
@@ -289,6 +294,7 @@ class Controller:
             async with self._sem:
                 release = plan.release
                 checks = result.checks
+                decision, hook_run = self._hook_gate(release, plan.sp, decision)
                 score = score_record(result.score)
                 booked = release.model_copy(
                     update={
@@ -314,17 +320,21 @@ class Controller:
                     # The record that ends the release keeps what it went through.
                     summary = await completion_summary(self.store, new, plan.sp.metrics)
                     new = new.model_copy(update={"summary": summary})
+                detail: dict[str, Any] = {
+                    "weight": release.weight,
+                    "checks": [_compact(c) for c in checks],
+                    "score": score.to_dict() if score else None,
+                }
+                hooks_said = hook_run is not None and self.hooks.is_new(hook_run)
+                if hook_run is not None and hooks_said:
+                    detail["hooks"] = hook_run.to_dict()  # each run audited once
                 audit = AuditEntry.transition(
                     f"decision:{verdict.value}",
                     CONTROLLER,
                     release,
                     new,
                     reason=decision.reason,
-                    detail={
-                        "weight": release.weight,
-                        "checks": [_compact(c) for c in checks],
-                        "score": score.to_dict() if score else None,
-                    },
+                    detail=detail,
                 )
                 committed = await self.store.commit(
                     new, expected_rev=release.rev, audit=audit, fence=fence
@@ -350,6 +360,10 @@ class Controller:
                     extra={"decision": verdict.value},
                 )
                 await self._record_point(current, checks, now)
+                if hook_run is not None and hooks_said:
+                    self.hooks.mark_reported(hook_run)
+                    passed = EventKind.HOOKS_PASSED if hook_run.passed else EventKind.HOOK_FAILED
+                    self.events.emit(ReleaseEvent(passed, current, verdict.value, hooks=hook_run))
                 if event is not None:
                     self.events.emit(
                         ReleaseEvent(event[0], current, event[1], checks=new.last_checks)
@@ -365,6 +379,31 @@ class Controller:
                     )
                 if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
                     await self.actuator.sync(current, fence)
+
+    def _hook_gate(
+        self, release: Release, sp: ServicePolicy, decision: Decision
+    ) -> tuple[Decision, HookRun | None]:
+        """The decision once the hooks before the next step are asked about (they start on the
+        step's first round, so a load hook gives the judge data while the step is judged), and
+        their finished run (None while they run, or when the next step has none)."""
+        if release.state is not State.PROGRESSING or release.is_last_step:
+            return decision, None
+        step = release.step + 1
+        weight = release.weights[step]
+        hooks = sp.hooks_before(release.strategy, weight)
+        if not hooks:
+            return decision, None
+        run = self.hooks.status(
+            release.id, step, weight, hooks, service=release.service, version=release.version
+        )
+        gate = gated(decision, run, weight)
+        if run is not None and not run.passed:
+            # A held step runs its hooks again after the step's hold; a paused or rolled-back
+            # release forgets them, so that a resume runs them afresh.
+            acted = gate.verdict in (Verdict.PAUSE, Verdict.ROLLBACK)
+            if acted or time.time() - run.finished_at >= max(release.hold, 1.0):
+                self.hooks.forget(release.id, step)
+        return gate, run
 
 
 def _point(checks: list[CheckResult], now: float, weight: int) -> dict[str, Any]:

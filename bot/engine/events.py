@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from bot.engine.hooks import HookRun
 from bot.judging.sizing import Sizing
 from bot.observe.logs import log_context
 from bot.release.checks import CheckResult
@@ -58,6 +59,10 @@ class EventKind(StrEnum):
     WATCH_FINDING = "watch_finding"
     WATCH_CLOSED = "watch_closed"
     WATCH_SUPERSEDED = "watch_superseded"
+    # The hooks before the next step (bot.engine.hooks) finished: all passed, or one failed (the
+    # decision it led to is the detail); ``hooks`` carries each hook's result.
+    HOOKS_PASSED = "hooks_passed"
+    HOOK_FAILED = "hook_failed"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class ReleaseEvent:
     sizing: Sizing | None = None  # STARTED: the first step against the service's traffic
     page: PageReport | None = None  # PAGED, PAGE_FAILED: what each paging service did
     watch: WatchRecord | None = None  # WATCH_*: the watch as it stood
+    hooks: HookRun | None = None  # HOOKS_PASSED, HOOK_FAILED: the run of the step's hooks
 
 
 class Notifier(Protocol):

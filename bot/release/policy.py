@@ -170,6 +170,41 @@ class Metric(_Strict):
         return self
 
 
+class HookFailure(StrEnum):
+    """What a failed or timed-out step hook does to the release."""
+
+    HOLD = "hold"  # stay at the step; the hooks run again on a later round
+    PAUSE = "pause"  # pause the release and say why
+    ROLLBACK = "rollback"  # roll the release back
+
+
+class LoadHook(_Strict):
+    """Synthetic load against the canary (or the idle colour) while the hook runs, so the judge
+    has requests to read: ``url`` may name ``{service}`` and ``{version}``."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    seconds: Seconds = Field(default=30.0, gt=0)
+    rate: float = Field(default=20.0, gt=0, le=1000)  # requests a second
+
+
+class Hook(_Strict):
+    """A check run before a step's traffic moves: a smoke-test URL or synthetic load."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")  # 2xx passes
+    method: Literal["GET", "POST"] = "GET"
+    load: LoadHook | None = None
+    on_failure: HookFailure = HookFailure.HOLD
+    timeout: Seconds = Field(default=60.0, gt=0)  # the whole hook, load included
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Hook:
+        if (self.url is None) == (self.load is None):
+            raise ValueError("a hook is either `url:` (a smoke test) or `load:` (synthetic load)")
+        if self.load is not None and self.load.seconds >= self.timeout:
+            raise ValueError("the hook's timeout must be longer than its load's seconds")
+        return self
+
+
 class Step(_Strict):
     """One rung of the ladder, and what differs there from the rest of the release."""
 
@@ -181,6 +216,8 @@ class Step(_Strict):
     # The service's metrics as judged at this step: entries merge by name with the service's
     # (an entry with a new name is a metric judged at this step only).
     metrics: list[Metric] = Field(default_factory=list)
+    # Checks run before the release enters this step; its traffic moves only once they pass.
+    hooks: list[Hook] = Field(default_factory=list)
 
     @field_validator("interval")
     @classmethod
@@ -442,6 +479,8 @@ class ServicePolicy(_Strict):
     first_step: FirstStep = FirstStep.WARN
     # A daily standup post of its long releases in `channel` (None: no digest).
     digest: DigestSettings | None = None
+    # Blue-green: checks run on the idle colour before the switch to 100% (bot.engine.hooks).
+    switch_hooks: list[Hook] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -533,6 +572,13 @@ class ServicePolicy(_Strict):
     def interval_at(self, weight: int) -> float:
         step = self.step_at(weight)
         return self.interval if step is None or step.interval is None else step.interval
+
+    def hooks_before(self, strategy: Strategy, weight: int) -> list[Hook]:
+        """The hooks that must pass before a release of ``strategy`` moves to ``weight``."""
+        if strategy is Strategy.BLUE_GREEN:
+            return list(self.switch_hooks) if weight == 100 else []
+        step = self.step_at(weight)
+        return [] if step is None else list(step.hooks)
 
     def approval_at(self, weight: int) -> bool:
         step = self.step_at(weight)
@@ -860,6 +906,10 @@ _PAGING_PARTS: dict[str, type[BaseModel]] = {
     "opsgenie": OpsgeniePaging,
 }
 
+# The step hooks' models by key (`load` only occurs under a hook).
+_HOOK_PARTS: dict[str, type[BaseModel]] = {"hooks": Hook, "switch_hooks": Hook, "load": LoadHook}
+_NESTED_PARTS = _PAGING_PARTS | _HOOK_PARTS
+
 
 def _fields_at(loc: list[Any]) -> set[str]:
     model: type[BaseModel] = ServicePolicy
@@ -877,8 +927,8 @@ def _fields_at(loc: list[Any]) -> set[str]:
             model = ScoreSettings
         elif part == "tickets":
             model = TicketSettings
-        elif str(part) in _PAGING_PARTS:
-            model = _PAGING_PARTS[str(part)]
+        elif str(part) in _NESTED_PARTS:
+            model = _NESTED_PARTS[str(part)]
         elif part == "steps":
             model = Step
     return set(model.model_fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bot.judging.thresholds import fmt
 from bot.release.durations import format_duration
-from bot.release.policy import Direction, Metric, Risk, ServicePolicy, Strategy
+from bot.release.policy import Direction, Hook, Metric, Risk, ServicePolicy, Strategy
 
 _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
@@ -59,6 +59,7 @@ def explain_service(sp: ServicePolicy) -> list[str]:
                 lines.append(f"{at}: {_vs_previous(m, weights[i - 1])}")
             if m.trend is not None and m.name in overridden:
                 lines.append(f"{at}: {_trend(m)}")
+        lines += [f"before {weight}%: {hook_rule(h)}" for h in sp.hooks_before(sp.strategy, weight)]
     if sp.digest is not None:
         lines.append(
             f"daily digest in {sp.channel} at {sp.digest.at} {sp.digest.timezone}, listing "
@@ -164,3 +165,16 @@ def _worse(direction: Direction) -> str:
         Direction.DECREASE: "below",
         Direction.EITHER: "either way from",
     }[direction]
+
+
+def hook_rule(hook: Hook) -> str:
+    """A hook as check-config explains it: 'synthetic load on URL, 20/s for 30 seconds
+    (timeout 1 minute; on failure: hold)'."""
+    if hook.load is not None:
+        what = (
+            f"synthetic load on {hook.load.url}, {hook.load.rate:g}/s for "
+            f"{duration_words(hook.load.seconds)}"
+        )
+    else:
+        what = f"smoke test {hook.method} {hook.url} (2xx passes)"
+    return f"{what} (timeout {duration_words(hook.timeout)}; on failure: {hook.on_failure.value})"

@@ -10,6 +10,7 @@ from bot.engine.events import EventKind, ReleaseEvent
 from bot.release.durations import format_duration
 from bot.release.policy import Metric, TrafficSettings
 from bot.release.rollout import CONTROLLER, Release
+from bot.render import hooks as hook_words
 from bot.render import watch as watch_words
 from bot.render.checks import (
     checks_blocks,
@@ -394,6 +395,18 @@ def _traffic_repaired(s: _Said) -> _Reply:
     )
 
 
+def _hooks(s: _Said) -> _Reply:
+    r, run = s.release, s.event.hooks
+    if run is None:  # every hook event carries its run; a bare one says what it is
+        line = f"{r.service} {r.version}: step hooks ({s.event.kind.value})"
+        return [section_block(esc(line))], line
+    blocks = [
+        section_block(hook_words.hooks_headline(r, run, release_title(r))),
+        context_block("\n".join(hook_words.result_line(h) for h in run.results)),
+    ]
+    return blocks, hook_words.hooks_text(r, run)
+
+
 def _watch(s: _Said) -> _Reply:
     r, event, w = s.release, s.event, s.event.watch
     if w is None:  # every watch event carries its record; a bare one says what it is
@@ -430,6 +443,8 @@ _REPLIES: dict[EventKind, Callable[[_Said], _Reply]] = {
     EventKind.WATCH_FINDING: _watch,
     EventKind.WATCH_CLOSED: _watch,
     EventKind.WATCH_SUPERSEDED: _watch,
+    EventKind.HOOKS_PASSED: _hooks,
+    EventKind.HOOK_FAILED: _hooks,
 }
 
 
