@@ -11,11 +11,13 @@ from typing import Any
 
 from bot.config import DEFAULT_POLICY, Settings
 from bot.engine.actuator import TrafficActuator
+from bot.engine.ci_jobs import CiJobs
 from bot.engine.controller import Controller
 from bot.engine.digest import DigestScheduler
 from bot.engine.events import EventBus, Notifier
 from bot.engine.flagger_gate import FlaggerGate
 from bot.engine.gates import GateChecker
+from bot.engine.hooks import HookRunner
 from bot.engine.service import ReleaseService
 from bot.engine.watch import Watcher
 from bot.errors import PolicyError, PolicyProblem, StoreError, TrafficError
@@ -87,6 +89,8 @@ class App:
     digest: DigestScheduler | None = None
     # The post-release watch of succeeded releases; run beside the controller.
     watcher: Watcher | None = None
+    # The CI jobs webhook hooks start: the controller waits for them, the API takes their answer.
+    ci_jobs: CiJobs | None = None
 
     @property
     def demo_metrics(self) -> bool:
@@ -213,6 +217,12 @@ async def build_app(
 
     actuator = TrafficActuator(store, backend_for, events)
     service = ReleaseService(store, policy, actuator, events, gates=gates, source=source)
+    ci_jobs = CiJobs(store.hook_runs, settings.public_url)
+    if settings.public_url is None and _has_webhook_hooks(policy):
+        log.warning(
+            "the policy has webhook step hooks but SHIPWATCH_PUBLIC_URL is not set: their CI "
+            "jobs would have no URL to call back, so those hooks fail"
+        )
     controller = Controller(
         store,
         policy,
@@ -222,6 +232,7 @@ async def build_app(
         tick=settings.controller_tick,
         lease_ttl=settings.lease_ttl,
         owner=owner,
+        hooks=HookRunner(store.hook_runs, ci_jobs),
     )
     llm = LLM(
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -260,7 +271,12 @@ async def build_app(
         flagger=FlaggerGate(service, store),
         digest=DigestScheduler(store, policy),
         watcher=watcher,
+        ci_jobs=ci_jobs,
     )
+
+
+def _has_webhook_hooks(policy: Policy) -> bool:
+    return any(h.webhook is not None for sp in policy.services.values() for h in sp.all_hooks())
 
 
 def _finding_details(watch: WatchRecord) -> dict[str, Any]:

@@ -169,6 +169,20 @@ class JustMovedError(LostRaceError):
         )
 
 
+class HooksNotPassedError(ConflictError):
+    """A person tried to move a release past step hooks that have not passed: the move waits
+    for them as the controller's does (bot.engine.hooks)."""
+
+    def __init__(self, label: str, weight: int, where: str) -> None:
+        self.label = label
+        self.weight = weight
+        self.where = where  # "have not started yet", "are running (12s so far)", "failed: …"
+        super().__init__(
+            f"{label} cannot move to {weight}% yet: the step hooks before it {where}. Nothing "
+            f"was changed; shipwatch moves it to {weight}% once they pass, or roll it back."
+        )
+
+
 class DependencyError(ShipwatchError):
     """A dependency failed; the release was left in a safe state."""
 

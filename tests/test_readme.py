@@ -78,6 +78,7 @@ MODELS: list[tuple[str, str, type[BaseModel]]] = [
     ("Step", "", policy.Step),
     ("Hook", "", policy.Hook),
     ("Hook", "load.", policy.LoadHook),
+    ("Hook", "webhook.", policy.WebhookHook),
     ("vs_previous_step", "", VsPreviousStep),
     ("Trend", "", Trend),
     ("Score", "", policy.ScoreSettings),

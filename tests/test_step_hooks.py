@@ -19,11 +19,12 @@ from bot.demo.service import DemoService
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.engine.hooks import HookResult, HookRun, run_hook
+from bot.engine.hooks import run_hook
 from bot.engine.service import ReleaseService
-from bot.errors import PolicyError
+from bot.errors import HooksNotPassedError, PolicyError
 from bot.flags import FlagWriter
 from bot.metrics.synthetic import SyntheticSource
+from bot.release.hook_runs import HookResult, HookRun
 from bot.release.policy import (
     Hook,
     HookFailure,
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.timeout(60)
 TICK = 0.05
 DEADLINE = 15.0
 ALICE = Actor(user="alice", surface="slack")
+BOB = Actor(user="bob", surface="slack")
 
 
 def _policy(hook: str) -> str:
@@ -175,6 +177,36 @@ async def test_a_failing_smoke_hook_holds_the_step_until_it_passes(
     assert audits[0].detail["hooks"]["results"][0]["target"].endswith("/smoke?v=v2")
 
 
+async def test_a_person_cannot_move_past_hooks_that_failed(
+    make_rig: Callable[[str], Rig],
+) -> None:
+    async with Smoke([500]) as smoke:
+        rig = make_rig(f'{{url: "{smoke.base_url}/smoke", timeout: 2s}}')
+        release = (
+            await rig.service.deploy(ALICE, "checkout", "v2", DeployOptions(stable="v1"))
+        ).release
+        deadline = time.monotonic() + DEADLINE
+        while not await rig.hook_audits():
+            assert time.monotonic() < deadline, "the hooks never finished"
+            await rig.controller.run_once()
+            await asyncio.sleep(0.02)
+        with pytest.raises(HooksNotPassedError) as advanced:
+            await rig.service.advance(ALICE, "checkout")
+        with pytest.raises(HooksNotPassedError) as approved:
+            await rig.service.approve(BOB, "checkout")  # an approval given ahead of the hold
+        after = await rig._get(release.id)
+
+    said = str(advanced.value)
+    assert said.startswith(
+        "checkout#1 (v2) cannot move to 50% yet: the step hooks before it failed"
+    )
+    assert f"(url {smoke.base_url}/smoke: HTTP 500)" in said and "Nothing was changed" in said
+    assert isinstance(approved.value, HooksNotPassedError)
+    assert after.weight == 10 and after.state is State.PROGRESSING  # nothing moved
+    refusals = [e for e in await rig.store.audit_tail(100) if e.action in ("advance", "approve")]
+    assert refusals and all("step hooks failed" in e.reason for e in refusals)
+
+
 @pytest.mark.parametrize(
     ("on_failure", "ends_in"),
     [("pause", State.PAUSED), ("rollback", State.ROLLED_BACK)],
@@ -275,10 +307,15 @@ def test_a_blue_green_service_checks_before_its_switch_only() -> None:
     [
         (
             "{url: 'https://a/', load: {url: 'http://b/'}}",
-            "a hook is either `url:` (a smoke test) or `load:` (synthetic load)",
+            "a hook is one of `url:` (a smoke test), `load:` (synthetic load) or `webhook:`",
         ),
         ("{load: {url: 'http://b/', seconds: 1m}}", "must be longer than its load's seconds"),
         ("{url: 'ftp://a/'}", "String should match pattern"),
+        (
+            "{webhook: {url: 'https://ci/'}, timeout: 5s}",
+            "longer than its webhook's request_timeout",
+        ),
+        ("{webhook: {url: 'https://ci/', secrt_env: K}}", "did you mean `secret_env`?"),
         ("{url: 'https://a/', on_falure: pause}", "did you mean `on_failure`?"),
     ],
 )

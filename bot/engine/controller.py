@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.actuator import TrafficActuator
+from bot.engine.ci_jobs import HookSubject
 from bot.engine.completion import completion_summary
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.engine.hooks import HookRun, HookRunner, gated
+from bot.engine.hooks import HookRunner, gated
 from bot.errors import DependencyError, StoreError
 from bot.judging import analysis
 from bot.judging.decision import Decision, Verdict, decide
@@ -30,6 +31,7 @@ from bot.observe import telemetry
 from bot.observe.logs import log_context
 from bot.release import rollout
 from bot.release.checks import CheckResult, ScoreRecord
+from bot.release.hook_runs import HookRun
 from bot.release.policy import Policy, ServicePolicy
 from bot.release.rollout import CONTROLLER, Release, State
 from bot.store.audit import AuditEntry
@@ -79,7 +81,7 @@ class Controller:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self._sem = asyncio.Semaphore(concurrency)
-        self.hooks = hooks or HookRunner()
+        self.hooks = hooks or HookRunner(store.hook_runs)
         self._owned: set[str] = set()
         # A failing dependency fails every round until it is back: said once, not each tick.
         self._failing: str = ""  # the kind of failure under way ("" when rounds work)
@@ -294,7 +296,7 @@ class Controller:
             async with self._sem:
                 release = plan.release
                 checks = result.checks
-                decision, hook_run = self._hook_gate(release, plan.sp, decision)
+                decision, hook_run = await self._hook_gate(release, plan.sp, decision)
                 score = score_record(result.score)
                 booked = release.model_copy(
                     update={
@@ -380,7 +382,7 @@ class Controller:
                 if current.applied_weight != current.weight or current.state is State.ROLLING_BACK:
                     await self.actuator.sync(current, fence)
 
-    def _hook_gate(
+    async def _hook_gate(
         self, release: Release, sp: ServicePolicy, decision: Decision
     ) -> tuple[Decision, HookRun | None]:
         """The decision once the hooks before the next step are asked about (they start on the
@@ -388,21 +390,25 @@ class Controller:
         their finished run (None while they run, or when the next step has none)."""
         if release.state is not State.PROGRESSING or release.is_last_step:
             return decision, None
-        step = release.step + 1
-        weight = release.weights[step]
-        hooks = sp.hooks_before(release.strategy, weight)
+        subject = HookSubject(
+            release.id,
+            release.service,
+            release.version,
+            release.stable_version,
+            release.step + 1,
+            release.weights[release.step + 1],
+        )
+        hooks = sp.hooks_before(release.strategy, subject.weight)
         if not hooks:
             return decision, None
-        run = self.hooks.status(
-            release.id, step, weight, hooks, service=release.service, version=release.version
-        )
-        gate = gated(decision, run, weight)
+        run = self.hooks.status(subject, hooks)
+        gate = gated(decision, run, subject.weight)
         if run is not None and not run.passed:
             # A held step runs its hooks again after the step's hold; a paused or rolled-back
             # release forgets them, so that a resume runs them afresh.
             acted = gate.verdict in (Verdict.PAUSE, Verdict.ROLLBACK)
             if acted or time.time() - run.finished_at >= max(release.hold, 1.0):
-                self.hooks.forget(release.id, step)
+                await self.hooks.forget(release.id, subject.step)
         return gate, run
 
 

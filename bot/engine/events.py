@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from bot.engine.hooks import HookRun
 from bot.judging.sizing import Sizing
 from bot.observe.logs import log_context
 from bot.release.checks import CheckResult
+from bot.release.hook_runs import HookRun
 from bot.release.rollout import Release
 from bot.release.watch import WatchRecord
 from bot.tasks import cancel_and_wait

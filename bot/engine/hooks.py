@@ -1,8 +1,9 @@
 """Step hooks: the checks a release must pass before its traffic moves to the next step.
 
-A hook is a smoke-test URL (2xx passes) or synthetic load against the canary (or, for a
+A hook is a smoke-test URL (2xx passes), synthetic load against the canary (or, for a
 blue-green release, the idle colour) for some seconds, so the judge has requests to read while
-the step waits. Hooks run in background tasks, never on the decision path: the controller asks
+the step waits, or a CI job started through a webhook and waited for until it calls back
+(bot.engine.ci_jobs). Hooks run in background tasks, never on the decision path: the controller asks
 ``HookRunner.status`` each round and gets "still running" or the finished run at once.
 Every hook runs under its own timeout; a hook that times out has failed.
 """
@@ -12,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from urllib.parse import quote
 
 import aiohttp
 
+from bot.engine.ci_jobs import CiJobs, HookSubject
 from bot.engine.load import LoadGenerator
 from bot.judging.decision import Decision, Verdict
-from bot.release.policy import Hook, HookFailure
+from bot.release.hook_runs import HookResult, HookRun
+from bot.release.policy import Hook, HookFailure, WebhookHook
+from bot.store.hook_runs import HookRuns
 from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -28,64 +32,12 @@ log = logging.getLogger(__name__)
 # A load hook passes when at least this share of its requests got an answer from the service:
 # whether the answers are good is the judge's business (its metrics), not the hook's.
 MIN_ANSWERED_SHARE = 0.9
+Said = tuple[bool, str]  # passed, and what happened in a few words
+# Starts a webhook hook's CI job (its url, the hook's timeout) and waits for its answer.
+CiJob = Callable[[WebhookHook, str, float], Awaitable[Said]]
+
 # One load request never waits longer than this, whatever the hook's timeout.
 LOAD_REQUEST_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True)
-class HookResult:
-    """What one hook did."""
-
-    kind: str  # "url" | "load"
-    target: str  # the URL called or loaded, placeholders filled in (from the policy)
-    passed: bool
-    detail: str  # "HTTP 500", "timed out after 5s", "598 of 600 requests answered"
-    seconds: float
-    timed_out: bool = False
-    on_failure: HookFailure = HookFailure.HOLD
-
-
-@dataclass(frozen=True)
-class HookRun:
-    """The hooks run before a release enters one step, all finished."""
-
-    release_id: str
-    step: int  # the step the hooks guard (index into the release's weights)
-    weight: int  # that step's weight
-    results: tuple[HookResult, ...]
-    finished_at: float
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def on_failure(self) -> HookFailure:
-        """What the failed hooks ask for: the strictest of them (rollback > pause > hold)."""
-        asked = {r.on_failure for r in self.results if not r.passed}
-        for failure in (HookFailure.ROLLBACK, HookFailure.PAUSE):
-            if failure in asked:
-                return failure
-        return HookFailure.HOLD
-
-    def to_dict(self) -> dict[str, object]:
-        """For the audit entry of the decision the run led to."""
-        return {
-            "step": self.step,
-            "weight": self.weight,
-            "passed": self.passed,
-            "results": [
-                {
-                    "kind": r.kind,
-                    "target": r.target,
-                    "passed": r.passed,
-                    "detail": r.detail,
-                    "seconds": round(r.seconds, 3),
-                    "timed_out": r.timed_out,
-                }
-                for r in self.results
-            ],
-        }
 
 
 def fill(template: str, *, service: str, version: str) -> str:
@@ -96,16 +48,27 @@ def fill(template: str, *, service: str, version: str) -> str:
     )
 
 
-async def run_hook(hook: Hook, *, service: str, version: str) -> HookResult:
-    """One hook under its timeout; never raises (a failure is a result)."""
+async def run_hook(
+    hook: Hook,
+    *,
+    service: str,
+    version: str,
+    ci_job: CiJob | None = None,
+) -> HookResult:
+    """One hook under its timeout; never raises (a failure is a result). ``ci_job`` starts and
+    waits for a webhook hook's job (url, timeout) for the release and step at hand."""
     started = time.monotonic()
-    kind = "load" if hook.load is not None else "url"
-    template = hook.load.url if hook.load is not None else (hook.url or "")
-    target = fill(template, service=service, version=version)
+    kind = hook.kind
+    target = fill(_template(hook), service=service, version=version)
     try:
         async with asyncio.timeout(hook.timeout):
             if hook.load is not None:
                 passed, detail = await _load(target, hook.load.seconds, hook.load.rate)
+            elif hook.webhook is not None:
+                if ci_job is None:
+                    passed, detail = False, "CI jobs cannot be started from here"
+                else:
+                    passed, detail = await ci_job(hook.webhook, target, hook.timeout)
             else:
                 passed, detail = await _call(target, hook.method, hook.timeout)
     except TimeoutError:
@@ -121,6 +84,14 @@ async def run_hook(hook: Hook, *, service: str, version: str) -> HookResult:
     return HookResult(
         kind, target, passed, detail, time.monotonic() - started, on_failure=hook.on_failure
     )
+
+
+def _template(hook: Hook) -> str:
+    if hook.load is not None:
+        return hook.load.url
+    if hook.webhook is not None:
+        return hook.webhook.url
+    return hook.url or ""
 
 
 async def _call(url: str, method: str, timeout: float) -> tuple[bool, str]:
@@ -155,37 +126,41 @@ async def _load(target: str, seconds: float, rate: float) -> tuple[bool, str]:
 class HookRunner:
     """Runs each release's hooks for its next step in the background, once per step entry.
 
-    Kept in memory: after a restart (or a lease moving to another process) the hooks of the
-    step under way run again, which a smoke test or a load burst tolerates.
+    Where they stand is kept in Redis (bot.store.hook_runs): the web process reads it to refuse
+    a person's move past hooks that have not passed. A process that takes a release over (a
+    restart, a lease moving) uses a run already finished, and otherwise runs the step's url and
+    load hooks again (a smoke test or a load burst tolerates that) while waiting for the CI jobs
+    already started rather than starting them again.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, runs: HookRuns, ci: CiJobs | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.runs = runs
+        self.ci = ci or CiJobs(runs, None)
+        self.clock = clock
         self._tasks: dict[tuple[str, int], asyncio.Task[HookRun]] = {}
         # Finished runs already said in the thread: (release id, step, finished at).
         self._reported: set[tuple[str, int, float]] = set()
 
-    def status(
-        self,
-        release_id: str,
-        step: int,
-        weight: int,
-        hooks: Sequence[Hook],
-        *,
-        service: str,
-        version: str,
-    ) -> HookRun | None:
-        """The finished run of ``hooks`` before ``step``, starting it on first ask; None while
-        it runs."""
-        key = (release_id, step)
+    def status(self, subject: HookSubject, hooks: Sequence[Hook]) -> HookRun | None:
+        """The finished run of ``hooks`` before the subject's step, starting it on first ask;
+        None while it runs (or after it could not be run: it is tried again on the next ask)."""
+        key = (subject.release_id, subject.step)
         task = self._tasks.get(key)
         if task is None:
-            task = asyncio.create_task(
-                self._run(release_id, step, weight, hooks, service, version),
-                name=f"hooks-{release_id}-{step}",
+            self._tasks[key] = asyncio.create_task(
+                self._run(subject, hooks), name=f"hooks-{subject.release_id}-{subject.step}"
             )
-            self._tasks[key] = task
             return None
         if not task.done():
+            return None
+        if task.cancelled() or task.exception() is not None:
+            del self._tasks[key]
+            log.warning(
+                "the step hooks before %d%% could not be run: %r", subject.weight,
+                None if task.cancelled() else task.exception(),
+            )  # fmt: skip
             return None
         return task.result()
 
@@ -196,13 +171,14 @@ class HookRunner:
     def mark_reported(self, run: HookRun) -> None:
         self._reported.add(_run_key(run))
 
-    def forget(self, release_id: str, step: int) -> None:
+    async def forget(self, release_id: str, step: int) -> None:
         """Drop a finished run, so that the hooks run again on the next ask (after a hold, or
         when a paused release is resumed)."""
         key = (release_id, step)
         task = self._tasks.get(key)
         if task is not None and task.done():
             del self._tasks[key]
+            await self.runs.cleared(release_id, step)
 
     async def retain(self, active: Iterable[str]) -> None:
         """Stop and forget the hooks of releases no longer driven here."""
@@ -220,28 +196,41 @@ class HookRunner:
         if tasks:
             await cancel_and_wait(tasks, 5.0)
 
-    @staticmethod
-    async def _run(
-        release_id: str,
-        step: int,
-        weight: int,
-        hooks: Sequence[Hook],
-        service: str,
-        version: str,
-    ) -> HookRun:
+    async def _run(self, subject: HookSubject, hooks: Sequence[Hook]) -> HookRun:
+        progress = await self.runs.get(subject.release_id, subject.step)
+        if progress is not None and progress.run is not None:
+            return progress.run  # finished by the process that drove the release before
+        if progress is not None:
+            since = progress.started_at  # started before: wait for its CI jobs, not new ones
+        else:
+            since = self.clock()
+            await self.runs.started(subject.release_id, subject.step, subject.weight, since)
+
+        def ci_job(index: int) -> CiJob:
+            async def start_and_wait(hook: WebhookHook, url: str, timeout: float) -> Said:
+                return await self.ci.run(hook, url, timeout, subject, index, since)
+
+            return start_and_wait
+
         results = await asyncio.gather(
-            *(run_hook(h, service=service, version=version) for h in hooks)
+            *(
+                run_hook(h, service=subject.service, version=subject.version, ci_job=ci_job(i))
+                for i, h in enumerate(hooks)
+            )
         )
         for r in results:
             log.info(
                 "hook %s %s before %d%%: %s (%s)",
                 r.kind,
                 r.target,
-                weight,
+                subject.weight,
                 "passed" if r.passed else "failed",
                 r.detail,
             )
-        return HookRun(release_id, step, weight, tuple(results), time.time())
+        finished = self.clock()
+        run = HookRun(subject.release_id, subject.step, subject.weight, tuple(results), finished)
+        await self.runs.finished(run, since)
+        return run
 
 
 def _run_key(run: HookRun) -> tuple[str, int, float]:
@@ -269,7 +258,8 @@ def gated(decision: Decision, run: HookRun | None, weight: int) -> Decision:
         return decision
     if run.passed:
         return decision
-    failed = next(r for r in run.results if not r.passed)
+    failed = run.first_failure
+    assert failed is not None
     reason = f"a step hook before {weight}% failed: {failed.kind} {failed.target}: {failed.detail}"
     if run.on_failure is HookFailure.ROLLBACK:
         return replace(decision, verdict=Verdict.ROLLBACK, reason=reason)

@@ -22,6 +22,7 @@ from bot.engine.sizing import audit_reason, refusal, size
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
+    HooksNotPassedError,
     JustMovedError,
     LockedError,
     LostRaceError,
@@ -425,6 +426,7 @@ class ReleaseService:
             )
         sp = self.policy.service(service)
         await self._require_deployer(actor, sp, service, "advance")
+        await self._require_hooks_passed(actor, current, sp, "advance")
         now = self.clock()
         res = await self._transition(
             actor,
@@ -437,6 +439,31 @@ class ReleaseService:
         if res.outcome is Outcome.DONE:
             res = await self._after_move(res, actor)
         return res
+
+    async def _require_hooks_passed(
+        self, actor: Actor, current: Release, sp: ServicePolicy, action: str
+    ) -> None:
+        """A person's move past a step's hooks waits for them as the controller's does: the
+        hooks are there because someone decided the traffic must not move without them."""
+        if current.is_last_step:
+            return
+        step = current.step + 1
+        weight = current.weights[step]
+        if not sp.hooks_before(current.strategy, weight):
+            return
+        progress = await self.store.hook_runs.get(current.id, step)
+        if progress is not None and progress.run is not None and progress.run.passed:
+            return
+        if progress is None:
+            where = "have not started yet"
+        elif progress.run is None:
+            where = f"are running ({max(0.0, self.clock() - progress.started_at):.0f}s so far)"
+        else:
+            failed = progress.run.first_failure
+            assert failed is not None
+            where = f"failed ({failed.kind} {failed.target}: {failed.detail})"
+        await self._refuse(actor, current.service, action, f"step hooks {where}", current.id)
+        raise HooksNotPassedError(current.label, weight, where)
 
     def _refuse_a_second_typed_move(self, current: Release) -> None:
         """A typed advance or approve is meant for the step its author saw: if a person moved
@@ -463,6 +490,8 @@ class ReleaseService:
                 "approve your own release of", service, [f"{who} (not the requester)"]
             )
         await self._require(actor, sp, service, "approve", list(sp.approvers))
+        if current.state is State.PROGRESSING:  # approving ahead moves the traffic at once
+            await self._require_hooks_passed(actor, current, sp, "approve")
         now = self.clock()
 
         def step(r: Release) -> Release:

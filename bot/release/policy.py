@@ -10,6 +10,7 @@ import copy
 import difflib
 import itertools
 import re
+import typing
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -187,21 +188,45 @@ class LoadHook(_Strict):
     rate: float = Field(default=20.0, gt=0, le=1000)  # requests a second
 
 
+class WebhookHook(_Strict):
+    """A CI job started by a POST to ``url``; the hook passes when the job calls back with
+    "passed" (bot.engine.hook_webhook says what is sent and what the job answers)."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    secret_env: str | None = None  # env var holding the HMAC secret that signs the POST
+    # How long the POST that starts the job may take (the job's own time is the hook's timeout).
+    request_timeout: Seconds = Field(default=10.0, gt=0)
+
+
 class Hook(_Strict):
-    """A check run before a step's traffic moves: a smoke-test URL or synthetic load."""
+    """A check run before a step's traffic moves: a smoke-test URL, synthetic load, or a CI job
+    started through a webhook and waited for until it calls back."""
 
     url: str | None = Field(default=None, pattern=r"^https?://")  # 2xx passes
     method: Literal["GET", "POST"] = "GET"
     load: LoadHook | None = None
+    webhook: WebhookHook | None = None
     on_failure: HookFailure = HookFailure.HOLD
-    timeout: Seconds = Field(default=60.0, gt=0)  # the whole hook, load included
+    timeout: Seconds = Field(default=60.0, gt=0)  # the whole hook: load, or the CI job's run
+
+    @property
+    def kind(self) -> str:
+        """'url', 'load' or 'webhook'."""
+        if self.load is not None:
+            return "load"
+        return "webhook" if self.webhook is not None else "url"
 
     @model_validator(mode="after")
     def _one_kind(self) -> Hook:
-        if (self.url is None) == (self.load is None):
-            raise ValueError("a hook is either `url:` (a smoke test) or `load:` (synthetic load)")
+        if sum(k is not None for k in (self.url, self.load, self.webhook)) != 1:
+            raise ValueError(
+                "a hook is one of `url:` (a smoke test), `load:` (synthetic load) or "
+                "`webhook:` (a CI job that calls back)"
+            )
         if self.load is not None and self.load.seconds >= self.timeout:
             raise ValueError("the hook's timeout must be longer than its load's seconds")
+        if self.webhook is not None and self.webhook.request_timeout >= self.timeout:
+            raise ValueError("the hook's timeout must be longer than its webhook's request_timeout")
         return self
 
 
@@ -508,6 +533,12 @@ class ServicePolicy(_Strict):
             raise ValueError(f"steps must rise strictly, got {weights}")
         if weights[-1] != 100:
             raise ValueError(f"the last step must be 100, got {weights[-1]}")
+        if steps[0].hooks:
+            # A release enters its first step when it is deployed: nothing runs before that.
+            raise ValueError(
+                "the first step cannot have hooks (a deploy enters it at once): check before "
+                "the deploy with `gates:`, or put the hooks on the second step"
+            )
         return steps
 
     @field_validator("interval")
@@ -573,6 +604,10 @@ class ServicePolicy(_Strict):
         step = self.step_at(weight)
         return self.interval if step is None or step.interval is None else step.interval
 
+    def all_hooks(self) -> list[Hook]:
+        """Every hook the service names, at any step or before its switch."""
+        return [*self.switch_hooks, *(h for step in self.steps for h in step.hooks)]
+
     def hooks_before(self, strategy: Strategy, weight: int) -> list[Hook]:
         """The hooks that must pass before a release of ``strategy`` moves to ``weight``."""
         if strategy is Strategy.BLUE_GREEN:
@@ -607,7 +642,7 @@ class Policy(BaseModel):
 
     def secret_envs(self) -> set[str]:
         """Names of the environment variables that hold secrets the policy refers to (webhook
-        and ticket signing secrets, the GitHub token, paging keys)."""
+        ticket and hook signing secrets, the GitHub token, paging keys)."""
         names: set[str] = set()
         for sp in self.services.values():
             names.add(sp.traffic.secret_env or "")
@@ -621,6 +656,7 @@ class Policy(BaseModel):
                 names.add(sp.paging.pagerduty.routing_key_env)
             if sp.paging.opsgenie is not None:
                 names.add(sp.paging.opsgenie.api_key_env)
+            names |= {h.webhook.secret_env or "" for h in sp.all_hooks() if h.webhook is not None}
         return names - {""}
 
     def service(self, name: str) -> ServicePolicy:
@@ -899,39 +935,29 @@ def _validate(
     return []
 
 
-# The paging section's models by key (`pagerduty` and `opsgenie` only occur under `paging`).
-_PAGING_PARTS: dict[str, type[BaseModel]] = {
-    "paging": PagingSettings,
-    "pagerduty": PagerDutyPaging,
-    "opsgenie": OpsgeniePaging,
-}
-
-# The step hooks' models by key (`load` only occurs under a hook).
-_HOOK_PARTS: dict[str, type[BaseModel]] = {"hooks": Hook, "switch_hooks": Hook, "load": LoadHook}
-_NESTED_PARTS = _PAGING_PARTS | _HOOK_PARTS
-
-
 def _fields_at(loc: list[Any]) -> set[str]:
+    """The field names of the model that holds the last part of ``loc`` (for "did you mean")."""
     model: type[BaseModel] = ServicePolicy
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        annotation = model.model_fields.get(str(part))
-        if annotation is None:
+        field = model.model_fields.get(str(part))
+        nested = None if field is None else _model_in(field.annotation)
+        if nested is None:
             break
-        if part == "metrics":
-            model = Metric
-        elif part == "traffic":
-            model = TrafficSettings
-        elif part == "score":
-            model = ScoreSettings
-        elif part == "tickets":
-            model = TicketSettings
-        elif str(part) in _NESTED_PARTS:
-            model = _NESTED_PARTS[str(part)]
-        elif part == "steps":
-            model = Step
+        model = nested
     return set(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, through ``X | None``, ``list[X]`` and ``Annotated[X, …]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _did_you_mean(word: str, options: set[str]) -> str:

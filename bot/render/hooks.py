@@ -3,12 +3,12 @@ failed one does to the release."""
 
 from __future__ import annotations
 
-from bot.engine.hooks import HookResult, HookRun
+from bot.release.hook_runs import HookResult, HookRun
 from bot.release.policy import HookFailure
 from bot.release.rollout import Release
 from bot.render.mrkdwn import esc
 
-_KIND = {"url": "smoke test", "load": "synthetic load on"}
+_KIND = {"url": "smoke test", "load": "synthetic load on", "webhook": "CI job started at"}
 
 _THEN = {
     HookFailure.HOLD: "it holds at {weight}% and runs its hooks again after the step's hold.",

@@ -211,3 +211,21 @@ def watch_fence(release_id: str) -> str:
 def digest_posted(channel: str, day: str) -> str:
     """Marker that a channel's daily digest for a local date (YYYY-MM-DD) was claimed; expires."""
     return f"{PREFIX}digest:{channel}:{day}"
+
+
+def hook_runs(release_id: str) -> str:
+    """Hash step -> JSON of where the hooks before that step stand (bot.release.hook_runs);
+    expires with the release."""
+    return f"{PREFIX}hooks:{release_id}"
+
+
+def hook_call(token: str) -> str:
+    """JSON of a CI job a webhook hook started and the callback it owes (bot.release.hook_runs);
+    expires a day after the hook's deadline."""
+    return f"{PREFIX}hook-call:{token}"
+
+
+def hook_call_for(release_id: str, step: int, index: int) -> str:
+    """The token of the latest CI job started for one hook of one step: a process that takes
+    over the release waits for that job instead of starting another."""
+    return f"{PREFIX}hook-call-for:{release_id}:{step}:{index}"

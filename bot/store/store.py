@@ -34,6 +34,7 @@ from bot.store.audit import (
     stream_id_time,
 )
 from bot.store.connection import client_for, is_sentinel
+from bot.store.hook_runs import HookRuns
 from bot.store.jobs import WritingJobs
 from bot.store.migrate import migrate
 from bot.store.outbox import Outbox
@@ -144,6 +145,8 @@ class Store:
         # Written after the fact (a diagnosis), kept as long as the finished release's record.
         self.writings = Writings(redis, lambda: self.retention.releases)
         self.watches = Watches(redis)  # the post-release watches of succeeded releases
+        # Where each step's hooks stand, and the CI jobs they wait for (every process reads them).
+        self.hook_runs = HookRuns(redis, lambda: self.retention.releases)
 
     @classmethod
     async def connect(

@@ -20,6 +20,7 @@ from bot.observe.logs import log_context
 from bot.release.rollout import Actor
 from bot.release.verdict import verdict_of
 from handlers.api.answers import error_answer, forbidden_answer, invalid_answer
+from handlers.api.hook_callbacks import hook_callback_routes
 from handlers.api.records import summary
 from handlers.api.routes import RolloutApi
 from handlers.api.tokens import ApiToken, load_tokens
@@ -127,4 +128,7 @@ class EngineApi(RolloutApi):
 
 def api_routes(core: Core) -> list[web.RouteDef]:
     """The API's routes for ``web_app``; they need nothing of Slack."""
-    return EngineApi(core, load_tokens(core.app.settings, core.app.policy)).routes()
+    routes = EngineApi(core, load_tokens(core.app.settings, core.app.policy)).routes()
+    if core.app.ci_jobs is not None:
+        routes += hook_callback_routes(core.app.ci_jobs)
+    return routes

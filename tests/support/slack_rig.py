@@ -127,6 +127,9 @@ class SlackRig:
     extra_settings: dict[str, Any] = field(default_factory=dict)
     recorder: Recorder = field(default_factory=Recorder)
     response_urls: list[str] = field(default_factory=list)
+    # The port the bot serves on; None: a free one. Set it when a setting must name the URL
+    # (SHIPWATCH_PUBLIC_URL, which CI jobs call back on).
+    port: int | None = None
     _core: Core | None = None
     _notifier: SlackNotifier | None = None
     _bolt: AsyncApp | None = None
@@ -172,7 +175,7 @@ class SlackRig:
         core.app.start()
         notifier.start()
         bolt = build_bolt(core, SECRET)
-        server = TestServer(web_app(core, bolt))
+        server = TestServer(web_app(core, bolt), port=self.port)
         await server.start_server()
         self._core, self._notifier, self._bolt, self._server = core, notifier, bolt, server
         if self._http is None:
