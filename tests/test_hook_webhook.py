@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bot.engine.ci_jobs import CiJobs, HookSubject
 from bot.engine.hooks import HookRunner
+from bot.engine.release_page import read_page
 from bot.errors import HooksNotPassedError
 from bot.release.hook_runs import CallState
 from bot.release.policy import Hook, WebhookHook, parse_policy
@@ -153,6 +154,7 @@ async def test_a_ci_job_that_passes_lets_the_release_through_and_pings_nobody(
                 lambda: _state_is(store, release_id, State.SUCCEEDED), "the release to succeed"
             )
             await rig.settle()
+            page = await read_page(store, rig.policy, release_id)
             ts = await rig.status_ts(CHECKOUT_CHANNEL)
             thread = " ".join(str(m) for m in slack.thread(CHECKOUT_CHANNEL, ts))
             url = ci.starts[0][1]["callback"]["url"]
@@ -174,6 +176,9 @@ async def test_a_ci_job_that_passes_lets_the_release_through_and_pings_nobody(
     }
     token = body["callback"]["url"].rsplit("/", 1)[1]
     assert headers["Idempotency-Key"] == token
+    # The release page lists the check with the job's words.
+    assert page is not None and [p.weight for p in page.hooks] == [50]
+    assert page.hooks[0].run is not None and page.hooks[0].run.passed
     [(status, answer)] = ci.callbacks
     assert status == 200 and answer["recorded"] is True and answer["weight"] == 50
     # The job's words arrive as one escaped line, cut short: no ping, no control characters.

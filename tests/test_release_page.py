@@ -21,6 +21,7 @@ from bot.engine.events import EventKind
 from bot.engine.release_page import PageView, ladder_of
 from bot.page_links import PageLinks, page_path
 from bot.release.checks import CheckResult, Outcome
+from bot.release.hook_runs import HookProgress, HookResult, HookRun
 from bot.release.policy import Risk, Strategy
 from bot.release.rollout import (
     Actor,
@@ -192,8 +193,10 @@ def test_hostile_text_is_escaped_everywhere() -> None:
                                release_id="r1", at=NOW + 5)  # fmt: skip
     view = PageView(**{**view.__dict__, "timeline": [*view.timeline, hostile_entry]})
     points = [{"t": NOW, "weight": 1, "m": {HOSTILE: [1.0, 0.1, "fail"]}}]
-    view = PageView(**{**view.__dict__, "points": points})
-    markup = release_page(view, NONCE, events_url="/e?exp=1&mac=x", now=NOW)
+    ran = HookRun("r1", 1, 10, (HookResult("webhook", HOSTILE, False, HOSTILE, 1.5),), NOW + 4)
+    hooks = [HookProgress(1, 10, NOW + 3, ran), HookProgress(2, 50, NOW + 4)]
+    view = PageView(**{**view.__dict__, "points": points, "hooks": hooks})
+    markup = release_page(view, NONCE, events_url="/e?exp=1&mac=x", now=NOW + 10)
     parsed = Tags(markup)
 
     assert "<script>alert" not in markup
@@ -205,7 +208,9 @@ def test_hostile_text_is_escaped_everywhere() -> None:
     assert not [h for h in hrefs if "javascript" in h.lower()]
     # Shown as text, all of it: the page hides nothing it was given.
     text = "".join(parsed.text)
-    assert text.count("<script>alert(1)</script>") >= 6
+    assert text.count("<script>alert(1)</script>") >= 8
+    # The step checks: the CI job's failure with its words, and a run under way.
+    assert "Step checks" in text and "CI job started at" in text and "running" in text
 
 
 def test_the_policy_allows_nothing_from_outside() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.release.hook_runs import HookProgress
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Release, State
 from bot.store.audit import AuditEntry, AuditStream
@@ -41,6 +42,7 @@ class PageView:
     points: list[dict[str, Any]]  # judged rounds: {"t", "weight", "m": {metric: [can, ctl, out]}}
     metrics: Sequence[Metric] = ()  # the service policy's, for units and limits
     diagnosis: str = ""
+    hooks: Sequence[HookProgress] = ()  # the step hooks that ran (or run), in ladder order
 
     @property
     def rev(self) -> int:
@@ -108,6 +110,7 @@ async def read_page(store: Store, policy: Policy, release_id: str) -> PageView |
     timeline = [e for e in entries if e.release_id == release.id]
     points = await store.points(release.id)
     diagnosis = await store.writings.diagnosis(release.id)
+    hooks = await store.hook_runs.all(release.id)
     sp = policy.services.get(release.service)
     return PageView(
         release=release,
@@ -116,6 +119,7 @@ async def read_page(store: Store, policy: Policy, release_id: str) -> PageView |
         points=points,
         metrics=sp.metrics if sp is not None else (),
         diagnosis=diagnosis,
+        hooks=hooks,
     )
 
 

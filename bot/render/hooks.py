@@ -17,11 +17,16 @@ _THEN = {
 }
 
 
+def hook_kind(r: HookResult) -> str:
+    """'smoke test', 'synthetic load on', 'CI job started at'."""
+    return _KIND.get(r.kind, r.kind)
+
+
 def result_line(r: HookResult) -> str:
     """'• smoke test `https://…/smoke` answered HTTP 200 (0.1s)'; the URL is the policy's,
     escaped all the same."""
     mark = "✅" if r.passed else "❌"
-    what = _KIND.get(r.kind, r.kind)
+    what = hook_kind(r)
     return f"{mark} {what} `{esc(r.target)}`: {esc(r.detail)} ({r.seconds:.1f}s)"
 
 

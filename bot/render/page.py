@@ -17,6 +17,7 @@ from bot.release.durations import format_duration
 from bot.release.policy import Metric
 from bot.release.rollout import Release, State
 from bot.render.checks import control_label_of, limit_text
+from bot.render.hooks import hook_kind
 from bot.render.page_kit import document, h, when
 from bot.render.status import STATE_BADGE
 from bot.render.verdict_chart import COLOURS, verdict_svg
@@ -164,6 +165,34 @@ def _checks(r: Release, metrics: Sequence[Metric], now: float) -> str:
     )
 
 
+def _hooks(view: PageView, now: float) -> str:
+    """The step hooks: what each checked before its step, and how it went (or that it runs)."""
+    if not view.hooks:
+        return ""
+    rows = []
+    for p in view.hooks:
+        before = f"before {p.weight}%"
+        if p.run is None:
+            since = format_duration(max(0.0, now - p.started_at))
+            rows.append(
+                f"<tr><td>{before}</td><td>…</td><td>running</td>"
+                f'<td class="reason">started {when(p.started_at)} ({since} ago)</td></tr>'
+            )
+            continue
+        rows += [
+            f"<tr><td>{before}</td><td>{h(hook_kind(r))} <code>{h(r.target)}</code></td>"
+            f"<td>{'passed' if r.passed else 'failed'}</td>"
+            f'<td class="reason">{h(r.detail)} ({r.seconds:.1f}s)</td></tr>'
+            for r in p.run.results
+        ]
+    return (
+        '<section aria-labelledby="h-hooks"><h2 id="h-hooks">Step checks</h2>'
+        '<div class="scroll"><table id="hooks"><thead><tr><th scope="col">when</th>'
+        '<th scope="col">check</th><th scope="col">result</th><th scope="col">detail</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
 def _chart(view: PageView) -> str:
     svg = verdict_svg(view.points)
     if not svg:
@@ -238,7 +267,8 @@ def release_main(view: PageView, *, events_url: str = "", now: float | None = No
     return (
         f'<main id="release" data-rev="{r.rev}" data-state="{h(r.state.value)}"{events}>'
         f"{_header(r, now)}{_why(r)}{_weight(r, now)}{_ladder(view)}"
-        f"{_checks(r, view.metrics, now)}{_chart(view)}{_timeline(view.timeline)}"
+        f"{_checks(r, view.metrics, now)}{_hooks(view, now)}{_chart(view)}"
+        f"{_timeline(view.timeline)}"
         f"{_writing(r, view.diagnosis)}"
         f'<p class="meta">As of {when(now)} (revision {r.rev}).</p>'
         '<p class="live-note">This page updates by itself while the release runs.</p>'

@@ -67,19 +67,15 @@ class HookRuns:
         await run("clearing step hooks", self.redis.hdel(keys.hook_runs(release_id), str(step)))
 
     async def get(self, release_id: str, step: int) -> HookProgress | None:
-        raw = await run(
-            "reading step hooks", self.redis.hget(keys.hook_runs(release_id), str(step))
-        )
-        if raw is None:
-            return None
-        d = json.loads(as_text(raw))
-        done = d.get("run")
-        return HookProgress(
-            step=int(d["step"]),
-            weight=int(d["weight"]),
-            started_at=float(d["started_at"]),
-            run=None if done is None else HookRun.from_dict(release_id, done),
-        )
+        key = keys.hook_runs(release_id)
+        raw = await run("reading step hooks", self.redis.hget(key, str(step)))
+        return None if raw is None else _progress(release_id, as_text(raw))
+
+    async def all(self, release_id: str) -> list[HookProgress]:
+        """Every step's hooks that ran (or run) for a release, in ladder order."""
+        raw = await run("reading step hooks", self.redis.hgetall(keys.hook_runs(release_id)))
+        found = [_progress(release_id, as_text(v)) for v in raw.values()]
+        return sorted(found, key=lambda p: p.step)
 
     async def _put(self, release_id: str, step: int, record: dict[str, object]) -> None:
         key = keys.hook_runs(release_id)
@@ -123,3 +119,14 @@ class HookRuns:
         )
         text = as_text(raw)
         return _CODES[int(code)], HookCall.model_validate_json(text) if text else None
+
+
+def _progress(release_id: str, raw: str) -> HookProgress:
+    d = json.loads(raw)
+    done = d.get("run")
+    return HookProgress(
+        step=int(d["step"]),
+        weight=int(d["weight"]),
+        started_at=float(d["started_at"]),
+        run=None if done is None else HookRun.from_dict(release_id, done),
+    )
