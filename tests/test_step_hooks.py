@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.demo.service import DemoService
 from bot.engine.actuator import TrafficActuator
+from bot.engine.ci_jobs import HookSubject
 from bot.engine.controller import Controller
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.engine.hooks import run_hook
+from bot.engine.hooks import HookRunner, run_hook
 from bot.engine.service import ReleaseService
 from bot.errors import HooksNotPassedError, PolicyError
 from bot.flags import FlagWriter
@@ -361,3 +362,35 @@ def new_release_for(policy: Policy) -> Release:
         actor=ALICE,
         now=time.time(),
     )
+
+
+async def test_a_process_taking_over_uses_the_finished_run_and_says_it_once(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client)
+    subject = HookSubject("r-9", "checkout", "v2", "v1", 1, 50)
+    async with Smoke([200]) as smoke:
+        hooks = [Hook(url=f"{smoke.base_url}/smoke", timeout=2)]
+        first = HookRunner(store.hook_runs)
+        assert first.status(subject, hooks) is None
+        deadline = time.monotonic() + DEADLINE
+        while (run := first.status(subject, hooks)) is None:
+            assert time.monotonic() < deadline, "the hooks never finished"
+            await asyncio.sleep(0.02)
+        await first.close()  # stopped before it said the run: the next process says it
+        second = HookRunner(store.hook_runs)
+        while (again := second.status(subject, hooks)) is None:
+            assert time.monotonic() < deadline, "the second process never read the run"
+            await asyncio.sleep(0.02)
+        assert second.is_new(again)
+        await second.mark_reported(again)
+        await second.close()
+        third = HookRunner(store.hook_runs)
+        while (said := third.status(subject, hooks)) is None:
+            assert time.monotonic() < deadline, "the third process never read the run"
+            await asyncio.sleep(0.02)
+        said_again = third.is_new(said)
+        await third.close()
+    assert len(smoke.calls) == 1  # run once, whoever drives the release
+    assert run.passed and again.to_dict() == run.to_dict() == said.to_dict()
+    assert not said_again

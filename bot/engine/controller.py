@@ -363,7 +363,7 @@ class Controller:
                 )
                 await self._record_point(current, checks, now)
                 if hook_run is not None and hooks_said:
-                    self.hooks.mark_reported(hook_run)
+                    await self.hooks.mark_reported(hook_run)
                     passed = EventKind.HOOKS_PASSED if hook_run.passed else EventKind.HOOK_FAILED
                     self.events.emit(ReleaseEvent(passed, current, verdict.value, hooks=hook_run))
                 if event is not None:

@@ -21,6 +21,7 @@ import aiohttp
 
 from bot.engine.ci_jobs import CiJobs, HookSubject
 from bot.engine.load import LoadGenerator
+from bot.errors import DependencyError
 from bot.judging.decision import Decision, Verdict
 from bot.release.hook_runs import HookResult, HookRun
 from bot.release.policy import Hook, HookFailure, WebhookHook
@@ -168,8 +169,13 @@ class HookRunner:
         """Whether ``run`` has not been said (and audited) yet."""
         return _run_key(run) not in self._reported
 
-    def mark_reported(self, run: HookRun) -> None:
+    async def mark_reported(self, run: HookRun) -> None:
         self._reported.add(_run_key(run))
+        try:
+            await self.runs.finished(run, reported=True)
+        except DependencyError as exc:
+            # Only a takeover's second report of the run is at stake: never the release.
+            log.warning("could not mark the step hooks before %d%% as said: %s", run.weight, exc)
 
     async def forget(self, release_id: str, step: int) -> None:
         """Drop a finished run, so that the hooks run again on the next ask (after a hold, or
@@ -199,7 +205,10 @@ class HookRunner:
     async def _run(self, subject: HookSubject, hooks: Sequence[Hook]) -> HookRun:
         progress = await self.runs.get(subject.release_id, subject.step)
         if progress is not None and progress.run is not None:
-            return progress.run  # finished by the process that drove the release before
+            # Finished by the process that drove the release before: said once, not twice.
+            if progress.reported:
+                self._reported.add(_run_key(progress.run))
+            return progress.run
         if progress is not None:
             since = progress.started_at  # started before: wait for its CI jobs, not new ones
         else:
@@ -228,8 +237,10 @@ class HookRunner:
                 r.detail,
             )
         finished = self.clock()
-        run = HookRun(subject.release_id, subject.step, subject.weight, tuple(results), finished)
-        await self.runs.finished(run, since)
+        run = HookRun(
+            subject.release_id, subject.step, subject.weight, tuple(results), finished, since
+        )
+        await self.runs.finished(run)
         return run
 
 

@@ -62,6 +62,7 @@ class HookRun:
     weight: int  # that step's weight
     results: tuple[HookResult, ...]
     finished_at: float
+    started_at: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -86,6 +87,7 @@ class HookRun:
             "step": self.step,
             "weight": self.weight,
             "passed": self.passed,
+            "started_at": round(self.started_at, 3),
             "finished_at": round(self.finished_at, 3),
             "results": [r.to_dict() for r in self.results],
         }
@@ -98,6 +100,7 @@ class HookRun:
             weight=int(d["weight"]),
             results=tuple(HookResult.from_dict(r) for r in d["results"]),
             finished_at=float(d["finished_at"]),
+            started_at=float(d.get("started_at", 0.0)),
         )
 
 
@@ -109,6 +112,7 @@ class HookProgress:
     weight: int
     started_at: float
     run: HookRun | None = None  # None while they run
+    reported: bool = False  # the finished run was said in the thread and the audit
 
 
 class CallState(StrEnum):

@@ -53,12 +53,15 @@ class HookRuns:
     async def started(self, release_id: str, step: int, weight: int, at: float) -> None:
         await self._put(release_id, step, {"step": step, "weight": weight, "started_at": at})
 
-    async def finished(self, run_: HookRun, started_at: float) -> None:
+    async def finished(self, run_: HookRun, *, reported: bool = False) -> None:
+        """Record a finished run; ``reported``: it was said in the thread and the audit, so a
+        process that takes the release over does not say it again."""
         record = {
             "step": run_.step,
             "weight": run_.weight,
-            "started_at": started_at,
+            "started_at": run_.started_at,
             "run": run_.to_dict(),
+            "reported": reported,
         }
         await self._put(run_.release_id, run_.step, record)
 
@@ -129,4 +132,5 @@ def _progress(release_id: str, raw: str) -> HookProgress:
         weight=int(d["weight"]),
         started_at=float(d["started_at"]),
         run=None if done is None else HookRun.from_dict(release_id, done),
+        reported=bool(d.get("reported", False)),
     )
