@@ -218,7 +218,7 @@ async def build_app(
     actuator = TrafficActuator(store, backend_for, events)
     service = ReleaseService(store, policy, actuator, events, gates=gates, source=source)
     ci_jobs = CiJobs(store.hook_runs, settings.public_url)
-    if settings.public_url is None and _has_webhook_hooks(policy):
+    if settings.public_url is None and policy.has_webhook_hooks():
         log.warning(
             "the policy has webhook step hooks but SHIPWATCH_PUBLIC_URL is not set: their CI "
             "jobs would have no URL to call back, so those hooks fail"
@@ -273,10 +273,6 @@ async def build_app(
         watcher=watcher,
         ci_jobs=ci_jobs,
     )
-
-
-def _has_webhook_hooks(policy: Policy) -> bool:
-    return any(h.webhook is not None for sp in policy.services.values() for h in sp.all_hooks())
 
 
 def _finding_details(watch: WatchRecord) -> dict[str, Any]:

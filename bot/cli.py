@@ -332,6 +332,11 @@ def _check_config(path: Path) -> int:
     # refuses to start without them.
     for name in sorted(n for n in policy.secret_envs() if not os.environ.get(n)):
         print(f"note: ${name} is not set here; `serve` needs it (the policy names it)")
+    if policy.has_webhook_hooks() and not os.environ.get("SHIPWATCH_PUBLIC_URL"):
+        print(
+            "note: $SHIPWATCH_PUBLIC_URL is not set here; the CI jobs of webhook hooks call "
+            "back on it, so `serve` needs it or those hooks fail"
+        )
     print(f"{path}: OK, {len(policy.services)} service(s)")
     return 0
 

@@ -1,9 +1,10 @@
 """The console adapter: the same commands, messages and buttons as Slack, in a terminal.
 
 Reads commands from stdin (a prompt when it is a TTY, plain lines otherwise), runs the
-controller in the same process, and prints every event as it happens. Messages are the Block
-Kit messages Slack gets (bot/render/) rendered as text; their buttons become numbered
-choices, and typing a number clicks one through the same service calls as a Slack click.
+controller and the post-release watch in the same process, and prints every event as it
+happens. Messages are the Block Kit messages Slack gets (bot/render/) rendered as text; their
+buttons become numbered choices, and typing a number clicks one through the same service calls
+as a Slack click.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class Console:
 
     async def run(self) -> int:
         stop = asyncio.Event()
-        controller = asyncio.create_task(self.app.controller.run(stop), name="controller")
+        # What `serve` drives, not the controller alone: a release that succeeds here is then
+        # watched (App.watcher), and its finding or closing report is printed like any event.
+        driving = asyncio.create_task(self.app.drive(stop), name="drive")
         faces = self.app.events.notifiers
         printer = next((n for n in faces if isinstance(n, ConsoleNotifier)), None)
         digest = (
@@ -171,7 +174,7 @@ class Console:
                 await self.app.events.drain()
         finally:
             stop.set()
-            await controller
+            await driving
             if digest is not None:
                 await digest
             await self.app.events.drain()

@@ -174,3 +174,58 @@ async def test_approve_by_number_needs_someone_else(rig: Rig) -> None:
     assert [a.by for a in release.approvals] == ["bob"]
     assert "bob approved *1%*" not in out  # rendered for the terminal: no mrkdwn stars
     assert "bob approved 1%" in out
+
+
+# --- after a success: the post-release watch runs in the console too -------------------------
+
+# Short holds, bake and watch: a release walks to 100%, succeeds, and its watch closes within
+# a few seconds of the session.
+WATCHED = """
+defaults:
+  steps: [50, 100]
+  hold: 300ms
+  interval: 100ms
+  window: 1s
+  bake: 300ms
+  watch: {window: 1s, interval: 200ms}
+  metrics:
+    - name: error_rate
+      query: 'errors{service="{service}",version="{version}"}'
+      unit: ratio
+      max: 0.05
+      max_diff: 0.01
+services:
+  shop: {}
+"""
+
+
+@pytest.fixture
+async def watched(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Rig]:
+    out = io.StringIO()
+    settings = Settings.model_validate({"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05})
+    app = await build_app(
+        settings,
+        policy=parse_policy(WATCHED, "test"),
+        notifiers=[ConsoleNotifier(out)],
+        source=SyntheticSource(seed=1),
+    )
+    try:
+        yield Rig(app, out)
+    finally:
+        await app.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_release_that_succeeds_is_watched_and_its_closing_report_printed(
+    watched: Rig,
+) -> None:
+    out = await watched.type(["deploy shop v2 --stable v1", "await shop", "wait 3s"])
+
+    assert (await watched.release("shop")).state is State.SUCCEEDED
+    # The watch's closing report (EventKind.WATCH_CLOSED), after the success it follows.
+    assert "🎉 shop `v2` is live for everyone." in out, out
+    closed = out.split("🎉 shop `v2` is live for everyone.", 1)[1]
+    assert "✅ shop `v2`: Watched 1s: error_rate " in closed, out
+    assert "before; no anomalies (" in closed and " rounds)." in closed
+    stored = await watched.app.store.watches.get((await watched.release("shop")).id)
+    assert stored is not None and stored.ended is not None and stored.rounds >= 1

@@ -394,3 +394,17 @@ async def test_a_process_taking_over_uses_the_finished_run_and_says_it_once(
     assert len(smoke.calls) == 1  # run once, whoever drives the release
     assert run.passed and again.to_dict() == run.to_dict() == said.to_dict()
     assert not said_again
+
+
+def test_check_config_says_a_ci_hook_without_its_token() -> None:
+    hook = (
+        "{webhook: {url: 'https://ci.internal/trigger?token=glptt-0123456789abcdef&ref=main',"
+        " secret_env: CI_HOOK_SECRET}, timeout: 15m, on_failure: rollback}"
+    )
+    lines = explain_service(parse_policy(_policy(hook), "test").service("checkout"))
+    assert (
+        "before 50%: CI job started by a POST to https://ci.internal/trigger, signed with "
+        "$CI_HOOK_SECRET; passes when the job calls back with `passed` (timeout 15 minutes; "
+        "on failure: rollback)"
+    ) in lines
+    assert not any("glptt" in line for line in lines)

@@ -446,6 +446,88 @@ def test_the_check_config_command_prints_the_words(tmp_path: Path) -> None:
     assert f"{path}: OK, 1 service(s)" in lines
 
 
+AFTER_100 = """\
+defaults:
+  metrics:
+    - {name: error_rate, query: 'e{version}', max: 0.05}
+services:
+  checkout:
+    bake: 2h
+    watch: {window: 24h, interval: 5m}
+    paging:
+      pagerduty: {}
+      opsgenie: {responders: [{type: team, name: ops}]}
+    tickets:
+      webhook: {url: "https://tickets.internal/hook?token=s3cr3t", secret_env: TICKETS_SECRET}
+      github: {repo: acme/checkout}
+  search:
+    bake: 0
+    watch: {window: 0}
+    paging: {pagerduty: {routing_key_env: PD_SEARCH, severity: error}, resolve_on_end: false}
+  quiet: {}
+"""
+
+
+def test_check_config_says_the_bake_the_watch_paging_and_tickets() -> None:
+    policy = parse_policy(AFTER_100, "test")
+    lines = explain_service(policy.services["checkout"])
+    assert lines[1:] == [
+        "at 100%: bakes for 2 hours against the pre-release baseline (still judged: it can roll "
+        "back) before the release succeeds",
+        "after 100%: watched for 24 hours against the pre-release baseline, judged every 5 minutes",
+        "an automatic rollback pages PagerDuty (routing key from $PAGERDUTY_ROUTING_KEY, "
+        "severity critical) and Opsgenie (API key from $OPSGENIE_API_KEY, P1, responders team "
+        "ops); resolved when the release ends",
+        "an automatic rollback files a ticket: a webhook POST to https://tickets.internal/hook "
+        "(signed with the secret in $TICKETS_SECRET) and a GitHub issue in acme/checkout "
+        "(labels shipwatch, rollback; token from $GITHUB_TOKEN)",
+    ]
+    # The ticket URL's query could hold a token: it never reaches the words.
+    assert "s3cr3t" not in "\n".join(lines)
+
+
+def test_check_config_says_when_there_is_no_bake_no_watch_and_an_open_page() -> None:
+    policy = parse_policy(AFTER_100, "test")
+    assert explain_service(policy.services["search"])[1:] == [
+        "at 100%: no bake: the release succeeds at its first round there with every check green",
+        "after 100%: no post-release watch (watch window 0)",
+        "an automatic rollback pages PagerDuty (routing key from $PD_SEARCH, severity error); "
+        "left open for the on-call to resolve",
+    ]
+    # Defaults: an hour's bake and a day's watch; nobody paged, no ticket, so nothing said.
+    assert explain_service(policy.services["quiet"])[1:] == [
+        "at 100%: bakes for 1 hour against the pre-release baseline (still judged: it can roll "
+        "back) before the release succeeds",
+        "after 100%: watched for 24 hours against the pre-release baseline, judged every 5 minutes",
+    ]
+
+
+def test_check_config_names_secrets_by_their_variables_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in {
+        "PAGERDUTY_ROUTING_KEY": "pd-key-value-123",
+        "OPSGENIE_API_KEY": "og-key-value-456",
+        "TICKETS_SECRET": "tickets-secret-789",
+        "GITHUB_TOKEN": "ghp_token_value_000",
+        "PD_SEARCH": "pd-search-value-111",
+    }.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "shipwatch.yaml"
+    path.write_text(AFTER_100, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "routing key from $PAGERDUTY_ROUTING_KEY" in result.stdout
+    assert "value" not in result.stdout and "secret-789" not in result.stdout, result.stdout
+
+
 # --- the backtest replays the same judgement ----------------------------------------------------
 
 

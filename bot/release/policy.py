@@ -659,6 +659,10 @@ class Policy(BaseModel):
             names |= {h.webhook.secret_env or "" for h in sp.all_hooks() if h.webhook is not None}
         return names - {""}
 
+    def has_webhook_hooks(self) -> bool:
+        """Whether a step hook starts a CI job, which calls back on SHIPWATCH_PUBLIC_URL."""
+        return any(h.webhook is not None for sp in self.services.values() for h in sp.all_hooks())
+
     def service(self, name: str) -> ServicePolicy:
         try:
             return self.services[name]

@@ -3,14 +3,31 @@ where, and after how long; what each step holds, how often it is judged, who mus
 
 "rolls back when error_rate > 10% for 5 minutes at 10%", "at 25%: holds 30m, judged every 10m,
 approval required", "at 50%: error_rate must not rise more than 5% over its value at the end of
-25%".
+25%"; then the bake, the post-release watch, who is paged and where a ticket is filed.
+
+Secrets are named by the environment variable that holds them, never shown.
 """
 
 from __future__ import annotations
 
 from bot.judging.thresholds import fmt
+from bot.redact import redact, redact_url
 from bot.release.durations import format_duration
-from bot.release.policy import Direction, Hook, Metric, Risk, ServicePolicy, Strategy
+from bot.release.policy import (
+    Direction,
+    GitHubTickets,
+    Hook,
+    Metric,
+    OpsgeniePaging,
+    PagerDutyPaging,
+    PagingSettings,
+    Risk,
+    ServicePolicy,
+    Strategy,
+    TicketSettings,
+    WatchSettings,
+    WebhookTickets,
+)
 
 _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
@@ -26,6 +43,15 @@ def duration_words(seconds: float) -> str:
             n, whole = divmod(whole, size)
             parts.append(f"{n} {name}{'s' if n != 1 else ''}")
     return " ".join(parts[:2])
+
+
+def span_words(seconds: float) -> str:
+    """A bake or watch window as release plans say it: whole hours up to two days in hours
+    ("24 hours", "48 hours", not "1 day"), anything else as duration_words does ("14 days")."""
+    hours, rest = divmod(round(seconds), 3600)
+    if rest == 0 and 0 < hours <= 48:
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return duration_words(seconds)
 
 
 def value_words(metric: Metric, value: float) -> str:
@@ -60,12 +86,98 @@ def explain_service(sp: ServicePolicy) -> list[str]:
             if m.trend is not None and m.name in overridden:
                 lines.append(f"{at}: {_trend(m)}")
         lines += [f"before {weight}%: {hook_rule(h)}" for h in sp.hooks_before(sp.strategy, weight)]
+    return lines + _after_the_ladder(sp)
+
+
+def _after_the_ladder(sp: ServicePolicy) -> list[str]:
+    """The bake, the post-release watch, who a rollback pages and where it files a ticket, and
+    the digest."""
+    lines = [f"at 100%: {_bake(sp.bake)}", f"after 100%: {_watch(sp.watch)}"]
+    lines += [text for text in (_paging(sp.paging), _tickets(sp.tickets)) if text]
+    # The digest stays last: it is about the channel, not about one release's course.
     if sp.digest is not None:
         lines.append(
             f"daily digest in {sp.channel} at {sp.digest.at} {sp.digest.timezone}, listing "
             f"releases on steps that hold {duration_words(sp.digest.min_hold)} or more"
         )
     return lines
+
+
+def _bake(seconds: float) -> str:
+    if seconds <= 0:
+        return "no bake: the release succeeds at its first round there with every check green"
+    return (
+        f"bakes for {span_words(seconds)} against the pre-release baseline (still judged: it "
+        "can roll back) before the release succeeds"
+    )
+
+
+def _watch(watch: WatchSettings) -> str:
+    if watch.window <= 0:
+        return "no post-release watch (watch window 0)"
+    return (
+        f"watched for {span_words(watch.window)} against the pre-release baseline, judged "
+        f"every {duration_words(watch.interval)}"
+    )
+
+
+def _paging(paging: PagingSettings) -> str:
+    """Who an automatic rollback pages ("" when nobody): keys by their variables' names."""
+    services = []
+    if paging.pagerduty is not None:
+        services.append(_pagerduty(paging.pagerduty))
+    if paging.opsgenie is not None:
+        services.append(_opsgenie(paging.opsgenie))
+    if not services:
+        return ""
+    end = (
+        "resolved when the release ends"
+        if paging.resolve_on_end
+        else "left open for the on-call to resolve"
+    )
+    return f"an automatic rollback pages {' and '.join(services)}; {end}"
+
+
+def _pagerduty(pd: PagerDutyPaging) -> str:
+    return f"PagerDuty (routing key from ${pd.routing_key_env}, severity {pd.severity})"
+
+
+def _opsgenie(og: OpsgeniePaging) -> str:
+    parts = [f"API key from ${og.api_key_env}", og.priority]
+    if og.responders:
+        who = " and ".join(
+            f"{r['type']} {r.get('name') or r.get('username') or r.get('id')}"
+            for r in og.responders
+        )
+        parts.append(f"responders {who}")
+    return f"Opsgenie ({', '.join(parts)})"
+
+
+def _tickets(tickets: TicketSettings) -> str:
+    """Where an automatic rollback files its ticket ("" when nowhere)."""
+    sinks = []
+    if tickets.webhook is not None:
+        sinks.append(_ticket_webhook(tickets.webhook))
+    if tickets.github is not None:
+        sinks.append(_ticket_issue(tickets.github))
+    if not sinks:
+        return ""
+    return f"an automatic rollback files a ticket: {' and '.join(sinks)}"
+
+
+def _ticket_webhook(hook: WebhookTickets) -> str:
+    # A ticket URL may carry a token in its query or path (check-config output lands in CI
+    # logs): shown without userinfo and query, and through the redactor.
+    where = redact(redact_url(hook.url))
+    signed = f"signed with the secret in ${hook.secret_env}" if hook.secret_env else "unsigned"
+    return f"a webhook POST to {where} ({signed})"
+
+
+def _ticket_issue(gh: GitHubTickets) -> str:
+    labels = f"labels {', '.join(gh.labels)}; " if gh.labels else ""
+    default = GitHubTickets.model_fields["api_url"].default
+    via = "" if gh.api_url == default else f" through {redact_url(gh.api_url)}"
+    return f"a GitHub issue in {gh.repo}{via} ({labels}token from ${gh.token_env})"
 
 
 def _step_settings(sp: ServicePolicy, weight: int, *, first: bool) -> str:
@@ -87,11 +199,13 @@ def _limit_lines(m: Metric, at: str = "") -> list[str]:
     where = f" {at}" if at else ""
     if m.dry_run:
         return [f"{m.name} is judged and reported only (dry run), never acted on"]
-    conditions = _conditions(m)
-    if not conditions:
-        return []
     lasting = f" for {duration_words(m.for_)}" if m.for_ is not None else ""
-    return [f"rolls back when {c}{lasting}{where}{_counting(m)}" for c in conditions]
+    lines = [f"rolls back when {c}{lasting}{where}{_counting(m)}" for c in _conditions(m)]
+    # The warn_* levels: what an approver sees before a go/no-go call, though they decide
+    # nothing by themselves.
+    if warnings := _warnings(m):
+        lines.append(f"warns when {' or '.join(warnings)}{where} (shown, never acted on)")
+    return lines
 
 
 def _conditions(m: Metric) -> list[str]:
@@ -102,18 +216,35 @@ def _conditions(m: Metric) -> list[str]:
         out.append(f"{m.name} < {value_words(m, m.min)}")
     worse = _worse(m.direction)
     if m.max_ratio is not None:
-        ratio = {
-            Direction.INCREASE: f"more than {m.max_ratio:g}x",
-            Direction.DECREASE: f"less than 1/{m.max_ratio:g} of",
-            Direction.EITHER: f"more than {m.max_ratio:g}x away from",
-        }[m.direction]
-        out.append(f"{m.name} is {ratio} the control's")
+        out.append(f"{m.name} is {_ratio(m.direction, m.max_ratio)} the control's")
     if m.max_diff is not None:
         out.append(f"{m.name} is more than {value_words(m, m.max_diff)} {worse} the control's")
     if m.uses_statistics:
         out.append(
             f"{m.name} differs from the control by Mann-Whitney at {m.confidence:.0%} confidence"
         )
+    return out
+
+
+def _ratio(direction: Direction, ratio: float) -> str:
+    return {
+        Direction.INCREASE: f"more than {ratio:g}x",
+        Direction.DECREASE: f"less than 1/{ratio:g} of",
+        Direction.EITHER: f"more than {ratio:g}x away from",
+    }[direction]
+
+
+def _warnings(m: Metric) -> list[str]:
+    out = []
+    if m.warn_max is not None:
+        out.append(f"{m.name} > {value_words(m, m.warn_max)}")
+    if m.warn_min is not None:
+        out.append(f"{m.name} < {value_words(m, m.warn_min)}")
+    if m.warn_ratio is not None:
+        out.append(f"{m.name} is {_ratio(m.direction, m.warn_ratio)} the control's")
+    if m.warn_diff is not None:
+        worse = _worse(m.direction)
+        out.append(f"{m.name} is more than {value_words(m, m.warn_diff)} {worse} the control's")
     return out
 
 
@@ -174,6 +305,13 @@ def hook_rule(hook: Hook) -> str:
         what = (
             f"synthetic load on {hook.load.url}, {hook.load.rate:g}/s for "
             f"{duration_words(hook.load.seconds)}"
+        )
+    elif hook.webhook is not None:
+        # A CI trigger URL often carries its token in the query: shown without it.
+        signed = f", signed with ${hook.webhook.secret_env}" if hook.webhook.secret_env else ""
+        what = (
+            f"CI job started by a POST to {redact(redact_url(hook.webhook.url))}{signed}; "
+            "passes when the job calls back with `passed`"
         )
     else:
         what = f"smoke test {hook.method} {hook.url} (2xx passes)"
