@@ -22,19 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
-from bot.app import build_app
-from bot.config import Settings
-from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
 from tests.support.procs import free_port
-from tests.support.prometheus import prometheus_server, wait_for_data
+from tests.support.prometheus import wait_for_data
+from tests.support.prometheus_rigs import controlled_app, scraped_pair
 from tests.support.recorder import Recorder
 from tests.support.routed import ERROR_RATE_QUERY, LATENCY_P99_QUERY
-from tests.support.sample_service import generate_load, sample_service
+from tests.support.sample_service import Behaviour
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -72,14 +69,14 @@ POLICY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with (
-        sample_service(SERVICE, "v1", error_rate=0.0, latency=0.005) as stable,
-        sample_service(SERVICE, "v2", error_rate=0.30, latency=0.005) as canary,
-        generate_load([stable.url, canary.url], per_second=40, max_seconds=100),
-        prometheus_server(
-            Path(tmp_path_factory.mktemp("prometheus")), [stable.target, canary.target]
-        ) as url,
-    ):
+    with scraped_pair(
+        Path(tmp_path_factory.mktemp("prometheus")),
+        SERVICE,
+        stable=Behaviour(error_rate=0.0, latency=0.005),
+        canary=Behaviour(error_rate=0.30, latency=0.005),
+        per_second=40,
+        max_seconds=100,
+    ) as url:
         wait_for_data(
             url,
             f'sum(increase(http_requests_total{{service="{SERVICE}",version="v1"}}[5s]))',
@@ -91,23 +88,14 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def run_a_release(redis_url: str, prometheus_url: str) -> str:
     """v2 deployed against v1 through the product; returns its id once rolled back."""
-    flush = aioredis.Redis.from_url(redis_url)
-    await flush.flushdb()
-    await flush.aclose()
-    settings = Settings.model_validate(
-        {
-            "REDIS_URL": redis_url,
-            "PROMETHEUS_URL": prometheus_url,
-            "SHIPWATCH_CONTROLLER_TICK": 0.2,
-            "SHIPWATCH_PROMETHEUS_TIMEOUT": 3.0,
-        }
-    )
-    policy = parse_policy(yaml.safe_dump(POLICY), "backtest-e2e")
-    app = await build_app(settings, policy=policy, notifiers=[Recorder()])
-    app.events.start()
-    stop = asyncio.Event()
-    controller = asyncio.create_task(app.controller.run(stop), name="backtest-controller")
-    try:
+    async with controlled_app(
+        redis_url,
+        prometheus_url,
+        POLICY,
+        "backtest-e2e",
+        notifiers=[Recorder()],
+        controller_name="backtest-controller",
+    ) as app:
         result = await app.service.deploy(
             Actor(user="alice", surface="console"), SERVICE, "v2", DeployOptions(stable="v1")
         )
@@ -120,10 +108,6 @@ async def run_a_release(redis_url: str, prometheus_url: str) -> str:
                 return release_id
             assert time.monotonic() < deadline, release.describe_state()
             await asyncio.sleep(0.2)
-    finally:
-        stop.set()
-        await asyncio.wait_for(controller, timeout=10)
-        await app.close()
 
 
 async def run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -17,21 +17,16 @@ import redis.asyncio as aioredis
 from bot.engine.actuator import TrafficActuator
 from bot.engine.controller import Controller, RoundStats
 from bot.engine.events import EventBus, EventKind
-from bot.engine.service import ReleaseService
 from bot.flags import FlagClient, FlagState, FlagWriter
 from bot.metrics.base import MetricSource
 from bot.metrics.synthetic import SyntheticSource
-from bot.release.policy import Policy, parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
 from bot.store import keys
-from bot.store.audit import AuditEntry
-from bot.store.store import Store
-from bot.traffic.flags import FlagsBackend
 from bot.traffic.webhook import WebhookBackend
 from tests.support.gated_source import GatedSource
 from tests.support.procs import free_port
-from tests.support.recorder import Recorder
+from tests.support.release_rig import ReleaseRig
 
 POLICY = """
 defaults:
@@ -68,14 +63,7 @@ STABLE = DeployOptions(stable="v1")
 
 
 @dataclass
-class Rig:
-    policy: Policy
-    store: Store
-    flags: FlagsBackend
-    events: EventBus
-    recorder: Recorder
-    actuator: TrafficActuator
-    service: ReleaseService
+class Rig(ReleaseRig):
     source: SyntheticSource
     controller: Controller
     cleanups: list[Callable[[], Awaitable[None]]]
@@ -94,10 +82,6 @@ class Rig:
         assert release is not None
         return release
 
-    async def flag_pct(self, service: str) -> int | None:
-        state = await self.flags.flag(service)
-        return None if state is None else state.pct
-
     async def lease(self, release_id: str) -> tuple[str, int]:
         """(owner, fencing token) of the release's lease."""
         raw = await self.store.redis.get(keys.lease(release_id))
@@ -105,31 +89,20 @@ class Rig:
         owner, token = raw.rsplit("|", 1)
         return owner, int(token)
 
-    async def audit(self, action: str | None = None) -> list[AuditEntry]:
-        """Oldest first."""
-        entries = reversed(await self.store.audit_tail(10_000))
-        return [e for e in entries if action is None or e.action == action]
-
 
 @pytest.fixture
 async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
-    policy = parse_policy(POLICY, "test")
-    store = Store(redis_client)
-    recorder = Recorder()
-    events = EventBus([recorder])
-    flags = FlagsBackend(FlagWriter(redis_client))
-    actuator = TrafficActuator(store, lambda _service: flags, events)
-    service = ReleaseService(store, policy, actuator, events)
+    base = ReleaseRig.wire(redis_client, POLICY)
     source = SyntheticSource(seed=1)
-    controller = Controller(store, policy, source, actuator, events, tick=TICK,
-                            lease_ttl=LEASE_TTL, owner="a")
-    events.start()
-    rig = Rig(policy, store, flags, events, recorder, actuator, service, source, controller, [])
+    controller = Controller(base.store, base.policy, source, base.actuator, base.events,
+                            tick=TICK, lease_ttl=LEASE_TTL, owner="a")
+    base.events.start()
+    rig = Rig(base.policy, base.store, base.flags, base.events, base.recorder, base.actuator,
+              base.service, source, controller, [])
     yield rig
     for cleanup in reversed(rig.cleanups):
         await cleanup()
-    await actuator.close()
-    await events.close()
+    await rig.close()
 
 
 async def drive(rig: Rig, release_id: str, until: Callable[[Release], bool],

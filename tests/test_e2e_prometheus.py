@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-import yaml
 
-from bot.app import App, build_app
-from bot.config import Settings
+from bot.app import App
 from bot.engine.events import EventKind
 from bot.release.checks import CheckResult
-from bot.release.policy import parse_policy
-from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
-from tests.support.prometheus import instant_query, prometheus_server, wait_for_data
+from tests.support.prometheus import instant_query, wait_for_data
+from tests.support.prometheus_rigs import (
+    controlled_app,
+    deploy_rig,
+    routed_rigs,
+    scraping_rigs,
+    wait_release,
+)
 from tests.support.recorder import Recorder
 from tests.support.routed import (
     ERROR_RATE_RULE,
@@ -42,7 +44,6 @@ from tests.support.routed import (
     FaultKind,
     LoadStats,
     RoutedService,
-    close_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -119,13 +120,8 @@ def requests_in_window(service: str, version: str, window: str = WINDOW) -> str:
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[dict[str, RoutedService]]:
     """One stable/canary pair per test, serving (idle) for the whole module."""
-    built: list[RoutedService] = []
-    try:
-        for name in SERVICES:
-            built.append(RoutedService(name))
-        yield {rig.service: rig for rig in built}
-    finally:
-        close_all(built)
+    with routed_rigs(SERVICES) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +129,7 @@ def prometheus_url(
     rigs: dict[str, RoutedService], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A real Prometheus scraping every instance of every pair once a second."""
-    targets = [t for rig in rigs.values() for t in rig.targets]
-    with prometheus_server(Path(tmp_path_factory.mktemp("prometheus")), targets) as url:
-        # Every instance is scraped (its series exist, at zero) before any test sends load.
-        wait_for_data(url, 'count(up{job="sample"} == 1)', at_least=len(targets), timeout=20)
+    with scraping_rigs(rigs, Path(tmp_path_factory.mktemp("prometheus"))) as url:
         yield url
 
 
@@ -159,54 +152,25 @@ class Shipwatch:
         timeout: float = RELEASE_DEADLINE,
         what: str = "",
     ) -> Release:
-        deadline = time.monotonic() + timeout
-        while True:
-            release = await self.get(release_id)
-            if until(release):
-                return release
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"{what or 'condition'} not reached in {timeout}s: {release.describe_state()}"
-                    f"; last checks: {release.last_checks}"
-                )
-            await asyncio.sleep(0.1)
+        return await wait_release(self.app, release_id, until, timeout, what)
 
     async def deploy(self, rig: RoutedService) -> Release:
-        result = await self.app.service.deploy(
-            DEPLOYER,
-            rig.service,
-            rig.canary_version,
-            DeployOptions(stable=rig.stable_version),
-        )
-        return result.release
+        return await deploy_rig(self.app, DEPLOYER, rig)
 
 
 @pytest.fixture
 async def shipwatch(redis_url: str, prometheus_url: str) -> AsyncIterator[Shipwatch]:
     """The app as ``serve`` builds it, on the real Redis and Prometheus, controller running."""
-    flush = aioredis.Redis.from_url(redis_url)
-    await flush.flushdb()
-    await flush.aclose()
     recorder = Recorder()
-    settings = Settings.model_validate(
-        {
-            "REDIS_URL": redis_url,
-            "PROMETHEUS_URL": prometheus_url,
-            "SHIPWATCH_CONTROLLER_TICK": 0.2,
-            "SHIPWATCH_PROMETHEUS_TIMEOUT": 3.0,
-        }
-    )
-    policy = parse_policy(yaml.safe_dump(POLICY), "e2e")
-    app = await build_app(settings, policy=policy, notifiers=[recorder])
-    app.events.start()
-    stop = asyncio.Event()
-    controller = asyncio.create_task(app.controller.run(stop), name="e2e-controller")
-    try:
+    async with controlled_app(
+        redis_url,
+        prometheus_url,
+        POLICY,
+        "e2e",
+        notifiers=[recorder],
+        controller_name="e2e-controller",
+    ) as app:
         yield Shipwatch(app, recorder, redis_url, prometheus_url)
-    finally:
-        stop.set()
-        await asyncio.wait_for(controller, timeout=10)
-        await app.close()
 
 
 async def start_load(rig: RoutedService, sw: Shipwatch) -> None:

@@ -26,8 +26,9 @@ from bot.judging.sizing import SizingOutcome, Unsized
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
-from tests.support.prometheus import prometheus_server, wait_for_data
-from tests.support.routed import ERROR_RATE_QUERY, RoutedService, close_all
+from tests.support.prometheus import wait_for_data
+from tests.support.prometheus_rigs import routed_rigs, scraping_rigs
+from tests.support.routed import ERROR_RATE_QUERY, RoutedService
 
 pytestmark = pytest.mark.e2e
 
@@ -64,20 +65,15 @@ def stable_requests(service: str) -> str:
 
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[dict[str, RoutedService]]:
-    built = [RoutedService(name) for name in RATES]
-    try:
-        yield {rig.service: rig for rig in built}
-    finally:
-        close_all(built)
+    with routed_rigs(list(RATES)) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(
     rigs: dict[str, RoutedService], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    targets = [t for rig in rigs.values() for t in rig.targets]
-    with prometheus_server(Path(tmp_path_factory.mktemp("prometheus")), targets) as url:
-        wait_for_data(url, 'count(up{job="sample"} == 1)', at_least=len(targets), timeout=20)
+    with scraping_rigs(rigs, Path(tmp_path_factory.mktemp("prometheus"))) as url:
         yield url
 
 

@@ -21,8 +21,9 @@ from bot.errors import MetricsError
 from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, Side
 from bot.metrics.prometheus import PrometheusQueryError, PrometheusSource
 from tests.support.procs import free_port
-from tests.support.prometheus import prometheus_server, wait_for_data
-from tests.support.sample_service import generate_load, sample_service
+from tests.support.prometheus import wait_for_data
+from tests.support.prometheus_rigs import scraped_pair
+from tests.support.sample_service import Behaviour, sample_service
 
 SERVICE = "checkout"
 WINDOW = "15s"
@@ -54,15 +55,16 @@ def mq(key: str, promql: str, version: str = "v1") -> MetricQuery:
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with (
-        sample_service(SERVICE, "v1", error_rate=0.01, latency=0.001) as stable,
-        sample_service(SERVICE, "v2", error_rate=0.20, latency=0.02) as canary,
-        # Bounded on its own (60 s, 10k requests) in case teardown never comes.
-        generate_load([stable.url, canary.url], per_second=40, max_seconds=60, max_requests=10_000),
-        prometheus_server(
-            Path(tmp_path_factory.mktemp("prometheus")), [stable.target, canary.target]
-        ) as url,
-    ):
+    with scraped_pair(
+        Path(tmp_path_factory.mktemp("prometheus")),
+        SERVICE,
+        stable=Behaviour(error_rate=0.01, latency=0.001),
+        canary=Behaviour(error_rate=0.20, latency=0.02),
+        # The load is bounded on its own (60 s, 10k requests) in case teardown never comes.
+        per_second=40,
+        max_seconds=60,
+        max_requests=10_000,
+    ) as url:
         # rate() needs two scrapes in its window; wait until the canary has 150+ requests in
         # it, so the measured error ratios are not made of a handful of requests.
         wait_for_data(

@@ -11,7 +11,6 @@ rollback completes; a person's rollback pages nobody; no key is ever in a post o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,8 +30,15 @@ from bot.release.policy import (
 from bot.release.rollout import State
 from tests.support.opsgenie_api import OpsgenieStandIn
 from tests.support.pagerduty_api import PagerDutyStandIn
+from tests.support.rollback_flow import (
+    checkout_with,
+    deploy,
+    event_of,
+    roll_back_automatically,
+    running,
+)
 from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
+from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, SlackRig, wait_until
 
 PD_KEY = "e93facc04764012d7bfb002500d5d1a6"  # an Events API v2 integration key's shape
 PD_ENV = "SHIPWATCH_TEST_PAGERDUTY_ROUTING_KEY"
@@ -81,31 +87,7 @@ def paging(
 
 
 def policy_with(settings: PagingSettings) -> Policy:
-    base = parse_policy(POLICY, "paging scenarios")
-    checkout = base.services["checkout"].model_copy(update={"paging": settings})
-    return base.model_copy(update={"services": {**base.services, "checkout": checkout}})
-
-
-@contextlib.asynccontextmanager
-async def running(slack: SlackStandIn, redis_url: str, policy: Policy) -> AsyncIterator[SlackRig]:
-    rig = SlackRig(slack, redis_url, policy=policy)
-    await rig.start()
-    try:
-        yield rig
-    finally:
-        await rig.close()
-
-
-async def deploy(rig: SlackRig) -> str:
-    delivery = await rig.command("/deploy", "checkout v2 --stable v1", ALICE)
-    assert delivery.status == 200
-    await rig.reply(delivery)
-    return await rig.status_ts(CHECKOUT_CHANNEL)
-
-
-async def event_of(rig: SlackRig, kind: EventKind) -> ReleaseEvent:
-    await wait_until(lambda: kind in rig.recorder.kinds("checkout"), f"the {kind.value} event")
-    return next(e for e in rig.recorder.events if e.kind is kind)
+    return checkout_with("paging scenarios", paging=settings)
 
 
 async def events_of(rig: SlackRig, kinds: set[EventKind], count: int) -> list[ReleaseEvent]:
@@ -114,14 +96,6 @@ async def events_of(rig: SlackRig, kinds: set[EventKind], count: int) -> list[Re
 
     await wait_until(lambda: len(found()) >= count, f"{count} paging events")
     return found()
-
-
-async def roll_back_automatically(rig: SlackRig) -> str:
-    ts = await deploy(rig)
-    rig.source.inject("checkout", "latency_p99", 5.0, version="v2")
-    rig.start_controller()
-    await event_of(rig, EventKind.ROLLED_BACK)
-    return ts
 
 
 async def pages_done(rig: SlackRig) -> None:

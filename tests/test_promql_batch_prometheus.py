@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,8 @@ from bot.metrics.base import MetricQuery, QueryResult, QueryStatus, SeriesResult
 from bot.metrics.prometheus import PrometheusSource
 from bot.release.policy import Risk, ServicePolicy, Strategy, embedded_policy, render_template
 from bot.release.rollout import Actor, Release, new_release
-from tests.support.procs import free_port, require_binary, running
-from tests.support.prometheus import wait_for_data, wait_until_ready, write_config
+from tests.support.procs import free_port
+from tests.support.prometheus import prometheus_server, wait_for_data
 from tests.support.sample_service import LoadGenerator, SampleService
 
 # Starting the fleet takes about half a minute, counted in the first test's time.
@@ -77,26 +77,6 @@ class Fleet:
     quiet_at: float  # the counters stood still from before this moment until the services stopped
 
 
-@contextmanager
-def prometheus_with(tmp: Path, targets: list[str], *flags: str) -> Iterator[str]:
-    """A Prometheus like tests.support.prometheus starts, with extra command-line flags."""
-    binary = require_binary("prometheus")
-    tmp.mkdir(parents=True, exist_ok=True)
-    write_config(tmp / "prometheus.yml", targets)
-    port = free_port()
-    cmd = [
-        binary,
-        f"--config.file={tmp / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        *flags,
-    ]
-    with running(cmd, port, tmp / "prometheus.log"):
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url)
-        yield url
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = Path(tmp_path_factory.mktemp("batch"))
@@ -109,9 +89,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 app.app.configure(version=version, error_rate=((k + n) % 4) * 0.05)
             apps.append(app)
         targets = [a.target for a in apps]
-        url = servers.enter_context(prometheus_with(tmp / "plain", targets))
+        url = servers.enter_context(prometheus_server(tmp / "plain", targets))
         limited = servers.enter_context(
-            prometheus_with(tmp / "limited", targets, f"--query.max-samples={MAX_SAMPLES}")
+            prometheus_server(tmp / "limited", targets, f"--query.max-samples={MAX_SAMPLES}")
         )
         with ExitStack() as traffic:
             for app in apps:
@@ -208,6 +188,19 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(s, v) for s in (*SERVICES, "nobody") for v in (*VERSIONS, "v99-never-served")]
 
 
+@asynccontextmanager
+async def both_ways(url: str) -> AsyncIterator[tuple[PrometheusSource, PrometheusSource]]:
+    """(batched, per release): two sources on ``url`` that differ only in batching templates,
+    both closed when the block ends."""
+    batched = PrometheusSource(url)
+    each = PrometheusSource(url, batch_templates=False)
+    try:
+        yield batched, each
+    finally:
+        await batched.close()
+        await each.close()
+
+
 def assert_same(batched: list[QueryResult], each: list[QueryResult]) -> None:
     assert [r.key for r in batched] == [r.key for r in each]
     for b, e in zip(batched, each, strict=True):
@@ -240,16 +233,9 @@ async def test_batched_answers_equal_per_release_answers(prometheus_url: str) ->
     plans = planned()
     queries = [q for p in plans for q in p.instant]
     assert len({(q.service, q.version) for q in queries}) >= 40
-    batched, each = (
-        PrometheusSource(prometheus_url),
-        PrometheusSource(prometheus_url, batch_templates=False),
-    )
-    try:
+    async with both_ways(prometheus_url) as (batched, each):
         got = await batched.query(queries)
         expected = await each.query(queries)
-    finally:
-        await batched.close()
-        await each.close()
 
     assert_same(got, expected)
     statuses = {r.status for r in got}
@@ -271,16 +257,9 @@ async def test_batched_range_series_equal_per_release_series(prometheus_url: str
     queries = [s.query for p in plans for s in p.series]
     assert len(queries) == 2 * len(plans)
     end = time.time()
-    batched, each = (
-        PrometheusSource(prometheus_url),
-        PrometheusSource(prometheus_url, batch_templates=False),
-    )
-    try:
+    async with both_ways(prometheus_url) as (batched, each):
         got = await batched.query_series(queries, end - 120, end, 5)
         expected = await each.query_series(queries, end - 120, end, 5)
-    finally:
-        await batched.close()
-        await each.close()
     assert_same_series(got, expected)
     assert sum(r.status is QueryStatus.OK for r in got) >= 36
     assert all(len(r.values) >= 2 for r in got if r.status is QueryStatus.OK)
@@ -302,16 +281,9 @@ async def test_templates_that_cannot_be_batched_go_per_release(
     prometheus_url: str, template: str
 ) -> None:
     queries = templated(template, all_pairs())
-    batched, each = (
-        PrometheusSource(prometheus_url),
-        PrometheusSource(prometheus_url, batch_templates=False),
-    )
-    try:
+    async with both_ways(prometheus_url) as (batched, each):
         got = await batched.query(queries)
         expected = await each.query(queries)
-    finally:
-        await batched.close()
-        await each.close()
     assert_same(got, expected)
     assert batched.template_requests == 0 and batched.requests_made == each.requests_made
     served = [r for r in got if r.key.split("|")[1] in VERSIONS and r.key[0] != "n"]
@@ -331,9 +303,7 @@ async def test_a_batched_query_prometheus_refuses_falls_back(
         f'sum(http_requests_total{{service="{{service}}",version="{{version}}"}} offset {offset}ms)'
     )
     queries = templated(template, all_pairs())
-    batched = PrometheusSource(fleet.limited_url)
-    each = PrometheusSource(fleet.limited_url, batch_templates=False)
-    try:
+    async with both_ways(fleet.limited_url) as (batched, each):
         with caplog.at_level(logging.WARNING, logger="bot.metrics.prometheus"):
             got = await batched.query(queries)
         expected = await each.query(queries)
@@ -347,9 +317,6 @@ async def test_a_batched_query_prometheus_refuses_falls_back(
         assert_same(await batched.query(queries), expected)
         assert batched.requests_made - sent == each.requests_made
         assert batched.template_fallbacks == 1
-    finally:
-        await batched.close()
-        await each.close()
 
 
 async def test_a_template_prometheus_rejects_gets_each_query_its_own_error(
@@ -359,16 +326,9 @@ async def test_a_template_prometheus_rejects_gets_each_query_its_own_error(
     # batched or not, and each query then carries its own error, as before batching.
     template = 'sum(rat(http_requests_total{service="{service}",version="{version}"}[{window}]))'
     queries = templated(template, all_pairs()[:20])
-    batched, each = (
-        PrometheusSource(prometheus_url),
-        PrometheusSource(prometheus_url, batch_templates=False),
-    )
-    try:
+    async with both_ways(prometheus_url) as (batched, each):
         got = await batched.query(queries)
         expected = await each.query(queries)
-    finally:
-        await batched.close()
-        await each.close()
     assert_same(got, expected)
     assert all(r.status is QueryStatus.ERROR and "rat" in r.error for r in got), got[0]
     assert batched.template_fallbacks == 1

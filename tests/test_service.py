@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
 
-from bot.engine.actuator import TrafficActuator
-from bot.engine.events import EventBus, EventKind
-from bot.engine.service import Outcome, ReleaseService, Result
+from bot.engine.events import EventKind
+from bot.engine.service import Outcome, Result
 from bot.errors import (
     AlreadyActiveError,
     ConflictError,
@@ -23,14 +21,9 @@ from bot.errors import (
     PermissionDenied,
     UserError,
 )
-from bot.flags import FlagWriter
-from bot.release.policy import Policy, parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import TYPED_MOVE_GUARD_S, Actor, Release, State
-from bot.store.audit import AuditEntry
-from bot.store.store import Store
-from bot.traffic.flags import FlagsBackend
-from tests.support.recorder import Recorder
+from tests.support.release_rig import ReleaseRig
 
 POLICY = """
 defaults:
@@ -65,45 +58,16 @@ CI = Actor(user="ci-bot", surface="api")
 STABLE = DeployOptions(stable="v1")
 
 
-@dataclass
-class Rig:
-    policy: Policy
-    store: Store
-    flags: FlagsBackend
-    events: EventBus
-    recorder: Recorder
-    actuator: TrafficActuator
-    service: ReleaseService
-
-    async def flag_pct(self, service: str) -> int | None:
-        state = await self.flags.flag(service)
-        return None if state is None else state.pct
-
-    async def audit(self, action: str | None = None, outcome: str | None = None,
-                    ) -> list[AuditEntry]:
-        """Oldest first, optionally filtered."""
-        entries = reversed(await self.store.audit_tail(10_000))
-        return [e for e in entries if (action is None or e.action == action)
-                and (outcome is None or e.outcome == outcome)]
-
-    async def recorded(self) -> Recorder:
-        await self.events.drain()
-        return self.recorder
+# The service alone needs nothing beyond the shared wiring.
+Rig = ReleaseRig
 
 
 @pytest.fixture
 async def rig(redis_client: aioredis.Redis) -> AsyncIterator[Rig]:
-    policy = parse_policy(POLICY, "test")
-    store = Store(redis_client)
-    recorder = Recorder()
-    events = EventBus([recorder])
-    flags = FlagsBackend(FlagWriter(redis_client))
-    actuator = TrafficActuator(store, lambda _service: flags, events)
-    service = ReleaseService(store, policy, actuator, events)
-    events.start()
-    yield Rig(policy, store, flags, events, recorder, actuator, service)
-    await actuator.close()
-    await events.close()
+    rig = ReleaseRig.wire(redis_client, POLICY)
+    rig.events.start()
+    yield rig
+    await rig.close()
 
 
 async def deployed(rig: Rig, service: str = "checkout", actor: Actor = ALICE,

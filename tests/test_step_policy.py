@@ -576,3 +576,9 @@ def test_check_config_says_high_risk_approves_every_step() -> None:
     assert lines[0] == "approval required before every step (risk: high)"
     assert "rolls back when errors > 5% at every step" not in lines[1]  # not a ratio metric
     assert lines[1].startswith("rolls back when errors > 0.05 at every step")
+
+
+def test_check_config_says_a_hold_at_100_is_not_used() -> None:
+    text = AFTER_100.replace("  quiet: {}", "  quiet:\n    steps: [10, {weight: 100, hold: 2h}]")
+    lines = explain_service(parse_policy(text, "test").services["quiet"])
+    assert "at 100%: its `hold` is not used (the time at 100% is the `bake`)" in lines

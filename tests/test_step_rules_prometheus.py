@@ -22,17 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-import yaml
 
-from bot.app import App, build_app
-from bot.config import Settings
-from bot.release.policy import parse_policy
-from bot.release.request import DeployOptions
+from bot.app import App
 from bot.release.rollout import Actor, Release, State
-from tests.support.prometheus import prometheus_server, wait_for_data
+from tests.support.prometheus import wait_for_data
+from tests.support.prometheus_rigs import (
+    controlled_app,
+    deploy_rig,
+    routed_rigs,
+    scraping_rigs,
+    wait_release,
+)
 from tests.support.recorder import Recorder
-from tests.support.routed import ERROR_RATE_QUERY, RoutedService, close_all
+from tests.support.routed import ERROR_RATE_QUERY, RoutedService
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -104,49 +106,29 @@ DEPLOYER = Actor(user="alice", surface="console")
 
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[dict[str, RoutedService]]:
-    built: list[RoutedService] = []
-    try:
-        for name in SERVICES:
-            built.append(RoutedService(name))
-        yield {rig.service: rig for rig in built}
-    finally:
-        close_all(built)
+    with routed_rigs(SERVICES) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(
     rigs: dict[str, RoutedService], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    targets = [t for rig in rigs.values() for t in rig.targets]
-    with prometheus_server(Path(tmp_path_factory.mktemp("prometheus")), targets) as url:
-        wait_for_data(url, 'count(up{job="sample"} == 1)', at_least=len(targets), timeout=20)
+    with scraping_rigs(rigs, Path(tmp_path_factory.mktemp("prometheus"))) as url:
         yield url
 
 
 @pytest.fixture
 async def app(redis_url: str, prometheus_url: str) -> AsyncIterator[App]:
-    flush = aioredis.Redis.from_url(redis_url)
-    await flush.flushdb()
-    await flush.aclose()
-    settings = Settings.model_validate(
-        {
-            "REDIS_URL": redis_url,
-            "PROMETHEUS_URL": prometheus_url,
-            "SHIPWATCH_CONTROLLER_TICK": 0.2,
-            "SHIPWATCH_PROMETHEUS_TIMEOUT": 3.0,
-        }
-    )
-    policy = parse_policy(yaml.safe_dump(POLICY), "rules-e2e")
-    built = await build_app(settings, policy=policy, notifiers=[Recorder()])
-    built.events.start()
-    stop = asyncio.Event()
-    controller = asyncio.create_task(built.controller.run(stop), name="rules-controller")
-    try:
+    async with controlled_app(
+        redis_url,
+        prometheus_url,
+        POLICY,
+        "rules-e2e",
+        notifiers=[Recorder()],
+        controller_name="rules-controller",
+    ) as built:
         yield built
-    finally:
-        stop.set()
-        await asyncio.wait_for(controller, timeout=10)
-        await built.close()
 
 
 async def started(app: App, rig: RoutedService, redis_url: str, prometheus_url: str) -> Release:
@@ -154,27 +136,7 @@ async def started(app: App, rig: RoutedService, redis_url: str, prometheus_url: 
     rig.start(redis_url, per_second=120, workers=12, max_seconds=80, max_requests=12_000)
     query = f'sum(increase(http_requests_total{{service="{rig.service}",version="v1"}}[3s]))'
     await asyncio.to_thread(wait_for_data, prometheus_url, query, at_least=20, timeout=20)
-    result = await app.service.deploy(
-        DEPLOYER, rig.service, rig.canary_version, DeployOptions(stable=rig.stable_version)
-    )
-    return result.release
-
-
-async def wait_for(
-    app: App, release_id: str, until: Callable[[Release], bool], timeout: float, what: str
-) -> Release:
-    deadline = time.monotonic() + timeout
-    while True:
-        release = await app.store.get(release_id)
-        assert release is not None
-        if until(release):
-            return release
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{what} not reached in {timeout}s: {release.describe_state()}"
-                f"; last checks: {release.last_checks}"
-            )
-        await asyncio.sleep(0.1)
+    return await deploy_rig(app, DEPLOYER, rig)
 
 
 async def decision_reasons(app: App, release_id: str) -> list[str]:
@@ -200,7 +162,7 @@ async def test_a_breach_shorter_than_for_does_not_roll_back(
     rig = rigs[SHORT]
     try:
         release = await started(app, rig, redis_url, prometheus_url)
-        await wait_for(app, release.id, judged_at(25), 20, "25% judged")
+        await wait_release(app, release.id, judged_at(25), 20, "25% judged")
         rig.canary.configure(error_rate=0.5)
         await asyncio.sleep(2.0)
         rig.canary.configure(error_rate=0.0)
@@ -223,10 +185,10 @@ async def test_a_breach_longer_than_for_rolls_back(
     rig = rigs[LONG]
     try:
         release = await started(app, rig, redis_url, prometheus_url)
-        await wait_for(app, release.id, judged_at(25), 20, "25% judged")
+        await wait_release(app, release.id, judged_at(25), 20, "25% judged")
         onset = time.monotonic()
         rig.canary.configure(error_rate=0.5)
-        done = await wait_for(
+        done = await wait_release(
             app, release.id, lambda r: r.state is State.ROLLED_BACK, FOR + 20, "the rollback"
         )
         took = time.monotonic() - onset
@@ -247,7 +209,7 @@ async def test_a_step_over_step_regression_is_caught(
         release = await started(app, rig, redis_url, prometheus_url)
         await asyncio.to_thread(rig.wait_for_pct, 50, 30.0)
         rig.canary.configure(error_rate=0.15)
-        done = await wait_for(app, release.id, lambda r: not r.is_active, 25, "the rollback")
+        done = await wait_release(app, release.id, lambda r: not r.is_active, 25, "the rollback")
     finally:
         rig.stop()
     assert done.state is State.ROLLED_BACK, done.describe_state()
@@ -272,7 +234,7 @@ async def test_a_rising_trend_is_caught(
     climbing: asyncio.Task[None] | None = None
     try:
         release = await started(app, rig, redis_url, prometheus_url)
-        flat = await wait_for(
+        flat = await wait_release(
             app,
             release.id,
             lambda r: len(r.step_points.get("latency_mean", [])) >= 6,
@@ -282,7 +244,7 @@ async def test_a_rising_trend_is_caught(
         assert flat.state is State.PROGRESSING
         assert all(c.outcome == "pass" for c in flat.last_checks), flat.last_checks
         climbing = asyncio.create_task(ramp())
-        done = await wait_for(app, release.id, lambda r: not r.is_active, 30, "the rollback")
+        done = await wait_release(app, release.id, lambda r: not r.is_active, 30, "the rollback")
     finally:
         if climbing is not None:
             climbing.cancel()

@@ -9,7 +9,6 @@ and says where in the release thread; a rollback by a person files none.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,15 +20,22 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from bot.engine.events import EventKind, ReleaseEvent
+from bot.engine.events import EventKind
 from bot.observe.telemetry import REGISTRY
-from bot.release.policy import GitHubTickets, Policy, TicketSettings, WebhookTickets, parse_policy
+from bot.release.policy import GitHubTickets, Policy, TicketSettings, WebhookTickets
 from bot.release.rollout import State
 from bot.traffic.webhook import verify_signature
 from bot.writing.tickets import Incident, Ticket, TicketSinks
 from tests.support.github_api import MEDIA_TYPE, GitHubStandIn
+from tests.support.rollback_flow import (
+    checkout_with,
+    deploy,
+    event_of,
+    roll_back_automatically,
+    running,
+)
 from tests.support.slack_api import SlackStandIn
-from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, POLICY, SlackRig, wait_until
+from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL
 from tests.support.standin import LocalServer
 
 HOOK_SECRET = "whsec-incident-hook-0123456789"
@@ -361,39 +367,7 @@ def ticket_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def policy_with(tickets: TicketSettings) -> Policy:
-    base = parse_policy(POLICY, "ticket scenarios")
-    checkout = base.services["checkout"].model_copy(update={"tickets": tickets})
-    return base.model_copy(update={"services": {**base.services, "checkout": checkout}})
-
-
-@contextlib.asynccontextmanager
-async def running(slack: SlackStandIn, redis_url: str, policy: Policy) -> AsyncIterator[SlackRig]:
-    rig = SlackRig(slack, redis_url, policy=policy)
-    await rig.start()
-    try:
-        yield rig
-    finally:
-        await rig.close()
-
-
-async def deploy(rig: SlackRig) -> str:
-    delivery = await rig.command("/deploy", "checkout v2 --stable v1", ALICE)
-    assert delivery.status == 200
-    await rig.reply(delivery)
-    return await rig.status_ts(CHECKOUT_CHANNEL)
-
-
-async def event_of(rig: SlackRig, kind: EventKind) -> ReleaseEvent:
-    await wait_until(lambda: kind in rig.recorder.kinds("checkout"), f"the {kind.value} event")
-    return next(e for e in rig.recorder.events if e.kind is kind)
-
-
-async def roll_back_automatically(rig: SlackRig) -> str:
-    ts = await deploy(rig)
-    rig.source.inject("checkout", "latency_p99", 5.0, version="v2")
-    rig.start_controller()
-    await event_of(rig, EventKind.ROLLED_BACK)
-    return ts
+    return checkout_with("ticket scenarios", tickets=tickets)
 
 
 @pytest.mark.usefixtures("ticket_env")

@@ -17,21 +17,24 @@ from bot.engine.service import Outcome
 from bot.errors import ConflictError, TrafficError
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State
-from bot.traffic.base import Applied, TrafficAction, TrafficChange
+from bot.traffic.base import Applied, TrafficAction
 from bot.traffic.haproxy import HAProxyBackend, RuntimeApi
 from tests.support.engines import (
+    USER_IDS,
+    USERS,
     a_decided_step_lost_in_a_crash_is_applied,
     app_driving,
+    assert_share,
+    change,
+    down_is_a_traffic_error,
     paused_when_the_engine_stops,
     rounds_until,
+    split_at_each_step,
+    unreachable_after_stop,
 )
 from tests.support.engines import canary_users as through_engine
 from tests.support.haproxy import HAProxy, haproxy_running
 from tests.support.recorder import Recorder
-
-USERS = 2000
-USER_IDS = [f"user-{n}" for n in range(USERS)]
-TOLERANCE = 3.0  # points of the weight
 
 
 @pytest.fixture
@@ -45,10 +48,6 @@ def map_backend(proxy: HAProxy, **overrides: str) -> HAProxyBackend:
     return HAProxyBackend(RuntimeApi(proxy.socket), mode="map", **options)
 
 
-def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficChange:
-    return TrafficChange("r-1", "checkout", "v2", "v1", weight, action)
-
-
 async def canary_users(proxy: HAProxy) -> set[str]:
     return await through_engine(
         proxy.url, USER_IDS, lambda u: {"X-Service": "checkout", "X-User-Id": u}
@@ -59,16 +58,12 @@ async def test_map_mode_splits_users_at_each_step_and_nobody_moves_back(
     haproxy: HAProxy,
 ) -> None:
     backend = map_backend(haproxy)
-    before: set[str] = set()
-    for weight, action in [(10, TrafficAction.START), (25, TrafficAction.SHIFT),
-                           (50, TrafficAction.SHIFT), (100, TrafficAction.PROMOTE)]:  # fmt: skip
-        await backend.apply(change(weight, action))
-        assert await backend.current("checkout") == Applied(weight)
-        canary = await canary_users(haproxy)
-        share = 100 * len(canary) / USERS
-        assert abs(share - weight) <= TOLERANCE, f"{share:.1f}% on the canary at {weight}%"
-        assert before <= canary, "a user moved back to stable between steps"
-        before = canary
+    await split_at_each_step(
+        backend,
+        [(10, TrafficAction.START), (25, TrafficAction.SHIFT),
+         (50, TrafficAction.SHIFT), (100, TrafficAction.PROMOTE)],
+        lambda: canary_users(haproxy),
+    )  # fmt: skip
 
     await backend.apply(change(100, TrafficAction.ROLLBACK))  # absolute: 0% whatever it carried
     assert await backend.current("checkout") == Applied(0)
@@ -105,13 +100,12 @@ async def test_a_map_haproxy_does_not_know_is_refused_with_haproxys_words(
 
 
 async def test_haproxy_down_is_a_clear_traffic_error(haproxy: HAProxy) -> None:
-    backend = map_backend(haproxy)
-    haproxy.stop()
-
-    with pytest.raises(TrafficError, match="cannot reach HAProxy's runtime API"):
-        await backend.current("checkout")
-    with pytest.raises(TrafficError, match="stats socket"):
-        await backend.apply(change(10))
+    await down_is_a_traffic_error(
+        map_backend(haproxy),
+        haproxy.stop,
+        reading="cannot reach HAProxy's runtime API",
+        applying="stats socket",
+    )
 
 
 # --- in the whole bot: a reload found and repaired ----------------------------------------
@@ -143,29 +137,21 @@ async def test_a_reload_that_lost_the_weight_is_found_and_repaired(
     await core.events.drain()
     [repaired] = [e for e in recorder.events if e.kind is EventKind.TRAFFIC_REPAIRED]
     assert (repaired.release.id, repaired.detail) == (release.id, "")
-    share = 100 * len(await canary_users(haproxy)) / USERS
-    assert abs(share - 10) <= TOLERANCE
+    assert_share(await canary_users(haproxy), 10)
 
 
 async def test_an_engine_that_cannot_be_reached_is_named_at_start(
     app: tuple[App, Recorder], haproxy: HAProxy
 ) -> None:
-    core, _ = app
-    assert await core.unreachable_engines() == {}
-
-    haproxy.stop()
-
-    unreachable = await core.unreachable_engines()
-    assert list(unreachable) == ["checkout"]
-    assert "cannot reach HAProxy's runtime API" in unreachable["checkout"]
+    said = await unreachable_after_stop(app[0], "checkout", haproxy.stop)
+    assert "cannot reach HAProxy's runtime API" in said
 
 
 async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
     app: tuple[App, Recorder], haproxy: HAProxy
 ) -> None:
     await a_decided_step_lost_in_a_crash_is_applied(app[0], "checkout")
-    share = 100 * len(await canary_users(haproxy)) / USERS
-    assert abs(share - 50) <= TOLERANCE, f"{share:.1f}% on the canary at 50%"
+    assert_share(await canary_users(haproxy), 50)
 
 
 async def test_haproxy_down_mid_release_pauses_it_with_the_reason(

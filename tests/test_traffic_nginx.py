@@ -20,21 +20,23 @@ from bot.engine.events import EventKind
 from bot.errors import TrafficError
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor
-from bot.traffic.base import Applied, TrafficAction, TrafficChange
+from bot.traffic.base import Applied, TrafficAction
 from bot.traffic.nginx import NginxBackend
 from tests.support.engines import (
+    USER_IDS,
     a_decided_step_lost_in_a_crash_is_applied,
     app_driving,
+    assert_share,
+    change,
+    down_is_a_traffic_error,
     paused_when_the_engine_stops,
     rounds_until,
+    split_at_each_step,
+    unreachable_after_stop,
 )
 from tests.support.engines import canary_users as through_engine
 from tests.support.nginx import EMPTY_INCLUDE, Nginx, nginx_running
 from tests.support.recorder import Recorder
-
-USERS = 2000
-USER_IDS = [f"user-{n}" for n in range(USERS)]
-TOLERANCE = 3.0
 
 
 @pytest.fixture
@@ -57,10 +59,6 @@ def backend_for(proxy: Nginx, **overrides: str) -> NginxBackend:
     return NginxBackend(proxy.include_file, **options)
 
 
-def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficChange:
-    return TrafficChange("r-1", "checkout", "v2", "v1", weight, action)
-
-
 async def canary_users(proxy: Nginx) -> set[str]:
     return await through_engine(proxy.url, USER_IDS, lambda u: {"X-User-Id": u})
 
@@ -70,16 +68,12 @@ async def test_each_step_is_tested_reloaded_and_shown_and_nobody_moves_back(
 ) -> None:
     backend = backend_for(nginx)
     assert await backend.current("checkout") == Applied(0)
-    before: set[str] = set()
-    for weight, action in [(1, TrafficAction.START), (10, TrafficAction.SHIFT),
-                           (50, TrafficAction.SHIFT), (100, TrafficAction.PROMOTE)]:  # fmt: skip
-        await backend.apply(change(weight, action))
-        assert await backend.current("checkout") == Applied(weight)
-        canary = await canary_users(nginx)
-        share = 100 * len(canary) / USERS
-        assert abs(share - weight) <= TOLERANCE, f"{share:.1f}% on the canary at {weight}%"
-        assert before <= canary, "a user moved back to stable between steps"
-        before = canary
+    await split_at_each_step(
+        backend,
+        [(1, TrafficAction.START), (10, TrafficAction.SHIFT),
+         (50, TrafficAction.SHIFT), (100, TrafficAction.PROMOTE)],
+        lambda: canary_users(nginx),
+    )  # fmt: skip
     assert "* canary;" in included(backend)  # 100% is one line
 
     await backend.apply(change(100, TrafficAction.ROLLBACK))
@@ -100,13 +94,12 @@ async def test_an_include_nginx_refuses_is_not_left_in_place(nginx: Nginx) -> No
 
 
 async def test_nginx_down_is_a_clear_traffic_error(nginx: Nginx) -> None:
-    backend = backend_for(nginx)
-    nginx.stop()
-
-    with pytest.raises(TrafficError, match="cannot read NGINX's marker"):
-        await backend.current("checkout")
-    with pytest.raises(TrafficError, match="did not reload"):
-        await backend.apply(change(10))
+    await down_is_a_traffic_error(
+        backend_for(nginx),
+        nginx.stop,
+        reading="cannot read NGINX's marker",
+        applying="did not reload",
+    )
 
 
 # --- in the whole bot: a hand edit found and repaired, NGINX down -----------------------------
@@ -161,15 +154,9 @@ async def test_a_hand_edit_of_the_include_is_found_and_repaired(
 async def test_an_engine_that_cannot_be_reached_is_named_at_start(
     app: tuple[App, Recorder], nginx: Nginx
 ) -> None:
-    core, _ = app
-    assert await core.unreachable_engines() == {}
-
-    nginx.stop()
-
-    unreachable = await core.unreachable_engines()
-    assert list(unreachable) == ["checkout"]
+    said = await unreachable_after_stop(app[0], "checkout", nginx.stop)
     marker = nginx.marker_url.replace("{service}", "checkout")
-    assert unreachable["checkout"].startswith(f"cannot read NGINX's marker {marker} (")
+    assert said.startswith(f"cannot read NGINX's marker {marker} (")
 
 
 async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_next_round(
@@ -177,8 +164,7 @@ async def test_a_step_decided_but_not_applied_before_a_crash_is_applied_by_the_n
 ) -> None:
     await a_decided_step_lost_in_a_crash_is_applied(app[0], "checkout")
     assert "50% canary;" in (nginx.tmp / "split-checkout.conf").read_text(encoding="utf-8")
-    share = 100 * len(await canary_users(nginx)) / USERS
-    assert abs(share - 50) <= TOLERANCE, f"{share:.1f}% on the canary at 50%"
+    assert_share(await canary_users(nginx), 50)
 
 
 async def test_nginx_down_mid_release_pauses_it_with_the_reason(

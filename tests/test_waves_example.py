@@ -88,6 +88,11 @@ RULES = [
         "at 100%: rolls back when latency_p99 > 0.5 s at 100%, after 3 failing checks in a row or "
         "5 in the release",
     ),
+    (
+        "wave 4: performance vs baseline (at 100% no user is left on the stable version)",
+        "at 100%: rolls back when latency_p99 is more than 1.5x the pre-release baseline's at "
+        "100%, after 3 failing checks in a row or 5 in the release",
+    ),
     # Against the previous wave, and the trend.
     (
         "wave 2: error rate increases > 5% from wave 1",

@@ -51,11 +51,11 @@ import logging
 import math
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import requests
 from prometheus_api_client import PrometheusConnect
@@ -174,6 +174,27 @@ def _error(message: str) -> _Outcome:
     return _Outcome(QueryStatus.ERROR, None, _shorten(message))
 
 
+# What one query's answer is read into: an _Outcome for instant queries, (samples, error) for
+# range queries. The template-group machinery is the same for both, only the reading differs.
+_Answer = TypeVar("_Answer")
+
+
+@dataclass(frozen=True)
+class _GroupReading(Generic[_Answer]):
+    """How a template group's request is sent and its answer read, for one kind of query.
+
+    ``samples`` is the key every series of the answer carries ("value" or "values"), ``kind``
+    names the request in the warning when it fails, ``failed`` is every member's answer to such
+    a failure, ``per_pair`` reads one pair's series (a list of none or one).
+    """
+
+    ask: Callable[[str], Awaitable[object]]
+    samples: str
+    kind: str
+    failed: Callable[[str], _Answer]
+    per_pair: Callable[[Sequence[object]], _Answer]
+
+
 def _shorten(text: str) -> str:
     text = text.strip()
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
@@ -249,22 +270,14 @@ class PrometheusSource:
     # -- MetricSource ----------------------------------------------------------------------
 
     async def query(self, queries: Sequence[MetricQuery]) -> list[QueryResult]:
-        groups, rest = self._template_groups(queries)
-        outcomes: dict[int, _Outcome] = {}
-        fallback: list[int] = []
-        # The groups and the per-release rest go out together; a group that falls back is
-        # asked per release once the first answers are in.
-        each, batched = await asyncio.gather(
-            self._query_each([queries[i] for i in rest]),
-            asyncio.gather(*(self._instant_group(g) for g in groups)),
+        reading = _GroupReading(
+            ask=lambda text: self._call(self._client.custom_query, query=text),
+            samples="value",
+            kind="query",
+            failed=_error,
+            per_pair=_vector_outcome,
         )
-        outcomes.update(zip(rest, each, strict=True))
-        for answered, failed in batched:
-            outcomes.update(answered)
-            fallback += failed
-        if fallback:
-            again = await self._query_each([queries[i] for i in fallback])
-            outcomes.update(zip(fallback, again, strict=True))
+        outcomes = await self._answer_grouped(queries, self._query_each, reading)
         return [outcomes[i].result_for(q) for i, q in enumerate(queries)]
 
     async def _query_each(self, queries: Sequence[MetricQuery]) -> list[_Outcome]:
@@ -377,20 +390,16 @@ class PrometheusSource:
             "end_time": _as_datetime(end),
             "step": f"{step:g}",
         }
-        groups, rest = self._template_groups(queries)
-        found: dict[int, tuple[list[float], str]] = {}
-        fallback: list[int] = []
-        each, batched = await asyncio.gather(
-            self._series_each([queries[i] for i in rest], window),
-            asyncio.gather(*(self._series_group(g, window) for g in groups)),
+        reading: _GroupReading[tuple[list[float], str]] = _GroupReading(
+            ask=lambda text: self._call(self._client.custom_query_range, query=text, **window),
+            samples="values",
+            kind="range query",
+            failed=lambda message: ([], message),
+            per_pair=_series_values,
         )
-        found.update(zip(rest, each, strict=True))
-        for answered, failed in batched:
-            found.update(answered)
-            fallback += failed
-        if fallback:
-            again = await self._series_each([queries[i] for i in fallback], window)
-            found.update(zip(fallback, again, strict=True))
+        found = await self._answer_grouped(
+            queries, lambda each: self._series_each(each, window), reading
+        )
         out = []
         for i, q in enumerate(queries):
             values, error = found[i]
@@ -497,84 +506,73 @@ class PrometheusSource:
             )
         self._unbatchable[template] = asyncio.get_running_loop().time() + self.unbatchable_for
 
-    async def _instant_group(self, group: _Group) -> tuple[dict[int, _Outcome], list[int]]:
+    async def _answer_grouped(
+        self,
+        queries: Sequence[MetricQuery],
+        ask_each: Callable[[Sequence[MetricQuery]], Awaitable[list[_Answer]]],
+        reading: _GroupReading[_Answer],
+    ) -> dict[int, _Answer]:
+        """Every query's answer by index: template groups one request per chunk, the rest (and
+        any group that falls back) per release through ``ask_each``."""
+        groups, rest = self._template_groups(queries)
+        answers: dict[int, _Answer] = {}
+        fallback: list[int] = []
+        # The groups and the per-release rest go out together; a group that falls back is
+        # asked per release once the first answers are in.
+        each, batched = await asyncio.gather(
+            ask_each([queries[i] for i in rest]),
+            asyncio.gather(*(self._group_answers(g, reading) for g in groups)),
+        )
+        answers.update(zip(rest, each, strict=True))
+        for answered, failed in batched:
+            answers.update(answered)
+            fallback += failed
+        if fallback:
+            again = await ask_each([queries[i] for i in fallback])
+            answers.update(zip(fallback, again, strict=True))
+        return answers
+
+    async def _group_answers(
+        self, group: _Group, reading: _GroupReading[_Answer]
+    ) -> tuple[dict[int, _Answer], list[int]]:
         """Answers of a group (one request per chunk of pairs), and the indexes of the queries
         that have to be asked per release after all."""
         chunks = group.batch.chunks(group.window, group.members, self.max_template_batch_chars)
-        answered: dict[int, _Outcome] = {}
+        answered: dict[int, _Answer] = {}
         fallback: list[int] = []
         for part, failed in await asyncio.gather(
-            *(self._instant_chunk(group, c) for c in chunks)
+            *(self._group_chunk(group, c, reading) for c in chunks)
         ):
             answered.update(part)
             fallback += failed
         return answered, fallback
 
-    async def _instant_chunk(
-        self, group: _Group, pairs: list[Pair]
-    ) -> tuple[dict[int, _Outcome], list[int]]:
+    async def _group_chunk(
+        self, group: _Group, pairs: list[Pair], reading: _GroupReading[_Answer]
+    ) -> tuple[dict[int, _Answer], list[int]]:
         indexes = [i for p in pairs for i in group.members[p]]
         text = group.batch.render(group.window, pairs)
         try:
-            raw = await self._call(self._client.custom_query, query=text)
-        except _RequestFailed as exc:
-            if exc.narrowable:
-                self._give_up(group.batch.template, exc.message)
-                return {}, indexes
-            logger.warning("Prometheus query for %d releases failed: %s", len(pairs), exc.message)
-            return dict.fromkeys(indexes, _error(exc.message)), []
-        self.template_requests += 1
-        try:
-            found = _split_group(group.batch, raw, pairs, "value")
-        except AmbiguousAnswerError as exc:
-            self._give_up(group.batch.template, str(exc))
-            return {}, indexes
-        answered: dict[int, _Outcome] = {}
-        for pair in pairs:
-            series = found.get(pair)
-            outcome = _vector_outcome([series] if series is not None else [])
-            answered.update(dict.fromkeys(group.members[pair], outcome))
-        return answered, []
-
-    async def _series_group(
-        self, group: _Group, window: dict[str, object]
-    ) -> tuple[dict[int, tuple[list[float], str]], list[int]]:
-        chunks = group.batch.chunks(group.window, group.members, self.max_template_batch_chars)
-        answered: dict[int, tuple[list[float], str]] = {}
-        fallback: list[int] = []
-        for part, failed in await asyncio.gather(
-            *(self._series_group_chunk(group, c, window) for c in chunks)
-        ):
-            answered.update(part)
-            fallback += failed
-        return answered, fallback
-
-    async def _series_group_chunk(
-        self, group: _Group, pairs: list[Pair], window: dict[str, object]
-    ) -> tuple[dict[int, tuple[list[float], str]], list[int]]:
-        indexes = [i for p in pairs for i in group.members[p]]
-        text = group.batch.render(group.window, pairs)
-        try:
-            raw = await self._call(self._client.custom_query_range, query=text, **window)
+            raw = await reading.ask(text)
         except _RequestFailed as exc:
             if exc.narrowable:
                 self._give_up(group.batch.template, exc.message)
                 return {}, indexes
             logger.warning(
-                "Prometheus range query for %d releases failed: %s", len(pairs), exc.message
+                "Prometheus %s for %d releases failed: %s", reading.kind, len(pairs), exc.message
             )
-            return dict.fromkeys(indexes, ([], exc.message)), []
+            return dict.fromkeys(indexes, reading.failed(exc.message)), []
         self.template_requests += 1
         try:
-            found = _split_group(group.batch, raw, pairs, "values")
+            found = _split_group(group.batch, raw, pairs, reading.samples)
         except AmbiguousAnswerError as exc:
             self._give_up(group.batch.template, str(exc))
             return {}, indexes
-        answered: dict[int, tuple[list[float], str]] = {}
+        answered: dict[int, _Answer] = {}
         for pair in pairs:
             series = found.get(pair)
-            values = _series_values([series] if series is not None else [])
-            answered.update(dict.fromkeys(group.members[pair], values))
+            answer = reading.per_pair([series] if series is not None else [])
+            answered.update(dict.fromkeys(group.members[pair], answer))
         return answered, []
 
     # -- batching ----------------------------------------------------------------------------
@@ -770,20 +768,20 @@ def _split_batch(raw: object, items: Sequence[int]) -> dict[int, _Outcome]:
     if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
         bad = _error(f"unexpected answer to a batched query: {_shorten(repr(raw))}")
         return dict.fromkeys(items, bad)
-    by_item: dict[int, list[dict[str, object]]] = {i: [] for i in items}
-    for series in raw:
-        metric = series.get("metric")
-        tag = metric.get(TAG_LABEL) if isinstance(metric, dict) else None
-        try:
-            by_item[int(str(tag))].append(series)
-        except (KeyError, ValueError):
-            logger.warning("series without a known %s tag in a batch answer: %r", TAG_LABEL, metric)
+    by_item = _by_tag(raw, items)
     return {i: _vector_outcome(by_item[i]) for i in items}
 
 
 def _split_series(raw: object, items: Sequence[int]) -> dict[int, tuple[list[float], str]]:
     if not isinstance(raw, list):
         return dict.fromkeys(items, ([], f"unexpected answer: {_shorten(repr(raw))}"))
+    by_item = _by_tag(raw, items)
+    return {i: _series_values(by_item[i]) for i in items}
+
+
+def _by_tag(raw: list[object], items: Sequence[int]) -> dict[int, list[object]]:
+    """The series of a batched answer (instant or range) by the item their tag names; a series
+    without a known tag is logged and left out, so its query reads as having none."""
     by_item: dict[int, list[object]] = {i: [] for i in items}
     for series in raw:
         metric = series.get("metric") if isinstance(series, dict) else None
@@ -792,7 +790,7 @@ def _split_series(raw: object, items: Sequence[int]) -> dict[int, tuple[list[flo
             by_item[int(str(tag))].append(series)
         except (KeyError, ValueError):
             logger.warning("series without a known %s tag in a batch answer: %r", TAG_LABEL, metric)
-    return {i: _series_values(by_item[i]) for i in items}
+    return by_item
 
 
 def _series_values(series: Sequence[object]) -> tuple[list[float], str]:

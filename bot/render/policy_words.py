@@ -62,6 +62,10 @@ def value_words(metric: Metric, value: float) -> str:
     return fmt(value, metric.unit)
 
 
+CONTROL = "the control"
+BASELINE = "the pre-release baseline"
+
+
 def explain_service(sp: ServicePolicy) -> list[str]:
     """One line per rule and per step that differs, in ladder order."""
     weights = [0, 100] if sp.strategy is Strategy.BLUE_GREEN else sp.weights
@@ -80,7 +84,10 @@ def explain_service(sp: ServicePolicy) -> list[str]:
         overridden = {m.name for m in step.metrics} if step is not None else set()
         for m in sp.metrics_at(weight):
             if m.name in overridden:
-                lines += [f"{at}: {line}" for line in _limit_lines(m, at)]
+                # At 100% no user is left on the stable version: the canary is compared with
+                # the pre-release baseline instead of a control.
+                against = BASELINE if weight == 100 else CONTROL
+                lines += [f"{at}: {line}" for line in _limit_lines(m, at, against)]
             if m.vs_previous_step is not None and i > 0:
                 lines.append(f"{at}: {_vs_previous(m, weights[i - 1])}")
             if m.trend is not None and m.name in overridden:
@@ -185,7 +192,10 @@ def _step_settings(sp: ServicePolicy, weight: int, *, first: bool) -> str:
     if step is None:
         return ""
     parts = []
-    if step.hold is not None:
+    if step.hold is not None and weight == 100:
+        # Entering 100% starts the bake: the step's own hold never counts there.
+        parts.append("its `hold` is not used (the time at 100% is the `bake`)")
+    elif step.hold is not None:
         parts.append(f"holds {format_duration(step.hold)}")
     if step.interval is not None:
         parts.append(f"judged every {format_duration(step.interval)}")
@@ -194,21 +204,23 @@ def _step_settings(sp: ServicePolicy, weight: int, *, first: bool) -> str:
     return ", ".join(parts)
 
 
-def _limit_lines(m: Metric, at: str = "") -> list[str]:
+def _limit_lines(m: Metric, at: str = "", against: str = "") -> list[str]:
     """The metric's limits as rollback conditions, with how long and how often they must fail."""
     where = f" {at}" if at else ""
     if m.dry_run:
         return [f"{m.name} is judged and reported only (dry run), never acted on"]
     lasting = f" for {duration_words(m.for_)}" if m.for_ is not None else ""
-    lines = [f"rolls back when {c}{lasting}{where}{_counting(m)}" for c in _conditions(m)]
+    against = against or CONTROL
+    conditions = _conditions(m, against)
+    lines = [f"rolls back when {c}{lasting}{where}{_counting(m)}" for c in conditions]
     # The warn_* levels: what an approver sees before a go/no-go call, though they decide
     # nothing by themselves.
-    if warnings := _warnings(m):
+    if warnings := _warnings(m, against):
         lines.append(f"warns when {' or '.join(warnings)}{where} (shown, never acted on)")
     return lines
 
 
-def _conditions(m: Metric) -> list[str]:
+def _conditions(m: Metric, against: str) -> list[str]:
     out = []
     if m.max is not None:
         out.append(f"{m.name} > {value_words(m, m.max)}")
@@ -216,12 +228,12 @@ def _conditions(m: Metric) -> list[str]:
         out.append(f"{m.name} < {value_words(m, m.min)}")
     worse = _worse(m.direction)
     if m.max_ratio is not None:
-        out.append(f"{m.name} is {_ratio(m.direction, m.max_ratio)} the control's")
+        out.append(f"{m.name} is {_ratio(m.direction, m.max_ratio)} {against}'s")
     if m.max_diff is not None:
-        out.append(f"{m.name} is more than {value_words(m, m.max_diff)} {worse} the control's")
+        out.append(f"{m.name} is more than {value_words(m, m.max_diff)} {worse} {against}'s")
     if m.uses_statistics:
         out.append(
-            f"{m.name} differs from the control by Mann-Whitney at {m.confidence:.0%} confidence"
+            f"{m.name} differs from {against} by Mann-Whitney at {m.confidence:.0%} confidence"
         )
     return out
 
@@ -234,17 +246,17 @@ def _ratio(direction: Direction, ratio: float) -> str:
     }[direction]
 
 
-def _warnings(m: Metric) -> list[str]:
+def _warnings(m: Metric, against: str) -> list[str]:
     out = []
     if m.warn_max is not None:
         out.append(f"{m.name} > {value_words(m, m.warn_max)}")
     if m.warn_min is not None:
         out.append(f"{m.name} < {value_words(m, m.warn_min)}")
     if m.warn_ratio is not None:
-        out.append(f"{m.name} is {_ratio(m.direction, m.warn_ratio)} the control's")
+        out.append(f"{m.name} is {_ratio(m.direction, m.warn_ratio)} {against}'s")
     if m.warn_diff is not None:
         worse = _worse(m.direction)
-        out.append(f"{m.name} is more than {value_words(m, m.warn_diff)} {worse} the control's")
+        out.append(f"{m.name} is more than {value_words(m, m.warn_diff)} {worse} {against}'s")
     return out
 
 

@@ -1,23 +1,32 @@
 """What the traffic-engine tests share: the bot built on a policy that drives one service through
-an engine, users counted through an engine, and controller rounds until the engine agrees."""
+an engine, users counted through an engine (and their share checked at each step), controller
+rounds until the engine agrees, and an engine that stops answering."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
+import pytest
 
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.engine.events import EventKind
+from bot.errors import TrafficError
 from bot.release.policy import parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, Release, State, advance
-from bot.traffic.base import Applied, TrafficBackend
+from bot.traffic.base import Applied, TrafficAction, TrafficBackend, TrafficChange
 from tests.support.recorder import Recorder
+
+# Users sent through an HTTP engine to count its split; enough that a share lands within
+# TOLERANCE points of the weight.
+USERS = 2000
+USER_IDS = [f"user-{n}" for n in range(USERS)]
+TOLERANCE = 3.0  # points of the weight
 
 POLICY = """
 services:
@@ -83,6 +92,56 @@ async def canary_users(
 
         answers = await asyncio.gather(*(ask(u) for u in users))
     return {u for u, a in zip(users, answers, strict=True) if a == "canary"}
+
+
+def change(weight: int, action: TrafficAction = TrafficAction.SHIFT) -> TrafficChange:
+    """A change of checkout's v2 canary (stable v1) to ``weight``."""
+    return TrafficChange("r-1", "checkout", "v2", "v1", weight, action)
+
+
+def assert_share(canary: set[str], weight: int) -> None:
+    """The canary's users (of USER_IDS) are ``weight`` percent of them, within TOLERANCE."""
+    share = 100 * len(canary) / USERS
+    assert abs(share - weight) <= TOLERANCE, f"{share:.1f}% on the canary at {weight}%"
+
+
+async def split_at_each_step(
+    backend: TrafficBackend,
+    steps: Sequence[tuple[int, TrafficAction]],
+    canary_users: Callable[[], Awaitable[set[str]]],
+) -> None:
+    """Apply each (weight, action) to checkout: the engine reads it back, the users follow it,
+    and no user on the canary goes back to stable at a later step."""
+    before: set[str] = set()
+    for weight, action in steps:
+        await backend.apply(change(weight, action))
+        assert await backend.current("checkout") == Applied(weight)
+        canary = await canary_users()
+        assert_share(canary, weight)
+        assert before <= canary, "a user moved back to stable between steps"
+        before = canary
+
+
+async def down_is_a_traffic_error(
+    backend: TrafficBackend, stop: Callable[[], None], *, reading: str, applying: str
+) -> None:
+    """With the engine stopped, reading back and applying checkout both raise TrafficError,
+    matching ``reading`` and ``applying``."""
+    stop()
+    with pytest.raises(TrafficError, match=reading):
+        await backend.current("checkout")
+    with pytest.raises(TrafficError, match=applying):
+        await backend.apply(change(10))
+
+
+async def unreachable_after_stop(app: App, service: str, stop: Callable[[], None]) -> str:
+    """The app finds every engine reachable, then, once ``stop`` ran, names ``service``'s alone;
+    what it says of it."""
+    assert await app.unreachable_engines() == {}
+    stop()
+    unreachable = await app.unreachable_engines()
+    assert list(unreachable) == [service]
+    return unreachable[service]
 
 
 async def a_decided_step_lost_in_a_crash_is_applied(app: App, service: str) -> None:

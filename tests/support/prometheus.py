@@ -51,11 +51,15 @@ def wait_until_ready(url: str, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def prometheus_server(tmp: Path, targets: Sequence[str], *, job: str = "sample") -> Iterator[str]:
+def prometheus_server(
+    tmp: Path, targets: Sequence[str], *flags: str, job: str = "sample"
+) -> Iterator[str]:
     """Start ``prometheus`` on a free port scraping ``targets`` (``host:port``); yields its URL.
 
-    Skips the test when the binary is missing (see ``require_binary``). The config, the TSDB
-    and the log all go to ``tmp``, so a failing test leaves ``tmp/prometheus.log`` to read.
+    ``flags`` go on its command line after ours (a test that needs a limit such as
+    ``--query.max-samples``). Skips the test when the binary is missing (see
+    ``require_binary``). The config, the TSDB and the log all go to ``tmp``, so a failing test
+    leaves ``tmp/prometheus.log`` to read.
     """
     binary = require_binary("prometheus")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,7 @@ def prometheus_server(tmp: Path, targets: Sequence[str], *, job: str = "sample")
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
     ]
     url = f"http://127.0.0.1:{port}"
     with running(cmd, port, tmp / "prometheus.log"):
