@@ -26,6 +26,7 @@ from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from bot.store.store import Store
+from tests.support.github_api import GitHubStandIn
 from tests.support.procs import free_port
 from tests.support.slack_api import SlackStandIn
 from tests.support.slack_rig import ALICE, CHECKOUT_CHANNEL, SlackRig, wait_until
@@ -303,3 +304,39 @@ SUBJECT = HookSubject("r-1", "checkout", "v2", "v1", 1, 50)
 async def _state_is(store: Store, release_id: str, state: State) -> bool:
     release = await store.get(release_id)
     return release is not None and release.state is state
+
+
+async def test_a_github_hook_starts_a_workflow_by_repository_dispatch(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client)
+    jobs = CiJobs(store.hook_runs, "https://shipwatch.example", env={"GH_TOKEN": "ghs_ok"})
+    jobs.poll = 0.02
+
+    async with GitHubStandIn(token="ghs_ok") as github:
+
+        async def workflow(event: dict[str, Any]) -> None:
+            # The workflow reads its inputs from the client payload and calls back.
+            callback = event["client_payload"]["callback"]["url"]
+            await jobs.answer(callback.rsplit("/", 1)[1], True, "workflow run 7 passed")
+
+        github.on_dispatch = workflow
+        url = f"{github.api_url}/repos/acme/checkout/dispatches"
+        hook = WebhookHook(url=url, format="github", token_env="GH_TOKEN")
+        passed = await jobs.run(hook, url, 5.0, SUBJECT, 0, 0)
+        wrong = WebhookHook(url=url, format="github", token_env="GH_OTHER")
+        jobs.env = {"GH_OTHER": "ghs_wrong"}
+        refused = await jobs.run(wrong, url, 5.0, SUBJECT, 1, 0)
+
+    assert passed == (True, "the CI job passed: workflow run 7 passed")
+    [event] = github.dispatches
+    assert event["event_type"] == "shipwatch-step-hook"
+    assert set(event["client_payload"]) == {"release", "callback"}
+    assert event["client_payload"]["release"]["version"] == "v2"
+    first = github.requests[0].headers
+    assert first["authorization"] == "Bearer ghs_ok"
+    assert first["accept"] == "application/vnd.github+json"
+    assert first["x-github-api-version"] == "2022-11-28"
+    # A token GitHub refuses is a final answer: said, not retried.
+    assert refused == (False, "the CI job was not started: HTTP 401")
+    assert len(github.requests) == 2

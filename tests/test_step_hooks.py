@@ -403,8 +403,24 @@ def test_check_config_says_a_ci_hook_without_its_token() -> None:
     )
     lines = explain_service(parse_policy(_policy(hook), "test").service("checkout"))
     assert (
-        "before 50%: CI job started by a POST to https://ci.internal/trigger, signed with "
-        "$CI_HOOK_SECRET; passes when the job calls back with `passed` (timeout 15 minutes; "
+        "before 50%: CI job started by a POST to https://ci.internal/trigger (signed with "
+        "$CI_HOOK_SECRET); passes when the job calls back with `passed` (timeout 15 minutes; "
         "on failure: rollback)"
     ) in lines
     assert not any("glptt" in line for line in lines)
+
+
+def test_check_config_says_a_github_workflow_hook() -> None:
+    hook = (
+        "{webhook: {url: 'https://api.github.com/repos/acme/checkout/dispatches', format: github,"
+        " token_env: GITHUB_TOKEN}, timeout: 30m}"
+    )
+    policy = parse_policy(_policy(hook), "test")
+    assert (
+        "before 50%: GitHub Actions workflow started by a `shipwatch-step-hook` dispatch to "
+        "https://api.github.com/repos/acme/checkout/dispatches (token from $GITHUB_TOKEN); "
+        "passes when the job calls back with `passed` (timeout 30 minutes; on failure: hold)"
+    ) in explain_service(policy.service("checkout"))
+    assert "GITHUB_TOKEN" in policy.secret_envs()
+    with pytest.raises(PolicyError, match="needs `token_env`"):
+        parse_policy(_policy(hook.replace(" token_env: GITHUB_TOKEN", "")), "test")

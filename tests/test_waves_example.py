@@ -116,7 +116,7 @@ RULES = [
     (
         "wave 1: all ALARM tests pass",
         "before 25%: CI job started by a POST to https://ci.internal/hooks/batch-patches/"
-        "alarm-tests, signed with $CI_HOOK_SECRET; passes when the job calls back with `passed` "
+        "alarm-tests (signed with $CI_HOOK_SECRET); passes when the job calls back with `passed` "
         "(timeout 1 hour; on failure: pause)",
     ),
     (

@@ -7,9 +7,12 @@ the hook names a ``secret_env``: bot.signing; ``Idempotency-Key`` is the call's 
      "release": {"id", "service", "version", "stable_version", "step", "weight"},
      "callback": {"url": "<SHIPWATCH_PUBLIC_URL>/api/v1/hooks/<token>", "expires_at": <unix s>}}
 
-A 2xx means the job was started. The job answers by POSTing ``{"status": "passed" | "failed",
-"detail": "…"}`` to the callback URL before ``expires_at``; the token in it is the only
-credential, good for that one job. The answer lands in Redis (the web process receives it,
+With ``format: github`` the same ``release`` and ``callback`` go as the ``client_payload`` of a
+repository_dispatch event (``{"event_type": …, "client_payload": {…}}``, GitHub's media type, the
+hook's ``token_env`` as the bearer token), which starts a GitHub Actions workflow that listens
+for it. A 2xx means the job was started. The job answers by POSTing ``{"status": "passed" |
+"failed", "detail": "…"}`` to the callback URL before ``expires_at``; the token in it is the
+only credential, good for that one job. The answer lands in Redis (the web process receives it,
 the controller process waits for it), so a restarted controller waits for the job it started
 rather than starting another.
 """
@@ -24,6 +27,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -39,6 +43,16 @@ CALLBACK_PATH = "/api/v1/hooks/{token}"
 # for a moment. Any other answer is the CI's final word.
 _RETRIED = frozenset({408, 425, 429, 500, 502, 503, 504})
 BACKOFF_S = (1.0, 3.0)
+
+
+GITHUB_MEDIA_TYPE = "application/vnd.github+json"
+GITHUB_API_VERSION = "2022-11-28"
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    secret: str | None  # signs the POST
+    token: str | None  # sent as a bearer token
 
 
 @dataclass(frozen=True)
@@ -104,19 +118,22 @@ class CiJobs:
         again) and wait for its answer; raises TimeoutError at the call's deadline."""
         if self.public_url is None:
             return False, "SHIPWATCH_PUBLIC_URL is not set, so a CI job has no URL to call back"
-        secret = None
-        if hook.secret_env is not None:
-            secret = self.env.get(hook.secret_env)
-            if not secret:
-                return False, f"${hook.secret_env} is not set, so the job cannot be started signed"
+        creds = _Credentials(self._env(hook.secret_env), self._env(hook.token_env))
+        if hook.secret_env is not None and creds.secret is None:
+            return False, f"${hook.secret_env} is not set, so the job cannot be started signed"
+        if hook.token_env is not None and creds.token is None:
+            return False, f"${hook.token_env} is not set, so the CI would refuse the start"
         call = await self.runs.latest_call(subject.release_id, subject.step, index)
         if call is None or call.started_at < since:
-            call = await self._start(hook, url, timeout, subject, index, secret)
+            call = await self._start(hook, url, timeout, subject, index, creds)
             if call.answered:
                 return False, call.detail
         else:
             log.info("waiting for the CI job started at %s for %s", url, subject.release_id)
         return await self._answer(call)
+
+    def _env(self, name: str | None) -> str | None:
+        return (self.env.get(name) or None) if name is not None else None
 
     async def _start(
         self,
@@ -125,7 +142,7 @@ class CiJobs:
         timeout: float,
         subject: HookSubject,
         index: int,
-        secret: str | None,
+        creds: _Credentials,
     ) -> HookCall:
         now = self.clock()
         call = HookCall(
@@ -141,21 +158,13 @@ class CiJobs:
         )
         # Recorded before the POST: a callback that beats the POST's own answer finds its call.
         await self.runs.open_call(call)
-        body = json.dumps(
-            {
-                "type": "shipwatch.step_hook",
-                "release": {
-                    "id": subject.release_id,
-                    "service": subject.service,
-                    "version": subject.version,
-                    "stable_version": subject.stable_version,
-                    "step": subject.step,
-                    "weight": subject.weight,
-                },
-                "callback": {"url": self.callback_url(call.token), "expires_at": call.deadline},
-            }
-        ).encode()
-        started, detail = await self._post(url, body, call.token, secret, hook.request_timeout)
+        body = json.dumps(self._body(hook, subject, call)).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": call.token}
+        if hook.format == "github":
+            headers |= {"Accept": GITHUB_MEDIA_TYPE, "X-GitHub-Api-Version": GITHUB_API_VERSION}
+        if creds.token is not None:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        started, detail = await self._post(url, body, headers, creds.secret, hook.request_timeout)
         if started:
             return call
         failed = f"the CI job was not started: {detail}"
@@ -164,18 +173,36 @@ class CiJobs:
         )
         return call.model_copy(update={"state": CallState.FAILED, "detail": failed})
 
+    def _body(self, hook: WebhookHook, subject: HookSubject, call: HookCall) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "release": {
+                "id": subject.release_id,
+                "service": subject.service,
+                "version": subject.version,
+                "stable_version": subject.stable_version,
+                "step": subject.step,
+                "weight": subject.weight,
+            },
+            "callback": {"url": self.callback_url(call.token), "expires_at": call.deadline},
+        }
+        if hook.format == "github":
+            # GitHub's repository_dispatch: the workflow reads github.event.client_payload.
+            return {"event_type": hook.event_type, "client_payload": payload}
+        return {"type": "shipwatch.step_hook", **payload}
+
     async def _post(
-        self, url: str, body: bytes, token: str, secret: str | None, timeout: float
+        self, url: str, body: bytes, headers: dict[str, str], secret: str | None, timeout: float
     ) -> tuple[bool, str]:
         detail = ""
         for attempt in range(len(self.backoff) + 1):
             if attempt:
                 await asyncio.sleep(self.backoff[attempt - 1])
-            headers = {"Content-Type": "application/json", "Idempotency-Key": token}
-            if secret is not None:
+            if secret is not None:  # signed afresh on every try: the timestamp is part of it
                 stamp = str(int(self.clock()))
-                headers[TIMESTAMP_HEADER] = stamp
-                headers[SIGNATURE_HEADER] = sign(secret, stamp, body)
+                headers = headers | {
+                    TIMESTAMP_HEADER: stamp,
+                    SIGNATURE_HEADER: sign(secret, stamp, body),
+                }
             try:
                 async with (
                     aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,

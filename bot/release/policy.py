@@ -190,12 +190,26 @@ class LoadHook(_Strict):
 
 class WebhookHook(_Strict):
     """A CI job started by a POST to ``url``; the hook passes when the job calls back with
-    "passed" (bot.engine.hook_webhook says what is sent and what the job answers)."""
+    "passed" (bot.engine.ci_jobs says what is sent and what the job answers)."""
 
     url: str = Field(min_length=1, pattern=r"^https?://")
+    # "shipwatch": shipwatch's own JSON body. "github": a repository_dispatch event, so a
+    # GitHub Actions workflow `on: repository_dispatch` runs (url: …/repos/OWNER/REPO/dispatches).
+    format: Literal["shipwatch", "github"] = "shipwatch"
+    event_type: str = Field(default="shipwatch-step-hook", min_length=1, max_length=100)
     secret_env: str | None = None  # env var holding the HMAC secret that signs the POST
+    token_env: str | None = None  # env var holding a token sent as `Authorization: Bearer`
     # How long the POST that starts the job may take (the job's own time is the hook's timeout).
     request_timeout: Seconds = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _github_needs_a_token(self) -> WebhookHook:
+        if self.format == "github" and self.token_env is None:
+            raise ValueError(
+                "a `format: github` hook needs `token_env`: the env var holding a token that "
+                "may create repository_dispatch events (contents: write)"
+            )
+        return self
 
 
 class Hook(_Strict):
@@ -656,7 +670,9 @@ class Policy(BaseModel):
                 names.add(sp.paging.pagerduty.routing_key_env)
             if sp.paging.opsgenie is not None:
                 names.add(sp.paging.opsgenie.api_key_env)
-            names |= {h.webhook.secret_env or "" for h in sp.all_hooks() if h.webhook is not None}
+            for hook in sp.all_hooks():
+                if hook.webhook is not None:
+                    names |= {hook.webhook.secret_env or "", hook.webhook.token_env or ""}
         return names - {""}
 
     def has_webhook_hooks(self) -> bool:

@@ -26,6 +26,7 @@ from bot.release.policy import (
     Strategy,
     TicketSettings,
     WatchSettings,
+    WebhookHook,
     WebhookTickets,
 )
 
@@ -310,6 +311,19 @@ def _worse(direction: Direction) -> str:
     }[direction]
 
 
+def _ci_job(webhook: WebhookHook) -> str:
+    # A CI trigger URL often carries its token in the query: shown without it.
+    where = redact(redact_url(webhook.url))
+    said = [f"signed with ${webhook.secret_env}"] if webhook.secret_env else []
+    said += [f"token from ${webhook.token_env}"] if webhook.token_env else []
+    how = f" ({', '.join(said)})" if said else ""
+    if webhook.format == "github":
+        started = f"GitHub Actions workflow started by a `{webhook.event_type}` dispatch to {where}"
+    else:
+        started = f"CI job started by a POST to {where}"
+    return f"{started}{how}; passes when the job calls back with `passed`"
+
+
 def hook_rule(hook: Hook) -> str:
     """A hook as check-config explains it: 'synthetic load on URL, 20/s for 30 seconds
     (timeout 1 minute; on failure: hold)'."""
@@ -319,12 +333,7 @@ def hook_rule(hook: Hook) -> str:
             f"{duration_words(hook.load.seconds)}"
         )
     elif hook.webhook is not None:
-        # A CI trigger URL often carries its token in the query: shown without it.
-        signed = f", signed with ${hook.webhook.secret_env}" if hook.webhook.secret_env else ""
-        what = (
-            f"CI job started by a POST to {redact(redact_url(hook.webhook.url))}{signed}; "
-            "passes when the job calls back with `passed`"
-        )
+        what = _ci_job(hook.webhook)
     else:
         what = f"smoke test {hook.method} {hook.url} (2xx passes)"
     return f"{what} (timeout {duration_words(hook.timeout)}; on failure: {hook.on_failure.value})"

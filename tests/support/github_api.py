@@ -1,4 +1,4 @@
-"""A local stand-in for GitHub's REST API, as far as filing issues goes.
+"""A local stand-in for GitHub's REST API, as far as filing issues and starting workflows goes.
 
 ``bot.writing.tickets`` creates an incident issue with ``POST /repos/{owner}/{repo}/issues``. This
 server answers that route the way api.github.com does, for the real aiohttp client:
@@ -14,13 +14,21 @@ It is strict where GitHub is and a lenient fake would hide a bug: a missing or w
 body that is not a JSON object with a non-empty ``title`` (and, if given, a string ``body`` and
 a list of string ``labels``) a 422 "Validation Failed". A created issue is a 201 carrying its
 ``number`` and ``html_url``. Every request is recorded before it is judged.
+
+``POST /repos/{owner}/{repo}/dispatches`` (a repository_dispatch event, which starts the GitHub
+Actions workflows that listen for its ``event_type``) is checked the same way: a body without a
+string ``event_type`` of 1-100 characters, or with a ``client_payload`` that is not an object of
+at most 10 top-level properties, is a 422; an accepted one is a 204 without a body, recorded in
+``dispatches`` and handed to ``on_dispatch`` (a test's stand-in for the workflow run).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +72,16 @@ class GitHubStandIn(LocalServer):
         self._numbers = itertools.count(first_number)
         self._failures: deque[tuple[int, str]] = deque()
         self._raw: deque[tuple[int, str]] = deque()
+        self.dispatches: list[Json] = []
+        # What "runs the workflow" for each accepted dispatch, in its own task.
+        self.on_dispatch: Callable[[Json], Coroutine[Any, Any, None]] | None = None
+        self._runs: set[asyncio.Task[None]] = set()
 
     # -- serving ---------------------------------------------------------------------------
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_route("POST", "/repos/{owner}/{repo}/issues", self._create_issue)
+        router.add_route("POST", "/repos/{owner}/{repo}/dispatches", self._dispatch)
         router.add_route("*", "/{tail:.*}", self._not_found)
 
     @property
@@ -103,11 +116,11 @@ class GitHubStandIn(LocalServer):
         await self._record(request)
         return _error(404, "Not Found")
 
-    async def _create_issue(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
+    def _refused(self, recorded: GitHubRequest) -> web.Response | None:
+        """The answer to a request without the token or GitHub's media type (None: neither)."""
         scheme, _, credential = recorded.headers.get("authorization", "").partition(" ")
         # GitHub takes both schemes for a token; anything else is anonymous, and anonymous
-        # callers may not create issues.
+        # callers may not create issues or dispatch events.
         if scheme.lower() not in ("bearer", "token") or credential.strip() != self.token:
             return _error(401, "Bad credentials")
         accepted = [
@@ -115,6 +128,36 @@ class GitHubStandIn(LocalServer):
         ]
         if MEDIA_TYPE not in accepted:
             return _error(415, f"Unsupported 'Accept' header: use {MEDIA_TYPE}")
+        return None
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        if (refused := self._refused(recorded)) is not None:
+            return refused
+        try:
+            body = json.loads(recorded.body)
+        except ValueError:
+            return _error(400, "Problems parsing JSON")
+        event_type = body.get("event_type") if isinstance(body, dict) else None
+        payload = body.get("client_payload", {}) if isinstance(body, dict) else None
+        if not isinstance(event_type, str) or not 1 <= len(event_type) <= 100:
+            return _error(422, "Validation Failed", errors=[_invalid("event_type")])
+        if not isinstance(payload, dict) or len(payload) > 10:
+            return _error(422, "Validation Failed", errors=[_invalid("client_payload")])
+        if self._failures:
+            status, message = self._failures.popleft()
+            return _error(status, message)
+        self.dispatches.append(body)
+        if self.on_dispatch is not None:
+            run = asyncio.create_task(self.on_dispatch(body))
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+        return web.Response(status=204)
+
+    async def _create_issue(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        if (refused := self._refused(recorded)) is not None:
+            return refused
         try:
             body = json.loads(recorded.body)
         except ValueError:
@@ -171,6 +214,10 @@ def _problems(body: object) -> list[Json]:
     ):
         problems.append({"resource": "Issue", "code": "invalid", "field": "labels"})
     return problems
+
+
+def _invalid(field: str) -> Json:
+    return {"resource": "RepositoryDispatch", "code": "invalid", "field": field}
 
 
 def _error(status: int, message: str, *, errors: list[Json] | None = None) -> web.Response:
