@@ -33,6 +33,7 @@ from bot.release.policy import (
     Policy,
     Risk,
     Strategy,
+    WebhookHook,
     parse_policy,
 )
 from bot.release.request import DeployOptions
@@ -424,3 +425,13 @@ def test_check_config_says_a_github_workflow_hook() -> None:
     assert "GITHUB_TOKEN" in policy.secret_envs()
     with pytest.raises(PolicyError, match="needs `token_env`"):
         parse_policy(_policy(hook.replace(" token_env: GITHUB_TOKEN", "")), "test")
+
+
+async def test_a_ci_trigger_token_in_the_url_is_never_shown() -> None:
+    hook = Hook(
+        webhook=WebhookHook(url="http://127.0.0.1:1/trigger?token=glptt-0123456789abcdef"),
+        timeout=20,
+    )
+    result = await run_hook(hook, service="checkout", version="v2")
+    assert not result.passed and result.target == "http://127.0.0.1:1/trigger"
+    assert "glptt" not in result.detail

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.redact import redact_url
 from bot.release.hook_runs import CallAnswer, CallState, HookCall
 from bot.release.policy import WebhookHook
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -129,7 +130,8 @@ class CiJobs:
             if call.answered:
                 return False, call.detail
         else:
-            log.info("waiting for the CI job started at %s for %s", url, subject.release_id)
+            where = redact_url(url)
+            log.info("waiting for the CI job started at %s for %s", where, subject.release_id)
         return await self._answer(call)
 
     def _env(self, name: str | None) -> str | None:

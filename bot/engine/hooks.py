@@ -23,6 +23,7 @@ from bot.engine.ci_jobs import CiJobs, HookSubject
 from bot.engine.load import LoadGenerator
 from bot.errors import DependencyError
 from bot.judging.decision import Decision, Verdict
+from bot.redact import redact, redact_url
 from bot.release.hook_runs import HookResult, HookRun
 from bot.release.policy import Hook, HookFailure, WebhookHook
 from bot.store.hook_runs import HookRuns
@@ -61,6 +62,9 @@ async def run_hook(
     started = time.monotonic()
     kind = hook.kind
     target = fill(_template(hook), service=service, version=version)
+    # What the thread, the audit, the page and the log show: a CI trigger URL often carries its
+    # token in the query, so a webhook's is shown without query or credentials.
+    shown = redact_url(target) if hook.webhook is not None else redact(target)
     try:
         async with asyncio.timeout(hook.timeout):
             if hook.load is not None:
@@ -75,7 +79,7 @@ async def run_hook(
     except TimeoutError:
         return HookResult(
             kind,
-            target,
+            shown,
             False,
             f"timed out after {hook.timeout:g}s",
             time.monotonic() - started,
@@ -83,7 +87,7 @@ async def run_hook(
             on_failure=hook.on_failure,
         )
     return HookResult(
-        kind, target, passed, detail, time.monotonic() - started, on_failure=hook.on_failure
+        kind, shown, passed, detail, time.monotonic() - started, on_failure=hook.on_failure
     )
 
 

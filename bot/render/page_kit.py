@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
+from bot.redact import redact
 from bot.render.mrkdwn import shown
 
 # Seconds between reloads when the browser runs no script (the live update needs it).
@@ -19,9 +20,10 @@ NO_SCRIPT_REFRESH_S = 15
 
 
 def h(text: object) -> str:
-    """Outside text as HTML text or an attribute value: escaped, quotes included, with the
-    bidi and control characters that could disguise it removed."""
-    return escape(shown(str(text)), quote=True)
+    """Outside text as HTML text or an attribute value: secrets redacted (the page leaves the
+    bot like a chat message does), escaped, quotes included, with the bidi and control
+    characters that could disguise it removed."""
+    return escape(shown(redact(str(text))), quote=True)
 
 
 def when(ts: float | None) -> str:
