@@ -3,8 +3,8 @@
 A hook is a smoke-test URL (2xx passes), synthetic load against the canary (or, for a
 blue-green release, the idle colour) for some seconds, so the judge has requests to read while
 the step waits, or a CI job started through a webhook and waited for until it calls back
-(bot.engine.ci_jobs). Hooks run in background tasks, never on the decision path: the controller asks
-``HookRunner.status`` each round and gets "still running" or the finished run at once.
+(bot.engine.ci_jobs). Hooks run in background tasks, never on the decision path: the controller
+asks ``HookRunner.status`` each round and gets "still running" or the finished run at once.
 Every hook runs under its own timeout; a hook that times out has failed.
 """
 
@@ -34,12 +34,12 @@ log = logging.getLogger(__name__)
 # A load hook passes when at least this share of its requests got an answer from the service:
 # whether the answers are good is the judge's business (its metrics), not the hook's.
 MIN_ANSWERED_SHARE = 0.9
+# One load request never waits longer than this, whatever the hook's timeout.
+LOAD_REQUEST_TIMEOUT = 2.0
+
 Said = tuple[bool, str]  # passed, and what happened in a few words
 # Starts a webhook hook's CI job (its url, the hook's timeout) and waits for its answer.
 CiJob = Callable[[WebhookHook, str, float], Awaitable[Said]]
-
-# One load request never waits longer than this, whatever the hook's timeout.
-LOAD_REQUEST_TIMEOUT = 2.0
 
 
 def fill(template: str, *, service: str, version: str) -> str:
