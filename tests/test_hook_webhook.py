@@ -24,6 +24,7 @@ from bot.release.hook_runs import CallState
 from bot.release.policy import Hook, WebhookHook, parse_policy
 from bot.release.request import DeployOptions
 from bot.release.rollout import Actor, State
+from bot.render.status import status_for
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from bot.store.store import Store
 from tests.support.github_api import GitHubStandIn
@@ -151,6 +152,14 @@ async def test_a_ci_job_that_passes_lets_the_release_through_and_pings_nobody(
                 await rig.core.app.service.advance(ALICE_IN_SLACK, "checkout")
             assert "the step hooks before it are running" in str(refused.value)
             store = rig.core.app.store
+            # Past its hold, the status says what the release waits for.
+            await wait_until(
+                lambda: _waiting(store, release_id), "the release to wait on its hooks"
+            )
+            held = await store.get(release_id)
+            assert held is not None
+            card = str(status_for(held, rig.policy).blocks)
+            assert "hold · waiting for the step hooks before 50%" in card
             await wait_until(
                 lambda: _state_is(store, release_id, State.SUCCEEDED), "the release to succeed"
             )
@@ -179,6 +188,7 @@ async def test_a_ci_job_that_passes_lets_the_release_through_and_pings_nobody(
     assert headers["Idempotency-Key"] == token
     # The release page lists the check with the job's words.
     assert page is not None and [p.weight for p in page.hooks] == [50]
+    assert page.release.waiting_on == ""  # it moved on
     assert page.hooks[0].run is not None and page.hooks[0].run.passed
     [(status, answer)] = ci.callbacks
     assert status == 200 and answer["recorded"] is True and answer["weight"] == 50
@@ -299,6 +309,11 @@ async def test_a_process_taking_over_waits_for_the_job_already_started(
 
 ALICE_IN_SLACK = Actor(user=ALICE, surface="slack")
 SUBJECT = HookSubject("r-1", "checkout", "v2", "v1", 1, 50)
+
+
+async def _waiting(store: Store, release_id: str) -> bool:
+    release = await store.get(release_id)
+    return release is not None and release.waiting_on.startswith("waiting for the step hooks")
 
 
 async def _state_is(store: Store, release_id: str, state: State) -> bool:

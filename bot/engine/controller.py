@@ -22,7 +22,7 @@ from bot.engine.actuator import TrafficActuator
 from bot.engine.ci_jobs import HookSubject
 from bot.engine.completion import completion_summary
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
-from bot.engine.hooks import HookRunner, gated
+from bot.engine.hooks import HookRunner, gated, held_by_hooks
 from bot.errors import DependencyError, StoreError
 from bot.judging import analysis
 from bot.judging.decision import Decision, Verdict, decide
@@ -296,6 +296,7 @@ class Controller:
             async with self._sem:
                 release = plan.release
                 checks = result.checks
+                judged = decision
                 decision, hook_run = await self._hook_gate(release, plan.sp, decision)
                 score = score_record(result.score)
                 booked = release.model_copy(
@@ -310,6 +311,7 @@ class Controller:
                         else 0,
                         "readable_rounds": decision.readable_rounds,
                         "step_points": result.step_points,
+                        "waiting_on": held_by_hooks(judged, decision),
                     }
                 )
                 verdict = decision.verdict

@@ -255,6 +255,11 @@ def _run_key(run: HookRun) -> tuple[str, int, float]:
 _MOVES = frozenset({Verdict.ADVANCE, Verdict.REQUEST_APPROVAL})
 
 
+def held_by_hooks(judged: Decision, gate: Decision) -> str:
+    """What keeps a release from the move its judge decided (the gate's reason), or ""."""
+    return gate.reason if judged.verdict in _MOVES and gate.verdict is Verdict.HOLD else ""
+
+
 def gated(decision: Decision, run: HookRun | None, weight: int) -> Decision:
     """The judge's decision with the step hooks before ``weight`` taken into account (pure).
 

@@ -185,6 +185,9 @@ class Release(BaseModel):
     paused_for_outage: bool = False  # paused by the controller only because metrics were unreadable
     readable_rounds: int = 0  # rounds in a row, since such a pause, that read every metric again
     reason: str = ""  # why it paused / rolled back
+    # Why it stays at its step though the judge would move it on (its step hooks): "" when
+    # nothing but the judge holds it. Shown beside the hold, so "9m of 5m hold" explains itself.
+    waiting_on: str = ""
 
     requested_by: str
     surface: Surface
@@ -316,6 +319,7 @@ def _enter_step(
         step_started_at=now,
         clean_checks_in_step=0,
         awaiting_step=None,
+        waiting_on="",
         **extra,
     )
 
@@ -410,6 +414,7 @@ def resume(release: Release, actor: Actor, now: float) -> Release:
         readable_rounds=0,
         step_started_at=now,
         clean_checks_in_step=0,
+        waiting_on="",
         # Consecutive counts restart; the release-wide failure total keeps counting.
         counters={
             name: MetricCounters(total_failures=c.total_failures)

@@ -77,7 +77,8 @@ def _time_text(r: Release, now: float) -> str:
         held = format_duration(max(0.0, now - r.step_started_at))
         window = r.hold if r.state is State.PROGRESSING else r.bake
         kind = "hold" if r.state is State.PROGRESSING else "bake"
-        return f"{held} of {format_duration(window)} {kind}"
+        waiting = f" · {r.waiting_on}" if r.waiting_on and r.state is State.PROGRESSING else ""
+        return f"{held} of {format_duration(window)} {kind}{waiting}"
     if r.finished_at is not None:
         return f"took {format_duration(max(0.0, r.finished_at - r.created_at))}"
     return f"{r.state.value.replace('_', ' ')} for {format_duration(max(0.0, now - r.last.at))}"

@@ -96,7 +96,8 @@ def _time_text(release: Release, now: float) -> str:
     state = release.state
     if state is State.PROGRESSING:
         held = format_duration(max(0.0, now - release.step_started_at))
-        return f"{held} of {format_duration(release.hold)} hold"
+        waiting = f" · {esc(release.waiting_on)}" if release.waiting_on else ""
+        return f"{held} of {format_duration(release.hold)} hold{waiting}"
     if state is State.BAKING:
         held = format_duration(max(0.0, now - release.step_started_at))
         return f"{held} of {format_duration(release.bake)} bake"
