@@ -383,3 +383,54 @@ async def test_drop_leases_frees_only_our_own(store: Store) -> None:
     assert taken["r1"] > a["r1"] and taken["r2"] > a["r2"]
     assert await store.drop_leases("a", []) == 0
     assert await store.acquire_leases("a", [], ttl=5) == {}
+
+
+# --- a release's own story ------------------------------------------------------------------
+
+
+async def test_a_release_reads_its_own_lifecycle_entries_by_id(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    mine = await created(store, "rel-mine", service="checkout")
+    other = await created(store, "rel-other", service="search")
+    for release in (mine, other):  # interleaved with another service's releases
+        moved = rollout.advance(release, ALICE, time.time(), "by hand")
+        result = await store.commit(
+            moved, expected_rev=release.rev, audit=move_audit(release, moved, "advance")
+        )
+        assert result.status is CommitStatus.OK
+    refusal = AuditEntry(action="approve", actor="bob", surface="slack", service="checkout",
+                         release_id="rel-mine", outcome="refused", reason="requester")  # fmt: skip
+    await store.append_audit(refusal)
+    routine = AuditEntry(action="decision:hold", actor="shipwatch", surface="controller",
+                         service="checkout", release_id="rel-mine")  # fmt: skip
+    await store.append_audit(routine)  # routine: the full stream only, not the story
+
+    story = await store.lifecycle_of(mine)
+    assert [(e.action, e.release_id) for e in story] == [
+        ("deploy", "rel-mine"),
+        ("advance", "rel-mine"),
+        ("approve", "rel-mine"),
+    ]
+    assert story[2].outcome == "refused"
+    # The list of ids lives as long as the release's history, never forever.
+    assert await redis_client.ttl(keys.release_lifecycle("rel-mine")) > 0
+    # A release begun before the ids were listed is read by time, to the same story.
+    await redis_client.delete(keys.release_lifecycle("rel-mine"))
+    assert [e.action for e in await store.lifecycle_of(mine)] == ["deploy", "advance", "approve"]
+
+
+async def test_a_finished_release_keeps_its_story_for_the_retention(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    release = await created(store, "rel-done")
+    now = time.time()
+    done = rollout.finish_rollback(rollout.start_rollback(release, ALICE, now, "x"), ALICE, now)
+    result = await store.commit(
+        done, expected_rev=release.rev, audit=move_audit(release, done, "rolled_back")
+    )
+    assert result.status is CommitStatus.OK
+    ttl = await redis_client.ttl(keys.release_lifecycle("rel-done"))
+    assert 0 < ttl <= int(store.retention.releases)
+    assert not done.is_active
+    assert [e.action for e in await store.lifecycle_of(done)] == ["deploy", "rolled_back"]

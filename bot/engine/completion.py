@@ -9,7 +9,6 @@ be read makes the summary partial, and it says so.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from bot.errors import StoreError
@@ -17,15 +16,10 @@ from bot.judging.summary import Move, Round, rounds_from_points, summarize
 from bot.release.policy import Metric
 from bot.release.rollout import Release
 from bot.release.summary import CompletionSummary
-from bot.store.audit import AuditEntry, AuditStream
+from bot.store.audit import AuditEntry
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
-
-# The audit is read by the Redis server's clock from a little before the release started: the
-# process that created it may have run a clock this far behind the server's.
-CLOCK_SLACK_S = 60.0
-
 
 def move_of(entry: AuditEntry) -> Move:
     weight = entry.detail.get("weight")
@@ -53,9 +47,8 @@ async def completion_summary(
         log.warning("%s: its rounds cannot be read for the summary: %s", release.label, exc)
         partial = True
     try:
-        start = min(release.created_at, time.time()) - CLOCK_SLACK_S
-        entries = await store.audit_between(start, stream=AuditStream.LIFECYCLE)
-        moves = [move_of(e) for e in entries if e.release_id == release.id and e.outcome == "ok"]
+        entries = await store.lifecycle_of(release)
+        moves = [move_of(e) for e in entries if e.outcome == "ok"]
     except StoreError as exc:
         log.warning("%s: its audit cannot be read for the summary: %s", release.label, exc)
         partial = True

@@ -12,14 +12,12 @@ from typing import Any
 from bot.release.hook_runs import HookProgress
 from bot.release.policy import Metric, Policy
 from bot.release.rollout import Release, State
-from bot.store.audit import AuditEntry, AuditStream
+from bot.store.audit import AuditEntry
 from bot.store.store import Store
 
 # Audit actions that put a release on a step. A person's carry the step in their detail; the
 # controller's decision carries the weight it left, so its step is the next one.
 _MOVES = frozenset({"advance", "approve", "decision:advance"})
-# The audit's window is the Redis server's clock; a little slack either side absorbs skew.
-_CLOCK_SLACK_S = 5.0
 # The most finished releases the index lists.
 RECENT_LIMIT = 20
 
@@ -103,11 +101,7 @@ async def read_page(store: Store, policy: Policy, release_id: str) -> PageView |
     release = await store.get(release_id)
     if release is None:
         return None
-    end = release.finished_at + _CLOCK_SLACK_S if release.finished_at is not None else None
-    entries = await store.audit_between(
-        release.created_at - _CLOCK_SLACK_S, end, stream=AuditStream.LIFECYCLE
-    )
-    timeline = [e for e in entries if e.release_id == release.id]
+    timeline = await store.lifecycle_of(release)
     points = await store.points(release.id)
     diagnosis = await store.writings.diagnosis(release.id)
     hooks = await store.hook_runs.all(release.id)

@@ -102,20 +102,31 @@ class Watcher:
     async def run_once(self) -> None:
         ids = await self.store.watches.running()
         held = await self.store.watches.acquire(self.owner, ids, self.lease_ttl)
-        for release_id in ids:
-            if release_id in held:
-                await self._visit(release_id)
+        mine = [i for i in ids if i in held]
+        if not mine:
+            return
+        # A tick reads every watch it holds in one request and each service's newest release
+        # id in another: most ticks of a watch judge nothing (it judges every few minutes), so
+        # the records of the releases themselves are read only when there is something to do.
+        records = await self.store.watches.get_many(mine)
+        live = [r for r in records.values() if r is not None and not r.ended]
+        newest = await self.store.newest_release_ids({r.service for r in live})
+        for release_id, record in records.items():
+            if record is None:
+                await self.store.watches.forget(release_id)  # expired: nothing left to watch
+            elif not record.ended:
+                await self._visit(record, newest.get(record.service))
 
-    async def _visit(self, release_id: str) -> None:
-        record = await self.store.watches.get(release_id)
-        release = await self.store.get(release_id)
-        if record is None or release is None:
-            await self.store.watches.forget(release_id)  # expired: nothing left to watch
-            return
-        if record.ended:
-            return
+    async def _visit(self, record: WatchRecord, newest_id: str | None) -> None:
         now = self.clock()
-        newer = await self._newer_release(record)
+        superseded = newest_id is not None and newest_id != record.release_id
+        if not superseded and now < record.ends_at and not record.due(now):
+            return
+        release = await self.store.get(record.release_id)
+        if release is None:
+            await self.store.watches.forget(record.release_id)
+            return
+        newer = await self.store.get(newest_id) if superseded and newest_id else None
         if newer is not None:
             ended = record.model_copy(update={"ended": WatchEnd.SUPERSEDED, "ended_by": newer.id})
             if await self.store.watches.save(ended):
@@ -130,13 +141,6 @@ class Watcher:
         if sp is None or not record.due(now):
             return
         await self._round(record, release, sp, now)
-
-    async def _newer_release(self, record: WatchRecord) -> Release | None:
-        """The service's newest release when it is not the watched one (a newer deploy)."""
-        newest = await self.store.history(record.service, limit=1)
-        if newest and newest[0].id != record.release_id:
-            return newest[0]
-        return None
 
     async def _round(
         self, record: WatchRecord, release: Release, sp: ServicePolicy, now: float

@@ -50,6 +50,12 @@ def lifecycle() -> str:
     return f"{PREFIX}audit:lifecycle"
 
 
+def release_lifecycle(release_id: str) -> str:
+    """List of the stream ids of a release's entries in the lifecycle stream, oldest first: its
+    story read by id (bot.store.store.Store.lifecycle_of); expires with the release."""
+    return f"{PREFIX}lifecycle-of:{release_id}"
+
+
 def idempotency(request_id: str) -> str:
     """Result of a request already applied (Slack retry, double click); expires."""
     return f"{PREFIX}idem:{request_id}"

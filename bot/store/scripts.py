@@ -9,13 +9,14 @@ from __future__ import annotations
 # go, exactly, so each entry is deleted once) and then by count (an approximate backstop).
 _APPEND = """
 local function append(stream, minid, maxlen, fields)
-  redis.call('XADD', stream, 'MINID', minid, '*', unpack(fields))
+  local id = redis.call('XADD', stream, 'MINID', minid, '*', unpack(fields))
   redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  return id
 end
 """
 
 CREATE = _APPEND + """
--- KEYS: release, active hash, history, lock, audit, idem, lifecycle
+-- KEYS: release, active hash, history, lock, audit, idem, lifecycle, the release's lifecycle ids
 -- ARGV: service, release id, record, idem result ('' = none), idem ttl, history len,
 --       history ttl, audit minid, audit maxlen, lifecycle minid, lifecycle maxlen,
 --       audit fields...
@@ -34,7 +35,8 @@ redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
 redis.call('EXPIRE', KEYS[3], ARGV[7])
 local fields = {unpack(ARGV, 12)}
 append(KEYS[5], ARGV[8], ARGV[9], fields)
-append(KEYS[7], ARGV[10], ARGV[11], fields)
+redis.call('RPUSH', KEYS[8], append(KEYS[7], ARGV[10], ARGV[11], fields))
+redis.call('EXPIRE', KEYS[8], ARGV[7])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5]) end
 return {'ok', ARGV[2]}
 """
@@ -42,7 +44,8 @@ return {'ok', ARGV[2]}
 
 COMMIT = _APPEND + """
 -- KEYS: release, active hash, audit, idem, lease, lifecycle, then what a finished release
---       leaves behind: chart points, then fence, message refs, granted steps
+--       leaves behind: chart points, then the release's lifecycle ids, fence, message refs,
+--       granted steps
 -- ARGV: expected rev, record, service, release id, terminal '1'/'0', fence token ('' = none),
 --       idem result ('' = none), idem ttl, audit minid, audit maxlen, lifecycle minid,
 --       lifecycle maxlen ('0' = routine entry, audit stream only), finished ttl, chart ttl,
@@ -71,10 +74,32 @@ end
 if #ARGV >= 15 then
   local fields = {unpack(ARGV, 15)}
   append(KEYS[3], ARGV[9], ARGV[10], fields)
-  if ARGV[12] ~= '0' then append(KEYS[6], ARGV[11], ARGV[12], fields) end
+  if ARGV[12] ~= '0' then
+    -- Each lifecycle entry's id is listed under its release too: a release's own story is
+    -- read by id, never by scanning every service's entries since it started.
+    redis.call('RPUSH', KEYS[8], append(KEYS[6], ARGV[11], ARGV[12], fields))
+    if redis.call('TTL', KEYS[8]) < 0 then redis.call('EXPIRE', KEYS[8], ARGV[13]) end
+  end
 end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
 return {'ok', ''}
+"""
+
+
+APPEND_AUDIT = _APPEND + """
+-- KEYS: audit, lifecycle, the release's lifecycle ids
+-- ARGV: audit minid, audit maxlen, lifecycle minid, lifecycle maxlen ('0' = audit stream only),
+--       ids ttl ('0' = the entry names no release), fields...
+local fields = {unpack(ARGV, 6)}
+append(KEYS[1], ARGV[1], ARGV[2], fields)
+if ARGV[4] ~= '0' then
+  local id = append(KEYS[2], ARGV[3], ARGV[4], fields)
+  if ARGV[5] ~= '0' then
+    redis.call('RPUSH', KEYS[3], id)
+    if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+  end
+end
+return 1
 """
 
 

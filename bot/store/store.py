@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT
 
 from bot.errors import StoreError
 from bot.release.retention import Retention
@@ -46,6 +45,10 @@ from bot.store.writings import Writings
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A release's first lifecycle id is its start's: written by the Redis server's clock, the
+# record's times by the bot's. Later than this past the start, ids were not listed from the
+# start (a release begun by an older version) and its story is read by time instead.
+_INDEX_SLACK_S = 5.0
 # How long a release change waits to reach the replicas (min_replicas) before going on.
 REPLICA_WAIT_MS = 1000
 HISTORY_LEN = 500
@@ -140,6 +143,7 @@ class Store:
         self._lock = redis.register_script(scripts.LOCK)
         self._unlock = redis.register_script(scripts.UNLOCK)
         self._grant_step = redis.register_script(scripts.GRANT_STEP)
+        self._append_audit = redis.register_script(scripts.APPEND_AUDIT)
         self.outbox = Outbox(redis)  # what the bot owes chat, kept until chat has it
         self.jobs = WritingJobs(redis)  # writing under way, for the next process to finish
         # Written after the fact (a diagnosis), kept as long as the finished release's record.
@@ -234,6 +238,7 @@ class Store:
                     keys.audit(),
                     keys.idempotency(request_id or "-"),
                     keys.lifecycle(),
+                    keys.release_lifecycle(release.id),
                 ],
                 [
                     release.service,
@@ -281,6 +286,7 @@ class Store:
                     keys.lease(new.id),
                     keys.lifecycle(),
                     keys.series(new.id),
+                    keys.release_lifecycle(new.id),
                     keys.fence(new.id),
                     keys.messages(new.id),
                     keys.granted_steps(new.id),
@@ -347,6 +353,18 @@ class Store:
             release_id = await self.redis.hget(keys.active_index(), service)
         return await self.get(_text(release_id)) if release_id else None
 
+    async def newest_release_ids(self, services: Iterable[str]) -> dict[str, str]:
+        """Each service's newest release id (services with none are left out), in one
+        round trip whatever their number."""
+        names = sorted(set(services))
+        if not names:
+            return {}
+        async with _translated("reading history"), self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lindex(keys.history(name), 0)
+            found = await pipe.execute()
+        return {name: _text(i) for name, i in zip(names, found, strict=True) if i is not None}
+
     async def history(self, service: str, limit: int = 10) -> list[Release]:
         async with _translated("reading history"):
             ids = await self.redis.lrange(keys.history(service), 0, limit - 1)
@@ -393,20 +411,48 @@ class Store:
     # --- audit ------------------------------------------------------------------------------
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        fields = entry.fields()
-        mapping: dict[EncodableT, EncodableT] = dict(zip(fields[::2], fields[1::2], strict=True))
+        lifecycle = entry.action not in ROUTINE_ACTIONS
+        index_ttl = self._kept_after_end() if lifecycle and entry.release_id else 0
+        async with _translated("writing the audit log"):
+            await self._append_audit(
+                keys=[
+                    keys.audit(),
+                    keys.lifecycle(),
+                    keys.release_lifecycle(entry.release_id or "-"),
+                ],
+                args=[
+                    *self._trim(AuditStream.FULL),
+                    *(self._trim(AuditStream.LIFECYCLE) if lifecycle else ("0", "0")),
+                    index_ttl,
+                    *entry.fields(),
+                ],
+            )
+
+    async def lifecycle_of(self, release: Release) -> list[AuditEntry]:
+        """The release's entries in the lifecycle stream, oldest first: read by the ids listed
+        under it, so the cost is the release's own story, not every service's since it
+        started. A release that began before the ids were listed is read the old way."""
+        async with _translated("reading the audit log"):
+            listed = await self.redis.lrange(keys.release_lifecycle(release.id), 0, -1)
+        ids = [_text(i) for i in listed]
+        if not ids or stream_id_time(ids[0]) > release.created_at + _INDEX_SLACK_S:
+            start = release.created_at - _INDEX_SLACK_S
+            end = release.finished_at + _INDEX_SLACK_S if release.finished_at else None
+            entries = await self.audit_between(start, end, stream=AuditStream.LIFECYCLE)
+            return [e for e in entries if e.release_id == release.id]
         async with (
-            _translated("writing the audit log"),
-            self.redis.pipeline(transaction=True) as pipe,
+            _translated("reading the audit log"),
+            self.redis.pipeline(transaction=False) as pipe,
         ):
-            streams = [AuditStream.FULL]
-            if entry.action not in ROUTINE_ACTIONS:
-                streams.append(AuditStream.LIFECYCLE)
-            for stream in streams:
-                minid, maxlen = self._trim(stream)
-                pipe.xadd(stream.key, mapping, minid=minid, approximate=False)
-                pipe.xtrim(stream.key, maxlen=int(maxlen), approximate=True)
-            await pipe.execute()
+            for entry_id in ids:
+                pipe.xrange(keys.lifecycle(), min=entry_id, max=entry_id, count=1)
+            rows = await pipe.execute()
+        out = []
+        for found in rows:
+            for _, data in found or []:  # an entry trimmed by the retention is gone: skipped
+                fields = {_text(k): _text(v) for k, v in (data or {}).items()}
+                out.append(AuditEntry.from_fields(fields))
+        return out
 
     def _trim(self, stream: AuditStream) -> tuple[str, str]:
         """(MINID, MAXLEN) that keep ``stream`` within its retention: the id below which

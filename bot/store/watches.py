@@ -54,6 +54,16 @@ class Watches:
         raw = await run("reading a watch", self.redis.get(keys.watch(release_id)))
         return None if raw is None else WatchRecord.model_validate_json(as_text(raw))
 
+    async def get_many(self, release_ids: Sequence[str]) -> dict[str, WatchRecord | None]:
+        """The records of ``release_ids`` in one request (None where one expired)."""
+        if not release_ids:
+            return {}
+        raws = await run("reading watches", self.redis.mget([keys.watch(r) for r in release_ids]))
+        return {
+            rid: None if raw is None else WatchRecord.model_validate_json(as_text(raw))
+            for rid, raw in zip(release_ids, raws, strict=True)
+        }
+
     async def running(self) -> list[str]:
         ids = await run("listing watches", self.redis.smembers(keys.watches()))
         return sorted(as_text(i) for i in ids)
