@@ -12,8 +12,8 @@ redis-server, on a release whose lifetime saw ``others`` entries of other releas
 - the scan (the peer, how it was read before): every lifecycle entry since the release
   started, filtered by release id (``Store.audit_between`` + a filter).
 
-The release itself has 15 entries (a deploy, a traffic entry and an advance per step, the
-bake, the end), interleaved with the others. Medians over ``--repeats`` reads of each, taken
+The release itself has about 15 entries (a deploy, then traffic entries, advances and approvals,
+spread evenly among the others). Medians over ``--repeats`` reads of each, taken
 in turn. Prints a table, then one JSON object on the last line.
 """
 

@@ -252,7 +252,7 @@ async def build_app(
         await pager.page_finding(release, summary, _finding_details(watch))
 
     watcher = Watcher(
-        store, policy, source, events, page=page_finding, tick=settings.controller_tick, owner=owner
+        store, policy, source, events, page=page_finding, tick=settings.watch_tick, owner=owner
     )
     events.notifiers.append(watcher)  # a success starts the release's watch
     return App(

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # without renewal. A dead process's releases are picked up after at most lease_ttl + tick.
     controller_tick: float = Field(default=1.0, alias="SHIPWATCH_CONTROLLER_TICK")
     lease_ttl: float = Field(default=10.0, alias="SHIPWATCH_LEASE_TTL")
+    # How often the post-release watch looks at its watches: a watch judges every few minutes,
+    # so this only bounds how soon a newer deploy or the window's end is noticed.
+    watch_tick: float = Field(default=5.0, gt=0, alias="SHIPWATCH_WATCH_TICK")
     log_level: str = Field(default="INFO", alias="SHIPWATCH_LOG_LEVEL")
     # Unset: JSON lines for `serve` (read by log collectors), text for the console and demo
     # (whose log is a file next to the data, read by people).

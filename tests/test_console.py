@@ -202,7 +202,9 @@ services:
 @pytest.fixture
 async def watched(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Rig]:
     out = io.StringIO()
-    settings = Settings.model_validate({"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05})
+    settings = Settings.model_validate(
+        {"REDIS_URL": redis_url, "SHIPWATCH_CONTROLLER_TICK": 0.05, "SHIPWATCH_WATCH_TICK": 0.05}
+    )
     app = await build_app(
         settings,
         policy=parse_policy(WATCHED, "test"),
