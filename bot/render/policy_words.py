@@ -222,20 +222,29 @@ def _limit_lines(m: Metric, at: str = "", against: str = "") -> list[str]:
 
 
 def _conditions(m: Metric, against: str) -> list[str]:
-    out = []
-    if m.max is not None:
-        out.append(f"{m.name} > {value_words(m, m.max)}")
-    if m.min is not None:
-        out.append(f"{m.name} < {value_words(m, m.min)}")
-    worse = _worse(m.direction)
-    if m.max_ratio is not None:
-        out.append(f"{m.name} is {_ratio(m.direction, m.max_ratio)} {against}'s")
-    if m.max_diff is not None:
-        out.append(f"{m.name} is more than {value_words(m, m.max_diff)} {worse} {against}'s")
+    out = _bounds(m, (m.max, m.min, m.max_ratio, m.max_diff), against)
     if m.uses_statistics:
         out.append(
             f"{m.name} differs from {against} by Mann-Whitney at {m.confidence:.0%} confidence"
         )
+    return out
+
+
+def _bounds(
+    m: Metric, limits: tuple[float | None, float | None, float | None, float | None], against: str
+) -> list[str]:
+    """A metric's (max, min, ratio, diff) limits as conditions: the rollback's or the warning's."""
+    high, low, ratio, diff = limits
+    out = []
+    if high is not None:
+        out.append(f"{m.name} > {value_words(m, high)}")
+    if low is not None:
+        out.append(f"{m.name} < {value_words(m, low)}")
+    if ratio is not None:
+        out.append(f"{m.name} is {_ratio(m.direction, ratio)} {against}'s")
+    if diff is not None:
+        worse = _worse(m.direction)
+        out.append(f"{m.name} is more than {value_words(m, diff)} {worse} {against}'s")
     return out
 
 
@@ -248,17 +257,7 @@ def _ratio(direction: Direction, ratio: float) -> str:
 
 
 def _warnings(m: Metric, against: str) -> list[str]:
-    out = []
-    if m.warn_max is not None:
-        out.append(f"{m.name} > {value_words(m, m.warn_max)}")
-    if m.warn_min is not None:
-        out.append(f"{m.name} < {value_words(m, m.warn_min)}")
-    if m.warn_ratio is not None:
-        out.append(f"{m.name} is {_ratio(m.direction, m.warn_ratio)} {against}'s")
-    if m.warn_diff is not None:
-        worse = _worse(m.direction)
-        out.append(f"{m.name} is more than {value_words(m, m.warn_diff)} {worse} {against}'s")
-    return out
+    return _bounds(m, (m.warn_max, m.warn_min, m.warn_ratio, m.warn_diff), against)
 
 
 def _counting(m: Metric) -> str:
