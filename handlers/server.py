@@ -18,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.app import App, build_app
 from bot.config import Settings
+from bot.engine.ci_jobs import CALLBACK_PATH
 from bot.errors import ShipwatchError
 from bot.observe import telemetry
 from bot.observe.logs import log_context, request_id_from
@@ -76,6 +77,13 @@ async def refuse_while_draining(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
+def _logged_path(path: str) -> str:
+    """The path as the access log writes it: a CI job's callback token is its only credential,
+    so it is left out like a query string."""
+    prefix = CALLBACK_PATH.split("{", 1)[0]
+    return prefix + "…" if path.startswith(prefix) else path
+
+
 class AccessLog(AbstractAccessLogger):
     """One line per request with the id the middleware chose (it is in the answer's headers:
     this runs after the request's log context has closed). No query string: it can carry
@@ -87,7 +95,7 @@ class AccessLog(AbstractAccessLogger):
             level,
             "%s %s %d %.0fms",
             request.method,
-            request.path,
+            _logged_path(request.path),
             response.status,
             time * 1000,
             extra={

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from bot.engine.ci_jobs import CiJobs, HookSubject
 from bot.engine.hooks import HookRunner
@@ -27,6 +29,7 @@ from bot.release.rollout import Actor, State
 from bot.render.status import status_for
 from bot.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from bot.store.store import Store
+from handlers.server import AccessLog
 from tests.support.github_api import GitHubStandIn
 from tests.support.procs import free_port
 from tests.support.slack_api import SlackStandIn
@@ -355,3 +358,16 @@ async def test_a_github_hook_starts_a_workflow_by_repository_dispatch(
     # A token GitHub refuses is a final answer: said, not retried.
     assert refused == (False, "the CI job was not started: HTTP 401")
     assert len(github.requests) == 2
+
+
+def test_the_access_log_leaves_a_callback_token_out(caplog: pytest.LogCaptureFixture) -> None:
+    token = "T" * 43
+    logger = logging.getLogger("test.access")
+    access = AccessLog(logger, "")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        access.log(make_mocked_request("POST", f"/api/v1/hooks/{token}"), web.Response(), 0.01)
+        access.log(make_mocked_request("GET", "/releases"), web.Response(), 0.01)
+    assert [r.getMessage() for r in caplog.records] == [
+        "POST /api/v1/hooks/… 200 10ms",
+        "GET /releases 200 10ms",
+    ]
