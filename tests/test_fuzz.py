@@ -138,7 +138,12 @@ def slack_requests(rig: SlackRig, rng: random.Random) -> Request:
 def api_requests(rig: SlackRig, rng: random.Random) -> Request:
     auth = rng.choice([{"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer x y z"},
                        {}, {"Authorization": "Bearer "}])  # fmt: skip
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
+    if kind == 4:  # a CI job's callback: a token of the right shape or junk, any body
+        token = rng.choice(["A" * 43, urllib.parse.quote(form_text(rng)[:80], safe="")])
+        body = rng.choice([junk_body(rng), json.dumps(junk_json(rng)).encode("utf-8", "replace"),
+                           json.dumps({"status": "passed", "detail": hostile(rng)}).encode()])
+        return "POST", f"/api/v1/hooks/{token}", body, {"Content-Type": "application/json"}
     if kind == 0:
         return "POST", ROLLOUTS, junk_body(rng), auth | {"Content-Type": "application/json"}
     if kind == 1:
