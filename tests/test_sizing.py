@@ -242,6 +242,8 @@ def test_no_data_and_fail_policies_change_what_a_thin_step_means() -> None:
 def test_candidates_and_ladders() -> None:
     assert candidates(STEPS) == [1, 2, 5, 10, 20, 25, 50]
     assert candidates((5, 30, 75, 100)) == [5, 10, 20, 25, 30, 50, 75]
+    # Never at or past a step with hooks: a release starting there would skip its checks.
+    assert candidates(STEPS, hooked=(25,)) == [1, 2, 5, 10, 20]
     assert ladder_from(STEPS, HOLDS, 10) == ((10, 25, 50, 100), HOLDS[1:])
     assert ladder_from((1, 10, 100), (1.0, 2.0, 3.0), 5) == ((5, 10, 100), (1.0, 2.0, 3.0))
 

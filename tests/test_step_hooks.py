@@ -22,7 +22,7 @@ from bot.engine.controller import Controller
 from bot.engine.events import EventBus, EventKind, ReleaseEvent
 from bot.engine.hooks import HookRunner, run_hook
 from bot.engine.service import ReleaseService
-from bot.errors import HooksNotPassedError, PolicyError
+from bot.errors import HooksNotPassedError, PolicyError, UserError
 from bot.flags import FlagWriter
 from bot.metrics.synthetic import SyntheticSource
 from bot.release.hook_runs import HookResult, HookRun
@@ -435,3 +435,16 @@ async def test_a_ci_trigger_token_in_the_url_is_never_shown() -> None:
     result = await run_hook(hook, service="checkout", version="v2")
     assert not result.passed and result.target == "http://127.0.0.1:1/trigger"
     assert "glptt" not in result.detail
+
+
+async def test_steps_that_would_skip_a_steps_hooks_are_refused(
+    make_rig: Callable[[str], Rig],
+) -> None:
+    rig = make_rig("{url: 'https://smoke.internal/'}")
+    with pytest.raises(UserError) as refused:
+        options = DeployOptions(stable="v1", steps=[50, 100])
+        await rig.service.deploy(ALICE, "checkout", "v2", options)
+    said = str(refused.value)
+    assert "--steps starts at 50%, but the policy checks 1 step hook(s) before" in said
+    assert "e.g. --steps 10,50,100" in said
+    assert await rig.store.active_for("checkout") is None  # nothing started

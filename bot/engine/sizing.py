@@ -90,6 +90,7 @@ async def size(
         holds=plan.holds,
         reading=reading,
         explicit=explicit,
+        hooked=[w for w in plan.weights if sp.hooks_before(plan.strategy, w)],
     )
     log.info(
         "first step of %s %s: %s (%s), steps %s",

@@ -14,7 +14,7 @@ The result is data (``Sizing``); ``bot.render.sizing`` says it in words.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -192,11 +192,13 @@ def shortfall_at(metrics: Sequence[Metric], total: float, weight: int) -> Shortf
     return max(short, key=lambda s: (s.need, s.side is Side.CANARY))
 
 
-def candidates(weights: Sequence[int]) -> list[int]:
+def candidates(weights: Sequence[int], hooked: Collection[int] = ()) -> list[int]:
     """First steps to try, smallest first: the plan's own steps below 100% and the standard
-    ones, none below the planned first step."""
+    ones, none below the planned first step, and none at or past a step with hooks (a release
+    that started there would skip the checks meant to run before it)."""
     first = weights[0]
-    return sorted({w for w in (*weights, *STANDARD_STEPS) if first <= w < 100})
+    ceiling = min((w for w in hooked if w > first), default=100)
+    return sorted({w for w in (*weights, *STANDARD_STEPS) if first <= w < ceiling})
 
 
 def ladder_from(
@@ -222,10 +224,12 @@ def size_first_step(
     holds: Sequence[float],
     reading: QueryResult | None,
     explicit: bool = False,
+    hooked: Collection[int] = (),
 ) -> Sizing:
     """Judge the planned first step against ``reading`` (the stable version's requests in the
     last window; None when there is no stable version to read) and, under ``auto``, choose
-    the first step. ``explicit``: the steps came with the deploy, and auto keeps them."""
+    the first step. ``explicit``: the steps came with the deploy, and auto keeps them.
+    ``hooked``: the steps with hooks before them, which a first step never skips."""
     base = Sizing(
         service=service,
         version=version,
@@ -249,7 +253,9 @@ def size_first_step(
     short = shortfall_at(metrics, total, weights[0])
     if short is None:
         return replace(base, total=total)
-    start = next((c for c in candidates(weights) if shortfall_at(metrics, total, c) is None), None)
+    start = next(
+        (c for c in candidates(weights, hooked) if shortfall_at(metrics, total, c) is None), None
+    )
     suggestion = ladder_from(weights, holds, start) if start is not None else None
     if mode is FirstStep.AUTO and not explicit and suggestion is not None:
         return replace(

@@ -102,4 +102,13 @@ def _steps(sp: ServicePolicy, strategy: Strategy, opts: DeployOptions) -> list[S
             f"bad --steps {','.join(map(str, weights))}",
             hint="rising percentages ending at 100, e.g. --steps 1,10,25,50,100",
         )
+    if hooked := sp.hooks_before(strategy, weights[0]):
+        # A release enters its first step as it starts: checks meant to run before that step
+        # would never run. Refused rather than skipped: someone wanted them.
+        lower = ",".join(str(w) for w in [*(s.weight for s in sp.steps[:1]), *weights])
+        raise UserError(
+            f"--steps starts at {weights[0]}%, but the policy checks {len(hooked)} step "
+            f"hook(s) before a release enters {weights[0]}%, which cannot run before a deploy",
+            hint=f"start below it, e.g. --steps {lower}",
+        )
     return [Step(weight=w) for w in weights]
