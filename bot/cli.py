@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, cast
@@ -32,7 +32,7 @@ from bot.errors import MetricsError, PolicyError, ShipwatchError, UserError
 from bot.judging.backtest_report import to_dict
 from bot.observe.backtest import BacktestRequest, run_backtest
 from bot.observe.logs import configure_logging
-from bot.release.durations import parse_duration
+from bot.release.durations import format_duration, parse_duration
 from bot.release.policy import Policy, load_policy, require_judged
 from bot.render.backtest import render_report
 from bot.render.policy_words import explain_service
@@ -227,15 +227,26 @@ def _backtest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     bt.add_argument("--chart", type=Path, metavar="FILE", help="write a PNG chart")
 
 
+def _to_a_reader(command: Callable[[], int]) -> int:
+    """Run a command that prints for someone who may stop reading early (`… | head`): a closed
+    pipe ends it quietly instead of with a traceback."""
+    try:
+        return command()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     # console and demo log to a file next to the data: the terminal is the chat.
     configure_logging(settings, args.command)
     if args.command == "check-config":
-        return _check_config(args.file)
+        return _to_a_reader(lambda: _check_config(args.file))
     if args.command == "backtest":
-        return _backtest(args, settings)
+        return _to_a_reader(lambda: _backtest(args, settings))
     if getattr(args, "policy", None):
         settings = settings.model_copy(update={"policy_path": args.policy})
     try:
@@ -322,7 +333,8 @@ def _check_config(path: Path) -> int:
             else "0% → 100%"
         )
         print(
-            f"{name}: {sp.strategy.value} {steps}, hold {sp.hold:g}s, every {sp.interval:g}s, "
+            f"{name}: {sp.strategy.value} {steps}, hold {format_duration(sp.hold)}, "
+            f"every {format_duration(sp.interval)}, "
             f"risk {sp.risk.value}, {len(sp.metrics)} metric(s), traffic {sp.traffic.backend}"
         )
         print(f"  {first_step_setting(sp, name)}")

@@ -108,3 +108,24 @@ async def test_a_serve_that_cannot_listen_stops_its_embedded_redis(tmp_path: Pat
     )
     left, _ = await asyncio.wait_for(pgrep.communicate(), 10)
     assert left.decode().strip() == "", left
+
+
+@pytest.mark.timeout(60)
+def test_check_config_read_by_head_ends_quietly(tmp_path: Path) -> None:
+    # Far more than a pipe holds, so the command is still writing when the reader goes away.
+    services = "".join(f"  svc{i}: {{}}\n" for i in range(600))
+    policy = tmp_path / "many.yaml"
+    policy.write_text(
+        "defaults:\n  metrics:\n    - {name: errors, query: 'e{version}', max: 0.05}\n"
+        f"services:\n{services}"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "bot", "check-config", str(policy)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+    )  # fmt: skip
+    assert reader.stdout is not None and reader.stderr is not None
+    first = reader.stdout.readline()
+    reader.stdout.close()  # what `| head -1` does once it has its line
+    errors = reader.stderr.read().decode()
+    assert reader.wait(timeout=30) == 0
+    assert first.startswith(b"svc0: canary") and "Traceback" not in errors, errors

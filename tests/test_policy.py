@@ -906,7 +906,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert f"{path}: OK, 2 service(s)" in result.stdout
-    assert "checkout: canary 1% → 10% → 25% → 50% → 100%, hold 300s" in result.stdout
+    assert "checkout: canary 1% → 10% → 25% → 50% → 100%, hold 5m, every 30s" in result.stdout
     assert "payments:" in result.stdout
     assert "risk high" in result.stdout
 
