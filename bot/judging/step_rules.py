@@ -6,7 +6,7 @@ the previous step's numbers and the step's points, the round brings the value no
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -28,37 +28,17 @@ def vs_previous_check(
     """``value`` now against ``previous``, the canary's value when it left the step ``at``
     (e.g. "25%"); None: no previous step to compare with (the first step passes)."""
     if previous is None:
-        return CheckResult(
-            metric=metric.name,
-            outcome=Outcome.PASS,
-            canary=value,
-            control=None,
-            reason=f"{metric.name}: no previous step to compare with",
-            dry_run=metric.dry_run,
-        )
+        reason = f"{metric.name}: no previous step to compare with"
+        return _result(metric, Outcome.PASS, value, None, reason)
     u = metric.unit
     failed = _vs_previous_violation(metric.direction, rule, value, previous)
     base = f"its value at the end of {at} ({fmt(previous, u)})"
     if failed is None:
-        return CheckResult(
-            metric=metric.name,
-            outcome=Outcome.PASS,
-            canary=value,
-            control=previous,
-            reason=f"{metric.name}: {fmt(value, u)} within limits against {base}",
-            dry_run=metric.dry_run,
-        )
+        reason = f"{metric.name}: {fmt(value, u)} within limits against {base}"
+        return _result(metric, Outcome.PASS, value, previous, reason)
     limit, how = failed
-    return CheckResult(
-        metric=metric.name,
-        outcome=Outcome.FAIL,
-        canary=value,
-        control=previous,
-        reason=f"{metric.name}: {fmt(value, u)} is {how} {base}",
-        limit=f"vs {at} {limit}",
-        critical=metric.critical,
-        dry_run=metric.dry_run,
-    )
+    reason = f"{metric.name}: {fmt(value, u)} is {how} {base}"
+    return _result(metric, Outcome.FAIL, value, previous, reason, f"vs {at} {limit}")
 
 
 def _vs_previous_violation(
@@ -161,7 +141,11 @@ def trend_check(
     only when its whole confidence interval lies past ``max_slope_per_hour`` in the metric's
     worse direction, so a noisy flat series never fails."""
     u = metric.unit
-    result_of = _trend_result(metric, points[-1][1] if points else None)
+    latest = points[-1][1] if points else None
+
+    def result_of(outcome: Outcome, reason: str, limit: str) -> CheckResult:
+        return _result(metric, outcome, latest, None, reason, limit)
+
     if len(points) < rule.min_points:
         return result_of(
             Outcome.PASS,
@@ -189,19 +173,22 @@ def trend_check(
     return result_of(Outcome.PASS, f"{metric.name}: trend {interval} within {fmt(limit, u)}/h", "")
 
 
-def _trend_result(
-    metric: Metric, value: float | None
-) -> Callable[[Outcome, str, str], CheckResult]:
-    def make(outcome: Outcome, reason: str, limit: str = "") -> CheckResult:
-        return CheckResult(
-            metric=metric.name,
-            outcome=outcome,
-            canary=value,
-            control=None,
-            reason=reason,
-            limit=limit,
-            critical=metric.critical and outcome is Outcome.FAIL,
-            dry_run=metric.dry_run,
-        )
-
-    return make
+def _result(
+    metric: Metric,
+    outcome: Outcome,
+    canary: float | None,
+    control: float | None,
+    reason: str,
+    limit: str = "",
+) -> CheckResult:
+    """A step rule's check: ``control`` is what the canary was compared with, if anything."""
+    return CheckResult(
+        metric=metric.name,
+        outcome=outcome,
+        canary=canary,
+        control=control,
+        reason=reason,
+        limit=limit,
+        critical=metric.critical and outcome is Outcome.FAIL,
+        dry_run=metric.dry_run,
+    )

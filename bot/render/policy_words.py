@@ -205,13 +205,12 @@ def _step_settings(sp: ServicePolicy, weight: int, *, first: bool) -> str:
     return ", ".join(parts)
 
 
-def _limit_lines(m: Metric, at: str = "", against: str = "") -> list[str]:
+def _limit_lines(m: Metric, at: str = "", against: str = CONTROL) -> list[str]:
     """The metric's limits as rollback conditions, with how long and how often they must fail."""
     where = f" {at}" if at else ""
     if m.dry_run:
         return [f"{m.name} is judged and reported only (dry run), never acted on"]
     lasting = f" for {duration_words(m.for_)}" if m.for_ is not None else ""
-    against = against or CONTROL
     conditions = _conditions(m, against)
     lines = [f"rolls back when {c}{lasting}{where}{_counting(m)}" for c in conditions]
     # The warn_* levels: what an approver sees before a go/no-go call, though they decide
